@@ -1,0 +1,127 @@
+//! Command-line definitions (clap). This layer only parses; each command builds an options struct
+//! and calls one operation of the library.
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+pub mod placeholder;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "lifeboat",
+    version,
+    about = "Kubernetes upgrades and disaster recovery: backups, restore drills, preflight checks, runbooks",
+    long_about = None,
+    propagate_version = true,
+    after_help = "Configuration precedence: flag > environment variable > config file \
+                  ($XDG_CONFIG_HOME/lifeboat/config.yaml, or LIFEBOAT_CONFIG) > default.\n\
+                  Exit codes: 0 ok, 1 could not run, 2 findings/checks failed, 3 needs approval, \
+                  64 usage error, 130 interrupted."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags every command accepts, defined once.
+#[derive(Debug, Clone, Default, Args)]
+pub struct GlobalArgs {
+    /// Path to the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)
+    #[arg(long, global = true, env = "LIFEBOAT_KUBECONFIG", value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// The kubeconfig context to use (default: the current context)
+    #[arg(long, global = true, env = "LIFEBOAT_CONTEXT", value_name = "NAME")]
+    pub context: Option<String>,
+
+    /// Output format
+    #[arg(short = 'o', long, global = true, env = "LIFEBOAT_OUTPUT", value_enum)]
+    pub output: Option<OutputFormat>,
+
+    /// More log output (-v info, -vv debug, -vvv trace); logs go to stderr
+    #[arg(short = 'v', long = "verbose", global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
+
+    /// Only errors on stderr; no progress bars
+    #[arg(short = 'q', long, global = true)]
+    pub quiet: bool,
+
+    /// Log line format on stderr
+    #[arg(long, global = true, env = "LIFEBOAT_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+
+    /// Backup repository: file:///path or s3://bucket/prefix (default: a local repository in the
+    /// user's data directory)
+    #[arg(long, global = true, env = "LIFEBOAT_REPO", value_name = "URL")]
+    pub repo: Option<String>,
+
+    /// Configuration file (default: $XDG_CONFIG_HOME/lifeboat/config.yaml)
+    #[arg(long, global = true, env = "LIFEBOAT_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputFormat {
+    Table,
+    Json,
+    Yaml,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the client version and, when the cluster is reachable, the server version
+    Version,
+
+    /// Print a shell completion script
+    Completions {
+        /// The shell to generate completions for
+        shell: clap_complete::Shell,
+    },
+
+    /// Show the effective configuration and where each value came from
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+
+    /// Back up cluster manifests (and volume data) into the repository
+    #[command(subcommand)]
+    Backup(placeholder::BackupCommand),
+
+    /// Restore a backup into the cluster
+    Restore(placeholder::Rest),
+
+    /// Check an upgrade before doing it: removed/deprecated APIs, version skew, blockers
+    Preflight(placeholder::Rest),
+
+    /// Plan and run runbooks with rollback points, approvals and a crash-safe journal
+    #[command(subcommand)]
+    Runbook(placeholder::RunbookCommand),
+
+    /// Restore drills: prove backups restore, on a schedule
+    #[command(subcommand)]
+    Drill(placeholder::DrillCommand),
+
+    /// Manage the backup repository (init, check keys)
+    #[command(subcommand)]
+    Repo(placeholder::RepoCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print every setting, its effective value and its source (flag, env, file, default)
+    View,
+    /// Print the path of the configuration file that is read
+    Path,
+}

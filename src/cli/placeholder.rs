@@ -1,0 +1,95 @@
+//! Command groups whose operations are not built yet. They are listed in `--help` so the
+//! interface is visible, and every one of them exits 1 with "not implemented yet": none of them
+//! pretends to succeed.
+use clap::{Args, Subcommand};
+
+/// Arguments of a command that is not implemented yet; accepted so the message is the same
+/// whatever flags are passed.
+#[derive(Debug, Args)]
+pub struct Rest {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+    pub args: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupCommand {
+    /// Back up the cluster's manifests into the repository
+    Create(Rest),
+    /// List the backups in the repository
+    List(Rest),
+    /// Show one backup
+    Describe(Rest),
+    /// Verify a backup's integrity
+    Verify(Rest),
+    /// Delete backups by retention policy and prune unreferenced data
+    Prune(Rest),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RunbookCommand {
+    /// Check a runbook file without a cluster
+    Validate(Rest),
+    /// Render a runbook into a plan file
+    Plan(Rest),
+    /// Execute a plan
+    Run(Rest),
+    /// Roll a run back to a checkpoint
+    Rollback(Rest),
+    /// Show the state of runs
+    Status(Rest),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DrillCommand {
+    /// Restore a backup into scratch namespaces and verify it
+    Run(Rest),
+    /// Print manifests for a CronJob that runs drills on a schedule
+    Cronjob(Rest),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RepoCommand {
+    /// Create a new repository
+    Init(Rest),
+}
+
+impl BackupCommand {
+    pub fn name(&self) -> &'static str {
+        match self {
+            BackupCommand::Create(_) => "backup create",
+            BackupCommand::List(_) => "backup list",
+            BackupCommand::Describe(_) => "backup describe",
+            BackupCommand::Verify(_) => "backup verify",
+            BackupCommand::Prune(_) => "backup prune",
+        }
+    }
+}
+
+impl RunbookCommand {
+    pub fn name(&self) -> &'static str {
+        match self {
+            RunbookCommand::Validate(_) => "runbook validate",
+            RunbookCommand::Plan(_) => "runbook plan",
+            RunbookCommand::Run(_) => "runbook run",
+            RunbookCommand::Rollback(_) => "runbook rollback",
+            RunbookCommand::Status(_) => "runbook status",
+        }
+    }
+}
+
+impl DrillCommand {
+    pub fn name(&self) -> &'static str {
+        match self {
+            DrillCommand::Run(_) => "drill run",
+            DrillCommand::Cronjob(_) => "drill cronjob",
+        }
+    }
+}
+
+impl RepoCommand {
+    pub fn name(&self) -> &'static str {
+        match self {
+            RepoCommand::Init(_) => "repo init",
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! The library's one error type. Every variant keeps its cause; the exit code of each is decided
+//! here and nowhere else (see the exit-code table in the README).
+use std::path::PathBuf;
+
+/// Process exit codes: part of the command-line interface, documented in the README.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Everything worked.
+    Success = 0,
+    /// The operation could not run: bad input, unreachable cluster or store, not implemented.
+    Failure = 1,
+    /// The operation ran and found problems: a drill check failed, preflight findings at or above
+    /// `--fail-on`, a verify found damage.
+    Findings = 2,
+    /// A run stopped at a step that needs approval; it can be resumed.
+    NeedsApproval = 3,
+    /// The command line itself was wrong (unknown flag, missing argument).
+    Usage = 64,
+    /// Interrupted by Ctrl-C / SIGTERM after cleaning up.
+    Interrupted = 130,
+}
+
+impl From<Exit> for std::process::ExitCode {
+    fn from(e: Exit) -> Self {
+        std::process::ExitCode::from(e as u8)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("`{command}` is not implemented yet (tracked in issue #{issue})")]
+    NotImplemented { command: String, issue: u32 },
+
+    #[error("cannot read the configuration file {path}")]
+    ConfigRead {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("invalid configuration file {path}:{location}")]
+    ConfigParse {
+        path: PathBuf,
+        location: String,
+        #[source]
+        source: serde_norway::Error,
+    },
+
+    #[error("cannot load the kubeconfig")]
+    Kubeconfig {
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+
+    /// Neither a kubeconfig nor an in-cluster service account was found. The inference error
+    /// is kept for `-vv` logs but not shown: it lists every place tried, which is noise here.
+    #[error("no cluster configured: no kubeconfig found (set --kubeconfig, KUBECONFIG or ~/.kube/config)")]
+    NoCluster { detail: String },
+
+    #[error("cannot create a Kubernetes client")]
+    Client {
+        #[source]
+        source: kube::Error,
+    },
+
+    #[error("cannot reach the cluster at {server}")]
+    Unreachable {
+        server: String,
+        #[source]
+        source: kube::Error,
+    },
+
+    #[error("cannot write output")]
+    Output {
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("cannot encode output as {format}")]
+    Encode {
+        format: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl Error {
+    pub fn exit_code(&self) -> Exit {
+        match self {
+            Error::NotImplemented { .. }
+            | Error::ConfigRead { .. }
+            | Error::ConfigParse { .. }
+            | Error::Kubeconfig { .. }
+            | Error::NoCluster { .. }
+            | Error::Client { .. }
+            | Error::Unreachable { .. }
+            | Error::Output { .. }
+            | Error::Encode { .. } => Exit::Failure,
+        }
+    }
+}
+
+/// One line: the error and its causes joined by ": ", skipping causes whose text the previous
+/// message already contains (kube and hyper often repeat themselves).
+pub fn display_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        let s = e.to_string();
+        if !s.is_empty() && !out.contains(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        cur = e.source();
+    }
+    out.replace('\n', " ")
+}

@@ -1,0 +1,38 @@
+//! The `lifeboat` binary: parse arguments, resolve settings, set up logging and the runtime, run,
+//! map the result to an exit code. Everything else lives in the library.
+use std::process::ExitCode;
+
+use clap::Parser;
+use lifeboat::error::{Exit, display_chain};
+
+fn main() -> ExitCode {
+    let cli = match lifeboat::cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            let _ = err.print();
+            return if err.use_stderr() { Exit::Usage.into() } else { Exit::Success.into() };
+        }
+    };
+    let settings = match lifeboat::config::Settings::resolve(&cli.global) {
+        Ok(s) => s,
+        Err(err) => {
+            eprintln!("error: {}", display_chain(&err));
+            return err.exit_code().into();
+        }
+    };
+    lifeboat::logging::init(&cli.global, settings.log_format.value);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return Exit::Failure.into();
+        }
+    };
+    match runtime.block_on(lifeboat::run(cli, settings)) {
+        Ok(code) => code.into(),
+        Err(err) => {
+            eprintln!("error: {}", display_chain(&err));
+            err.exit_code().into()
+        }
+    }
+}

@@ -1,0 +1,35 @@
+//! Reporters: turn an operation's result into table / JSON / YAML on stdout. Operations never
+//! print; commands hand their result to `emit`.
+use std::io::Write;
+
+use serde::Serialize;
+
+use crate::cli::OutputFormat;
+use crate::error::Error;
+
+/// Something that can be shown as a human table as well as serialized.
+pub trait Render: Serialize {
+    /// The human (table) form, written to `w`.
+    fn table(&self, w: &mut dyn Write) -> std::io::Result<()>;
+}
+
+pub fn emit<T: Render>(format: OutputFormat, value: &T) -> Result<(), Error> {
+    let stdout = std::io::stdout();
+    let mut w = stdout.lock();
+    write_to(&mut w, format, value)
+}
+
+pub fn write_to<T: Render>(w: &mut dyn Write, format: OutputFormat, value: &T) -> Result<(), Error> {
+    match format {
+        OutputFormat::Table => value.table(w).map_err(|source| Error::Output { source }),
+        OutputFormat::Json => {
+            serde_json::to_writer_pretty(&mut *w, value)
+                .map_err(|e| Error::Encode { format: "json", source: Box::new(e) })?;
+            writeln!(w).map_err(|source| Error::Output { source })
+        }
+        OutputFormat::Yaml => {
+            let s = serde_norway::to_string(value).map_err(|e| Error::Encode { format: "yaml", source: Box::new(e) })?;
+            w.write_all(s.as_bytes()).map_err(|source| Error::Output { source })
+        }
+    }
+}
