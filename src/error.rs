@@ -12,8 +12,9 @@ pub enum Exit {
     /// The operation ran and found problems: a drill check failed, preflight findings at or above
     /// `--fail-on`, a verify found damage.
     Findings = 2,
-    /// A run stopped at a step that needs approval; it can be resumed.
-    NeedsApproval = 3,
+    /// Blocking findings: preflight found APIs removed by the target or a failed blocker check
+    /// (pluto-compatible); a runbook stopped at a step that needs approval (resumable).
+    Blocked = 3,
     /// The command line itself was wrong (unknown flag, missing argument).
     Usage = 64,
     /// Interrupted by Ctrl-C / SIGTERM after cleaning up.
@@ -70,6 +71,35 @@ pub enum Error {
         source: kube::Error,
     },
 
+    #[error("{path}:{location}: {message}")]
+    DataFile { path: PathBuf, location: String, message: String },
+
+    #[error("cannot read {path}")]
+    ReadFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("--target 1.N is required: {reason}")]
+    NeedTarget { reason: String },
+
+    #[error("API discovery failed")]
+    Discovery {
+        #[source]
+        source: kube::Error,
+    },
+
+    #[error("cannot {action}")]
+    Kube {
+        action: String,
+        #[source]
+        source: kube::Error,
+    },
+
+    #[error("{format} output is not available for this command")]
+    UnsupportedOutput { format: &'static str },
+
     #[error("cannot write output")]
     Output {
         #[source]
@@ -95,7 +125,13 @@ impl Error {
             | Error::Client { .. }
             | Error::Unreachable { .. }
             | Error::Output { .. }
-            | Error::Encode { .. } => Exit::Failure,
+            | Error::Encode { .. }
+            | Error::DataFile { .. }
+            | Error::ReadFile { .. }
+            | Error::NeedTarget { .. }
+            | Error::Discovery { .. }
+            | Error::Kube { .. }
+            | Error::UnsupportedOutput { .. } => Exit::Failure,
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod config;
 pub mod error;
 pub mod logging;
 pub mod output;
+pub mod preflight;
 pub mod version;
 
 use cli::{Cli, Command, ConfigCommand};
@@ -61,7 +62,12 @@ pub async fn run(cli: Cli, settings: Settings) -> Result<Exit, Error> {
         },
         Command::Backup(c) => not_implemented(c.name(), 3),
         Command::Restore(_) => not_implemented("restore", 3),
-        Command::Preflight(_) => not_implemented("preflight", 5),
+        Command::Preflight(args) => {
+            let opts = args.options();
+            let report = preflight::preflight(&opts, &settings.cluster_options()).await?;
+            output::emit(out, &report)?;
+            Ok(report.exit(opts.fail_on))
+        }
         Command::Runbook(c) => not_implemented(c.name(), 6),
         Command::Drill(c) => not_implemented(c.name(), 4),
         Command::Repo(c) => not_implemented(c.name(), 3),

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 pub mod placeholder;
+pub mod preflight;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -69,6 +70,8 @@ pub enum OutputFormat {
     Table,
     Json,
     Yaml,
+    /// Markdown (preflight reports, for change tickets)
+    Markdown,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize, serde::Serialize)]
@@ -103,7 +106,7 @@ pub enum Command {
     Restore(placeholder::Rest),
 
     /// Check an upgrade before doing it: removed/deprecated APIs, version skew, blockers
-    Preflight(placeholder::Rest),
+    Preflight(preflight::PreflightArgs),
 
     /// Plan and run runbooks with rollback points, approvals and a crash-safe journal
     #[command(subcommand)]

@@ -11,6 +11,11 @@ use crate::error::Error;
 pub trait Render: Serialize {
     /// The human (table) form, written to `w`.
     fn table(&self, w: &mut dyn Write) -> std::io::Result<()>;
+
+    /// Markdown (for change tickets). Only some reports have one.
+    fn markdown(&self, _w: &mut dyn Write) -> std::io::Result<()> {
+        Err(std::io::Error::new(std::io::ErrorKind::Unsupported, "markdown"))
+    }
 }
 
 pub fn emit<T: Render>(format: OutputFormat, value: &T) -> Result<(), Error> {
@@ -22,6 +27,13 @@ pub fn emit<T: Render>(format: OutputFormat, value: &T) -> Result<(), Error> {
 pub fn write_to<T: Render>(w: &mut dyn Write, format: OutputFormat, value: &T) -> Result<(), Error> {
     match format {
         OutputFormat::Table => value.table(w).map_err(|source| Error::Output { source }),
+        OutputFormat::Markdown => value.markdown(w).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::Unsupported {
+                Error::UnsupportedOutput { format: "markdown" }
+            } else {
+                Error::Output { source }
+            }
+        }),
         OutputFormat::Json => {
             serde_json::to_writer_pretty(&mut *w, value)
                 .map_err(|e| Error::Encode { format: "json", source: Box::new(e) })?;
