@@ -165,6 +165,90 @@ pub fn plural(kind: &str) -> String {
 mod tests {
     use super::*;
 
+    /// Kinds Kubernetes has (or had) in the groups the database covers.
+    const KNOWN_KINDS: &[&str] = &[
+        "APIService", "CSIDriver", "CSINode", "CSIStorageCapacity", "CertificateSigningRequest", "ClusterRole",
+        "ClusterRoleBinding", "ControllerRevision", "CronJob", "CustomResourceDefinition", "DaemonSet", "Deployment",
+        "EndpointSlice", "Event", "FlowSchema", "HorizontalPodAutoscaler", "IPAddress", "Ingress", "IngressClass",
+        "Lease", "LocalSubjectAccessReview", "MutatingWebhookConfiguration", "NetworkPolicy", "PodDisruptionBudget",
+        "PodSecurityPolicy", "PriorityClass", "PriorityLevelConfiguration", "ReplicaSet", "Role", "RoleBinding",
+        "RuntimeClass", "SelfSubjectAccessReview", "SelfSubjectRulesReview", "ServiceCIDR", "StatefulSet",
+        "StorageClass", "SubjectAccessReview", "TokenReview", "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding", "ValidatingWebhookConfiguration", "VolumeAttachment",
+        "VolumeAttributesClass",
+    ];
+    /// Create-only kinds: no List kind exists.
+    const NO_LIST: &[&str] = &["TokenReview", "SubjectAccessReview", "LocalSubjectAccessReview", "SelfSubjectAccessReview", "SelfSubjectRulesReview"];
+
+    #[test]
+    fn embedded_database_is_consistent() {
+        let file = parse(Path::new("data/deprecations.yaml"), EMBEDDED).unwrap();
+        assert!(file.entries.len() > 100, "the database lost rows");
+        let mut seen = std::collections::HashSet::new();
+        for e in &file.entries {
+            let what = format!("{}/{} {}", e.group, e.version, e.kind);
+            assert!(seen.insert((e.group.clone(), e.version.clone(), e.kind.clone())), "duplicate entry {what}");
+            let item = e.kind.strip_suffix("List").unwrap_or(&e.kind);
+            assert!(KNOWN_KINDS.contains(&item), "unknown kind name {what}");
+            assert!(!(e.kind.ends_with("List") && NO_LIST.contains(&item)), "{what}: that kind has no List");
+            assert!(e.group.is_empty() || e.group.contains('.') || e.group == "extensions" || e.group == "apps" || e.group == "batch" || e.group == "policy" || e.group == "autoscaling", "odd group {what}");
+            assert!(e.version.starts_with('v') && e.version.contains("beta") || e.version.contains("alpha"), "only pre-GA versions are removed: {what}");
+            assert_eq!(e.deprecated_in.major, 1, "{what}");
+            let removed = e.removed_in.unwrap_or_else(|| panic!("{what}: removedIn missing"));
+            assert!(removed >= e.deprecated_in, "{what}: removed {removed} before deprecated {}", e.deprecated_in);
+            assert!(e.is_kubernetes(), "{what}");
+            match (&e.replacement, e.replacement_available_in) {
+                (Some(r), Some(since)) => {
+                    assert_ne!(r, &e.api_version(), "{what}: replacement equals itself");
+                    assert!(r.matches('/').count() == 1 || !r.contains('/'), "{what}: bad replacement {r}");
+                    assert!(since <= removed, "{what}: replacement available only after removal");
+                }
+                (None, None) => assert!(e.note.is_some(), "{what}: no replacement needs a note"),
+                _ => panic!("{what}: replacement and replacementAvailableIn go together"),
+            }
+            // Every listable kind has its List twin with the same data, and vice versa.
+            if !NO_LIST.contains(&item) {
+                let twin = if e.kind.ends_with("List") { item.to_string() } else { format!("{}List", e.kind) };
+                let t = file
+                    .entries
+                    .iter()
+                    .find(|x| x.group == e.group && x.version == e.version && x.kind == twin)
+                    .unwrap_or_else(|| panic!("{what}: missing {twin}"));
+                assert_eq!(
+                    (t.deprecated_in, t.removed_in, &t.replacement, t.replacement_available_in),
+                    (e.deprecated_in, e.removed_in, &e.replacement, e.replacement_available_in),
+                    "{what} and {twin} differ"
+                );
+            }
+        }
+        // Every removal release of the migration guide is covered.
+        let releases: std::collections::BTreeSet<String> = file.entries.iter().filter_map(|e| e.removed_in).map(|r| r.to_string()).collect();
+        for r in ["1.16", "1.22", "1.25", "1.26", "1.27", "1.29", "1.32"] {
+            assert!(releases.contains(r), "no removals for {r}");
+        }
+        // Spot checks against the guide.
+        let db = Database::embedded();
+        let e = db.lookup("networking.k8s.io/v1beta1", "Ingress").unwrap();
+        assert_eq!((e.removed_in, e.replacement.as_deref()), (Some(Minor::new(1, 22)), Some("networking.k8s.io/v1")));
+        let e = db.lookup("autoscaling/v2beta2", "HorizontalPodAutoscaler").unwrap();
+        assert_eq!(e.removed_in, Some(Minor::new(1, 26)));
+        let e = db.lookup("policy/v1beta1", "PodSecurityPolicy").unwrap();
+        assert_eq!((e.removed_in, e.replacement.as_deref()), (Some(Minor::new(1, 25)), None));
+        let e = db.lookup("flowcontrol.apiserver.k8s.io/v1beta3", "FlowSchema").unwrap();
+        assert_eq!(e.removed_in, Some(Minor::new(1, 32)));
+        assert!(db.lookup("batch/v1beta1", "CronJobList").is_some());
+    }
+
+    #[test]
+    fn api_data_files_are_validated_with_locations() {
+        let bad = "apiVersion: lifeboat.io/v1\nkind: APIDeprecationList\nentries:\n  - group: cert-manager.io\n    version: v1alpha2\n    kind: Certificate\n    deprecatedIn: \"1.4\"\n    removedIn: \"1.6\"\n    replacment: cert-manager.io/v1\n";
+        let err = parse(Path::new("extra.yaml"), bad).unwrap_err().to_string();
+        assert!(err.starts_with("extra.yaml:9:"), "{err}");
+        assert!(err.contains("replacment"), "{err}");
+        let bad_version = "apiVersion: lifeboat.io/v1\nkind: APIDeprecationList\nentries:\n  - {group: x.io, version: v1, kind: X, deprecatedIn: \"one\"}\n";
+        assert!(parse(Path::new("v.yaml"), bad_version).is_err());
+    }
+
     #[test]
     fn plurals_match_kubernetes_resource_names() {
         for (k, p) in [

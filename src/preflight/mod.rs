@@ -104,11 +104,14 @@ pub fn api_message(e: &Entry, severity: Severity, target: Minor) -> String {
         (_, Some(r)) => format!("{} {} is deprecated since {} and removed in {r}", e.api_version(), e.kind, e.deprecated_in),
         (_, None) => format!("{} {} is deprecated since {}", e.api_version(), e.kind, e.deprecated_in),
     };
-    let todo = match (&e.replacement, e.replacement_available_in) {
+    let mut todo = match (&e.replacement, e.replacement_available_in) {
         (Some(r), Some(since)) => format!("; use {r} (available since {since})"),
         (Some(r), None) => format!("; use {r}"),
-        (None, _) => e.note.as_ref().map(|n| format!("; {n}")).unwrap_or_else(|| "; no replacement API".into()),
+        (None, _) => "; no replacement API".into(),
     };
+    if let Some(n) = &e.note {
+        todo.push_str(&format!(" ({n})"));
+    }
     let _ = target;
     format!("{what}{todo}")
 }
@@ -339,4 +342,39 @@ pub async fn preflight(opts: &PreflightOptions, cluster_opts: &ClusterOptions) -
         notes,
         summary,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every database entry, in a manifest, for targets before deprecation, between deprecation
+    /// and removal, at removal and after it.
+    #[test]
+    fn every_database_entry_is_found_in_manifests_at_the_right_severity() {
+        let db = Database::embedded();
+        for e in &db.entries {
+            let doc = format!("apiVersion: {}\nkind: {}\nmetadata:\n  name: x\n", e.api_version(), e.kind);
+            let scanned = vec![manifests::ScannedFile { path: "t.yaml".into(), scanned: manifests::scan_text(&doc, false), read_error: None }];
+            let at = |t: Minor| {
+                let mut notes = vec![];
+                let (f, n) = manifest_findings(&db, t, &scanned, Source::Manifest, &mut notes);
+                assert_eq!(n, 1);
+                assert!(notes.is_empty(), "{notes:?}");
+                assert!(f.len() <= 1);
+                f.first().map(|f| f.severity)
+            };
+            let removed = e.removed_in.expect("embedded entries all have removedIn");
+            let what = format!("{} {}", e.api_version(), e.kind);
+            if e.deprecated_in.minor > 0 {
+                assert_eq!(at(Minor::new(1, e.deprecated_in.minor - 1)), None, "{what} before deprecation");
+            }
+            assert_eq!(at(e.deprecated_in), if e.deprecated_in < removed { Some(Severity::Warning) } else { Some(Severity::Error) }, "{what} at deprecation");
+            if removed.minor > e.deprecated_in.minor {
+                assert_eq!(at(Minor::new(1, removed.minor - 1)), Some(Severity::Warning), "{what} just before removal");
+            }
+            assert_eq!(at(removed), Some(Severity::Error), "{what} at removal");
+            assert_eq!(at(removed.next()), Some(Severity::Error), "{what} after removal");
+        }
+    }
 }
