@@ -6,6 +6,9 @@ use super::{CheckStatus, Finding, Report};
 use crate::output::Render;
 
 fn location(f: &Finding) -> String {
+    if f.source == super::Source::Metrics {
+        return "apiserver metrics".into();
+    }
     if let Some(file) = &f.file {
         return match f.line {
             Some(l) => format!("{file}:{l}"),
