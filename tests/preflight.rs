@@ -272,3 +272,36 @@ fn unreachable_cluster_needs_a_target_then_scans_manifests_only() {
     assert!(report["notes"][0].as_str().unwrap().contains("only manifests were scanned"), "{}", r.describe());
     assert!(report["checks"].as_array().unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn works_with_exactly_the_documented_cluster_role() {
+    let ns = TestNs::new("pfrole").await;
+    let doc: Value = serde_norway::from_str(&std::fs::read_to_string(common::repo_root().join("docs/rbac/preflight-clusterrole.yaml")).unwrap()).unwrap();
+    let (kc, role) = common::cluster_identity(&ns, "preflight", doc["rules"].clone()).await;
+    // RBAC bindings take effect asynchronously in the authorizer cache.
+    let client = common::client_for(&kc).await;
+    eventually("role effective", Duration::from_secs(30), || async {
+        Api::<Node>::all(client.clone()).list(&Default::default()).await.ok()
+    })
+    .await;
+    let r = Lifeboat::new().run(&["preflight", "--target", "1.35", "-o", "json", "--fail-on", "none", "--kubeconfig", kc.to_str().unwrap()]);
+    r.code_is(0);
+    let report = r.json();
+    let notes = report["notes"].as_array().unwrap();
+    assert!(notes.is_empty(), "with the documented role every source is readable: {notes:#?}");
+    for c in report["checks"].as_array().unwrap() {
+        if c["name"] != "control-plane-components" && c["name"] != "kube-proxy-skew" {
+            assert_ne!(c["status"], "skipped", "{c}");
+        }
+    }
+    // And without the role (same identity, role removed) the sources turn into notes, not errors.
+    common::delete_cluster_identity(&ns.client, &role).await;
+    eventually("role revoked", Duration::from_secs(30), || async {
+        Api::<Node>::all(client.clone()).list(&Default::default()).await.err()
+    })
+    .await;
+    let r = Lifeboat::new().run(&["preflight", "--target", "1.35", "-o", "json", "--fail-on", "none", "--kubeconfig", kc.to_str().unwrap()]);
+    let report = r.json();
+    assert!(report["notes"].as_array().unwrap().len() >= 3, "{}", r.describe());
+    ns.cleanup().await;
+}

@@ -331,6 +331,30 @@ impl Lifeboat {
     }
 }
 
+/// A kubeconfig for a ServiceAccount of `ns` bound to a new ClusterRole with exactly `rules`
+/// (cluster-wide). Returns the kubeconfig and the ClusterRole's name (delete it when done).
+pub async fn cluster_identity(ns: &TestNs, name: &str, rules: serde_json::Value) -> (PathBuf, String) {
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+    let role_name = unique(&format!("lbt-{name}"));
+    let pp = PostParams::default();
+    let cr: ClusterRole = serde_json::from_value(serde_json::json!({"metadata": {"name": role_name}, "rules": rules})).unwrap();
+    Api::<ClusterRole>::all(ns.client.clone()).create(&pp, &cr).await.unwrap();
+    let crb: ClusterRoleBinding = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": role_name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role_name},
+        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": ns.name}]
+    }))
+    .unwrap();
+    Api::<ClusterRoleBinding>::all(ns.client.clone()).create(&pp, &crb).await.unwrap();
+    (limited_identity(ns, name, serde_json::json!([])).await, role_name)
+}
+
+pub async fn delete_cluster_identity(client: &kube::Client, role_name: &str) {
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+    let _ = Api::<ClusterRoleBinding>::all(client.clone()).delete(role_name, &DeleteParams::default()).await;
+    let _ = Api::<ClusterRole>::all(client.clone()).delete(role_name, &DeleteParams::default()).await;
+}
+
 /// A kubeconfig for a ServiceAccount of `ns` that has exactly the given RBAC rules (a Role in
 /// `ns`), authenticated with a bound token from the TokenRequest API. Works on any cluster, so
 /// RBAC tests run against external clusters too.
