@@ -36,7 +36,7 @@ fn directory_scan_with_lines_lists_and_broken_documents() {
         .collect();
     let want = [
         ("app/deploy.yaml:6", "Ingress", "extensions/v1beta1", "error"),
-        ("app/list.yml:1", "PodSecurityPolicy", "policy/v1beta1", "error"),
+        ("app/list.yml:4", "PodSecurityPolicy", "policy/v1beta1", "error"),
         ("cron.json:1", "CronJob", "batch/v1beta1", "error"),
         ("deep/er/hpa.yaml:1", "HorizontalPodAutoscaler", "autoscaling/v2beta2", "warning"),
     ];

@@ -196,14 +196,44 @@ impl<'de> Deserialize<'de> for Doc {
     }
 }
 
-fn collect(doc: Doc, line: usize, out: &mut Vec<ObjectRef>) {
+/// Collect the objects of a parsed document that starts at `line` with text `text`. List items
+/// get the line of their own `apiVersion:` key when it can be found in the text (searching
+/// forward item by item), else the List's line.
+fn collect(doc: Doc, line: usize, text: &str, out: &mut Vec<ObjectRef>) {
+    let mut cursor = 0usize; // byte offset in `text` after the previous item
+    collect_inner(doc, line, line, text, &mut cursor, out);
+}
+
+fn find_api_version_line(text: &str, cursor: &mut usize, api_version: &str) -> Option<usize> {
+    let rest = text.get(*cursor..)?;
+    let mut offset = *cursor;
+    for l in rest.split_inclusive('\n') {
+        let t = l.trim().trim_start_matches('-').trim_start();
+        if let Some(v) = t.strip_prefix("apiVersion:") {
+            if v.trim().trim_matches(['"', '\'']) == api_version {
+                *cursor = offset + l.len();
+                return Some(text[..offset].matches('\n').count());
+            }
+        }
+        offset += l.len();
+    }
+    None
+}
+
+fn collect_inner(doc: Doc, line: usize, doc_line: usize, text: &str, cursor: &mut usize, out: &mut Vec<ObjectRef>) {
     let is_list = doc.kind.as_deref().is_some_and(|k| k == "List" || k.ends_with("List")) && doc.items.is_some();
     if let (Some(api_version), Some(kind)) = (doc.api_version, doc.kind) {
         out.push(ObjectRef { line, api_version, kind, name: doc.name, namespace: doc.namespace });
     }
     if is_list {
         for item in doc.items.unwrap_or_default() {
-            collect(item, line, out);
+            let item_line = item
+                .api_version
+                .as_deref()
+                .and_then(|v| find_api_version_line(text, cursor, v))
+                .map(|l| doc_line + l)
+                .unwrap_or(doc_line);
+            collect_inner(item, item_line, doc_line, text, cursor, out);
         }
     }
 }
@@ -234,17 +264,18 @@ fn split_documents(text: &str) -> Vec<(usize, &str)> {
 
 /// Scan one file's text. JSON when `json` (one document), else a YAML stream.
 pub fn scan_text(text: &str, json: bool) -> Scanned {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut s = Scanned::default();
     if json {
         match serde_json::from_str::<Doc>(text) {
-            Ok(doc) => collect(doc, 1, &mut s.objects),
+            Ok(doc) => collect(doc, 1, "", &mut s.objects),
             Err(e) => s.problems.push(ParseProblem { line: e.line(), column: e.column(), message: e.to_string() }),
         }
         return s;
     }
     for (first_line, doc_text) in split_documents(text) {
         match serde_norway::from_str::<Doc>(doc_text) {
-            Ok(doc) => collect(doc, first_line, &mut s.objects),
+            Ok(doc) => collect(doc, first_line, doc_text, &mut s.objects),
             Err(e) => {
                 let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((1, 1));
                 let message = e.to_string();
@@ -359,6 +390,13 @@ mod tests {
         let s = scan_text(text, false);
         let kinds: Vec<_> = s.objects.iter().map(|o| o.kind.as_str()).collect();
         assert_eq!(kinds, ["List", "Deployment", "Service"]);
+        let lines: Vec<_> = s.objects.iter().map(|o| o.line).collect();
+        assert_eq!(lines, [1, 4, 7], "each item at its own apiVersion line");
+        // Items after a leading document separator and comments; BOM and CRLF tolerated.
+        let text = "\u{feff}---\r\n# c\r\napiVersion: v1\r\nkind: List\r\nitems:\r\n  - kind: Ingress\r\n    apiVersion: \"extensions/v1beta1\"\r\n";
+        let s = scan_text(text, false);
+        assert!(s.problems.is_empty(), "{:?}", s.problems);
+        assert_eq!(s.objects[1].line, 7);
     }
 
     #[test]
