@@ -13,6 +13,7 @@ pub mod error;
 pub mod logging;
 pub mod output;
 pub mod preflight;
+pub mod store;
 pub mod version;
 
 use cli::{Cli, Command, ConfigCommand};
