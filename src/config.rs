@@ -22,6 +22,7 @@ pub struct ConfigFile {
     pub output: Option<OutputFormat>,
     pub log_format: Option<LogFormat>,
     pub repo: Option<String>,
+    pub s3_endpoint: Option<String>,
 }
 
 /// Where a setting's value came from.
@@ -51,6 +52,7 @@ pub struct Settings {
     pub output: Setting<OutputFormat>,
     pub log_format: Setting<LogFormat>,
     pub repo: Setting<String>,
+    pub s3_endpoint: Setting<Option<String>>,
 }
 
 /// The default configuration file path (whether or not it exists).
@@ -135,6 +137,12 @@ impl Settings {
             g.log_format.and_then(|o| clap::ValueEnum::to_possible_value(&o)).is_some_and(|p| p.matches(v, true))
         });
         let repo_src = source_of("LIFEBOAT_REPO", g.repo.is_some(), |v| g.repo.as_deref() == Some(v));
+        let s3_src = source_of("LIFEBOAT_S3_ENDPOINT", g.s3_endpoint.is_some(), |v| g.s3_endpoint.as_deref() == Some(v));
+        let s3_endpoint = match (g.s3_endpoint.clone(), file.s3_endpoint.clone()) {
+            (Some(v), _) => Setting { value: Some(v), source: s3_src },
+            (None, Some(v)) => Setting { value: Some(v), source: Source::File },
+            (None, None) => Setting { value: None, source: Source::Default },
+        };
 
         let kubeconfig = match (g.kubeconfig.clone(), file.kubeconfig.clone()) {
             (Some(v), _) => Setting { value: Some(v), source: kc_src },
@@ -153,6 +161,7 @@ impl Settings {
             output: pick(g.output, out_src, file.output, OutputFormat::Table),
             log_format: pick(g.log_format, log_src, file.log_format, LogFormat::Text),
             repo: pick(g.repo.clone(), repo_src, file.repo.clone(), default_repo_url()),
+            s3_endpoint,
         })
     }
 }

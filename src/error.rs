@@ -97,6 +97,18 @@ pub enum Error {
         source: kube::Error,
     },
 
+    #[error(transparent)]
+    Repo(#[from] crate::repo::RepoError),
+
+    #[error("invalid repository URL: {0}")]
+    RepoUrl(String),
+
+    #[error("{0}")]
+    Usage(String),
+
+    #[error("interrupted")]
+    Interrupted,
+
     #[error("{format} output is not available for this command")]
     UnsupportedOutput { format: &'static str },
 
@@ -131,7 +143,11 @@ impl Error {
             | Error::NeedTarget { .. }
             | Error::Discovery { .. }
             | Error::Kube { .. }
-            | Error::UnsupportedOutput { .. } => Exit::Failure,
+            | Error::UnsupportedOutput { .. }
+            | Error::Repo(_)
+            | Error::RepoUrl(_)
+            | Error::Usage(_) => Exit::Failure,
+            Error::Interrupted => Exit::Interrupted,
         }
     }
 }

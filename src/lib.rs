@@ -6,6 +6,7 @@
 //! exit code.
 use clap::CommandFactory;
 
+pub mod backup;
 pub mod cli;
 pub mod cluster;
 pub mod config;
@@ -13,14 +14,27 @@ pub mod error;
 pub mod logging;
 pub mod output;
 pub mod preflight;
+pub mod repo;
+pub mod restore;
+pub mod selector;
 pub mod store;
 pub mod version;
 
-use cli::{Cli, Command, ConfigCommand};
+use cli::backup::BackupCommand;
+use cli::{Cli, Command, ConfigCommand, RepoCommand};
 use config::Settings;
 use error::{Error, Exit};
 
 impl Settings {
+    pub fn repo_options(&self, g: &cli::GlobalArgs) -> repo::access::RepoOptions {
+        repo::access::RepoOptions {
+            url: self.repo.value.clone(),
+            password_file: g.password_file.clone(),
+            password_command: g.password_command.clone(),
+            s3: store::S3Options { endpoint: self.s3_endpoint.value.clone(), region: None, path_style: None },
+        }
+    }
+
     pub fn cluster_options(&self) -> cluster::ClusterOptions {
         cluster::ClusterOptions {
             kubeconfig: self.kubeconfig.value.clone(),
@@ -61,8 +75,8 @@ pub async fn run(cli: Cli, settings: Settings) -> Result<Exit, Error> {
                 Ok(Exit::Success)
             }
         },
-        Command::Backup(c) => not_implemented(c.name(), 3),
-        Command::Restore(_) => not_implemented("restore", 3),
+        Command::Backup(c) => interruptible(backup_command(c, &cli.global, &settings)).await,
+        Command::Restore(args) => interruptible(restore_command(args, &cli.global, &settings)).await,
         Command::Preflight(args) => {
             let opts = args.options();
             let report = preflight::preflight(&opts, &settings.cluster_options()).await?;
@@ -71,7 +85,24 @@ pub async fn run(cli: Cli, settings: Settings) -> Result<Exit, Error> {
         }
         Command::Runbook(c) => not_implemented(c.name(), 6),
         Command::Drill(c) => not_implemented(c.name(), 4),
-        Command::Repo(c) => not_implemented(c.name(), 3),
+        Command::Repo(RepoCommand::Init) => {
+            let opts = settings.repo_options(&cli.global);
+            let r = repo::access::init(&opts, repo::crypto::KdfParams::DEFAULT).await?;
+            #[derive(serde::Serialize)]
+            #[serde(rename_all = "camelCase")]
+            struct Created {
+                repository: String,
+                id: String,
+            }
+            impl output::Render for Created {
+                fn table(&self, w: &mut dyn std::io::Write) -> std::io::Result<()> {
+                    writeln!(w, "created repository {} at {}", &self.id[..8], self.repository)?;
+                    writeln!(w, "Keep the password safe: without it the backups cannot be read by anyone.")
+                }
+            }
+            output::emit(out, &Created { repository: r.location(), id: r.config.id.clone() })?;
+            Ok(Exit::Success)
+        }
     }
 }
 
@@ -101,4 +132,105 @@ impl output::Render for Settings {
         writeln!(w, "{:<12} {:<50} {}", "repo", self.repo.value, src(self.repo.source))?;
         Ok(())
     }
+}
+
+/// Run `fut`; Ctrl-C / SIGTERM stops it (dropping it cancels in-flight work) with exit 130.
+async fn interruptible<F: std::future::Future<Output = Result<Exit, Error>>>(fut: F) -> Result<Exit, Error> {
+    let term = async {
+        #[cfg(unix)]
+        {
+            let mut t = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+            t.recv().await;
+        }
+        #[cfg(not(unix))]
+        std::future::pending::<()>().await;
+    };
+    tokio::select! {
+        r = fut => r,
+        _ = tokio::signal::ctrl_c() => Err(Error::Interrupted),
+        _ = term => Err(Error::Interrupted),
+    }
+}
+
+async fn backup_command(c: BackupCommand, g: &cli::GlobalArgs, settings: &Settings) -> Result<Exit, Error> {
+    let out = settings.output.value;
+    let ropts = settings.repo_options(g);
+    match c {
+        BackupCommand::Create(args) => {
+            let is_default = settings.repo.source == config::Source::Default;
+            let cluster = cluster::connect(&settings.cluster_options()).await?;
+            let (repo, created) = repo::access::open_or_init_default(&ropts, is_default).await?;
+            let bar = output::progress::BackupBar::new(g.quiet);
+            let result = backup::create(repo, &cluster, &args.options(settings.context.value.clone()), &bar).await;
+            bar.finish();
+            let mut summary = result?;
+            summary.repository_created = created;
+            if created && !g.quiet {
+                eprintln!("created the default repository at {}", summary.repository);
+            }
+            output::emit(out, &summary)?;
+            Ok(Exit::Success)
+        }
+        BackupCommand::List(args) => {
+            let repo = repo::access::open(&ropts).await?;
+            output::emit(out, &backup::manage::list(&repo, &args.tags).await?)?;
+            Ok(Exit::Success)
+        }
+        BackupCommand::Describe { id } => {
+            let repo = repo::access::open(&ropts).await?;
+            output::emit(out, &backup::manage::describe(&repo, &id).await?)?;
+            Ok(Exit::Success)
+        }
+        BackupCommand::Verify { id, read_data } => {
+            let repo = repo::access::open(&ropts).await?;
+            let report = backup::manage::verify(&repo, &id, read_data).await?;
+            output::emit(out, &report)?;
+            Ok(if report.ok { Exit::Success } else { Exit::Findings })
+        }
+        BackupCommand::Delete { ids } => {
+            let repo = repo::access::open(&ropts).await?;
+            output::emit(out, &backup::manage::delete(repo, &ids).await?)?;
+            Ok(Exit::Success)
+        }
+        BackupCommand::Prune(a) => {
+            let repo = repo::access::open(&ropts).await?;
+            let r = backup::manage::Retention { last: a.keep_last, hourly: a.keep_hourly, daily: a.keep_daily, weekly: a.keep_weekly, monthly: a.keep_monthly };
+            output::emit(out, &backup::manage::prune(repo, &r, a.dry_run).await?)?;
+            Ok(Exit::Success)
+        }
+        BackupCommand::Export { id, file } => {
+            let repo = repo::access::open(&ropts).await?;
+            output::emit(out, &backup::manage::export(&repo, &id, &file).await?)?;
+            Ok(Exit::Success)
+        }
+    }
+}
+
+async fn restore_command(a: cli::backup::RestoreArgs, g: &cli::GlobalArgs, settings: &Settings) -> Result<Exit, Error> {
+    let cluster = cluster::connect(&settings.cluster_options()).await?;
+    cluster.client.apiserver_version().await.map_err(|source| Error::Unreachable { server: cluster.server.clone(), source })?;
+    let source = match (&a.from_archive, &a.backup) {
+        (Some(f), _) => restore::Source::Archive { name: f.display().to_string(), objects: restore::archive::read(f)? },
+        (None, Some(spec)) => {
+            let repo = repo::access::open(&settings.repo_options(g)).await?;
+            restore::repository_source(repo, spec).await?
+        }
+        (None, None) => return Err(Error::Usage("give a backup id, `latest`, or --from-archive FILE".into())),
+    };
+    let opts = restore::RestoreOptions {
+        namespaces: a.select.namespaces.clone(),
+        selector: a.select.selector.clone(),
+        include_resources: a.select.include_resources.clone(),
+        exclude_resources: a.select.exclude_resources.clone(),
+        include_cluster_resources: a.select.include_cluster_resources,
+        namespace_map: a.namespace_map.iter().cloned().collect(),
+        existing: a.existing,
+        dry_run: a.dry_run,
+        preserve_nodeports: a.preserve_nodeports,
+        crd_timeout: std::time::Duration::from_secs(a.crd_timeout),
+        ..Default::default()
+    };
+    let report = restore::restore(&cluster.client, source, &opts).await?;
+    output::emit(settings.output.value, &report)?;
+    Ok(if report.failed > 0 { Exit::Findings } else { Exit::Success })
 }

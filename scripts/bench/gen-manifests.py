@@ -693,8 +693,10 @@ class Gen:
         apps_per_team = max(1, nfiles // (len(teams) * 20))
         written = []
         for i in range(nfiles):
-            team = teams[i % len(teams)]
-            app = f"{r.choice(WORDS)}-{(i // len(teams)) % apps_per_team:03d}"
+            ti = i % len(teams)
+            team = teams[ti]
+            ai = (i // len(teams)) % apps_per_team
+            app = f"{WORDS[(ai * 7 + ti * 3) % len(WORDS)]}-{ai:03d}"
             env = r.choice(ENVS)
             sub = r.choice(["base", f"overlays/{env}", f"overlays/{env}", "k8s", "deploy", f"charts/{app}/rendered", "manifests"])
             c = Ctx(r, team, app, env)

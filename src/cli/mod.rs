@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+pub mod backup;
 pub mod placeholder;
 pub mod preflight;
 
@@ -59,6 +60,19 @@ pub struct GlobalArgs {
     #[arg(long, global = true, env = "LIFEBOAT_REPO", value_name = "URL")]
     pub repo: Option<String>,
 
+    /// Read the repository password from this file
+    #[arg(long, global = true, env = "LIFEBOAT_PASSWORD_FILE", value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+
+    /// Run this shell command and read the repository password from its output
+    #[arg(long, global = true, env = "LIFEBOAT_PASSWORD_COMMAND", value_name = "COMMAND")]
+    pub password_command: Option<String>,
+
+    /// S3 endpoint URL for s3:// repositories (S3-compatible servers); path-style addressing
+    /// is used with a custom endpoint
+    #[arg(long, global = true, env = "LIFEBOAT_S3_ENDPOINT", value_name = "URL")]
+    pub s3_endpoint: Option<String>,
+
     /// Configuration file (default: $XDG_CONFIG_HOME/lifeboat/config.yaml)
     #[arg(long, global = true, env = "LIFEBOAT_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -98,12 +112,12 @@ pub enum Command {
         command: ConfigCommand,
     },
 
-    /// Back up cluster manifests (and volume data) into the repository
+    /// Back up cluster manifests into the repository; list, verify, prune, export backups
     #[command(subcommand)]
-    Backup(placeholder::BackupCommand),
+    Backup(backup::BackupCommand),
 
-    /// Restore a backup into the cluster
-    Restore(placeholder::Rest),
+    /// Restore a backup (or an exported archive) into the cluster
+    Restore(backup::RestoreArgs),
 
     /// Check an upgrade before doing it: removed/deprecated APIs, version skew, blockers
     Preflight(preflight::PreflightArgs),
@@ -116,9 +130,9 @@ pub enum Command {
     #[command(subcommand)]
     Drill(placeholder::DrillCommand),
 
-    /// Manage the backup repository (init, check keys)
+    /// Manage the backup repository
     #[command(subcommand)]
-    Repo(placeholder::RepoCommand),
+    Repo(RepoCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -127,4 +141,11 @@ pub enum ConfigCommand {
     View,
     /// Print the path of the configuration file that is read
     Path,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RepoCommand {
+    /// Create a new, encrypted repository at --repo (password from LIFEBOAT_PASSWORD,
+    /// --password-file, --password-command or a prompt)
+    Init,
 }

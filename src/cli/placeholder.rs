@@ -12,20 +12,6 @@ pub struct Rest {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum BackupCommand {
-    /// Back up the cluster's manifests into the repository
-    Create(Rest),
-    /// List the backups in the repository
-    List(Rest),
-    /// Show one backup
-    Describe(Rest),
-    /// Verify a backup's integrity
-    Verify(Rest),
-    /// Delete backups by retention policy and prune unreferenced data
-    Prune(Rest),
-}
-
-#[derive(Debug, Subcommand)]
 pub enum RunbookCommand {
     /// Check a runbook file without a cluster
     Validate(Rest),
@@ -45,24 +31,6 @@ pub enum DrillCommand {
     Run(Rest),
     /// Print manifests for a CronJob that runs drills on a schedule
     Cronjob(Rest),
-}
-
-#[derive(Debug, Subcommand)]
-pub enum RepoCommand {
-    /// Create a new repository
-    Init(Rest),
-}
-
-impl BackupCommand {
-    pub fn name(&self) -> &'static str {
-        match self {
-            BackupCommand::Create(_) => "backup create",
-            BackupCommand::List(_) => "backup list",
-            BackupCommand::Describe(_) => "backup describe",
-            BackupCommand::Verify(_) => "backup verify",
-            BackupCommand::Prune(_) => "backup prune",
-        }
-    }
 }
 
 impl RunbookCommand {
@@ -86,10 +54,3 @@ impl DrillCommand {
     }
 }
 
-impl RepoCommand {
-    pub fn name(&self) -> &'static str {
-        match self {
-            RepoCommand::Init(_) => "repo init",
-        }
-    }
-}

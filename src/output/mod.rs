@@ -7,6 +7,8 @@ use serde::Serialize;
 use crate::cli::OutputFormat;
 use crate::error::Error;
 
+pub mod progress;
+
 /// Something that can be shown as a human table as well as serialized.
 pub trait Render: Serialize {
     /// The human (table) form, written to `w`.

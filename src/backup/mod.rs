@@ -1,0 +1,605 @@
+//! `lifeboat backup create`: discover every served resource type (preferred version), LIST them
+//! page by page with bounded concurrency, and stream each object into the repository as it
+//! arrives. Memory holds one page per concurrent LIST plus the pack being built, not the cluster.
+//!
+//! Object rules (docs/backup.md): `metadata.managedFields` is dropped (noise; restore strips it
+//! anyway); `apiVersion`/`kind` are set from discovery; everything else is kept as the server
+//! returned it. Skipped by default (`--no-default-excludes` keeps them): events, nodes, leases,
+//! endpoints, endpointslices, csinodes, volumeattachments, and pods / replicasets owned by a
+//! controller.
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::{StreamExt, TryStreamExt};
+use kube::api::{Api, DynamicObject, ListParams};
+use kube::discovery::{ApiCapabilities, ApiResource, Discovery, Scope, verbs};
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::Mutex;
+
+use crate::cluster::Cluster;
+use crate::error::Error;
+use crate::repo::snapshot::{ClusterInfo, Selectors, Snapshot, TREE_ENTRIES, Tree, TreeEntry};
+use crate::repo::{BlobType, Packer, Repository, lock::Lock, new_id};
+use crate::store::layout;
+
+pub mod manage;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClusterResources {
+    Auto,
+    True,
+    False,
+}
+
+#[derive(Debug, Clone)]
+pub struct BackupOptions {
+    /// Empty: all namespaces.
+    pub namespaces: Vec<String>,
+    pub selector: Option<String>,
+    pub include_resources: Vec<String>,
+    pub exclude_resources: Vec<String>,
+    pub include_cluster_resources: ClusterResources,
+    pub default_excludes: bool,
+    pub tags: BTreeMap<String, String>,
+    pub context: Option<String>,
+    pub concurrency: usize,
+    pub page_size: u32,
+}
+
+impl Default for BackupOptions {
+    fn default() -> Self {
+        BackupOptions {
+            namespaces: vec![],
+            selector: None,
+            include_resources: vec![],
+            exclude_resources: vec![],
+            include_cluster_resources: ClusterResources::Auto,
+            default_excludes: true,
+            tags: BTreeMap::new(),
+            context: None,
+            concurrency: 4,
+            page_size: 500,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupSummary {
+    pub id: String,
+    pub repository: String,
+    pub objects: u64,
+    pub resources: BTreeMap<String, u64>,
+    pub bytes_added: u64,
+    pub bytes_total: u64,
+    pub duration_seconds: f64,
+    pub warnings: Vec<String>,
+    /// True when this run created the (default) repository.
+    pub repository_created: bool,
+}
+
+/// Progress callbacks (a progress bar on a TTY; nothing otherwise).
+pub trait Progress: Send + Sync {
+    fn types(&self, _total: usize) {}
+    fn type_done(&self, _name: &str) {}
+    fn objects(&self, _n: u64) {}
+}
+
+pub struct NoProgress;
+impl Progress for NoProgress {}
+
+/// `resource[.group]` patterns as kubectl and Velero take them; `*` matches everything.
+#[derive(Debug, Clone)]
+pub struct ResourcePattern {
+    name: String,
+    group: Option<String>,
+}
+
+impl ResourcePattern {
+    pub fn parse(s: &str) -> ResourcePattern {
+        let s = s.trim().to_ascii_lowercase();
+        match s.split_once('.') {
+            Some((n, g)) => ResourcePattern { name: n.to_string(), group: Some(g.to_string()) },
+            None => ResourcePattern { name: s, group: None },
+        }
+    }
+    pub fn matches(&self, ar: &ApiResource) -> bool {
+        if self.name == "*" {
+            return true;
+        }
+        let names = [ar.plural.to_ascii_lowercase(), ar.kind.to_ascii_lowercase()];
+        names.contains(&self.name) && self.group.as_ref().is_none_or(|g| *g == ar.group || (g == "core" && ar.group.is_empty()))
+    }
+}
+
+/// Resource types skipped by default: they are recreated by the cluster or must not be
+/// restored.
+pub fn default_excluded(ar: &ApiResource) -> bool {
+    matches!(
+        (ar.group.as_str(), ar.plural.as_str()),
+        ("", "events")
+            | ("events.k8s.io", "events")
+            | ("", "nodes")
+            | ("coordination.k8s.io", "leases")
+            | ("", "endpoints")
+            | ("discovery.k8s.io", "endpointslices")
+            | ("storage.k8s.io", "csinodes")
+            | ("storage.k8s.io", "volumeattachments")
+            | ("", "componentstatuses")
+    )
+}
+
+/// Objects skipped by default even when their type is backed up: pods and replicasets owned by
+/// a controller (their owner recreates them).
+pub fn owned_by_controller(ar: &ApiResource, obj: &Value) -> bool {
+    let candidate = matches!((ar.group.as_str(), ar.plural.as_str()), ("", "pods") | ("apps", "replicasets"));
+    candidate
+        && obj["metadata"]["ownerReferences"]
+            .as_array()
+            .is_some_and(|refs| refs.iter().any(|r| r["controller"].as_bool() == Some(true)))
+}
+
+pub fn group_resource(ar: &ApiResource) -> String {
+    if ar.group.is_empty() { ar.plural.clone() } else { format!("{}/{}", ar.group, ar.plural) }
+}
+
+/// Prepare an object for storage: set apiVersion/kind, drop managedFields.
+pub fn prepare(ar: &ApiResource, mut obj: Value) -> Value {
+    if let Some(m) = obj.as_object_mut() {
+        m.insert("apiVersion".into(), Value::String(ar.api_version.clone()));
+        m.insert("kind".into(), Value::String(ar.kind.clone()));
+        if let Some(meta) = m.get_mut("metadata").and_then(Value::as_object_mut) {
+            meta.remove("managedFields");
+        }
+    }
+    obj
+}
+
+/// Cluster-scoped objects that the selected namespaces use (for `--include-cluster-resources
+/// auto` with a namespace filter).
+#[derive(Debug, Default)]
+struct References {
+    persistent_volumes: BTreeSet<String>,
+    storage_classes: BTreeSet<String>,
+    cluster_roles: BTreeSet<String>,
+    /// `plural.group` of namespaced types that had objects
+    crds: BTreeSet<String>,
+}
+
+impl References {
+    fn note(&mut self, ar: &ApiResource, obj: &Value) {
+        match (ar.group.as_str(), ar.plural.as_str()) {
+            ("", "persistentvolumeclaims") => {
+                if let Some(v) = obj["spec"]["volumeName"].as_str().filter(|s| !s.is_empty()) {
+                    self.persistent_volumes.insert(v.to_string());
+                }
+                if let Some(c) = obj["spec"]["storageClassName"].as_str().filter(|s| !s.is_empty()) {
+                    self.storage_classes.insert(c.to_string());
+                }
+            }
+            ("rbac.authorization.k8s.io", "rolebindings") => {
+                if obj["roleRef"]["kind"] == "ClusterRole" {
+                    if let Some(n) = obj["roleRef"]["name"].as_str() {
+                        self.cluster_roles.insert(n.to_string());
+                    }
+                }
+            }
+            _ => {}
+        }
+        if ar.group.contains('.') && !ar.group.ends_with(".k8s.io") {
+            self.crds.insert(format!("{}.{}", ar.plural, ar.group));
+        }
+    }
+}
+
+struct Shared {
+    packer: Packer,
+    repo: Arc<Repository>,
+    refs: Mutex<References>,
+    counts: Mutex<BTreeMap<String, u64>>,
+    /// (type key, chunk number, tree blob)
+    trees: Mutex<Vec<(String, usize, crate::repo::crypto::BlobId)>>,
+    bytes_total: std::sync::atomic::AtomicU64,
+    objects: std::sync::atomic::AtomicU64,
+    warnings: Mutex<Vec<String>>,
+}
+
+/// Streams one resource type's objects into the repository.
+struct TypeWriter<'a> {
+    shared: &'a Shared,
+    key: String,
+    ar: &'a ApiResource,
+    entries: Vec<TreeEntry>,
+    chunk: usize,
+    count: u64,
+}
+
+impl<'a> TypeWriter<'a> {
+    async fn add(&mut self, obj: Value, progress: &dyn Progress) -> Result<(), Error> {
+        let obj = prepare(self.ar, obj);
+        let bytes = serde_json::to_vec(&obj).expect("JSON value serializes");
+        let blob = self.shared.packer.add(BlobType::Object, &bytes).await?;
+        let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        let namespace = obj["metadata"]["namespace"].as_str().map(str::to_string);
+        self.shared.refs.lock().await.note(self.ar, &obj);
+        self.entries.push(TreeEntry {
+            group: self.ar.group.clone(),
+            version: self.ar.version.clone(),
+            resource: self.ar.plural.clone(),
+            kind: self.ar.kind.clone(),
+            namespace,
+            name,
+            blob,
+            size: bytes.len() as u64,
+        });
+        self.count += 1;
+        self.shared.bytes_total.fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        let n = self.shared.objects.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        progress.objects(n);
+        if self.entries.len() >= TREE_ENTRIES {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), Error> {
+        if self.entries.is_empty() {
+            return Ok(());
+        }
+        let tree = Tree { entries: std::mem::take(&mut self.entries) };
+        let blob = self.shared.packer.add(BlobType::Tree, &serde_json::to_vec(&tree).expect("serializes")).await?;
+        self.shared.trees.lock().await.push((self.key.clone(), self.chunk, blob));
+        self.chunk += 1;
+        Ok(())
+    }
+
+    async fn finish(mut self) -> Result<(), Error> {
+        self.flush().await?;
+        if self.count > 0 {
+            *self.shared.counts.lock().await.entry(group_resource(self.ar)).or_default() += self.count;
+        }
+        Ok(())
+    }
+}
+
+async fn list_into(
+    client: &kube::Client,
+    ar: &ApiResource,
+    namespace: Option<&str>,
+    selector: Option<&str>,
+    page_size: u32,
+    default_excludes: bool,
+    writer: &mut TypeWriter<'_>,
+    progress: &dyn Progress,
+) -> Result<(), Error> {
+    let api: Api<DynamicObject> = match namespace {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, ar),
+        None => Api::all_with(client.clone(), ar),
+    };
+    let mut lp = ListParams::default().limit(page_size);
+    if let Some(s) = selector {
+        lp = lp.labels(s);
+    }
+    loop {
+        let page = match api.list(&lp).await {
+            Ok(p) => p,
+            Err(kube::Error::Api(s)) if s.code == 403 || s.code == 404 || s.code == 405 => {
+                writer.shared.warnings.lock().await.push(format!("{}: not backed up: {} ({})", group_resource(ar), s.message, s.code));
+                return Ok(());
+            }
+            Err(source) => return Err(Error::Kube { action: format!("list {}", group_resource(ar)), source }),
+        };
+        for item in page.items {
+            let obj = serde_json::to_value(&item).expect("object serializes");
+            if default_excludes && owned_by_controller(ar, &obj) {
+                continue;
+            }
+            writer.add(obj, progress).await?;
+        }
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(c) => lp = lp.continue_token(&c),
+            None => return Ok(()),
+        }
+    }
+}
+
+/// Every served, listable resource type at its preferred version.
+pub async fn discover(client: &kube::Client) -> Result<Vec<(ApiResource, ApiCapabilities)>, Error> {
+    let discovery = Discovery::new(client.clone()).run_aggregated().await.map_err(|source| Error::Discovery { source })?;
+    let mut out = Vec::new();
+    for group in discovery.groups() {
+        for (ar, caps) in group.recommended_resources() {
+            if caps.supports_operation(verbs::LIST) && caps.supports_operation(verbs::GET) && !ar.plural.contains('/') {
+                out.push((ar, caps));
+            }
+        }
+    }
+    out.sort_by(|a, b| (a.0.group.as_str(), a.0.plural.as_str()).cmp(&(b.0.group.as_str(), b.0.plural.as_str())));
+    Ok(out)
+}
+
+pub async fn create(
+    repo: Arc<Repository>,
+    cluster: &Cluster,
+    opts: &BackupOptions,
+    progress: &dyn Progress,
+) -> Result<BackupSummary, Error> {
+    let start = Instant::now();
+    let client = &cluster.client;
+    let info = client.apiserver_version().await.map_err(|source| Error::Unreachable { server: cluster.server.clone(), source })?;
+    let lock = Lock::acquire(repo.clone(), false, "backup").await?;
+    let result = run(repo.clone(), cluster, &info.git_version, opts, progress, start).await;
+    let _ = lock.release().await;
+    result
+}
+
+async fn run(
+    repo: Arc<Repository>,
+    cluster: &Cluster,
+    server_version: &str,
+    opts: &BackupOptions,
+    progress: &dyn Progress,
+    start: Instant,
+) -> Result<BackupSummary, Error> {
+    let client = &cluster.client;
+    let includes: Vec<ResourcePattern> = opts.include_resources.iter().map(|s| ResourcePattern::parse(s)).collect();
+    let excludes: Vec<ResourcePattern> = opts.exclude_resources.iter().map(|s| ResourcePattern::parse(s)).collect();
+    let types: Vec<(ApiResource, ApiCapabilities)> = discover(client)
+        .await?
+        .into_iter()
+        .filter(|(ar, _)| includes.is_empty() || includes.iter().any(|p| p.matches(ar)))
+        .filter(|(ar, _)| !excludes.iter().any(|p| p.matches(ar)))
+        .filter(|(ar, _)| !opts.default_excludes || !default_excluded(ar) || includes.iter().any(|p| p.name != "*" && p.matches(ar)))
+        .collect();
+    let filtered_ns = !opts.namespaces.is_empty();
+    let all_cluster = match opts.include_cluster_resources {
+        ClusterResources::True => true,
+        ClusterResources::False => false,
+        ClusterResources::Auto => !filtered_ns,
+    };
+    let shared = Shared {
+        packer: Packer::new(repo.clone()),
+        repo: repo.clone(),
+        refs: Mutex::new(References::default()),
+        counts: Mutex::new(BTreeMap::new()),
+        trees: Mutex::new(Vec::new()),
+        bytes_total: 0.into(),
+        objects: 0.into(),
+        warnings: Mutex::new(Vec::new()),
+    };
+    let namespaced: Vec<&ApiResource> = types.iter().filter(|(_, c)| c.scope == Scope::Namespaced).map(|(a, _)| a).collect();
+    let cluster_scoped: Vec<&ApiResource> = types.iter().filter(|(_, c)| c.scope == Scope::Cluster).map(|(a, _)| a).collect();
+    progress.types(namespaced.len() + cluster_scoped.len());
+
+    // 1. Namespaced types (all namespaces, or each selected one).
+    let sel = opts.selector.as_deref();
+    futures::stream::iter(namespaced.iter().copied())
+        .map(|ar| {
+            let shared = &shared;
+            async move {
+                let mut w = TypeWriter { shared, key: group_resource(ar), ar, entries: vec![], chunk: 0, count: 0 };
+                if filtered_ns {
+                    for ns in &opts.namespaces {
+                        list_into(client, ar, Some(ns), sel, opts.page_size, opts.default_excludes, &mut w, progress).await?;
+                    }
+                } else {
+                    list_into(client, ar, None, sel, opts.page_size, opts.default_excludes, &mut w, progress).await?;
+                }
+                w.finish().await?;
+                progress.type_done(&group_resource(ar));
+                Ok::<_, Error>(())
+            }
+        })
+        .buffer_unordered(opts.concurrency.max(1))
+        .try_collect::<Vec<()>>()
+        .await?;
+
+    // 2. Cluster-scoped types: all of them, or only what the selected namespaces use.
+    if all_cluster {
+        futures::stream::iter(cluster_scoped.iter().copied())
+            .map(|ar| {
+                let shared = &shared;
+                async move {
+                    let mut w = TypeWriter { shared, key: group_resource(ar), ar, entries: vec![], chunk: 0, count: 0 };
+                    list_into(client, ar, None, sel, opts.page_size, opts.default_excludes, &mut w, progress).await?;
+                    w.finish().await?;
+                    progress.type_done(&group_resource(ar));
+                    Ok::<_, Error>(())
+                }
+            })
+            .buffer_unordered(opts.concurrency.max(1))
+            .try_collect::<Vec<()>>()
+            .await?;
+    } else if filtered_ns {
+        // The namespaces themselves are always included; in auto mode also what they use.
+        let refs = std::mem::take(&mut *shared.refs.lock().await);
+        let mut wanted: Vec<(&str, &str, BTreeSet<String>)> = vec![("", "namespaces", opts.namespaces.iter().cloned().collect())];
+        if opts.include_cluster_resources == ClusterResources::Auto {
+            let mut scs = refs.storage_classes.clone();
+            // PVs are fetched first below; their storage classes join in.
+            wanted.push(("", "persistentvolumes", refs.persistent_volumes.clone()));
+            wanted.push(("rbac.authorization.k8s.io", "clusterroles", refs.cluster_roles.clone()));
+            wanted.push(("apiextensions.k8s.io", "customresourcedefinitions", refs.crds.clone()));
+            for pv in &refs.persistent_volumes {
+                if let Some(ar) = cluster_scoped.iter().find(|a| a.group.is_empty() && a.plural == "persistentvolumes") {
+                    let api: Api<DynamicObject> = Api::all_with(client.clone(), *ar);
+                    if let Ok(Some(o)) = api.get_opt(pv).await {
+                        if let Some(c) = o.data["spec"]["storageClassName"].as_str() {
+                            scs.insert(c.to_string());
+                        }
+                    }
+                }
+            }
+            wanted.push(("storage.k8s.io", "storageclasses", scs));
+        }
+        for (group, plural, names) in wanted {
+            let Some(ar) = cluster_scoped.iter().find(|a| a.group == group && a.plural == plural) else { continue };
+            let mut w = TypeWriter { shared: &shared, key: group_resource(ar), ar, entries: vec![], chunk: 0, count: 0 };
+            let api: Api<DynamicObject> = Api::all_with(client.clone(), *ar);
+            for name in names {
+                match api.get_opt(&name).await {
+                    Ok(Some(o)) => w.add(serde_json::to_value(&o).expect("serializes"), progress).await?,
+                    Ok(None) => {
+                        if plural == "namespaces" {
+                            shared.warnings.lock().await.push(format!("namespace {name} does not exist"));
+                        }
+                    }
+                    Err(kube::Error::Api(s)) if s.code == 403 => {
+                        shared.warnings.lock().await.push(format!("{}/{name}: not backed up: {}", group_resource(ar), s.message));
+                    }
+                    Err(source) => return Err(Error::Kube { action: format!("get {}/{name}", group_resource(ar)), source }),
+                }
+            }
+            w.finish().await?;
+        }
+    }
+
+    // 3. Upload the last pack and the index, then the snapshot: the backup becomes visible.
+    let stats = shared.packer.finish().await?;
+    let mut trees = std::mem::take(&mut *shared.trees.lock().await);
+    trees.sort();
+    let id = new_id();
+    let counts = std::mem::take(&mut *shared.counts.lock().await);
+    let warnings = std::mem::take(&mut *shared.warnings.lock().await);
+    let objects = shared.objects.load(std::sync::atomic::Ordering::Relaxed);
+    let bytes_total = shared.bytes_total.load(std::sync::atomic::Ordering::Relaxed);
+    let mut snap = Snapshot {
+        version: 1,
+        time: crate::repo::now(),
+        hostname: crate::repo::hostname(),
+        tool_version: env!("CARGO_PKG_VERSION").to_string(),
+        cluster: ClusterInfo { server: cluster.server.clone(), context: opts.context.clone(), server_version: server_version.to_string() },
+        selectors: Selectors {
+            namespaces: opts.namespaces.clone(),
+            label_selector: opts.selector.clone(),
+            include_resources: opts.include_resources.clone(),
+            exclude_resources: opts.exclude_resources.clone(),
+            include_cluster_resources: format!("{:?}", opts.include_cluster_resources).to_lowercase(),
+            default_excludes: opts.default_excludes,
+        },
+        tags: opts.tags.clone(),
+        resources: counts.clone(),
+        objects,
+        bytes_total,
+        bytes_added: stats.pack_bytes,
+        duration_seconds: 0.0,
+        warnings: warnings.clone(),
+        trees: trees.into_iter().map(|(_, _, b)| b).collect(),
+    };
+    snap.duration_seconds = start.elapsed().as_secs_f64();
+    snap.bytes_added += snap_size(&snap);
+    shared.repo.write_json(&layout::snapshot(&id), &snap).await?;
+    Ok(BackupSummary {
+        id,
+        repository: repo.location(),
+        objects,
+        resources: counts,
+        bytes_added: snap.bytes_added,
+        bytes_total,
+        duration_seconds: snap.duration_seconds,
+        warnings,
+        repository_created: false,
+    })
+}
+
+/// Sealed size of the snapshot file itself (counted in bytesAdded).
+fn snap_size(snap: &Snapshot) -> u64 {
+    (serde_json::to_vec(snap).map(|v| v.len()).unwrap_or(0) + crate::repo::crypto::OVERHEAD) as u64
+}
+
+impl crate::output::Render for BackupSummary {
+    fn table(&self, w: &mut dyn std::io::Write) -> std::io::Result<()> {
+        writeln!(w, "backup {} created in {}", &self.id[..8], self.repository)?;
+        writeln!(
+            w,
+            "{} objects of {} resource types, {} total, {} added, in {:.1}s",
+            self.objects,
+            self.resources.len(),
+            human_bytes(self.bytes_total),
+            human_bytes(self.bytes_added),
+            self.duration_seconds
+        )?;
+        for warn in &self.warnings {
+            writeln!(w, "warning: {warn}")?;
+        }
+        Ok(())
+    }
+}
+
+pub fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{b} B") } else { format!("{v:.1} {}", UNITS[u]) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ar(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource {
+        ApiResource {
+            group: group.into(),
+            version: version.into(),
+            api_version: if group.is_empty() { version.into() } else { format!("{group}/{version}") },
+            kind: kind.into(),
+            plural: plural.into(),
+        }
+    }
+
+    #[test]
+    fn resource_patterns() {
+        let d = ar("apps", "v1", "Deployment", "deployments");
+        assert!(ResourcePattern::parse("deployments").matches(&d));
+        assert!(ResourcePattern::parse("deployments.apps").matches(&d));
+        assert!(ResourcePattern::parse("Deployment").matches(&d));
+        assert!(!ResourcePattern::parse("deployments.extensions").matches(&d));
+        assert!(ResourcePattern::parse("*").matches(&d));
+        let cm = ar("", "v1", "ConfigMap", "configmaps");
+        assert!(ResourcePattern::parse("configmaps.core").matches(&cm));
+        assert!(!ResourcePattern::parse("secrets").matches(&cm));
+    }
+
+    #[test]
+    fn default_excludes_and_owned_objects() {
+        assert!(default_excluded(&ar("", "v1", "Event", "events")));
+        assert!(default_excluded(&ar("events.k8s.io", "v1", "Event", "events")));
+        assert!(default_excluded(&ar("coordination.k8s.io", "v1", "Lease", "leases")));
+        assert!(!default_excluded(&ar("", "v1", "ConfigMap", "configmaps")));
+        let pod = ar("", "v1", "Pod", "pods");
+        let owned = serde_json::json!({"metadata": {"ownerReferences": [{"controller": true, "kind": "ReplicaSet"}]}});
+        let bare = serde_json::json!({"metadata": {"name": "p"}});
+        assert!(owned_by_controller(&pod, &owned));
+        assert!(!owned_by_controller(&pod, &bare));
+        assert!(!owned_by_controller(&ar("batch", "v1", "Job", "jobs"), &owned), "only pods and replicasets");
+    }
+
+    #[test]
+    fn prepare_sets_type_and_drops_managed_fields() {
+        let d = ar("apps", "v1", "Deployment", "deployments");
+        let o = prepare(&d, serde_json::json!({"metadata": {"name": "x", "managedFields": [{}]}, "spec": {}}));
+        assert_eq!(o["apiVersion"], "apps/v1");
+        assert_eq!(o["kind"], "Deployment");
+        assert!(o["metadata"].get("managedFields").is_none());
+    }
+
+    #[test]
+    fn references_for_auto_cluster_resources() {
+        let mut r = References::default();
+        r.note(&ar("", "v1", "PersistentVolumeClaim", "persistentvolumeclaims"), &serde_json::json!({"spec": {"volumeName": "pv-1", "storageClassName": "fast"}}));
+        r.note(&ar("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings"), &serde_json::json!({"roleRef": {"kind": "ClusterRole", "name": "view"}}));
+        r.note(&ar("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings"), &serde_json::json!({"roleRef": {"kind": "Role", "name": "local"}}));
+        r.note(&ar("stable.example.com", "v1", "Widget", "widgets"), &serde_json::json!({}));
+        assert!(r.persistent_volumes.contains("pv-1"));
+        assert!(r.storage_classes.contains("fast"));
+        assert_eq!(r.cluster_roles.iter().collect::<Vec<_>>(), ["view"]);
+        assert!(r.crds.contains("widgets.stable.example.com"));
+    }
+}

@@ -1,0 +1,181 @@
+//! `lifeboat backup …` and `lifeboat restore` flags.
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+
+use crate::backup::{BackupOptions, ClusterResources};
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))?;
+    if k.is_empty() {
+        return Err(format!("empty key in {s:?}"));
+    }
+    Ok((k.to_string(), v.to_string()))
+}
+
+/// Selection flags shared by backup and restore.
+#[derive(Debug, Clone, Args)]
+pub struct SelectArgs {
+    /// Only these namespaces (repeatable); default: all namespaces
+    #[arg(short = 'n', long = "namespace", value_name = "NS")]
+    pub namespaces: Vec<String>,
+
+    /// All namespaces (the default when no -n is given)
+    #[arg(short = 'A', long, conflicts_with = "namespaces")]
+    pub all_namespaces: bool,
+
+    /// Only objects matching this label selector (e.g. app=web,tier!=cache)
+    #[arg(short = 'l', long, value_name = "SELECTOR")]
+    pub selector: Option<String>,
+
+    /// Only these resources: resource[.group], comma-separated or repeated (e.g. deployments.apps,configmaps)
+    #[arg(long, value_delimiter = ',', value_name = "RESOURCES")]
+    pub include_resources: Vec<String>,
+
+    /// Never these resources: resource[.group], comma-separated or repeated
+    #[arg(long, value_delimiter = ',', value_name = "RESOURCES")]
+    pub exclude_resources: Vec<String>,
+
+    /// Cluster-scoped objects: auto = with -n only those the namespaces use (their PVs, storage
+    /// classes, CRDs, ClusterRoles bound in them), without -n all
+    #[arg(long, value_enum, default_value = "auto")]
+    pub include_cluster_resources: ClusterResources,
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    #[command(flatten)]
+    pub select: SelectArgs,
+
+    /// Also back up what is skipped by default (events, nodes, leases, endpoints,
+    /// endpointslices, csinodes, volumeattachments, pods and replicasets owned by controllers)
+    #[arg(long)]
+    pub no_default_excludes: bool,
+
+    /// Tag the backup (repeatable): --tag env=prod
+    #[arg(long = "tag", value_parser = parse_kv, value_name = "KEY=VALUE")]
+    pub tags: Vec<(String, String)>,
+
+    /// Resource types listed at the same time
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+}
+
+impl CreateArgs {
+    pub fn options(&self, context: Option<String>) -> BackupOptions {
+        BackupOptions {
+            namespaces: self.select.namespaces.clone(),
+            selector: self.select.selector.clone(),
+            include_resources: self.select.include_resources.clone(),
+            exclude_resources: self.select.exclude_resources.clone(),
+            include_cluster_resources: self.select.include_cluster_resources,
+            default_excludes: !self.no_default_excludes,
+            tags: self.tags.iter().cloned().collect::<BTreeMap<_, _>>(),
+            context,
+            concurrency: self.concurrency.max(1),
+            page_size: 500,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only backups with this tag (repeatable, all must match)
+    #[arg(long = "tag", value_parser = parse_kv, value_name = "KEY=VALUE")]
+    pub tags: Vec<(String, String)>,
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Keep the N most recent backups
+    #[arg(long)]
+    pub keep_last: Option<usize>,
+    /// Keep the most recent backup of each of the last N hours
+    #[arg(long)]
+    pub keep_hourly: Option<usize>,
+    /// … days
+    #[arg(long)]
+    pub keep_daily: Option<usize>,
+    /// … weeks
+    #[arg(long)]
+    pub keep_weekly: Option<usize>,
+    /// … months
+    #[arg(long)]
+    pub keep_monthly: Option<usize>,
+    /// Show what would be removed, remove nothing
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupCommand {
+    /// Back up the cluster's manifests into the repository
+    Create(CreateArgs),
+    /// List the backups in the repository
+    List(ListArgs),
+    /// Show one backup: selectors, tags, per-resource counts
+    Describe {
+        /// Backup id (or unique prefix) or `latest`
+        id: String,
+    },
+    /// Check a backup's integrity (structure; with --read-data every blob is re-hashed)
+    Verify {
+        /// Backup id (or unique prefix) or `latest`
+        id: String,
+        /// Read and re-hash every blob; name each damaged object
+        #[arg(long)]
+        read_data: bool,
+    },
+    /// Delete backups (their data is removed by `prune`)
+    Delete {
+        /// Backup ids (or unique prefixes) or `latest`
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Apply a retention policy and remove data no backup references
+    Prune(PruneArgs),
+    /// Write a backup as a plain (unencrypted) tar.gz of YAML files
+    Export {
+        /// Backup id (or unique prefix) or `latest`
+        id: String,
+        /// Output file (.tar.gz)
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// Backup id (or unique prefix) or `latest`
+    #[arg(required_unless_present = "from_archive")]
+    pub backup: Option<String>,
+
+    /// Restore from an archive written by `backup export` instead of the repository
+    #[arg(long, value_name = "FILE", conflicts_with = "backup")]
+    pub from_archive: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub select: SelectArgs,
+
+    /// Restore namespace OLD as NEW (repeatable); also rewrites RoleBinding/ClusterRoleBinding
+    /// subjects and PV claimRefs
+    #[arg(long = "namespace-map", value_parser = parse_kv, value_name = "OLD=NEW")]
+    pub namespace_map: Vec<(String, String)>,
+
+    /// What to do with objects that already exist
+    #[arg(long, value_enum, default_value = "skip")]
+    pub existing: crate::restore::Existing,
+
+    /// Server-side dry run: validation and admission run, nothing is persisted
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Keep Services' nodePorts
+    #[arg(long)]
+    pub preserve_nodeports: bool,
+
+    /// Seconds to wait for restored CRDs to become Established
+    #[arg(long, default_value_t = 60)]
+    pub crd_timeout: u64,
+}

@@ -1,0 +1,469 @@
+//! `lifeboat restore`: put a backup's objects back, in dependency order, with server-populated
+//! fields stripped (rules.rs, docs/restore.md), namespaces optionally mapped, an explicit policy
+//! for objects that already exist, and a per-object outcome. Drills use this same code path.
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::discovery::{ApiCapabilities, ApiResource, Scope};
+use serde::Serialize;
+use serde_json::Value;
+
+pub mod archive;
+pub mod rules;
+
+use crate::backup::ClusterResources;
+use crate::error::Error;
+use crate::repo::Repository;
+use crate::repo::snapshot::TreeEntry;
+use crate::selector::Selector;
+use rules::RewriteOptions;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Existing {
+    /// Leave the existing object alone and report it as skipped
+    Skip,
+    /// Server-side apply the backed-up object over the existing one
+    Update,
+    /// Report the object as failed
+    Fail,
+}
+
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    /// Original namespaces to restore (empty: all).
+    pub namespaces: Vec<String>,
+    pub selector: Option<String>,
+    pub include_resources: Vec<String>,
+    pub exclude_resources: Vec<String>,
+    pub include_cluster_resources: ClusterResources,
+    pub namespace_map: BTreeMap<String, String>,
+    pub existing: Existing,
+    pub dry_run: bool,
+    pub preserve_nodeports: bool,
+    pub crd_timeout: Duration,
+    pub concurrency: usize,
+    /// Restore id (label value); generated when empty.
+    pub restore_id: String,
+}
+
+impl Default for RestoreOptions {
+    fn default() -> Self {
+        RestoreOptions {
+            namespaces: vec![],
+            selector: None,
+            include_resources: vec![],
+            exclude_resources: vec![],
+            include_cluster_resources: ClusterResources::Auto,
+            namespace_map: BTreeMap::new(),
+            existing: Existing::Skip,
+            dry_run: false,
+            preserve_nodeports: false,
+            crd_timeout: Duration::from_secs(60),
+            concurrency: 16,
+            restore_id: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Created,
+    Updated,
+    Skipped,
+    Failed,
+    /// Dry run only: the server could not validate the object because something it depends on
+    /// (its namespace, its CRD) is itself only created by this restore.
+    Unvalidated,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Item {
+    pub kind: String,
+    pub api_version: String,
+    pub namespace: Option<String>,
+    pub name: String,
+    pub outcome: Outcome,
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreReport {
+    pub id: String,
+    pub backup: String,
+    pub dry_run: bool,
+    pub created: usize,
+    pub updated: usize,
+    pub skipped: usize,
+    pub failed: usize,
+    pub unvalidated: usize,
+    pub duration_seconds: f64,
+    pub items: Vec<Item>,
+}
+
+/// Where the objects come from.
+pub enum Source {
+    Repository { repo: Arc<Repository>, backup_id: String, entries: Vec<TreeEntry> },
+    /// (entry, object) pairs from an export archive.
+    Archive { name: String, objects: Vec<(TreeEntry, Value)> },
+}
+
+impl Source {
+    fn entries(&self) -> Vec<TreeEntry> {
+        match self {
+            Source::Repository { entries, .. } => entries.clone(),
+            Source::Archive { objects, .. } => objects.iter().map(|(e, _)| e.clone()).collect(),
+        }
+    }
+    fn name(&self) -> String {
+        match self {
+            Source::Repository { backup_id, .. } => backup_id.clone(),
+            Source::Archive { name, .. } => name.clone(),
+        }
+    }
+    async fn load(&self, e: &TreeEntry, idx: usize) -> Result<Value, Error> {
+        match self {
+            Source::Repository { repo, .. } => Ok(repo.read_blob_json::<Value>(&e.blob).await?),
+            Source::Archive { objects, .. } => Ok(objects[idx].1.clone()),
+        }
+    }
+}
+
+/// `resource[.group]` matcher over tree entries (same syntax as backup's).
+fn pattern_matches(p: &str, e: &TreeEntry) -> bool {
+    let p = p.trim().to_ascii_lowercase();
+    if p == "*" {
+        return true;
+    }
+    let (name, group) = match p.split_once('.') {
+        Some((n, g)) => (n.to_string(), Some(g.to_string())),
+        None => (p.clone(), None),
+    };
+    (e.resource == name || e.kind.to_ascii_lowercase() == name)
+        && group.is_none_or(|g| g == e.group || (g == "core" && e.group.is_empty()))
+}
+
+pub fn new_restore_id() -> String {
+    hex::encode(crate::repo::crypto::random::<6>())
+}
+
+struct Target {
+    /// (group, version, kind) -> (resource, capabilities)
+    by_gvk: HashMap<(String, String, String), (ApiResource, ApiCapabilities)>,
+}
+
+async fn discover_target(client: &kube::Client) -> Result<Target, Error> {
+    let d = kube::discovery::Discovery::new(client.clone()).run_aggregated().await.map_err(|source| Error::Discovery { source })?;
+    let mut by_gvk = HashMap::new();
+    for g in d.groups() {
+        for v in g.versions() {
+            for (ar, caps) in g.versioned_resources(v) {
+                if ar.plural.contains('/') {
+                    continue;
+                }
+                by_gvk.insert((ar.group.clone(), ar.version.clone(), ar.kind.clone()), (ar, caps));
+            }
+        }
+    }
+    Ok(Target { by_gvk })
+}
+
+fn is_not_found_namespace(s: &kube::core::Status) -> bool {
+    s.code == 404 && s.message.contains("namespaces")
+}
+
+pub async fn restore(client: &kube::Client, source: Source, opts: &RestoreOptions) -> Result<RestoreReport, Error> {
+    let start = Instant::now();
+    let restore_id = if opts.restore_id.is_empty() { new_restore_id() } else { opts.restore_id.clone() };
+    let selector = match &opts.selector {
+        Some(s) => Some(Selector::parse(s).map_err(Error::Usage)?),
+        None => None,
+    };
+    let rw = RewriteOptions { namespace_map: opts.namespace_map.clone(), preserve_nodeports: opts.preserve_nodeports, restore_id: restore_id.clone() };
+
+    // 1. Candidates: namespace and resource filters on the entries.
+    let all = source.entries();
+    let filtered_ns = !opts.namespaces.is_empty();
+    let ns_ok = |e: &TreeEntry| e.namespace.as_ref().is_none_or(|ns| !filtered_ns || opts.namespaces.contains(ns));
+    let res_ok = |e: &TreeEntry| {
+        (opts.include_resources.is_empty() || opts.include_resources.iter().any(|p| pattern_matches(p, e)))
+            && !opts.exclude_resources.iter().any(|p| pattern_matches(p, e))
+    };
+    let mut candidates: Vec<(usize, TreeEntry)> =
+        all.iter().cloned().enumerate().filter(|(_, e)| e.namespace.is_some() && ns_ok(e) && res_ok(e)).collect();
+
+    // Cluster-scoped objects: all, none, or (auto with -n) what the selected namespaces use.
+    let cluster_policy = match opts.include_cluster_resources {
+        ClusterResources::True => Some(true),
+        ClusterResources::False => Some(false),
+        ClusterResources::Auto if !filtered_ns => Some(true),
+        ClusterResources::Auto => None,
+    };
+    // Namespaces needed by the candidates (and those selected with -n) are always restored.
+    let mut needed_ns: BTreeSet<String> = candidates.iter().filter_map(|(_, e)| e.namespace.clone()).collect();
+    needed_ns.extend(opts.namespaces.iter().cloned());
+    let mut wanted: BTreeSet<(String, String, String)> = BTreeSet::new(); // (group, resource, name)
+    if cluster_policy.is_none() {
+        for (idx, e) in &candidates {
+            match (e.group.as_str(), e.resource.as_str()) {
+                ("", "persistentvolumeclaims") => {
+                    let o = source.load(e, *idx).await?;
+                    if let Some(v) = o["spec"]["volumeName"].as_str() {
+                        wanted.insert((String::new(), "persistentvolumes".into(), v.into()));
+                    }
+                    if let Some(c) = o["spec"]["storageClassName"].as_str() {
+                        wanted.insert(("storage.k8s.io".into(), "storageclasses".into(), c.into()));
+                    }
+                }
+                ("rbac.authorization.k8s.io", "rolebindings") => {
+                    let o = source.load(e, *idx).await?;
+                    if o["roleRef"]["kind"] == "ClusterRole" {
+                        if let Some(n) = o["roleRef"]["name"].as_str() {
+                            wanted.insert(("rbac.authorization.k8s.io".into(), "clusterroles".into(), n.into()));
+                        }
+                    }
+                }
+                (g, r) if !rules::is_builtin_group(g) => {
+                    wanted.insert(("apiextensions.k8s.io".into(), "customresourcedefinitions".into(), format!("{r}.{g}")));
+                }
+                _ => {}
+            }
+        }
+    }
+    for (idx, e) in all.iter().enumerate() {
+        if e.namespace.is_some() {
+            continue;
+        }
+        let take = if e.group.is_empty() && e.resource == "namespaces" {
+            needed_ns.contains(&e.name) || (cluster_policy == Some(true) && !filtered_ns && res_ok(e))
+        } else {
+            match cluster_policy {
+                Some(true) => res_ok(e),
+                Some(false) => false,
+                None => wanted.contains(&(e.group.clone(), e.resource.clone(), e.name.clone())),
+            }
+        };
+        if take {
+            candidates.push((idx, e.clone()));
+        }
+    }
+    candidates.sort_by(|a, b| {
+        let ka = (rules::phase(&a.1.group, &a.1.resource), &a.1.group, &a.1.resource, &a.1.namespace, &a.1.name);
+        let kb = (rules::phase(&b.1.group, &b.1.resource), &b.1.group, &b.1.resource, &b.1.namespace, &b.1.name);
+        ka.cmp(&kb)
+    });
+
+    // 2. Phase by phase.
+    let mut target = discover_target(client).await?;
+    let mut items: Vec<Item> = Vec::new();
+    let mut dry_new_namespaces: BTreeSet<String> = BTreeSet::new();
+    let mut dry_new_types: BTreeSet<(String, String)> = BTreeSet::new(); // (group, kind) of CRDs created in dry run
+    let mut phases: BTreeMap<u8, Vec<(usize, TreeEntry)>> = BTreeMap::new();
+    for c in candidates {
+        phases.entry(rules::phase(&c.1.group, &c.1.resource)).or_default().push(c);
+    }
+    for (phase, batch) in phases {
+        let ctx = Ctx { client, source: &source, opts, rw: &rw, selector: selector.as_ref(), target: &target, dry_new_namespaces: &dry_new_namespaces, dry_new_types: &dry_new_types };
+        let results: Vec<Option<(Item, Option<Value>)>> =
+            futures::stream::iter(batch.iter()).map(|(idx, e)| ctx.one(*idx, e)).buffered(opts.concurrency.max(1)).collect().await;
+        let mut created_crds = Vec::new();
+        for r in results.into_iter().flatten() {
+            let (item, obj) = r;
+            if opts.dry_run && item.outcome == Outcome::Created {
+                if item.kind == "Namespace" && item.api_version == "v1" {
+                    dry_new_namespaces.insert(item.name.clone());
+                }
+                if item.kind == "CustomResourceDefinition" {
+                    if let Some(o) = &obj {
+                        dry_new_types.insert((o["spec"]["group"].as_str().unwrap_or_default().into(), o["spec"]["names"]["kind"].as_str().unwrap_or_default().into()));
+                    }
+                }
+            }
+            if phase == 0 && !opts.dry_run && matches!(item.outcome, Outcome::Created | Outcome::Updated | Outcome::Skipped) {
+                created_crds.push(item.name.clone());
+            }
+            items.push(item);
+        }
+        if phase == 0 && !created_crds.is_empty() {
+            wait_established(client, &created_crds, opts.crd_timeout, &mut items).await;
+            target = discover_target(client).await?;
+        }
+    }
+
+    let count = |o: Outcome| items.iter().filter(|i| i.outcome == o).count();
+    Ok(RestoreReport {
+        id: restore_id,
+        backup: source.name(),
+        dry_run: opts.dry_run,
+        created: count(Outcome::Created),
+        updated: count(Outcome::Updated),
+        skipped: count(Outcome::Skipped),
+        failed: count(Outcome::Failed),
+        unvalidated: count(Outcome::Unvalidated),
+        duration_seconds: start.elapsed().as_secs_f64(),
+        items,
+    })
+}
+
+async fn wait_established(client: &kube::Client, names: &[String], timeout: Duration, items: &mut [Item]) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let deadline = Instant::now() + timeout;
+    for name in names {
+        loop {
+            let ok = api
+                .get_opt(name)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|c| c.status)
+                .and_then(|s| s.conditions)
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Established" && c.status == "True"));
+            if ok {
+                break;
+            }
+            if Instant::now() > deadline {
+                if let Some(i) = items.iter_mut().find(|i| i.kind == "CustomResourceDefinition" && &i.name == name) {
+                    i.outcome = Outcome::Failed;
+                    i.message = Some(format!("not Established within {}s", timeout.as_secs()));
+                }
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+struct Ctx<'a> {
+    client: &'a kube::Client,
+    source: &'a Source,
+    opts: &'a RestoreOptions,
+    rw: &'a RewriteOptions,
+    selector: Option<&'a Selector>,
+    target: &'a Target,
+    dry_new_namespaces: &'a BTreeSet<String>,
+    dry_new_types: &'a BTreeSet<(String, String)>,
+}
+
+impl Ctx<'_> {
+    /// Restore one object. `None`: filtered out by the label selector.
+    async fn one(&self, idx: usize, e: &TreeEntry) -> Option<(Item, Option<Value>)> {
+        let mut item = Item {
+            kind: e.kind.clone(),
+            api_version: e.api_version(),
+            namespace: e.namespace.as_ref().map(|n| self.rw.map_ns(n).to_string()),
+            name: if e.group.is_empty() && e.resource == "namespaces" { self.rw.map_ns(&e.name).to_string() } else { e.name.clone() },
+            outcome: Outcome::Failed,
+            message: None,
+        };
+        let obj = match self.source.load(e, idx).await {
+            Ok(o) => o,
+            Err(err) => {
+                item.message = Some(format!("cannot read from the backup: {}", crate::error::display_chain(&err)));
+                return Some((item, None));
+            }
+        };
+        if let Some(sel) = self.selector {
+            // Namespaces selected by -n are restored whatever their labels.
+            let is_selected_ns = e.group.is_empty() && e.resource == "namespaces" && self.opts.namespaces.contains(&e.name);
+            if !is_selected_ns && !sel.matches_object(&obj) {
+                return None;
+            }
+        }
+        if let Some(reason) = rules::skip_reason(&e.group, &e.resource, &obj) {
+            item.outcome = Outcome::Skipped;
+            item.message = Some(reason);
+            return Some((item, None));
+        }
+        let obj = rules::rewrite(&e.group, &e.resource, obj, self.rw);
+        let Some((ar, caps)) = self.target.by_gvk.get(&(e.group.clone(), e.version.clone(), e.kind.clone())) else {
+            if self.opts.dry_run && self.dry_new_types.contains(&(e.group.clone(), e.kind.clone())) {
+                item.outcome = Outcome::Unvalidated;
+                item.message = Some("dry run: its CRD is only created by this restore".into());
+            } else {
+                item.message = Some(format!("{} {} is not served by the target cluster", e.api_version(), e.kind));
+            }
+            return Some((item, Some(obj)));
+        };
+        let api: Api<DynamicObject> = match (caps.scope == Scope::Namespaced, &item.namespace) {
+            (true, Some(ns)) => Api::namespaced_with(self.client.clone(), ns, ar),
+            _ => Api::all_with(self.client.clone(), ar),
+        };
+        let dobj: DynamicObject = match serde_json::from_value(obj.clone()) {
+            Ok(d) => d,
+            Err(err) => {
+                item.message = Some(format!("not a valid object: {err}"));
+                return Some((item, Some(obj)));
+            }
+        };
+        let pp = PostParams { dry_run: self.opts.dry_run, field_manager: Some("lifeboat".into()) };
+        match api.create(&pp, &dobj).await {
+            Ok(_) => item.outcome = Outcome::Created,
+            Err(kube::Error::Api(s)) if s.code == 409 && s.reason == "AlreadyExists" => match self.opts.existing {
+                Existing::Skip => {
+                    item.outcome = Outcome::Skipped;
+                    item.message = Some("already exists".into());
+                }
+                Existing::Fail => item.message = Some("already exists (--existing fail)".into()),
+                Existing::Update => {
+                    let mut pp = PatchParams::apply("lifeboat").force();
+                    pp.dry_run = self.opts.dry_run;
+                    match api.patch(&item.name, &pp, &Patch::Apply(&dobj)).await {
+                        Ok(_) => item.outcome = Outcome::Updated,
+                        Err(kube::Error::Api(s)) => item.message = Some(format!("update: {} ({})", s.message, s.code)),
+                        Err(err) => item.message = Some(format!("update: {}", crate::error::display_chain(&err))),
+                    }
+                }
+            },
+            Err(kube::Error::Api(s)) if self.opts.dry_run && is_not_found_namespace(&s) && item.namespace.as_ref().is_some_and(|n| self.dry_new_namespaces.contains(n)) => {
+                item.outcome = Outcome::Unvalidated;
+                item.message = Some(format!("dry run: namespace {} is only created by this restore", item.namespace.clone().unwrap_or_default()));
+            }
+            Err(kube::Error::Api(s)) => item.message = Some(format!("{} ({})", s.message, s.code)),
+            Err(err) => item.message = Some(crate::error::display_chain(&err)),
+        }
+        Some((item, Some(obj)))
+    }
+}
+
+/// Entries of a repository backup, for `Source::Repository`.
+pub async fn repository_source(repo: Arc<Repository>, spec: &str) -> Result<Source, Error> {
+    let (id, snap) = repo.find_snapshot(spec).await?;
+    let entries = repo.snapshot_entries(&snap).await?;
+    Ok(Source::Repository { repo, backup_id: id, entries })
+}
+
+impl crate::output::Render for RestoreReport {
+    fn table(&self, w: &mut dyn std::io::Write) -> std::io::Result<()> {
+        let verb = if self.dry_run { "dry-run restore" } else { "restore" };
+        for i in &self.items {
+            if i.outcome == Outcome::Created || i.outcome == Outcome::Updated {
+                continue;
+            }
+            let what = match &i.namespace {
+                Some(ns) => format!("{}/{}/{}", i.kind, ns, i.name),
+                None => format!("{}/{}", i.kind, i.name),
+            };
+            let outcome = serde_json::to_value(i.outcome).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+            writeln!(w, "{outcome:<11} {what}: {}", i.message.as_deref().unwrap_or(""))?;
+        }
+        writeln!(
+            w,
+            "{verb} {} of backup {}: {} created, {} updated, {} skipped, {} failed{} in {:.1}s",
+            self.id,
+            &self.backup[..self.backup.len().min(8)],
+            self.created,
+            self.updated,
+            self.skipped,
+            self.failed,
+            if self.unvalidated > 0 { format!(", {} unvalidated", self.unvalidated) } else { String::new() },
+            self.duration_seconds
+        )
+    }
+}
