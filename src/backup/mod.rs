@@ -507,7 +507,7 @@ async fn run(
 
 /// Sealed size of the snapshot file itself (counted in bytesAdded).
 fn snap_size(snap: &Snapshot) -> u64 {
-    (serde_json::to_vec(snap).map(|v| v.len()).unwrap_or(0) + crate::repo::crypto::OVERHEAD) as u64
+    (crate::repo::compress_json(snap).len() + crate::repo::crypto::OVERHEAD) as u64
 }
 
 impl crate::output::Render for BackupSummary {

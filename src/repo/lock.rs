@@ -118,7 +118,7 @@ impl Lock {
             loop {
                 tokio::time::sleep(REFRESH_EVERY).await;
                 file.refreshed = super::now();
-                if let Err(e) = r.write_json(&key, &file).await {
+                if let Err(e) = r.write_json(&key, &file).await.map(|_| ()) {
                     tracing::warn!(error = %e, "cannot refresh the repository lock");
                 }
             }

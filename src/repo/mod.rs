@@ -178,7 +178,7 @@ impl Repository {
         let kid = hex::encode(&sha2_256(&kf_json)[..16]);
         store.put(&layout::key_file(&kid), Bytes::from(kf_json)).await.map_err(store_err(&store))?;
         // The config is written last: a repository exists once it is there.
-        let sealed = key.seal(&serde_json::to_vec(&config).expect("serializable"));
+        let sealed = key.seal(&compress_json(&config));
         store.put(layout::CONFIG, Bytes::from(sealed)).await.map_err(store_err(&store))?;
         Ok(Repository { store, key, config, index: RwLock::new(HashMap::new()), index_files: RwLock::new(HashMap::new()) })
     }
@@ -207,7 +207,11 @@ impl Repository {
             }
         }
         let Some(key) = master else { return Err(RepoError::WrongPassword { location: store.location() }) };
-        let config_bytes = key.open(&sealed_config).map_err(|_| RepoError::Corrupt { what: "repository config".into(), key: layout::CONFIG.into() })?;
+        let config_bytes = key
+            .open(&sealed_config)
+            .ok()
+            .and_then(|c| zstd::stream::decode_all(&c[..]).ok())
+            .ok_or_else(|| RepoError::Corrupt { what: "repository config".into(), key: layout::CONFIG.into() })?;
         let config: Config = serde_json::from_slice(&config_bytes).map_err(|_| RepoError::Corrupt { what: "repository config".into(), key: layout::CONFIG.into() })?;
         if config.version != FORMAT_VERSION {
             return Err(RepoError::Unsupported(format!("format version {} (this lifeboat reads {FORMAT_VERSION})", config.version)));
@@ -274,14 +278,17 @@ impl Repository {
     /// Read a sealed JSON file.
     pub async fn read_json<T: DeserializeOwned>(&self, key: &str, what: &str) -> Result<T, RepoError> {
         let raw = self.store.get(key).await.map_err(store_err(&self.store))?;
-        let plain = self.key.open(&raw).map_err(|_| RepoError::Corrupt { what: what.into(), key: key.into() })?;
+        let sealed = self.key.open(&raw).map_err(|_| RepoError::Corrupt { what: what.into(), key: key.into() })?;
+        let plain = zstd::stream::decode_all(&sealed[..]).map_err(|_| RepoError::Corrupt { what: what.into(), key: key.into() })?;
         serde_json::from_slice(&plain).map_err(|_| RepoError::Corrupt { what: what.into(), key: key.into() })
     }
 
-    /// Write a sealed JSON file.
-    pub async fn write_json<T: Serialize>(&self, key: &str, value: &T) -> Result<(), RepoError> {
-        let sealed = self.key.seal(&serde_json::to_vec(value).expect("serializable"));
-        self.store.put(key, Bytes::from(sealed)).await.map_err(store_err(&self.store))
+    /// Write a sealed JSON file (zstd-compressed JSON, sealed).
+    pub async fn write_json<T: Serialize>(&self, key: &str, value: &T) -> Result<u64, RepoError> {
+        let sealed = self.key.seal(&compress_json(value));
+        let n = sealed.len() as u64;
+        self.store.put(key, Bytes::from(sealed)).await.map_err(store_err(&self.store))?;
+        Ok(n)
     }
 
     pub async fn delete(&self, key: &str) -> Result<(), RepoError> {
@@ -315,6 +322,11 @@ impl Repository {
         let plain = self.read_blob(id).await?;
         serde_json::from_slice(&plain).map_err(|_| RepoError::Corrupt { what: format!("blob {}", id.to_hex()), key: "(json)".into() })
     }
+}
+
+/// The plaintext of a sealed JSON file: zstd-compressed JSON.
+pub fn compress_json<T: Serialize>(value: &T) -> Vec<u8> {
+    zstd::bulk::compress(&serde_json::to_vec(value).expect("serializable"), 3).expect("zstd compresses")
 }
 
 pub fn sha2_256(data: &[u8]) -> [u8; 32] {
@@ -421,7 +433,7 @@ impl Packer {
         };
         if !written.is_empty() {
             let file = IndexFile { packs: written };
-            let sealed = self.repo.key.seal(&serde_json::to_vec(&file).expect("serializable"));
+            let sealed = self.repo.key.seal(&compress_json(&file));
             stats.pack_bytes += sealed.len() as u64;
             let id = new_id();
             self.repo.store.put(&layout::index(&id), Bytes::from(sealed)).await.map_err(store_err(&self.repo.store))?;

@@ -41,7 +41,7 @@ impl RetryStore {
             match f().await {
                 Err(e) if e.is_transient() && attempt + 1 < self.attempts => {
                     let d = self.delay(attempt);
-                    tracing::warn!(error = %e, attempt = attempt + 1, delay_ms = d.as_millis() as u64, "transient store error, retrying");
+                    tracing::info!(error = %e, attempt = attempt + 1, delay_ms = d.as_millis() as u64, "transient store error, retrying");
                     tokio::time::sleep(d).await;
                     attempt += 1;
                 }
