@@ -133,6 +133,59 @@ impl Source {
             Source::Archive { objects, .. } => Ok(objects[idx].1.clone()),
         }
     }
+
+    /// Load many objects at once: from a repository, each pack is read once (whole) and the
+    /// needed blobs decoded from it. A blob that cannot be read maps to an error message.
+    async fn preload(&self, items: &[(usize, TreeEntry)]) -> HashMap<usize, Result<Value, String>> {
+        let mut out = HashMap::new();
+        match self {
+            Source::Archive { objects, .. } => {
+                for (idx, _) in items {
+                    out.insert(*idx, Ok(objects[*idx].1.clone()));
+                }
+            }
+            Source::Repository { repo, .. } => {
+                let index = repo.index_snapshot().await;
+                let mut by_pack: BTreeMap<crate::repo::PackId, Vec<(usize, &TreeEntry)>> = BTreeMap::new();
+                for (idx, e) in items {
+                    match index.get(&e.blob) {
+                        Some(l) => by_pack.entry(l.pack).or_default().push((*idx, e)),
+                        None => {
+                            out.insert(*idx, Err(format!("blob {} is not in the repository index", e.blob)));
+                        }
+                    }
+                }
+                let results: Vec<Vec<(usize, Result<Value, String>)>> = futures::stream::iter(by_pack)
+                    .map(|(pack, entries)| {
+                        let index = &index;
+                        async move {
+                            let key = crate::store::layout::pack(&pack.to_hex());
+                            let bytes = match repo.store().get(&key).await {
+                                Ok(b) => b,
+                                Err(err) => return entries.iter().map(|(i, _)| (*i, Err(err.to_string()))).collect::<Vec<_>>(),
+                            };
+                            entries
+                                .iter()
+                                .map(|(i, e)| {
+                                    let l = index[&e.blob];
+                                    let r = bytes
+                                        .get(l.offset as usize..(l.offset as usize + l.length as usize))
+                                        .ok_or_else(|| "pack is truncated".to_string())
+                                        .and_then(|sealed| repo.decode_blob(&e.blob, &l, sealed, &key).map_err(|err| err.to_string()))
+                                        .and_then(|plain| serde_json::from_slice::<Value>(&plain).map_err(|err| err.to_string()));
+                                    (*i, r)
+                                })
+                                .collect()
+                        }
+                    })
+                    .buffer_unordered(4)
+                    .collect()
+                    .await;
+                out.extend(results.into_iter().flatten());
+            }
+        }
+        out
+    }
 }
 
 /// `resource[.group]` matcher over tree entries (same syntax as backup's).
@@ -270,8 +323,14 @@ pub async fn restore(client: &kube::Client, source: Source, opts: &RestoreOption
     }
     for (phase, batch) in phases {
         let ctx = Ctx { client, source: &source, opts, rw: &rw, selector: selector.as_ref(), target: &target, dry_new_namespaces: &dry_new_namespaces, dry_new_types: &dry_new_types };
-        let results: Vec<Option<(Item, Option<Value>)>> =
-            futures::stream::iter(batch.iter()).map(|(idx, e)| ctx.one(*idx, e)).buffered(opts.concurrency.max(1)).collect().await;
+        // Bounded memory: objects are loaded a chunk at a time (each chunk reads its packs once).
+        let mut results: Vec<Option<(Item, Option<Value>)>> = Vec::with_capacity(batch.len());
+        for chunk in batch.chunks(2000) {
+            let pre = source.preload(chunk).await;
+            let part: Vec<Option<(Item, Option<Value>)>> =
+                futures::stream::iter(chunk.iter()).map(|(idx, e)| ctx.one(*idx, e, &pre)).buffered(opts.concurrency.max(1)).collect().await;
+            results.extend(part);
+        }
         let mut created_crds = Vec::new();
         for r in results.into_iter().flatten() {
             let (item, obj) = r;
@@ -353,7 +412,7 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     /// Restore one object. `None`: filtered out by the label selector.
-    async fn one(&self, idx: usize, e: &TreeEntry) -> Option<(Item, Option<Value>)> {
+    async fn one(&self, idx: usize, e: &TreeEntry, pre: &HashMap<usize, Result<Value, String>>) -> Option<(Item, Option<Value>)> {
         let mut item = Item {
             kind: e.kind.clone(),
             api_version: e.api_version(),
@@ -362,12 +421,19 @@ impl Ctx<'_> {
             outcome: Outcome::Failed,
             message: None,
         };
-        let obj = match self.source.load(e, idx).await {
-            Ok(o) => o,
-            Err(err) => {
-                item.message = Some(format!("cannot read from the backup: {}", crate::error::display_chain(&err)));
+        let obj = match pre.get(&idx) {
+            Some(Ok(o)) => o.clone(),
+            Some(Err(err)) => {
+                item.message = Some(format!("cannot read from the backup: {err}"));
                 return Some((item, None));
             }
+            None => match self.source.load(e, idx).await {
+                Ok(o) => o,
+                Err(err) => {
+                    item.message = Some(format!("cannot read from the backup: {}", crate::error::display_chain(&err)));
+                    return Some((item, None));
+                }
+            },
         };
         if let Some(sel) = self.selector {
             // Namespaces selected by -n are restored whatever their labels.
