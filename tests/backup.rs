@@ -465,6 +465,36 @@ async fn killed_backup_is_never_listed_and_the_next_backup_and_prune_work() {
     } else {
         assert_eq!(listed(&lb), 1, "an interrupted backup is never listed");
     }
+
+    // Ctrl-C (SIGINT): exit 130, one line, nothing listed, its lock removed by the next prune.
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_lifeboat"));
+    cmd.args(["backup", "create", "-n", &ns.name, "--concurrency", "1"])
+        .env("KUBECONFIG", &env().kubeconfig)
+        .env("LIFEBOAT_REPO", &repo.url)
+        .env("LIFEBOAT_PASSWORD", PASSWORD)
+        .env("HOME", lb.home.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let before = listed(&lb);
+    let child = cmd.spawn().unwrap();
+    let pid = child.id().to_string();
+    let start = std::time::Instant::now();
+    // Wait for a lock other than the stale one of the killed run.
+    let stale: Vec<_> = std::fs::read_dir(&locks).unwrap().flatten().map(|e| e.file_name()).collect();
+    while std::fs::read_dir(&locks).unwrap().flatten().all(|e| stale.contains(&e.file_name())) {
+        assert!(start.elapsed() < Duration::from_secs(30), "backup never took its lock");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    std::process::Command::new("kill").args(["-INT", &pid]).status().unwrap();
+    let out = child.wait_with_output().unwrap();
+    if out.status.success() {
+        eprintln!("note: the backup finished before Ctrl-C; the interrupt part proved nothing this time");
+    } else {
+        assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(String::from_utf8_lossy(&out.stderr).trim(), "error: interrupted");
+        assert_eq!(listed(&lb), before, "an interrupted backup is never listed");
+    }
     // The dead backup's lock is stale (its process is gone): backups and prune proceed.
     let r = lb.run(&["backup", "create", "-n", &ns.name, "-o", "json"]);
     r.success();
