@@ -552,3 +552,25 @@ async fn retention_prune_export_and_archive_restore() {
     ns.cleanup().await;
 }
 
+
+#[tokio::test]
+async fn zero_configuration_uses_a_default_local_repository() {
+    let ns = TestNs::new("zero").await;
+    let lb = Lifeboat::new().env("LIFEBOAT_PASSWORD", PASSWORD);
+    let r = lb.run(&["backup", "create", "-n", &ns.name, "-o", "json"]);
+    r.success();
+    let v = r.json();
+    assert_eq!(v["repositoryCreated"], true);
+    let repo = v["repository"].as_str().unwrap();
+    let data_home = lb.home.path().join(".local/share");
+    assert!(repo.starts_with(&format!("file://{}", data_home.display())), "{repo}");
+    assert!(r.stderr().contains("created the default repository"), "{}", r.describe());
+    let again = lb.run(&["backup", "create", "-n", &ns.name, "-o", "json"]);
+    assert_eq!(again.success().json()["repositoryCreated"], false);
+    assert_eq!(lb.run(&["backup", "list", "-o", "json"]).success().json().as_array().unwrap().len(), 2);
+    // Without any password source (and no terminal) it says how to give one.
+    let r = Lifeboat::new().run(&["backup", "list"]);
+    r.code_is(1);
+    assert!(r.stderr().contains("LIFEBOAT_PASSWORD"), "{}", r.describe());
+    ns.cleanup().await;
+}
