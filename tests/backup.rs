@@ -31,17 +31,8 @@ impl Repo {
     }
 
     async fn s3() -> Repo {
-        let s3 = &env().s3;
-        let creds = aws_sdk_s3::config::Credentials::new(&s3.access_key, &s3.secret_key, None, None, "t");
-        let conf = aws_sdk_s3::Config::builder()
-            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-            .region(aws_sdk_s3::config::Region::new(s3.region.clone()))
-            .endpoint_url(&s3.endpoint)
-            .force_path_style(true)
-            .credentials_provider(creds)
-            .build();
         let bucket = unique("lbt-backup");
-        aws_sdk_s3::Client::from_conf(conf).create_bucket().bucket(&bucket).send().await.unwrap();
+        common::s3_client_with(None).create_bucket().bucket(&bucket).send().await.unwrap();
         Repo { url: format!("s3://{bucket}/cluster-a"), dir: None, _tmp: tempfile::tempdir().unwrap() }
     }
 

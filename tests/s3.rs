@@ -4,19 +4,10 @@ mod common;
 
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
-use common::{env, unique};
+use common::unique;
 
 async fn client() -> aws_sdk_s3::Client {
-    let s3 = &env().s3;
-    let creds = aws_sdk_s3::config::Credentials::new(&s3.access_key, &s3.secret_key, None, None, "lifeboat-test");
-    let conf = aws_sdk_s3::Config::builder()
-        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-        .region(aws_sdk_s3::config::Region::new(s3.region.clone()))
-        .endpoint_url(&s3.endpoint)
-        .force_path_style(true)
-        .credentials_provider(creds)
-        .build();
-    aws_sdk_s3::Client::from_conf(conf)
+    common::s3_client_with(None)
 }
 
 async fn bucket(c: &aws_sdk_s3::Client) -> String {
@@ -85,15 +76,6 @@ async fn multipart_upload_round_trips() {
 
 #[tokio::test]
 async fn wrong_credentials_are_refused() {
-    let s3 = &env().s3;
-    let creds = aws_sdk_s3::config::Credentials::new(&s3.access_key, "not-the-secret", None, None, "lifeboat-test");
-    let conf = aws_sdk_s3::Config::builder()
-        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-        .region(aws_sdk_s3::config::Region::new(s3.region.clone()))
-        .endpoint_url(&s3.endpoint)
-        .force_path_style(true)
-        .credentials_provider(creds)
-        .build();
-    let c = aws_sdk_s3::Client::from_conf(conf);
+    let c = common::s3_client_with(Some("not-the-secret"));
     assert!(c.list_buckets().send().await.is_err());
 }

@@ -82,16 +82,7 @@ fn walk(p: &std::path::Path) -> Vec<String> {
 }
 
 pub async fn s3_client() -> aws_sdk_s3::Client {
-    let s3 = &common::env().s3;
-    let creds = aws_sdk_s3::config::Credentials::new(&s3.access_key, &s3.secret_key, None, None, "lifeboat-test");
-    let conf = aws_sdk_s3::Config::builder()
-        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-        .region(aws_sdk_s3::config::Region::new(s3.region.clone()))
-        .endpoint_url(&s3.endpoint)
-        .force_path_style(true)
-        .credentials_provider(creds)
-        .build();
-    aws_sdk_s3::Client::from_conf(conf)
+    common::s3_client_with(None)
 }
 
 #[tokio::test]
@@ -117,16 +108,7 @@ async fn s3_backend_without_prefix() {
 #[tokio::test]
 async fn s3_errors_are_classified() {
     // Wrong credentials: permanent, not retried forever, no secret in the message.
-    let s3 = &common::env().s3;
-    let creds = aws_sdk_s3::config::Credentials::new(&s3.access_key, "definitely-wrong-secret", None, None, "t");
-    let conf = aws_sdk_s3::Config::builder()
-        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-        .region(aws_sdk_s3::config::Region::new(s3.region.clone()))
-        .endpoint_url(&s3.endpoint)
-        .force_path_style(true)
-        .credentials_provider(creds)
-        .build();
-    let store = RetryStore::new(Arc::new(S3Store::from_client(aws_sdk_s3::Client::from_conf(conf), "whatever", "")));
+    let store = RetryStore::new(Arc::new(S3Store::from_client(common::s3_client_with(Some("definitely-wrong-secret")), "whatever", "")));
     let err = store.get("config").await.unwrap_err();
     assert!(!err.is_transient(), "{err}");
     assert!(!err.to_string().contains("definitely-wrong-secret"), "{err}");

@@ -306,6 +306,32 @@ async fn list_into(
     }
 }
 
+/// List `types` (each in every scope: a namespace, or `None` for all / cluster-scoped), a few
+/// types at a time, streaming their objects into the repository.
+async fn list_types(
+    client: &kube::Client,
+    shared: &Shared,
+    types: &[&ApiResource],
+    scopes: &[Option<&str>],
+    opts: &BackupOptions,
+    progress: &dyn Progress,
+) -> Result<(), Error> {
+    futures::stream::iter(types.iter().copied())
+        .map(|ar| async move {
+            let mut w = TypeWriter { shared, key: group_resource(ar), ar, entries: vec![], chunk: 0, count: 0 };
+            for scope in scopes {
+                list_into(client, ar, *scope, opts.selector.as_deref(), opts.page_size, opts.default_excludes, &mut w, progress).await?;
+            }
+            w.finish().await?;
+            progress.type_done(&group_resource(ar));
+            Ok::<_, Error>(())
+        })
+        .buffer_unordered(opts.concurrency.max(1))
+        .try_collect::<Vec<()>>()
+        .await?;
+    Ok(())
+}
+
 /// Every served, listable resource type at its preferred version.
 pub async fn discover(client: &kube::Client) -> Result<Vec<(ApiResource, ApiCapabilities)>, Error> {
     let discovery = Discovery::new(client.clone()).run_aggregated().await.map_err(|source| Error::Discovery { source })?;
@@ -375,44 +401,12 @@ async fn run(
     progress.types(namespaced.len() + cluster_scoped.len());
 
     // 1. Namespaced types (all namespaces, or each selected one).
-    let sel = opts.selector.as_deref();
-    futures::stream::iter(namespaced.iter().copied())
-        .map(|ar| {
-            let shared = &shared;
-            async move {
-                let mut w = TypeWriter { shared, key: group_resource(ar), ar, entries: vec![], chunk: 0, count: 0 };
-                if filtered_ns {
-                    for ns in &opts.namespaces {
-                        list_into(client, ar, Some(ns), sel, opts.page_size, opts.default_excludes, &mut w, progress).await?;
-                    }
-                } else {
-                    list_into(client, ar, None, sel, opts.page_size, opts.default_excludes, &mut w, progress).await?;
-                }
-                w.finish().await?;
-                progress.type_done(&group_resource(ar));
-                Ok::<_, Error>(())
-            }
-        })
-        .buffer_unordered(opts.concurrency.max(1))
-        .try_collect::<Vec<()>>()
-        .await?;
+    let scopes: Vec<Option<&str>> = if filtered_ns { opts.namespaces.iter().map(|n| Some(n.as_str())).collect() } else { vec![None] };
+    list_types(client, &shared, &namespaced, &scopes, opts, progress).await?;
 
     // 2. Cluster-scoped types: all of them, or only what the selected namespaces use.
     if all_cluster {
-        futures::stream::iter(cluster_scoped.iter().copied())
-            .map(|ar| {
-                let shared = &shared;
-                async move {
-                    let mut w = TypeWriter { shared, key: group_resource(ar), ar, entries: vec![], chunk: 0, count: 0 };
-                    list_into(client, ar, None, sel, opts.page_size, opts.default_excludes, &mut w, progress).await?;
-                    w.finish().await?;
-                    progress.type_done(&group_resource(ar));
-                    Ok::<_, Error>(())
-                }
-            })
-            .buffer_unordered(opts.concurrency.max(1))
-            .try_collect::<Vec<()>>()
-            .await?;
+        list_types(client, &shared, &cluster_scoped, &[None], opts, progress).await?;
     } else if filtered_ns {
         // The namespaces themselves are always included; in auto mode also what they use.
         let refs = std::mem::take(&mut *shared.refs.lock().await);

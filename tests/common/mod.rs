@@ -396,3 +396,18 @@ pub async fn limited_identity(ns: &TestNs, name: &str, rules: serde_json::Value)
     std::fs::write(&path, serde_json::to_vec_pretty(&kc).unwrap()).unwrap();
     path
 }
+
+/// An aws-sdk-s3 client for the test S3 server (path-style, custom endpoint); `secret` overrides
+/// the secret key (to test refusals).
+pub fn s3_client_with(secret: Option<&str>) -> aws_sdk_s3::Client {
+    let s3 = &env().s3;
+    let creds = aws_sdk_s3::config::Credentials::new(&s3.access_key, secret.unwrap_or(&s3.secret_key), None, None, "lifeboat-test");
+    let conf = aws_sdk_s3::Config::builder()
+        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .region(aws_sdk_s3::config::Region::new(s3.region.clone()))
+        .endpoint_url(&s3.endpoint)
+        .force_path_style(true)
+        .credentials_provider(creds)
+        .build();
+    aws_sdk_s3::Client::from_conf(conf)
+}
