@@ -159,9 +159,11 @@ async fn backup_command(c: BackupCommand, g: &cli::GlobalArgs, settings: &Settin
         BackupCommand::Create(args) => {
             let is_default = settings.repo.source == config::Source::Default;
             let cluster = cluster::connect(&settings.cluster_options()).await?;
-            let (repo, created) = repo::access::open_or_init_default(&ropts, is_default).await?;
-            let bar = output::progress::BackupBar::new(g.quiet);
-            let result = backup::create(repo, &cluster, &args.options(settings.context.value.clone()), &bar).await;
+            // The passphrase KDF and API discovery overlap.
+            let (opened, view) = tokio::join!(repo::access::open_or_init_default(&ropts, is_default), backup::view(&cluster));
+            let (view, (repo, created)) = (view?, opened?);
+            let bar = std::sync::Arc::new(output::progress::BackupBar::new(g.quiet));
+            let result = backup::create(repo, &cluster, view, &args.options(settings.context.value.clone()), bar.clone()).await;
             bar.finish();
             let mut summary = result?;
             summary.repository_created = created;

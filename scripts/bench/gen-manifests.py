@@ -18,7 +18,7 @@ Same arguments, same seed: byte-identical corpus (Python's stdlib only, no hash-
 --truth FILE writes a JSON ground truth: every object that uses a deprecated/removed apiVersion,
 as {file, kind, apiVersion, lineMin, lineMax, note}, where [lineMin, lineMax] is the range a
 reported line may fall in (from the first line of its YAML document, including leading comments,
-to its apiVersion/kind line; a List item shares its List document's range; JSON: line 1).
+to its apiVersion/kind line; a List item: from its `- ` line to its apiVersion line; JSON: 1).
 Keep FILE outside OUT_DIR (the tools would scan it).
 """
 import argparse
@@ -641,10 +641,22 @@ class Gen:
             base = len(lines)
             lines.extend(body)
             key_line = base + 1 + max(i for i, l in enumerate(body[:3]) if l.startswith(("apiVersion:", "kind:")))
-            for o in (items if items is not None else [obj]):
+            if items is None:
+                ranges = [(doc_start, key_line)]
+            else:
+                # each List item: from its `- ` line to its apiVersion line
+                marker = " " * seq_indent + "- "
+                first = body.index("items:") + 1
+                starts = [j for j in range(first, len(body)) if body[j].startswith(marker)]
+                ranges = []
+                for j in starts:
+                    av = j if body[j][len(marker):].startswith("apiVersion:") else j + 1
+                    ranges.append((base + 1 + j, base + 1 + av))
+                assert len(ranges) == len(items), (rel, len(ranges), len(items))
+            for o, (lo, hi) in zip(items if items is not None else [obj], ranges):
                 if self.count(o["kind"], o["apiVersion"]):
                     truth.append({"file": rel, "kind": o["kind"], "apiVersion": o["apiVersion"],
-                                  "lineMin": doc_start, "lineMax": key_line, "note": ""})
+                                  "lineMin": lo, "lineMax": hi, "note": "List item" if items is not None else ""})
             if items is not None:
                 self.count(obj["kind"], obj["apiVersion"])  # the List itself (never a deprecated kind)
         if r.random() < 0.05:

@@ -11,7 +11,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures::{StreamExt, TryStreamExt};
 use kube::api::{Api, DynamicObject, ListParams};
 use kube::discovery::{ApiCapabilities, ApiResource, Discovery, Scope, verbs};
 use serde::Serialize;
@@ -82,6 +81,8 @@ pub struct BackupSummary {
 }
 
 /// Progress callbacks (a progress bar on a TTY; nothing otherwise).
+pub type DynProgress = Arc<dyn Progress>;
+
 pub trait Progress: Send + Sync {
     fn types(&self, _total: usize) {}
     fn type_done(&self, _name: &str) {}
@@ -208,23 +209,27 @@ struct Shared {
 }
 
 /// Streams one resource type's objects into the repository.
-struct TypeWriter<'a> {
-    shared: &'a Shared,
+struct TypeWriter {
+    shared: Arc<Shared>,
     key: String,
-    ar: &'a ApiResource,
+    ar: ApiResource,
     entries: Vec<TreeEntry>,
     chunk: usize,
     count: u64,
 }
 
-impl<'a> TypeWriter<'a> {
+impl TypeWriter {
+    fn new(shared: Arc<Shared>, ar: &ApiResource) -> TypeWriter {
+        TypeWriter { shared, key: group_resource(ar), ar: ar.clone(), entries: vec![], chunk: 0, count: 0 }
+    }
+
     async fn add(&mut self, obj: Value, progress: &dyn Progress) -> Result<(), Error> {
-        let obj = prepare(self.ar, obj);
+        let obj = prepare(&self.ar, obj);
         let bytes = serde_json::to_vec(&obj).expect("JSON value serializes");
         let blob = self.shared.packer.add(BlobType::Object, &bytes).await?;
         let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
         let namespace = obj["metadata"]["namespace"].as_str().map(str::to_string);
-        self.shared.refs.lock().await.note(self.ar, &obj);
+        self.shared.refs.lock().await.note(&self.ar, &obj);
         self.entries.push(TreeEntry {
             group: self.ar.group.clone(),
             version: self.ar.version.clone(),
@@ -259,12 +264,27 @@ impl<'a> TypeWriter<'a> {
     async fn finish(mut self) -> Result<(), Error> {
         self.flush().await?;
         if self.count > 0 {
-            *self.shared.counts.lock().await.entry(group_resource(self.ar)).or_default() += self.count;
+            *self.shared.counts.lock().await.entry(group_resource(&self.ar)).or_default() += self.count;
         }
         Ok(())
     }
 }
 
+#[derive(serde::Deserialize)]
+struct RawPage {
+    #[serde(default)]
+    metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ListMeta,
+    #[serde(default)]
+    items: Vec<Value>,
+}
+
+async fn fetch_page(client: &kube::Client, url: &str, lp: &ListParams) -> Result<RawPage, kube::Error> {
+    let req = kube::core::Request::new(url).list(lp).map_err(kube::Error::BuildRequest)?;
+    client.request::<RawPage>(req).await
+}
+
+/// LIST one type (in one namespace, or everywhere) page by page into `writer`. The next page is
+/// fetched while the current one is being stored.
 async fn list_into(
     client: &kube::Client,
     ar: &ApiResource,
@@ -272,19 +292,24 @@ async fn list_into(
     selector: Option<&str>,
     page_size: u32,
     default_excludes: bool,
-    writer: &mut TypeWriter<'_>,
+    writer: &mut TypeWriter,
     progress: &dyn Progress,
 ) -> Result<(), Error> {
     let api: Api<DynamicObject> = match namespace {
         Some(ns) => Api::namespaced_with(client.clone(), ns, ar),
         None => Api::all_with(client.clone(), ar),
     };
+    let url = api.resource_url().to_string();
     let mut lp = ListParams::default().limit(page_size);
     if let Some(s) = selector {
         lp = lp.labels(s);
     }
-    loop {
-        let page = match api.list(&lp).await {
+    let mut next = Some({
+        let (client, url, lp) = (client.clone(), url.clone(), lp.clone());
+        tokio::spawn(async move { fetch_page(&client, &url, &lp).await })
+    });
+    while let Some(handle) = next.take() {
+        let page = match handle.await.expect("list task") {
             Ok(p) => p,
             Err(kube::Error::Api(s)) if s.code == 403 || s.code == 404 || s.code == 405 => {
                 writer.shared.warnings.lock().await.push(format!("{}: not backed up: {} ({})", group_resource(ar), s.message, s.code));
@@ -292,43 +317,53 @@ async fn list_into(
             }
             Err(source) => return Err(Error::Kube { action: format!("list {}", group_resource(ar)), source }),
         };
-        for item in page.items {
-            let obj = serde_json::to_value(&item).expect("object serializes");
+        let more = page.metadata.continue_.clone().filter(|c| !c.is_empty());
+        if let Some(c) = &more {
+            let (client, url, lp) = (client.clone(), url.clone(), lp.clone().continue_token(c));
+            next = Some(tokio::spawn(async move { fetch_page(&client, &url, &lp).await }));
+        }
+        for obj in page.items {
             if default_excludes && owned_by_controller(ar, &obj) {
                 continue;
             }
             writer.add(obj, progress).await?;
         }
-        match page.metadata.continue_.filter(|c| !c.is_empty()) {
-            Some(c) => lp = lp.continue_token(&c),
-            None => return Ok(()),
-        }
     }
+    Ok(())
 }
 
-/// List `types` (each in every scope: a namespace, or `None` for all / cluster-scoped), a few
-/// types at a time, streaming their objects into the repository.
+/// List `types` (each in every scope: a namespace, or `None` for all / cluster-scoped), up to
+/// `opts.concurrency` types at a time, each in its own task so the CPU work (serialising,
+/// hashing, compressing, sealing) spreads over all cores.
 async fn list_types(
     client: &kube::Client,
-    shared: &Shared,
+    shared: &Arc<Shared>,
     types: &[&ApiResource],
     scopes: &[Option<&str>],
     opts: &BackupOptions,
-    progress: &dyn Progress,
+    progress: &DynProgress,
 ) -> Result<(), Error> {
-    futures::stream::iter(types.iter().copied())
-        .map(|ar| async move {
-            let mut w = TypeWriter { shared, key: group_resource(ar), ar, entries: vec![], chunk: 0, count: 0 };
-            for scope in scopes {
-                list_into(client, ar, *scope, opts.selector.as_deref(), opts.page_size, opts.default_excludes, &mut w, progress).await?;
+    let permits = Arc::new(tokio::sync::Semaphore::new(opts.concurrency.max(1)));
+    let scopes: Vec<Option<String>> = scopes.iter().map(|s| s.map(str::to_string)).collect();
+    let mut tasks = tokio::task::JoinSet::new();
+    for ar in types {
+        let (client, shared, ar, scopes, progress, permits) =
+            (client.clone(), shared.clone(), (*ar).clone(), scopes.clone(), progress.clone(), permits.clone());
+        let (selector, page_size, default_excludes) = (opts.selector.clone(), opts.page_size, opts.default_excludes);
+        tasks.spawn(async move {
+            let _permit = permits.acquire_owned().await.expect("semaphore open");
+            let mut w = TypeWriter::new(shared, &ar);
+            for scope in &scopes {
+                list_into(&client, &ar, scope.as_deref(), selector.as_deref(), page_size, default_excludes, &mut w, progress.as_ref()).await?;
             }
             w.finish().await?;
-            progress.type_done(&group_resource(ar));
+            progress.type_done(&group_resource(&ar));
             Ok::<_, Error>(())
-        })
-        .buffer_unordered(opts.concurrency.max(1))
-        .try_collect::<Vec<()>>()
-        .await?;
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.expect("backup task")?;
+    }
     Ok(())
 }
 
@@ -347,17 +382,28 @@ pub async fn discover(client: &kube::Client) -> Result<Vec<(ApiResource, ApiCapa
     Ok(out)
 }
 
+/// What `create` needs from the cluster before it starts: the server version and the served
+/// types. Fetch it concurrently with opening the repository (the passphrase KDF takes a moment).
+pub struct ClusterView {
+    pub server_version: String,
+    pub types: Vec<(ApiResource, ApiCapabilities)>,
+}
+
+pub async fn view(cluster: &Cluster) -> Result<ClusterView, Error> {
+    let info = cluster.client.apiserver_version().await.map_err(|source| Error::Unreachable { server: cluster.server.clone(), source })?;
+    Ok(ClusterView { server_version: info.git_version, types: discover(&cluster.client).await? })
+}
+
 pub async fn create(
     repo: Arc<Repository>,
     cluster: &Cluster,
+    view: ClusterView,
     opts: &BackupOptions,
-    progress: &dyn Progress,
+    progress: DynProgress,
 ) -> Result<BackupSummary, Error> {
     let start = Instant::now();
-    let client = &cluster.client;
-    let info = client.apiserver_version().await.map_err(|source| Error::Unreachable { server: cluster.server.clone(), source })?;
     let lock = Lock::acquire(repo.clone(), false, "backup").await?;
-    let result = run(repo.clone(), cluster, &info.git_version, opts, progress, start).await;
+    let result = run(repo.clone(), cluster, view, opts, progress, start).await;
     let _ = lock.release().await;
     result
 }
@@ -365,16 +411,17 @@ pub async fn create(
 async fn run(
     repo: Arc<Repository>,
     cluster: &Cluster,
-    server_version: &str,
+    view: ClusterView,
     opts: &BackupOptions,
-    progress: &dyn Progress,
+    progress: DynProgress,
     start: Instant,
 ) -> Result<BackupSummary, Error> {
     let client = &cluster.client;
+    let server_version = view.server_version.as_str();
     let includes: Vec<ResourcePattern> = opts.include_resources.iter().map(|s| ResourcePattern::parse(s)).collect();
     let excludes: Vec<ResourcePattern> = opts.exclude_resources.iter().map(|s| ResourcePattern::parse(s)).collect();
-    let types: Vec<(ApiResource, ApiCapabilities)> = discover(client)
-        .await?
+    let types: Vec<(ApiResource, ApiCapabilities)> = view
+        .types
         .into_iter()
         .filter(|(ar, _)| includes.is_empty() || includes.iter().any(|p| p.matches(ar)))
         .filter(|(ar, _)| !excludes.iter().any(|p| p.matches(ar)))
@@ -386,7 +433,7 @@ async fn run(
         ClusterResources::False => false,
         ClusterResources::Auto => !filtered_ns,
     };
-    let shared = Shared {
+    let shared = Arc::new(Shared {
         packer: Packer::new(repo.clone()),
         repo: repo.clone(),
         refs: Mutex::new(References::default()),
@@ -395,18 +442,18 @@ async fn run(
         bytes_total: 0.into(),
         objects: 0.into(),
         warnings: Mutex::new(Vec::new()),
-    };
+    });
     let namespaced: Vec<&ApiResource> = types.iter().filter(|(_, c)| c.scope == Scope::Namespaced).map(|(a, _)| a).collect();
     let cluster_scoped: Vec<&ApiResource> = types.iter().filter(|(_, c)| c.scope == Scope::Cluster).map(|(a, _)| a).collect();
     progress.types(namespaced.len() + cluster_scoped.len());
 
     // 1. Namespaced types (all namespaces, or each selected one).
     let scopes: Vec<Option<&str>> = if filtered_ns { opts.namespaces.iter().map(|n| Some(n.as_str())).collect() } else { vec![None] };
-    list_types(client, &shared, &namespaced, &scopes, opts, progress).await?;
+    list_types(client, &shared, &namespaced, &scopes, opts, &progress).await?;
 
     // 2. Cluster-scoped types: all of them, or only what the selected namespaces use.
     if all_cluster {
-        list_types(client, &shared, &cluster_scoped, &[None], opts, progress).await?;
+        list_types(client, &shared, &cluster_scoped, &[None], opts, &progress).await?;
     } else if filtered_ns {
         // The namespaces themselves are always included; in auto mode also what they use.
         let refs = std::mem::take(&mut *shared.refs.lock().await);
@@ -431,11 +478,11 @@ async fn run(
         }
         for (group, plural, names) in wanted {
             let Some(ar) = cluster_scoped.iter().find(|a| a.group == group && a.plural == plural) else { continue };
-            let mut w = TypeWriter { shared: &shared, key: group_resource(ar), ar, entries: vec![], chunk: 0, count: 0 };
+            let mut w = TypeWriter::new(shared.clone(), ar);
             let api: Api<DynamicObject> = Api::all_with(client.clone(), *ar);
             for name in names {
                 match api.get_opt(&name).await {
-                    Ok(Some(o)) => w.add(serde_json::to_value(&o).expect("serializes"), progress).await?,
+                    Ok(Some(o)) => w.add(serde_json::to_value(&o).expect("serializes"), progress.as_ref()).await?,
                     Ok(None) => {
                         if plural == "namespaces" {
                             shared.warnings.lock().await.push(format!("namespace {name} does not exist"));
