@@ -159,9 +159,16 @@ async fn backup_command(c: BackupCommand, g: &cli::GlobalArgs, settings: &Settin
         BackupCommand::Create(args) => {
             let is_default = settings.repo.source == config::Source::Default;
             let cluster = cluster::connect(&settings.cluster_options()).await?;
-            // The passphrase KDF and API discovery overlap.
-            let (opened, view) = tokio::join!(repo::access::open_or_init_default(&ropts, is_default), backup::view(&cluster));
-            let (view, (repo, created)) = (view?, opened?);
+            // The passphrase KDF and API discovery overlap. The default repository is created
+            // only once the cluster has answered (a failed backup leaves nothing behind).
+            let (opened, view) = tokio::join!(repo::access::open(&ropts), backup::view(&cluster));
+            let view = view?;
+            let (repo, created) = match opened {
+                Err(Error::Repo(repo::RepoError::NotInitialized { .. })) if is_default => {
+                    (repo::access::init(&ropts, repo::crypto::KdfParams::DEFAULT).await?, true)
+                }
+                other => (other?, false),
+            };
             let bar = std::sync::Arc::new(output::progress::BackupBar::new(g.quiet));
             let result = backup::create(repo, &cluster, view, &args.options(settings.context.value.clone()), bar.clone()).await;
             bar.finish();

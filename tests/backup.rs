@@ -559,6 +559,17 @@ async fn zero_configuration_uses_a_default_local_repository() {
     let again = lb.run(&["backup", "create", "-n", &ns.name, "-o", "json"]);
     assert_eq!(again.success().json()["repositoryCreated"], false);
     assert_eq!(lb.run(&["backup", "list", "-o", "json"]).success().json().as_array().unwrap().len(), 2);
+    // An unreachable cluster: one line, exit 1, and no default repository is created.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let fresh = Lifeboat::offline().env("LIFEBOAT_PASSWORD", PASSWORD);
+    let kc = fresh.home.path().join("kc.yaml");
+    std::fs::write(&kc, format!("apiVersion: v1\nkind: Config\nclusters: [{{name: c, cluster: {{server: \"https://127.0.0.1:{port}\"}}}}]\nusers: [{{name: u, user: {{token: t}}}}]\ncontexts: [{{name: x, context: {{cluster: c, user: u}}}}]\ncurrent-context: x\n")).unwrap();
+    let r = fresh.run(&["--kubeconfig", kc.to_str().unwrap(), "backup", "create"]);
+    r.code_is(1);
+    assert_eq!(r.stderr().lines().count(), 1, "{}", r.describe());
+    assert!(r.stderr().contains("cannot reach the cluster"), "{}", r.describe());
+    assert!(!fresh.home.path().join(".local/share/lifeboat").exists(), "nothing created");
+
     // Without any password source (and no terminal) it says how to give one.
     let r = Lifeboat::new().run(&["backup", "list"]);
     r.code_is(1);

@@ -76,12 +76,3 @@ pub async fn init(opts: &RepoOptions, kdf: KdfParams) -> Result<Arc<Repository>,
     }
     Ok(Arc::new(Repository::init(store, &pw, kdf).await?))
 }
-
-/// Open the repository, creating it first when it is the default local repository and does
-/// not exist yet (so `lifeboat backup create` works with zero configuration).
-pub async fn open_or_init_default(opts: &RepoOptions, is_default: bool) -> Result<(Arc<Repository>, bool), Error> {
-    match open(opts).await {
-        Err(Error::Repo(RepoError::NotInitialized { .. })) if is_default => Ok((init(opts, KdfParams::DEFAULT).await?, true)),
-        other => other.map(|r| (r, false)),
-    }
-}
