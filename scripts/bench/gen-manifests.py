@@ -808,7 +808,7 @@ def main():
     g = Gen(a.seed)
     sizes = g.run(a.out, a.files)
     total = sum(sizes)
-    print(f"generated {g.files} files, {g.docs} documents/objects, {g.deprecated} with a deprecated/removed apiVersion "
+    print(f"generated {g.files} files, {g.docs} Kubernetes objects (documents, List items and Lists), {g.deprecated} with a deprecated/removed apiVersion "
           f"({100.0 * g.deprecated / max(1, g.docs):.1f}%), {total / 1e6:.1f} MB (mean {total / max(1, g.files) / 1024:.1f} KiB/file)")
     print("  files: " + ", ".join(f"{k} {v}" for k, v in g.odd.items()))
     dep = sorted(((n, av, k) for (av, k), n in g.by_api.items() if (k, av) in DEPRECATED_SET), key=lambda t: (-t[0], t[1], t[2]))

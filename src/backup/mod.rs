@@ -171,6 +171,12 @@ struct References {
 }
 
 impl References {
+    /// Types whose objects can reference cluster-scoped objects (or are custom resources).
+    fn interesting(ar: &ApiResource) -> bool {
+        matches!((ar.group.as_str(), ar.plural.as_str()), ("", "persistentvolumeclaims") | ("rbac.authorization.k8s.io", "rolebindings"))
+            || (ar.group.contains('.') && !ar.group.ends_with(".k8s.io"))
+    }
+
     fn note(&mut self, ar: &ApiResource, obj: &Value) {
         match (ar.group.as_str(), ar.plural.as_str()) {
             ("", "persistentvolumeclaims") => {
@@ -229,7 +235,9 @@ impl TypeWriter {
         let blob = self.shared.packer.add(BlobType::Object, &bytes).await?;
         let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
         let namespace = obj["metadata"]["namespace"].as_str().map(str::to_string);
-        self.shared.refs.lock().await.note(&self.ar, &obj);
+        if References::interesting(&self.ar) {
+            self.shared.refs.lock().await.note(&self.ar, &obj);
+        }
         self.entries.push(TreeEntry {
             group: self.ar.group.clone(),
             version: self.ar.version.clone(),
@@ -449,7 +457,9 @@ async fn run(
 
     // 1. Namespaced types (all namespaces, or each selected one).
     let scopes: Vec<Option<&str>> = if filtered_ns { opts.namespaces.iter().map(|n| Some(n.as_str())).collect() } else { vec![None] };
+    tracing::info!(types = namespaced.len(), elapsed_ms = start.elapsed().as_millis() as u64, "listing namespaced types");
     list_types(client, &shared, &namespaced, &scopes, opts, &progress).await?;
+    tracing::info!(objects = shared.objects.load(std::sync::atomic::Ordering::Relaxed), elapsed_ms = start.elapsed().as_millis() as u64, "namespaced types done");
 
     // 2. Cluster-scoped types: all of them, or only what the selected namespaces use.
     if all_cluster {
@@ -499,7 +509,9 @@ async fn run(
     }
 
     // 3. Upload the last pack and the index, then the snapshot: the backup becomes visible.
+    tracing::info!(elapsed_ms = start.elapsed().as_millis() as u64, "cluster-scoped types done");
     let stats = shared.packer.finish().await?;
+    tracing::info!(packs = stats.packs, new_blobs = stats.blobs_added, deduplicated = stats.blobs_deduplicated, elapsed_ms = start.elapsed().as_millis() as u64, "packs and index written");
     let mut trees = std::mem::take(&mut *shared.trees.lock().await);
     trees.sort();
     let id = new_id();

@@ -13,7 +13,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Mutex, RwLock};
+use std::sync::RwLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::Mutex;
 
 pub mod access;
 pub mod crypto;
@@ -246,21 +249,21 @@ impl Repository {
             }
             index_files.insert(id, packs);
         }
-        *self.index.write().await = index;
-        *self.index_files.write().await = index_files;
+        *self.index.write().expect("index lock") = index;
+        *self.index_files.write().expect("index lock") = index_files;
         Ok(())
     }
 
     pub async fn index_snapshot(&self) -> HashMap<BlobId, Location> {
-        self.index.read().await.clone()
+        self.index.read().expect("index lock").clone()
     }
 
     pub async fn index_files(&self) -> HashMap<String, Vec<PackId>> {
-        self.index_files.read().await.clone()
+        self.index_files.read().expect("index lock").clone()
     }
 
     pub async fn has_blob(&self, id: &BlobId) -> bool {
-        self.index.read().await.contains_key(id)
+        self.index.read().expect("index lock").contains_key(id)
     }
 
     pub fn blob_id(&self, plaintext: &[u8]) -> BlobId {
@@ -301,7 +304,7 @@ impl Repository {
 
     /// Read one blob: range-read from its pack, open, decompress, check its id.
     pub async fn read_blob(&self, id: &BlobId) -> Result<Vec<u8>, RepoError> {
-        let loc = *self.index.read().await.get(id).ok_or_else(|| RepoError::MissingBlob { id: id.to_hex() })?;
+        let loc = *self.index.read().expect("index lock").get(id).ok_or_else(|| RepoError::MissingBlob { id: id.to_hex() })?;
         let key = layout::pack(&loc.pack.to_hex());
         let sealed = self.store.get_range(&key, loc.offset as u64, loc.length as u64).await.map_err(store_err(&self.store))?;
         self.decode_blob(id, &loc, &sealed, &key)
@@ -345,6 +348,7 @@ pub struct PackStats {
 }
 
 struct PackerState {
+    /// Not counted here: see `Packer::deduplicated`.
     builder: PackBuilder,
     /// Blobs added in this session (including those not yet uploaded).
     seen: HashSet<BlobId>,
@@ -357,6 +361,7 @@ struct PackerState {
 pub struct Packer {
     repo: Arc<Repository>,
     state: Mutex<PackerState>,
+    deduplicated: AtomicU64,
     pack_size: usize,
 }
 
@@ -369,6 +374,7 @@ impl Packer {
         Packer {
             repo,
             state: Mutex::new(PackerState { builder: PackBuilder::default(), seen: HashSet::new(), written: Vec::new(), stats: PackStats::default() }),
+            deduplicated: AtomicU64::new(0),
             pack_size,
         }
     }
@@ -376,17 +382,9 @@ impl Packer {
     /// Add a blob unless the repository (or this session) already has it. Returns its id.
     pub async fn add(&self, kind: BlobType, plaintext: &[u8]) -> Result<BlobId, RepoError> {
         let id = self.repo.key.blob_id(plaintext);
-        if self.repo.has_blob(&id).await {
-            self.state.lock().await.stats.blobs_deduplicated += 1;
+        if self.repo.has_blob(&id).await || self.state.lock().await.seen.contains(&id) {
+            self.deduplicated.fetch_add(1, Ordering::Relaxed);
             return Ok(id);
-        }
-        {
-            let st = self.state.lock().await;
-            if st.seen.contains(&id) {
-                drop(st);
-                self.state.lock().await.stats.blobs_deduplicated += 1;
-                return Ok(id);
-            }
         }
         // Compress and seal outside the lock.
         let compressed = zstd::bulk::compress(plaintext, 3).expect("zstd compresses");
@@ -394,7 +392,8 @@ impl Packer {
         let full = {
             let mut st = self.state.lock().await;
             if !st.seen.insert(id) {
-                st.stats.blobs_deduplicated += 1;
+                drop(st);
+                self.deduplicated.fetch_add(1, Ordering::Relaxed);
                 return Ok(id);
             }
             st.builder.add(kind, id, &sealed, plaintext.len() as u32);
@@ -431,6 +430,7 @@ impl Packer {
             let mut st = self.state.lock().await;
             (std::mem::take(&mut st.written), st.stats)
         };
+        stats.blobs_deduplicated = self.deduplicated.load(Ordering::Relaxed);
         if !written.is_empty() {
             let file = IndexFile { packs: written };
             let sealed = self.repo.key.seal(&compress_json(&file));
@@ -438,7 +438,7 @@ impl Packer {
             let id = new_id();
             self.repo.store.put(&layout::index(&id), Bytes::from(sealed)).await.map_err(store_err(&self.repo.store))?;
             // Make the new blobs readable through this repository handle.
-            let mut idx = self.repo.index.write().await;
+            let mut idx = self.repo.index.write().expect("index lock");
             let mut packs = Vec::new();
             for p in &file.packs {
                 let pack = PackId::from_hex(&p.id).expect("we wrote it");
@@ -447,7 +447,8 @@ impl Packer {
                     idx.insert(b.id, Location { pack, kind: b.kind, offset: b.offset, length: b.length, raw_length: b.raw_length });
                 }
             }
-            self.repo.index_files.write().await.insert(id, packs);
+            drop(idx);
+            self.repo.index_files.write().expect("index lock").insert(id, packs);
         }
         Ok(stats)
     }
