@@ -11,7 +11,7 @@ use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAcces
 /// One Kubernetes object found in a manifest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectRef {
-    /// 1-based line of the document (or of the `kind: List` document holding it).
+    /// 1-based line of the document; for an item of a block-style List, of its `- ` entry.
     pub line: usize,
     pub api_version: String,
     pub kind: String,
@@ -196,46 +196,53 @@ impl<'de> Deserialize<'de> for Doc {
     }
 }
 
-/// Collect the objects of a parsed document that starts at `line` with text `text`. List items
-/// get the line of their own `apiVersion:` key when it can be found in the text (searching
-/// forward item by item), else the List's line.
+/// Collect the objects of a parsed document that starts at `line` with text `text`. Items of a
+/// block-style `items:` list get the line of their own `- ` entry; in any other layout (flow
+/// style, JSON) they get the List's line.
 fn collect(doc: Doc, line: usize, text: &str, out: &mut Vec<ObjectRef>) {
-    let mut cursor = 0usize; // byte offset in `text` after the previous item
-    collect_inner(doc, line, line, text, &mut cursor, out);
-}
-
-fn find_api_version_line(text: &str, cursor: &mut usize, api_version: &str) -> Option<usize> {
-    let rest = text.get(*cursor..)?;
-    let mut offset = *cursor;
-    for l in rest.split_inclusive('\n') {
-        let t = l.trim().trim_start_matches('-').trim_start();
-        if let Some(v) = t.strip_prefix("apiVersion:") {
-            if v.trim().trim_matches(['"', '\'']) == api_version {
-                *cursor = offset + l.len();
-                return Some(text[..offset].matches('\n').count());
-            }
-        }
-        offset += l.len();
-    }
-    None
-}
-
-fn collect_inner(doc: Doc, line: usize, doc_line: usize, text: &str, cursor: &mut usize, out: &mut Vec<ObjectRef>) {
     let is_list = doc.kind.as_deref().is_some_and(|k| k == "List" || k.ends_with("List")) && doc.items.is_some();
     if let (Some(api_version), Some(kind)) = (doc.api_version, doc.kind) {
         out.push(ObjectRef { line, api_version, kind, name: doc.name, namespace: doc.namespace });
     }
     if is_list {
-        for item in doc.items.unwrap_or_default() {
-            let item_line = item
-                .api_version
-                .as_deref()
-                .and_then(|v| find_api_version_line(text, cursor, v))
-                .map(|l| doc_line + l)
-                .unwrap_or(doc_line);
-            collect_inner(item, item_line, doc_line, text, cursor, out);
+        let items = doc.items.unwrap_or_default();
+        let lines = list_item_lines(text).filter(|l| l.len() == items.len());
+        for (i, item) in items.into_iter().enumerate() {
+            let item_line = lines.as_ref().map(|l| line + l[i]).unwrap_or(line);
+            collect(item, item_line, "", out);
         }
     }
+}
+
+/// 0-based line offsets (within a document) of the entries of its top-level block sequence
+/// `items:`: the `- ` lines at the sequence's indentation.
+fn list_item_lines(text: &str) -> Option<Vec<usize>> {
+    let mut lines = text.lines().enumerate();
+    lines.by_ref().find(|(_, l)| l.trim_end() == "items:" || l.starts_with("items: #"))?;
+    let mut indent = None;
+    let mut out = Vec::new();
+    for (i, l) in lines {
+        let t = l.trim_start();
+        if t.is_empty() || t.starts_with('#') {
+            continue;
+        }
+        let ind = l.len() - t.len();
+        let is_entry = t == "-" || t.starts_with("- ");
+        if ind == 0 && !is_entry {
+            break; // the next top-level key
+        }
+        if is_entry {
+            match indent {
+                None => {
+                    indent = Some(ind);
+                    out.push(i);
+                }
+                Some(x) if x == ind => out.push(i),
+                _ => {}
+            }
+        }
+    }
+    Some(out)
 }
 
 // ---- splitting a YAML stream into documents -------------------------------------------------
@@ -391,12 +398,18 @@ mod tests {
         let kinds: Vec<_> = s.objects.iter().map(|o| o.kind.as_str()).collect();
         assert_eq!(kinds, ["List", "Deployment", "Service"]);
         let lines: Vec<_> = s.objects.iter().map(|o| o.line).collect();
-        assert_eq!(lines, [1, 4, 7], "each item at its own apiVersion line");
+        assert_eq!(lines, [1, 4, 7], "each item at its own entry line");
+        // A typed List with the same apiVersion as its items, and nested apiVersion keys
+        // (scaleTargetRef) that must not be mistaken for the next item.
+        let text = "apiVersion: extensions/v1beta1\nkind: DeploymentList\nitems:\n  - apiVersion: autoscaling/v2beta1\n    kind: HorizontalPodAutoscaler\n    spec:\n      scaleTargetRef:\n        apiVersion: extensions/v1beta1\n        kind: Deployment\n  - kind: Deployment\n    metadata: {name: b}\n    apiVersion: extensions/v1beta1\n";
+        let s = scan_text(text, false);
+        let lines: Vec<_> = s.objects.iter().map(|o| (o.kind.as_str(), o.line)).collect();
+        assert_eq!(lines, [("DeploymentList", 1), ("HorizontalPodAutoscaler", 4), ("Deployment", 10)]);
         // Items after a leading document separator and comments; BOM and CRLF tolerated.
         let text = "\u{feff}---\r\n# c\r\napiVersion: v1\r\nkind: List\r\nitems:\r\n  - kind: Ingress\r\n    apiVersion: \"extensions/v1beta1\"\r\n";
         let s = scan_text(text, false);
         assert!(s.problems.is_empty(), "{:?}", s.problems);
-        assert_eq!(s.objects[1].line, 7);
+        assert_eq!(s.objects[1].line, 6);
     }
 
     #[test]
