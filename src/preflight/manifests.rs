@@ -315,18 +315,18 @@ fn is_manifest(p: &Path) -> bool {
 /// Expand paths: files as given, directories recursively (manifest extensions only, sorted).
 pub fn expand(paths: &[PathBuf]) -> Result<Vec<PathBuf>, (PathBuf, std::io::Error)> {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), (PathBuf, std::io::Error)> {
-        let mut entries: Vec<_> = std::fs::read_dir(dir)
+        let mut entries: Vec<(PathBuf, std::fs::FileType)> = std::fs::read_dir(dir)
             .map_err(|e| (dir.to_owned(), e))?
             .filter_map(|e| e.ok())
-            .map(|e| e.path())
+            .filter_map(|e| Some((e.path(), e.file_type().ok()?)))
             .collect();
-        entries.sort();
-        for p in entries {
-            // Do not follow symlinked directories (loops); symlinked files are fine.
-            let meta = std::fs::symlink_metadata(&p).map_err(|e| (p.clone(), e))?;
-            if meta.is_dir() {
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        for (p, ft) in entries {
+            // The entry's own type (no extra stat); symlinked directories are not followed
+            // (loops), symlinked files are.
+            if ft.is_dir() {
                 walk(&p, out)?;
-            } else if is_manifest(&p) && std::fs::metadata(&p).map(|m| m.is_file()).unwrap_or(false) {
+            } else if is_manifest(&p) && (ft.is_file() || (ft.is_symlink() && std::fs::metadata(&p).map(|m| m.is_file()).unwrap_or(false))) {
                 out.push(p);
             }
         }
