@@ -3,11 +3,6 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-
-// mimalloc: manifest scanning and backups allocate many small, short-lived values across
-// threads; it is markedly faster than the system allocator for that (see scripts/bench-*).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use lifeboat::error::{Exit, display_chain};
 
 fn main() -> ExitCode {
