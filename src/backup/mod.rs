@@ -15,6 +15,7 @@ use kube::api::{Api, DynamicObject, ListParams};
 use kube::discovery::{ApiCapabilities, ApiResource, Discovery, Scope, verbs};
 use serde::Serialize;
 use serde_json::Value;
+use serde_json::value::RawValue;
 use tokio::sync::Mutex;
 
 use crate::cluster::Cluster;
@@ -159,6 +160,48 @@ pub fn prepare(ar: &ApiResource, mut obj: Value) -> Value {
     obj
 }
 
+#[derive(serde::Deserialize)]
+struct OwnerRef {
+    #[serde(default)]
+    controller: Option<bool>,
+}
+
+/// What the backup needs from an object's metadata.
+#[derive(Debug, Default)]
+pub struct MetaLite {
+    pub name: Option<String>,
+    pub namespace: Option<String>,
+    pub controlled: bool,
+}
+
+/// `prepare` over the server's raw JSON: set apiVersion/kind, drop managedFields, without
+/// building a JSON tree (top-level and metadata keys are re-emitted in sorted order, the values
+/// byte for byte).
+pub fn prepare_raw(ar: &ApiResource, item: &RawValue) -> Result<(Vec<u8>, MetaLite), serde_json::Error> {
+    let mut top: BTreeMap<&str, &RawValue> = serde_json::from_str(item.get())?;
+    let mut meta: BTreeMap<&str, &RawValue> = match top.get("metadata") {
+        Some(m) => serde_json::from_str(m.get())?,
+        None => BTreeMap::new(),
+    };
+    meta.remove("managedFields");
+    let mut lite = MetaLite {
+        name: meta.get("name").map(|r| serde_json::from_str(r.get())).transpose()?,
+        namespace: meta.get("namespace").map(|r| serde_json::from_str(r.get())).transpose()?,
+        controlled: false,
+    };
+    if let Some(refs) = meta.get("ownerReferences") {
+        let refs: Vec<OwnerRef> = serde_json::from_str(refs.get())?;
+        lite.controlled = refs.iter().any(|r| r.controller == Some(true));
+    }
+    let meta_raw = serde_json::value::to_raw_value(&meta)?;
+    let api_version = serde_json::value::to_raw_value(&ar.api_version)?;
+    let kind = serde_json::value::to_raw_value(&ar.kind)?;
+    top.insert("metadata", &meta_raw);
+    top.insert("apiVersion", &api_version);
+    top.insert("kind", &kind);
+    Ok((serde_json::to_vec(&top)?, lite))
+}
+
 /// Cluster-scoped objects that the selected namespaces use (for `--include-cluster-resources
 /// auto` with a namespace filter).
 #[derive(Debug, Default)]
@@ -232,12 +275,30 @@ impl TypeWriter {
     async fn add(&mut self, obj: Value, progress: &dyn Progress) -> Result<(), Error> {
         let obj = prepare(&self.ar, obj);
         let bytes = serde_json::to_vec(&obj).expect("JSON value serializes");
-        let blob = self.shared.packer.add(BlobType::Object, &bytes).await?;
         let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
         let namespace = obj["metadata"]["namespace"].as_str().map(str::to_string);
         if References::interesting(&self.ar) {
             self.shared.refs.lock().await.note(&self.ar, &obj);
         }
+        self.record(bytes, name, namespace, progress).await
+    }
+
+    /// Store an object given as the server's raw JSON (the fast path: no JSON tree is built).
+    async fn add_raw(&mut self, item: &RawValue, progress: &dyn Progress) -> Result<(), Error> {
+        if References::interesting(&self.ar) {
+            let v: Value = serde_json::from_str(item.get()).map_err(|e| self.bad(e))?;
+            return self.add(v, progress).await;
+        }
+        let (bytes, meta) = prepare_raw(&self.ar, item).map_err(|e| self.bad(e))?;
+        self.record(bytes, meta.name.unwrap_or_default(), meta.namespace, progress).await
+    }
+
+    fn bad(&self, e: serde_json::Error) -> Error {
+        Error::Usage(format!("{}: the server returned an object that is not valid JSON: {e}", group_resource(&self.ar)))
+    }
+
+    async fn record(&mut self, bytes: Vec<u8>, name: String, namespace: Option<String>, progress: &dyn Progress) -> Result<(), Error> {
+        let blob = self.shared.packer.add(BlobType::Object, &bytes).await?;
         self.entries.push(TreeEntry {
             group: self.ar.group.clone(),
             version: self.ar.version.clone(),
@@ -279,16 +340,23 @@ impl TypeWriter {
 }
 
 #[derive(serde::Deserialize)]
-struct RawPage {
+struct RawPage<'a> {
     #[serde(default)]
-    metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ListMeta,
-    #[serde(default)]
-    items: Vec<Value>,
+    metadata: PageMeta,
+    #[serde(borrow, default)]
+    items: Vec<&'a RawValue>,
 }
 
-async fn fetch_page(client: &kube::Client, url: &str, lp: &ListParams) -> Result<RawPage, kube::Error> {
+#[derive(serde::Deserialize, Default)]
+struct PageMeta {
+    #[serde(rename = "continue", default)]
+    continue_: Option<String>,
+}
+
+/// One LIST page as text (parsed without building JSON trees).
+async fn fetch_page(client: &kube::Client, url: &str, lp: &ListParams) -> Result<String, kube::Error> {
     let req = kube::core::Request::new(url).list(lp).map_err(kube::Error::BuildRequest)?;
-    client.request::<RawPage>(req).await
+    client.request_text(req).await
 }
 
 /// LIST one type (in one namespace, or everywhere) page by page into `writer`. The next page is
@@ -317,7 +385,7 @@ async fn list_into(
         tokio::spawn(async move { fetch_page(&client, &url, &lp).await })
     });
     while let Some(handle) = next.take() {
-        let page = match handle.await.expect("list task") {
+        let text = match handle.await.expect("list task") {
             Ok(p) => p,
             Err(kube::Error::Api(s)) if s.code == 403 || s.code == 404 || s.code == 405 => {
                 writer.shared.warnings.lock().await.push(format!("{}: not backed up: {} ({})", group_resource(ar), s.message, s.code));
@@ -325,16 +393,22 @@ async fn list_into(
             }
             Err(source) => return Err(Error::Kube { action: format!("list {}", group_resource(ar)), source }),
         };
+        let page: RawPage = serde_json::from_str(&text)
+            .map_err(|e| Error::Usage(format!("list {}: the server's answer is not a list: {e}", group_resource(ar))))?;
         let more = page.metadata.continue_.clone().filter(|c| !c.is_empty());
         if let Some(c) = &more {
             let (client, url, lp) = (client.clone(), url.clone(), lp.clone().continue_token(c));
             next = Some(tokio::spawn(async move { fetch_page(&client, &url, &lp).await }));
         }
-        for obj in page.items {
-            if default_excludes && owned_by_controller(ar, &obj) {
-                continue;
+        let may_be_owned = default_excludes && matches!((ar.group.as_str(), ar.plural.as_str()), ("", "pods") | ("apps", "replicasets"));
+        for item in page.items {
+            if may_be_owned {
+                let v: Value = serde_json::from_str(item.get()).map_err(|e| writer.bad(e))?;
+                if owned_by_controller(ar, &v) {
+                    continue;
+                }
             }
-            writer.add(obj, progress).await?;
+            writer.add_raw(item, progress).await?;
         }
     }
     Ok(())
@@ -641,6 +715,19 @@ mod tests {
         assert_eq!(o["apiVersion"], "apps/v1");
         assert_eq!(o["kind"], "Deployment");
         assert!(o["metadata"].get("managedFields").is_none());
+    }
+
+    #[test]
+    fn raw_and_tree_preparation_store_the_same_object() {
+        let d = ar("apps", "v1", "Deployment", "deployments");
+        let text = r#"{"metadata":{"name":"x","namespace":"ns","managedFields":[{"manager":"m"}],"ownerReferences":[{"controller":true,"uid":"u"}],"labels":{"b":"2","a":"1"}},"spec":{"replicas":0,"z":{"y":1,"x":2}},"status":{}}"#;
+        let raw: Box<RawValue> = serde_json::from_str(text).unwrap();
+        let (bytes, meta) = prepare_raw(&d, &raw).unwrap();
+        let via_raw: Value = serde_json::from_slice(&bytes).unwrap();
+        let via_tree = prepare(&d, serde_json::from_str(text).unwrap());
+        assert_eq!(via_raw, via_tree);
+        assert_eq!((meta.name.as_deref(), meta.namespace.as_deref(), meta.controlled), (Some("x"), Some("ns"), true));
+        assert!(!String::from_utf8(bytes).unwrap().contains("managedFields"));
     }
 
     #[test]
