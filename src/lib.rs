@@ -10,6 +10,7 @@ pub mod backup;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod drill;
 pub mod error;
 pub mod logging;
 pub mod output;
@@ -84,7 +85,7 @@ pub async fn run(cli: Cli, settings: Settings) -> Result<Exit, Error> {
             Ok(report.exit(opts.fail_on))
         }
         Command::Runbook(c) => not_implemented(c.name(), 6),
-        Command::Drill(c) => not_implemented(c.name(), 4),
+        Command::Drill(c) => drill_command(c, &cli.global, &settings).await,
         Command::Repo(RepoCommand::Init) => {
             let opts = settings.repo_options(&cli.global);
             let r = repo::access::init(&opts, repo::crypto::KdfParams::DEFAULT).await?;
@@ -242,4 +243,72 @@ async fn restore_command(a: cli::backup::RestoreArgs, g: &cli::GlobalArgs, setti
     let report = restore::restore(&cluster.client, source, &opts).await?;
     output::emit(settings.output.value, &report)?;
     Ok(if report.failed > 0 { Exit::Findings } else { Exit::Success })
+}
+
+async fn drill_command(c: cli::drill::DrillCommand, g: &cli::GlobalArgs, settings: &Settings) -> Result<Exit, Error> {
+    use cli::drill::DrillCommand;
+    let out = settings.output.value;
+    match c {
+        DrillCommand::Cronjob(a) => {
+            let m = drill::cronjob::manifests(&drill::cronjob::CronJobOptions {
+                schedule: a.schedule,
+                namespace: a.namespace,
+                image: a.image,
+                secret: a.secret,
+                repo: settings.repo.value.clone(),
+                s3_endpoint: settings.s3_endpoint.value.clone(),
+                drill_args: a.namespaces.iter().flat_map(|n| ["-n".to_string(), n.clone()]).collect(),
+                pushgateway: a.pushgateway,
+                timeout_seconds: a.timeout.as_secs(),
+            });
+            print!("{m}");
+            Ok(Exit::Success)
+        }
+        DrillCommand::Gc { all } => {
+            let cluster = cluster::connect(&settings.cluster_options()).await?;
+            output::emit(out, &drill::gc(&cluster.client, all).await?)?;
+            Ok(Exit::Success)
+        }
+        DrillCommand::Run(a) => {
+            let spec = a.spec.as_deref().map(drill::spec::load).transpose()?;
+            let cluster = cluster::connect(&settings.cluster_options()).await?;
+            cluster.client.apiserver_version().await.map_err(|source| Error::Unreachable { server: cluster.server.clone(), source })?;
+            let repo = repo::access::open(&settings.repo_options(g)).await?;
+            let opts = drill::DrillOptions {
+                backup: a.backup,
+                namespaces: a.namespaces,
+                spec,
+                timeout: a.timeout,
+                keep: a.keep,
+                cluster_label: a.cluster_name.unwrap_or_default(),
+            };
+            let cancel = async {
+                #[cfg(unix)]
+                {
+                    let mut t = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+                    tokio::select! { _ = tokio::signal::ctrl_c() => {}, _ = t.recv() => {} }
+                }
+                #[cfg(not(unix))]
+                let _ = tokio::signal::ctrl_c().await;
+            };
+            let report = drill::run(&cluster.client, &cluster.server, repo, &opts, cancel).await?;
+            if let Some(p) = &a.report {
+                let json = serde_json::to_string_pretty(&report).map_err(|e| Error::Encode { format: "json", source: Box::new(e) })?;
+                drill::report::write_atomic(p, &json)?;
+            }
+            if let Some(p) = &a.junit {
+                drill::report::write_atomic(p, &drill::report::junit(&report))?;
+            }
+            let last = drill::report::last_success(&report, a.metrics_file.as_deref());
+            let metrics = drill::report::metrics(&report, last);
+            if let Some(p) = &a.metrics_file {
+                drill::report::write_atomic(p, &metrics)?;
+            }
+            if let Some(url) = &a.pushgateway {
+                drill::report::push(url, &report.cluster, &metrics).await?;
+            }
+            output::emit(out, &report)?;
+            Ok(if report.passed { Exit::Success } else { Exit::Findings })
+        }
+    }
 }

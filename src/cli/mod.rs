@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 pub mod backup;
+pub mod drill;
 pub mod placeholder;
 pub mod preflight;
 
@@ -128,7 +129,7 @@ pub enum Command {
 
     /// Restore drills: prove backups restore, on a schedule
     #[command(subcommand)]
-    Drill(placeholder::DrillCommand),
+    Drill(drill::DrillCommand),
 
     /// Manage the backup repository
     #[command(subcommand)]

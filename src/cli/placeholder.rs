@@ -25,14 +25,6 @@ pub enum RunbookCommand {
     Status(Rest),
 }
 
-#[derive(Debug, Subcommand)]
-pub enum DrillCommand {
-    /// Restore a backup into scratch namespaces and verify it
-    Run(Rest),
-    /// Print manifests for a CronJob that runs drills on a schedule
-    Cronjob(Rest),
-}
-
 impl RunbookCommand {
     pub fn name(&self) -> &'static str {
         match self {
@@ -41,15 +33,6 @@ impl RunbookCommand {
             RunbookCommand::Run(_) => "runbook run",
             RunbookCommand::Rollback(_) => "runbook rollback",
             RunbookCommand::Status(_) => "runbook status",
-        }
-    }
-}
-
-impl DrillCommand {
-    pub fn name(&self) -> &'static str {
-        match self {
-            DrillCommand::Run(_) => "drill run",
-            DrillCommand::Cronjob(_) => "drill cronjob",
         }
     }
 }
