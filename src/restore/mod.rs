@@ -48,6 +48,9 @@ pub struct RestoreOptions {
     pub concurrency: usize,
     /// Restore id (label value); generated when empty.
     pub restore_id: String,
+    /// Create the Namespace objects of the backup (drills create their scratch namespaces
+    /// themselves, with their own labels).
+    pub restore_namespaces: bool,
 }
 
 impl Default for RestoreOptions {
@@ -65,6 +68,7 @@ impl Default for RestoreOptions {
             crd_timeout: Duration::from_secs(60),
             concurrency: 16,
             restore_id: String::new(),
+            restore_namespaces: true,
         }
     }
 }
@@ -294,7 +298,7 @@ pub async fn restore(client: &kube::Client, source: Source, opts: &RestoreOption
             continue;
         }
         let take = if e.group.is_empty() && e.resource == "namespaces" {
-            needed_ns.contains(&e.name) || (cluster_policy == Some(true) && !filtered_ns && res_ok(e))
+            opts.restore_namespaces && (needed_ns.contains(&e.name) || (cluster_policy == Some(true) && !filtered_ns && res_ok(e)))
         } else {
             match cluster_policy {
                 Some(true) => res_ok(e),

@@ -1,0 +1,342 @@
+//! Restore drills on the real control plane: pass, tampered backup, never-ready workload,
+//! interruption, gc, and the CronJob manifests with exactly their RBAC.
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{Lifeboat, TestNs, env, eventually, unique};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+
+const PASSWORD: &str = "drill-test-password";
+
+struct Fixture {
+    ns: TestNs,
+    lb: Lifeboat,
+    repo_dir: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+fn obj<T: serde::de::DeserializeOwned>(v: Value) -> T {
+    serde_json::from_value(v).unwrap()
+}
+
+/// A namespace with a Deployment, Service, ConfigMap and Secret, backed up into a fresh local
+/// repository. `ready`: whether the Deployment can ever become ready.
+async fn fixture(prefix: &str, ready: bool) -> Fixture {
+    let ns = TestNs::new(prefix).await;
+    let pp = PostParams::default();
+    let mut spec = json!({"containers": [{"name": "web", "image": "nginx:1.27"}],
+                          "tolerations": [{"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}]});
+    if !ready {
+        spec["nodeSelector"] = json!({"lifeboat.io/no-such-node": "true"});
+    }
+    let dep: k8s_openapi::api::apps::v1::Deployment = obj(json!({
+        "metadata": {"name": "web"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}},
+                 "template": {"metadata": {"labels": {"app": "web"}}, "spec": spec}}
+    }));
+    ns.api().create(&pp, &dep).await.unwrap();
+    let svc: k8s_openapi::api::core::v1::Service = obj(json!({"metadata": {"name": "web"}, "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]}}));
+    ns.api().create(&pp, &svc).await.unwrap();
+    let cm: ConfigMap = obj(json!({"metadata": {"name": "settings"}, "data": {"mode": "prod"}}));
+    ns.api().create(&pp, &cm).await.unwrap();
+    let sec: k8s_openapi::api::core::v1::Secret = obj(json!({"metadata": {"name": "db"}, "stringData": {"password": "hunter2"}}));
+    ns.api().create(&pp, &sec).await.unwrap();
+
+    let tmp = tempfile::tempdir().unwrap();
+    let repo_dir = tmp.path().join("repo");
+    let lb = Lifeboat::new().env("LIFEBOAT_REPO", &format!("file://{}", repo_dir.display())).env("LIFEBOAT_PASSWORD", PASSWORD);
+    lb.run(&["repo", "init"]).success();
+    lb.run(&["backup", "create", "-n", &ns.name]).success();
+    Fixture { ns, lb, repo_dir, _tmp: tmp }
+}
+
+async fn drill_namespaces(client: &kube::Client, source: &str) -> Vec<Namespace> {
+    Api::<Namespace>::all(client.clone())
+        .list(&ListParams::default().labels("lifeboat.io/drill"))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|n| n.metadata.annotations.as_ref().and_then(|a| a.get("lifeboat.io/drill-source-namespace")).map(String::as_str) == Some(source))
+        .collect()
+}
+
+/// Gone, or being deleted (the namespace controller finishes the job).
+async fn assert_scratch_removed(client: &kube::Client, source: &str) {
+    for n in drill_namespaces(client, source).await {
+        assert!(n.metadata.deletion_timestamp.is_some(), "scratch namespace {:?} left behind", n.metadata.name);
+    }
+}
+
+#[tokio::test]
+async fn a_good_backup_passes_and_reports_parse() {
+    let f = fixture("drill-ok", true).await;
+    let out = f.lb.home.path();
+    let (junit, metrics, report) = (out.join("junit.xml"), out.join("drill.prom"), out.join("report.json"));
+    let r = f.lb.run(&[
+        "drill", "run", "-n", &f.ns.name, "--timeout", "90s",
+        "--junit", junit.to_str().unwrap(), "--metrics-file", metrics.to_str().unwrap(), "--report", report.to_str().unwrap(), "-o", "json",
+    ]);
+    r.code_is(0);
+    let v = r.json();
+    assert_eq!(v["passed"], true, "{}", r.describe());
+    assert_eq!(v["namespaces"][0]["source"], f.ns.name.as_str());
+    let scratch = v["namespaces"][0]["scratch"].as_str().unwrap().to_string();
+    assert!(scratch.starts_with(&format!("drill-{}-", f.ns.name)), "{scratch}");
+    let names: Vec<&str> = v["checks"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    for want in ["restore-succeeded", "workloads-ready", "objects-present", "data-equal"] {
+        assert!(names.contains(&want), "{names:?}");
+    }
+    assert!(v["checks"].as_array().unwrap().iter().all(|c| c["status"] == "pass"), "{v:#}");
+    assert!(v["rtoSeconds"].as_f64().is_some());
+    // The same JSON went to --report.
+    let file: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(file["drillId"], v["drillId"]);
+
+    // JUnit: parsed by a real XML parser, one test case per check, no failures.
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    let doc = roxmltree::Document::parse(&xml).unwrap();
+    let cases: Vec<_> = doc.descendants().filter(|n| n.has_tag_name("testcase")).collect();
+    assert_eq!(cases.len(), names.len());
+    assert!(!doc.descendants().any(|n| n.has_tag_name("failure")));
+
+    // Metrics: parsed by a Prometheus text-format parser.
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
+    let get = |name: &str| scrape.samples.iter().find(|s| s.metric == name).unwrap_or_else(|| panic!("no {name} in\n{text}"));
+    for name in ["lifeboat_drill_success", "lifeboat_drill_duration_seconds", "lifeboat_drill_last_success_timestamp_seconds",
+                 "lifeboat_drill_checks_failed", "lifeboat_drill_rto_seconds", "lifeboat_backup_age_seconds"] {
+        let s = get(name);
+        assert_eq!(s.labels.get("namespace"), Some(f.ns.name.as_str()), "{name}");
+        assert!(s.labels.get("cluster").is_some(), "{name}");
+    }
+    assert!(matches!(get("lifeboat_drill_success").value, prometheus_parse::Value::Gauge(v) if v == 1.0));
+    assert!(!out.read_dir().unwrap().flatten().any(|e| e.file_name().to_string_lossy().contains(".tmp")), "atomic writes leave no temp files");
+
+    // The scratch namespace is gone (or going) after the drill.
+    assert_scratch_removed(&f.ns.client, &f.ns.name).await;
+    let nss: Api<Namespace> = Api::all(f.ns.client.clone());
+    eventually("scratch namespace deleted", Duration::from_secs(60), || async { nss.get_opt(&scratch).await.ok().flatten().is_none().then_some(()) }).await;
+    f.ns.cleanup().await;
+}
+
+/// Flip a byte inside the stored blob of one object.
+async fn tamper(repo_dir: &Path, kind: &str, name: &str) {
+    let store = std::sync::Arc::new(lifeboat::store::local::LocalStore::new(repo_dir.to_path_buf()));
+    let repo = lifeboat::repo::Repository::open(store, PASSWORD.as_bytes()).await.unwrap();
+    let (_, snap) = repo.find_snapshot("latest").await.unwrap();
+    let entries = repo.snapshot_entries(&snap).await.unwrap();
+    let e = entries.iter().find(|e| e.kind == kind && e.name == name).unwrap();
+    let loc = repo.index_snapshot().await[&e.blob];
+    let pack = repo_dir.join(lifeboat::store::layout::pack(&loc.pack.to_hex()));
+    let mut bytes = std::fs::read(&pack).unwrap();
+    bytes[loc.offset as usize + 30] ^= 0x01;
+    std::fs::write(&pack, bytes).unwrap();
+}
+
+#[tokio::test]
+async fn a_damaged_backup_fails_and_names_the_object() {
+    let f = fixture("drill-bad", true).await;
+    tamper(&f.repo_dir, "ConfigMap", "settings").await;
+    let r = f.lb.run(&["drill", "run", "-n", &f.ns.name, "--timeout", "60s", "-o", "json"]);
+    r.code_is(2);
+    let v = r.json();
+    assert_eq!(v["passed"], false);
+    let failed: Vec<&Value> = v["checks"].as_array().unwrap().iter().filter(|c| c["status"] == "fail").collect();
+    assert!(!failed.is_empty());
+    for c in &failed {
+        assert!(c["message"].as_str().unwrap().contains("settings"), "each failure names the object: {c}");
+    }
+    assert!(failed.iter().any(|c| c["name"] == "objects-present"), "{failed:?}");
+    assert_scratch_removed(&f.ns.client, &f.ns.name).await;
+    f.ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_workload_that_never_becomes_ready_fails_on_the_timeout() {
+    let f = fixture("drill-slow", false).await;
+    let r = f.lb.run(&["drill", "run", "-n", &f.ns.name, "--timeout", "6s", "-o", "json"]);
+    r.code_is(2);
+    let v = r.json();
+    let ready = v["checks"].as_array().unwrap().iter().find(|c| c["name"] == "workloads-ready").unwrap();
+    assert_eq!(ready["status"], "fail");
+    assert!(ready["message"].as_str().unwrap().contains("Deployment/web"), "{ready}");
+    assert!(v["rtoSeconds"].is_null());
+    assert_scratch_removed(&f.ns.client, &f.ns.name).await;
+
+    // An RTO budget from a spec, and a spec error with file:line:col.
+    let spec = f.lb.home.path().join("drill.yaml");
+    std::fs::write(&spec, "apiVersion: lifeboat.io/v1\nkind: DrillSpec\nrtoSeconds: 5\nrpoHours: 24\nassertions:\n  - name: replicas\n    namespace: NS\n    apiVersion: apps/v1\n    kind: Deployment\n    object: web\n    path: .spec.replicas\n    equals: \"1\"\n".replace("NS", &f.ns.name)).unwrap();
+    let r = f.lb.run(&["drill", "run", "-n", &f.ns.name, "--timeout", "3s", "--spec", spec.to_str().unwrap(), "-o", "json"]);
+    r.code_is(2);
+    let v = r.json();
+    let by_name = |n: &str| v["checks"].as_array().unwrap().iter().find(|c| c["name"] == n).unwrap_or_else(|| panic!("no {n}: {v:#}")).clone();
+    assert_eq!(by_name("rto")["status"], "fail");
+    assert_eq!(by_name("rpo")["status"], "pass");
+    assert_eq!(by_name("replicas")["status"], "pass", "{v:#}");
+    std::fs::write(&spec, "apiVersion: lifeboat.io/v1\nkind: DrillSpec\nrtoSecs: 5\n").unwrap();
+    let r = f.lb.run(&["drill", "run", "-n", &f.ns.name, "--spec", spec.to_str().unwrap()]);
+    r.code_is(1);
+    assert!(r.stderr().contains(&format!("{}:3:", spec.display())), "{}", r.describe());
+    f.ns.cleanup().await;
+}
+
+fn spawn_drill(f: &Fixture, timeout: &str) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_lifeboat"))
+        .args(["drill", "run", "-n", &f.ns.name, "--timeout", timeout])
+        .env("KUBECONFIG", &env().kubeconfig)
+        .env("LIFEBOAT_REPO", format!("file://{}", f.repo_dir.display()))
+        .env("LIFEBOAT_PASSWORD", PASSWORD)
+        .env("HOME", f.lb.home.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+async fn wait_for_scratch(f: &Fixture) {
+    eventually("scratch namespace created", Duration::from_secs(60), || async {
+        (!drill_namespaces(&f.ns.client, &f.ns.name).await.is_empty()).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn interrupted_drills_clean_up_and_gc_removes_what_a_kill_left() {
+    let f = fixture("drill-int", false).await;
+    // SIGINT while waiting for readiness: scratch namespaces are deleted before exit.
+    let child = spawn_drill(&f, "5m");
+    wait_for_scratch(&f).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_scratch_removed(&f.ns.client, &f.ns.name).await;
+
+    // SIGKILL: the namespace stays; gc leaves it until it expires, then removes it.
+    let nss: Api<Namespace> = Api::all(f.ns.client.clone());
+    eventually("previous scratch gone", Duration::from_secs(60), || async {
+        drill_namespaces(&f.ns.client, &f.ns.name).await.is_empty().then_some(())
+    })
+    .await;
+    let mut child = spawn_drill(&f, "5m");
+    wait_for_scratch(&f).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let left = drill_namespaces(&f.ns.client, &f.ns.name).await;
+    assert_eq!(left.len(), 1);
+    let name = left[0].metadata.name.clone().unwrap();
+    assert!(left[0].metadata.deletion_timestamp.is_none());
+    let gc = f.lb.run(&["drill", "gc", "-o", "json"]).success().json();
+    assert!(!gc["deleted"].as_array().unwrap().iter().any(|d| d == name.as_str()), "not expired yet: {gc}");
+    nss.patch(&name, &PatchParams::default(), &Patch::Merge(json!({"metadata": {"annotations": {"lifeboat.io/drill-expires": "2020-01-01T00:00:00Z"}}})))
+        .await
+        .unwrap();
+    let gc = f.lb.run(&["drill", "gc", "-o", "json"]).success().json();
+    assert!(gc["deleted"].as_array().unwrap().iter().any(|d| d == name.as_str()), "{gc}");
+    f.ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn cronjob_manifests_apply_and_their_rbac_is_enough_and_no_more() {
+    if env().external {
+        eprintln!("NOT APPLICABLE on an external cluster: this test installs cluster-wide RBAC and an admission policy");
+        return;
+    }
+    let f = fixture("drill-rbac", true).await;
+    let sys = unique("lbt-drill-sys");
+    let r = f.lb.run(&["drill", "cronjob", "--schedule", "0 3 * * *", "--namespace", &sys, "-n", &f.ns.name]);
+    r.success();
+    let docs: Vec<Value> = r.stdout().split("\n---\n").map(|d| serde_norway::from_str(d).unwrap()).collect();
+    let client = f.ns.client.clone();
+    let create = |dry: bool| {
+        let docs = docs.clone();
+        let client = client.clone();
+        async move {
+            for d in docs {
+                let (group, version) = d["apiVersion"].as_str().unwrap().rsplit_once('/').map(|(g, v)| (g.to_string(), v.to_string())).unwrap_or((String::new(), "v1".into()));
+                let gvk = kube::api::GroupVersionKind::gvk(&group, &version, d["kind"].as_str().unwrap());
+                let (ar, caps) = kube::discovery::pinned_kind(&client, &gvk).await.unwrap();
+                let api: Api<kube::api::DynamicObject> = match (caps.scope == kube::discovery::Scope::Namespaced, d["metadata"]["namespace"].as_str()) {
+                    (true, Some(ns)) => Api::namespaced_with(client.clone(), ns, &ar),
+                    _ => Api::all_with(client.clone(), &ar),
+                };
+                let pp = PostParams { dry_run: dry, field_manager: None };
+                match api.create(&pp, &obj(d.clone())).await {
+                    Ok(_) => {}
+                    // The namespace does not exist yet in a dry run.
+                    Err(kube::Error::Api(s)) if dry && s.code == 404 && s.message.contains("namespaces") => {}
+                    Err(e) => panic!("{} {}: {e}", d["kind"], d["metadata"]["name"]),
+                }
+            }
+        }
+    };
+    create(true).await; // server-side dry run: validation and admission accept every manifest
+    create(false).await;
+
+    // An identity with exactly the CronJob's ServiceAccount and its RBAC.
+    use k8s_openapi::api::authentication::v1::TokenRequest;
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let tr: TokenRequest = obj(json!({"spec": {"audiences": [], "expirationSeconds": 3600}}));
+    let token = Api::<ServiceAccount>::namespaced(client.clone(), &sys)
+        .create_token_request("lifeboat-drill", &PostParams::default(), &tr)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .token;
+    let admin = kube::config::Kubeconfig::read_from(&env().kubeconfig).unwrap();
+    let cluster = admin.clusters[0].clone();
+    let kc = f.lb.home.path().join("drill-sa.kubeconfig");
+    std::fs::write(&kc, serde_json::to_vec(&json!({
+        "apiVersion": "v1", "kind": "Config", "clusters": [cluster],
+        "users": [{"name": "sa", "user": {"token": token}}],
+        "contexts": [{"name": "sa", "context": {"cluster": cluster.name, "user": "sa"}}], "current-context": "sa"
+    })).unwrap()).unwrap();
+    let sa_client = common::client_for(&kc).await;
+    // Admission policies become effective asynchronously.
+    let victim = unique("lbt-not-a-drill");
+    let nss: Api<Namespace> = Api::all(client.clone());
+    nss.create(&PostParams::default(), &obj(json!({"metadata": {"name": victim}}))).await.unwrap();
+    let sa_nss: Api<Namespace> = Api::all(sa_client.clone());
+    eventually("admission policy effective", Duration::from_secs(30), || async {
+        let probe: Namespace = obj(json!({"metadata": {"name": unique("lbt-probe")}}));
+        match sa_nss.create(&PostParams { dry_run: true, field_manager: None }, &probe).await {
+            Err(kube::Error::Api(s)) if s.code == 403 || s.code == 422 => Some(()),
+            _ => None,
+        }
+    })
+    .await;
+
+    let r = f.lb.run(&["--kubeconfig", kc.to_str().unwrap(), "drill", "run", "-n", &f.ns.name, "--timeout", "90s", "-o", "json"]);
+    r.code_is(0);
+    assert_eq!(r.json()["passed"], true);
+    // The same identity may not delete a namespace that is not a drill namespace.
+    match sa_nss.delete(&victim, &Default::default()).await {
+        Err(kube::Error::Api(s)) => assert!(s.code == 403 || s.code == 422, "{s:?}"),
+        Ok(_) => panic!("the drill identity deleted {victim}"),
+        Err(e) => panic!("{e}"),
+    }
+    assert!(nss.get_opt(&victim).await.unwrap().is_some());
+    // Nor write outside drill namespaces.
+    let cm: ConfigMap = obj(json!({"metadata": {"name": "intruder"}}));
+    assert!(Api::<ConfigMap>::namespaced(sa_client, &victim).create(&PostParams::default(), &cm).await.is_err());
+
+    // Remove the cluster-wide pieces.
+    for (g, v, k, n) in [
+        ("admissionregistration.k8s.io", "v1", "ValidatingAdmissionPolicyBinding", "lifeboat-drill-scope"),
+        ("admissionregistration.k8s.io", "v1", "ValidatingAdmissionPolicy", "lifeboat-drill-scope"),
+        ("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding", "lifeboat-drill"),
+        ("rbac.authorization.k8s.io", "v1", "ClusterRole", "lifeboat-drill"),
+    ] {
+        let (ar, _) = kube::discovery::pinned_kind(&client, &kube::api::GroupVersionKind::gvk(g, v, k)).await.unwrap();
+        let _ = Api::<kube::api::DynamicObject>::all_with(client.clone(), &ar).delete(n, &Default::default()).await;
+    }
+    let _ = nss.delete(&victim, &Default::default()).await;
+    let _ = nss.delete(&sys, &Default::default()).await;
+    f.ns.cleanup().await;
+}
