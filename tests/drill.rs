@@ -77,11 +77,36 @@ async fn a_good_backup_passes_and_reports_parse() {
     let f = fixture("drill-ok", true).await;
     let out = f.lb.home.path();
     let (junit, metrics, report) = (out.join("junit.xml"), out.join("drill.prom"), out.join("report.json"));
+    // A stand-in Pushgateway: accepts one PUT and answers 200.
+    let gw = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let gw_url = format!("http://{}", gw.local_addr().unwrap());
+    let pushed = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let (mut conn, _) = gw.accept().unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = conn.read(&mut chunk).unwrap();
+            buf.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&buf).to_string();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let len: usize = head.lines().find_map(|l| l.strip_prefix("Content-Length: ")).unwrap().trim().parse().unwrap();
+                if body.len() >= len || n == 0 {
+                    conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").unwrap();
+                    return text;
+                }
+            }
+        }
+    });
     let r = f.lb.run(&[
-        "drill", "run", "-n", &f.ns.name, "--timeout", "90s",
+        "drill", "run", "-n", &f.ns.name, "--timeout", "90s", "--cluster-name", "test-cluster", "--pushgateway", &gw_url,
         "--junit", junit.to_str().unwrap(), "--metrics-file", metrics.to_str().unwrap(), "--report", report.to_str().unwrap(), "-o", "json",
     ]);
     r.code_is(0);
+    let request = pushed.join().unwrap();
+    assert!(request.starts_with("PUT /metrics/job/lifeboat_drill/cluster/test-cluster HTTP/1.1"), "{request}");
+    assert!(request.contains("lifeboat_drill_success{cluster=\"test-cluster\""), "{request}");
     let v = r.json();
     assert_eq!(v["passed"], true, "{}", r.describe());
     assert_eq!(v["namespaces"][0]["source"], f.ns.name.as_str());
