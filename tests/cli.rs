@@ -17,12 +17,11 @@ fn help_lists_every_command_group() {
 fn unimplemented_commands_fail_with_a_clear_message() {
     let lb = Lifeboat::offline();
     for args in [
-        &["backup", "create"][..],
-        &["backup", "list"],
-        &["restore", "--backup", "latest"],
-        &["preflight", "--target", "1.35"],
+        &["runbook", "validate", "runbooks/x.yaml"][..],
+        &["runbook", "plan", "x.yaml", "--set", "a=b"],
         &["runbook", "run", "plan.yaml"],
-        &["drill", "run"],
+        &["runbook", "rollback", "run-1", "--to", "start"],
+        &["runbook", "status"],
     ] {
         let r = lb.run(args);
         r.code_is(1);
