@@ -313,7 +313,7 @@ impl Repository {
     pub fn decode_blob(&self, id: &BlobId, loc: &Location, sealed: &[u8], key: &str) -> Result<Vec<u8>, RepoError> {
         let corrupt = || RepoError::Corrupt { what: format!("blob {}", id.to_hex()), key: key.to_string() };
         let compressed = self.key.open(sealed).map_err(|_| corrupt())?;
-        let plain = zstd::bulk::decompress(&compressed, loc.raw_length as usize).map_err(|_| corrupt())?;
+        let plain = decompress_blob(&compressed, loc.raw_length as usize).map_err(|_| corrupt())?;
         if self.key.blob_id(&plain) != *id {
             return Err(corrupt());
         }
@@ -325,6 +325,28 @@ impl Repository {
         let plain = self.read_blob(id).await?;
         serde_json::from_slice(&plain).map_err(|_| RepoError::Corrupt { what: format!("blob {}", id.to_hex()), key: "(json)".into() })
     }
+}
+
+thread_local! {
+    // Compression contexts are expensive to create; blobs are small and many. One per thread.
+    static COMPRESSOR: std::cell::RefCell<zstd::bulk::Compressor<'static>> =
+        std::cell::RefCell::new(zstd::bulk::Compressor::new(3).expect("zstd context"));
+    static DECOMPRESSOR: std::cell::RefCell<zstd::bulk::Decompressor<'static>> =
+        std::cell::RefCell::new(zstd::bulk::Decompressor::new().expect("zstd context"));
+}
+
+/// zstd (level 3) of a blob's plaintext, with this thread's reusable context.
+pub fn compress_blob(plaintext: &[u8]) -> Vec<u8> {
+    COMPRESSOR.with(|c| c.borrow_mut().compress(plaintext).expect("zstd compresses"))
+}
+
+/// Inverse of [`compress_blob`]; `raw_length` is the exact plaintext size.
+pub fn decompress_blob(compressed: &[u8], raw_length: usize) -> std::io::Result<Vec<u8>> {
+    let out = DECOMPRESSOR.with(|d| d.borrow_mut().decompress(compressed, raw_length))?;
+    if out.len() != raw_length {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "length mismatch"));
+    }
+    Ok(out)
 }
 
 /// The plaintext of a sealed JSON file: zstd-compressed JSON.
@@ -387,7 +409,7 @@ impl Packer {
             return Ok(id);
         }
         // Compress and seal outside the lock.
-        let compressed = zstd::bulk::compress(plaintext, 3).expect("zstd compresses");
+        let compressed = compress_blob(plaintext);
         let sealed = self.repo.key.seal(&compressed);
         let full = {
             let mut st = self.state.lock().await;
