@@ -112,6 +112,12 @@ pub enum Error {
     #[error("{format} output is not available for this command")]
     UnsupportedOutput { format: &'static str },
 
+    #[error("the cluster at {server} refused the credentials ({code} {reason}{})", if message.is_empty() { String::new() } else { format!(": {message}") })]
+    Unauthorized { server: String, code: u16, reason: String, message: String },
+
+    #[error("nothing was backed up: {0}")]
+    NothingBackedUp(String),
+
     #[error("cannot write output")]
     Output {
         #[source]
@@ -146,7 +152,9 @@ impl Error {
             | Error::UnsupportedOutput { .. }
             | Error::Repo(_)
             | Error::RepoUrl(_)
-            | Error::Usage(_) => Exit::Failure,
+            | Error::Unauthorized { .. }
+            | Error::NothingBackedUp(_) => Exit::Failure,
+            Error::Usage(_) => Exit::Usage,
             Error::Interrupted => Exit::Interrupted,
         }
     }
@@ -166,4 +174,14 @@ pub fn display_chain(err: &dyn std::error::Error) -> String {
         cur = e.source();
     }
     out.replace('\n', " ")
+}
+
+/// The error for a failed first request to the cluster: refused credentials, or unreachable.
+pub fn cluster_error(server: &str, source: kube::Error) -> Error {
+    match source {
+        kube::Error::Api(s) if s.code == 401 || s.code == 403 => {
+            Error::Unauthorized { server: server.to_string(), code: s.code, reason: s.reason.clone(), message: s.message.clone() }
+        }
+        source => Error::Unreachable { server: server.to_string(), source },
+    }
 }

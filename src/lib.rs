@@ -59,7 +59,9 @@ pub async fn run(cli: Cli, settings: Settings) -> Result<Exit, Error> {
         }
         Command::Completions { shell } => {
             let mut cmd = Cli::command();
-            clap_complete::generate(shell, &mut cmd, "lifeboat", &mut std::io::stdout());
+            let mut buf = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "lifeboat", &mut buf);
+            output::print_str(&String::from_utf8_lossy(&buf))?;
             Ok(Exit::Success)
         }
         Command::Config { command } => match command {
@@ -70,8 +72,8 @@ pub async fn run(cli: Cli, settings: Settings) -> Result<Exit, Error> {
             ConfigCommand::Path => {
                 let p = cli.global.config.clone().or_else(config::default_config_path);
                 match p {
-                    Some(p) => println!("{}", p.display()),
-                    None => println!("(no configuration directory on this system)"),
+                    Some(p) => output::print_str(&format!("{}\n", p.display()))?,
+                    None => output::print_str("(no configuration directory on this system)\n")?,
                 }
                 Ok(Exit::Success)
             }
@@ -179,7 +181,8 @@ async fn backup_command(c: BackupCommand, g: &cli::GlobalArgs, settings: &Settin
                 eprintln!("created the default repository at {}", summary.repository);
             }
             output::emit(out, &summary)?;
-            Ok(Exit::Success)
+            // A backup that could not read some types is kept (it holds the rest), but says so.
+            Ok(if summary.warnings.is_empty() { Exit::Success } else { Exit::Findings })
         }
         BackupCommand::List(args) => {
             let repo = repo::access::open(&ropts).await?;
@@ -204,7 +207,8 @@ async fn backup_command(c: BackupCommand, g: &cli::GlobalArgs, settings: &Settin
         }
         BackupCommand::Prune(a) => {
             let repo = repo::access::open(&ropts).await?;
-            let r = backup::manage::Retention { last: a.keep_last, hourly: a.keep_hourly, daily: a.keep_daily, weekly: a.keep_weekly, monthly: a.keep_monthly };
+            let n = |v: Option<u32>| v.map(|v| v as usize);
+            let r = backup::manage::Retention { last: n(a.keep_last), hourly: n(a.keep_hourly), daily: n(a.keep_daily), weekly: n(a.keep_weekly), monthly: n(a.keep_monthly) };
             output::emit(out, &backup::manage::prune(repo, &r, a.dry_run).await?)?;
             Ok(Exit::Success)
         }
@@ -218,7 +222,7 @@ async fn backup_command(c: BackupCommand, g: &cli::GlobalArgs, settings: &Settin
 
 async fn restore_command(a: cli::backup::RestoreArgs, g: &cli::GlobalArgs, settings: &Settings) -> Result<Exit, Error> {
     let cluster = cluster::connect(&settings.cluster_options()).await?;
-    cluster.client.apiserver_version().await.map_err(|source| Error::Unreachable { server: cluster.server.clone(), source })?;
+    cluster.client.apiserver_version().await.map_err(|source| crate::error::cluster_error(&cluster.server, source))?;
     let source = match (&a.from_archive, &a.backup) {
         (Some(f), _) => restore::Source::Archive { name: f.display().to_string(), objects: restore::archive::read(f)? },
         (None, Some(spec)) => {
@@ -250,7 +254,7 @@ async fn drill_command(c: cli::drill::DrillCommand, g: &cli::GlobalArgs, setting
     let out = settings.output.value;
     match c {
         DrillCommand::Cronjob(a) => {
-            let m = drill::cronjob::manifests(&drill::cronjob::CronJobOptions {
+            let o = drill::cronjob::CronJobOptions {
                 schedule: a.schedule,
                 namespace: a.namespace,
                 image: a.image,
@@ -260,8 +264,9 @@ async fn drill_command(c: cli::drill::DrillCommand, g: &cli::GlobalArgs, setting
                 drill_args: a.namespaces.iter().flat_map(|n| ["-n".to_string(), n.clone()]).collect(),
                 pushgateway: a.pushgateway,
                 timeout_seconds: a.timeout.as_secs(),
-            });
-            print!("{m}");
+            };
+            drill::cronjob::validate(&o).map_err(Error::Usage)?;
+            output::print_str(&drill::cronjob::manifests(&o))?;
             Ok(Exit::Success)
         }
         DrillCommand::Gc { all } => {
@@ -272,7 +277,7 @@ async fn drill_command(c: cli::drill::DrillCommand, g: &cli::GlobalArgs, setting
         DrillCommand::Run(a) => {
             let spec = a.spec.as_deref().map(drill::spec::load).transpose()?;
             let cluster = cluster::connect(&settings.cluster_options()).await?;
-            cluster.client.apiserver_version().await.map_err(|source| Error::Unreachable { server: cluster.server.clone(), source })?;
+            cluster.client.apiserver_version().await.map_err(|source| crate::error::cluster_error(&cluster.server, source))?;
             let repo = repo::access::open(&settings.repo_options(g)).await?;
             let opts = drill::DrillOptions {
                 backup: a.backup,
@@ -281,6 +286,7 @@ async fn drill_command(c: cli::drill::DrillCommand, g: &cli::GlobalArgs, setting
                 timeout: a.timeout,
                 keep: a.keep,
                 cluster_label: a.cluster_name.unwrap_or_default(),
+                on_wait: output::progress::waiting_spinner(g.quiet),
             };
             let cancel = async {
                 #[cfg(unix)]
@@ -291,7 +297,9 @@ async fn drill_command(c: cli::drill::DrillCommand, g: &cli::GlobalArgs, setting
                 #[cfg(not(unix))]
                 let _ = tokio::signal::ctrl_c().await;
             };
-            let report = drill::run(&cluster.client, &cluster.server, repo, &opts, cancel).await?;
+            let result = drill::run(&cluster.client, &cluster.server, repo, &opts, cancel).await;
+            output::progress::clear_spinner();
+            let report = result?;
             if let Some(p) = &a.report {
                 let json = serde_json::to_string_pretty(&report).map_err(|e| Error::Encode { format: "json", source: Box::new(e) })?;
                 drill::report::write_atomic(p, &json)?;
@@ -300,7 +308,7 @@ async fn drill_command(c: cli::drill::DrillCommand, g: &cli::GlobalArgs, setting
                 drill::report::write_atomic(p, &drill::report::junit(&report))?;
             }
             let last = drill::report::last_success(&report, a.metrics_file.as_deref());
-            let metrics = drill::report::metrics(&report, last);
+            let metrics = drill::report::metrics(&report, &last);
             if let Some(p) = &a.metrics_file {
                 drill::report::write_atomic(p, &metrics)?;
             }
@@ -308,7 +316,13 @@ async fn drill_command(c: cli::drill::DrillCommand, g: &cli::GlobalArgs, setting
                 drill::report::push(url, &report.cluster, &metrics).await?;
             }
             output::emit(out, &report)?;
-            Ok(if report.passed { Exit::Success } else { Exit::Findings })
+            Ok(if report.interrupted {
+                Exit::Interrupted
+            } else if report.passed {
+                Exit::Success
+            } else {
+                Exit::Findings
+            })
         }
     }
 }

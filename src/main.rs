@@ -30,6 +30,8 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(lifeboat::run(cli, settings)) {
         Ok(code) => code.into(),
+        // Output piped into a command that stopped reading (`| head`): not an error.
+        Err(lifeboat::error::Error::Output { source }) if source.kind() == std::io::ErrorKind::BrokenPipe => Exit::Success.into(),
         Err(err) => {
             eprintln!("error: {}", display_chain(&err));
             err.exit_code().into()

@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::cluster::{self, ClusterOptions};
-use crate::error::{Error, display_chain};
+use crate::error::display_chain;
 use crate::output::Render;
 
 #[derive(Debug, Serialize)]
@@ -71,7 +71,7 @@ pub async fn version(opts: &ClusterOptions) -> VersionReport {
             server_error: None,
         },
         Err(source) => {
-            let e = Error::Unreachable { server: cluster.server.clone(), source };
+            let e = crate::error::cluster_error(&cluster.server, source);
             VersionReport { client_version, server: Some(cluster.server), server_version: None, server_error: Some(display_chain(&e)) }
         }
     }

@@ -511,6 +511,9 @@ async fn retention_prune_export_and_archive_restore() {
     }
     let all = lb.run(&["backup", "list", "-o", "json"]).success().json();
     assert_eq!(all.as_array().unwrap().len(), 3);
+    // A policy that would keep nothing is refused.
+    let zero = lb.run(&["backup", "prune", "--keep-daily", "0"]);
+    zero.code_is(64);
     let dry = lb.run(&["backup", "prune", "--keep-last", "1", "--dry-run", "-o", "json"]).success().json();
     assert_eq!(dry["removedBackups"].as_array().unwrap().len(), 2);
     assert_eq!(lb.run(&["backup", "list", "-o", "json"]).success().json().as_array().unwrap().len(), 3, "dry run removes nothing");
@@ -523,6 +526,8 @@ async fn retention_prune_export_and_archive_restore() {
     // Export as plain YAML files and restore from the archive.
     let file = lb.home.path().join("export.tar.gz");
     lb.run(&["backup", "export", "latest", "-f", file.to_str().unwrap()]).success();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600, "unencrypted Secrets: owner only");
     let listing = std::process::Command::new("tar").args(["tzf", file.to_str().unwrap()]).output().unwrap();
     let names = String::from_utf8_lossy(&listing.stdout).to_string();
     assert!(names.contains(&format!("{}/configmaps.core/gen-2.yaml", ns.name)), "{names}");
@@ -569,6 +574,16 @@ async fn zero_configuration_uses_a_default_local_repository() {
     assert_eq!(r.stderr().lines().count(), 1, "{}", r.describe());
     assert!(r.stderr().contains("cannot reach the cluster"), "{}", r.describe());
     assert!(!fresh.home.path().join(".local/share/lifeboat").exists(), "nothing created");
+
+    // A backup that reads nothing is an error, not an empty snapshot.
+    let r = lb.run(&["backup", "create", "-n", &ns.name, "--include-resources", "nosuchresources"]);
+    r.code_is(1);
+    assert!(r.stderr().contains("nothing was backed up"), "{}", r.describe());
+    assert_eq!(lb.run(&["backup", "list", "-o", "json"]).success().json().as_array().unwrap().len(), 2);
+    // Restoring a namespace the backup does not hold is an error.
+    let r = lb.run(&["restore", "latest", "-n", "no-such-namespace"]);
+    r.code_is(64);
+    assert!(r.stderr().contains("not in backup"), "{}", r.describe());
 
     // Without any password source (and no terminal) it says how to give one.
     let r = Lifeboat::new().run(&["backup", "list"]);

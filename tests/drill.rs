@@ -99,8 +99,11 @@ async fn a_good_backup_passes_and_reports_parse() {
             }
         }
     });
+    // A command check: kwok pods run but cannot exec, so it is recorded as not run (skipped).
+    let spec = out.join("spec.yaml");
+    std::fs::write(&spec, format!("apiVersion: lifeboat.io/v1\nkind: DrillSpec\ncommands:\n  - name: shell\n    namespace: {}\n    selector: app=web\n    command: [\"true\"]\n", f.ns.name)).unwrap();
     let r = f.lb.run(&[
-        "drill", "run", "-n", &f.ns.name, "--timeout", "90s", "--cluster-name", "test-cluster", "--pushgateway", &gw_url,
+        "drill", "run", "-n", &f.ns.name, "--timeout", "90s", "--cluster-name", "test-cluster", "--pushgateway", &gw_url, "--spec", spec.to_str().unwrap(),
         "--junit", junit.to_str().unwrap(), "--metrics-file", metrics.to_str().unwrap(), "--report", report.to_str().unwrap(), "-o", "json",
     ]);
     r.code_is(0);
@@ -113,10 +116,17 @@ async fn a_good_backup_passes_and_reports_parse() {
     let scratch = v["namespaces"][0]["scratch"].as_str().unwrap().to_string();
     assert!(scratch.starts_with(&format!("drill-{}-", f.ns.name)), "{scratch}");
     let names: Vec<&str> = v["checks"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
-    for want in ["restore-succeeded", "workloads-ready", "objects-present", "data-equal"] {
+    for want in ["restore-succeeded", "workloads-ready", "objects-present", "data-equal", "shell"] {
         assert!(names.contains(&want), "{names:?}");
     }
-    assert!(v["checks"].as_array().unwrap().iter().all(|c| c["status"] == "pass"), "{v:#}");
+    for c in v["checks"].as_array().unwrap() {
+        if c["name"] == "shell" {
+            assert_eq!(c["status"], "skipped", "kwok cannot exec: not run, never passed: {c}");
+            assert!(c["message"].as_str().unwrap().starts_with("not run"), "{c}");
+        } else {
+            assert_eq!(c["status"], "pass", "{v:#}");
+        }
+    }
     assert!(v["rtoSeconds"].as_f64().is_some());
     // The same JSON went to --report.
     let file: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
@@ -128,6 +138,7 @@ async fn a_good_backup_passes_and_reports_parse() {
     let cases: Vec<_> = doc.descendants().filter(|n| n.has_tag_name("testcase")).collect();
     assert_eq!(cases.len(), names.len());
     assert!(!doc.descendants().any(|n| n.has_tag_name("failure")));
+    assert_eq!(doc.descendants().filter(|n| n.has_tag_name("skipped")).count(), 1);
 
     // Metrics: parsed by a Prometheus text-format parser.
     let text = std::fs::read_to_string(&metrics).unwrap();
@@ -203,6 +214,17 @@ async fn a_workload_that_never_becomes_ready_fails_on_the_timeout() {
     assert_eq!(by_name("rto")["status"], "fail");
     assert_eq!(by_name("rpo")["status"], "pass");
     assert_eq!(by_name("replicas")["status"], "pass", "{v:#}");
+    // HTTP through the service proxy (no endpoint behind kwok pods: fails with the reason) and a
+    // command (kwok cannot exec: recorded as not run, never as passed).
+    std::fs::write(&spec, "apiVersion: lifeboat.io/v1\nkind: DrillSpec\nhttp:\n  - name: homepage\n    namespace: NS\n    service: web\n    port: 80\ncommands:\n  - name: shell\n    namespace: NS\n    selector: app=web\n    command: [\"true\"]\n".replace("NS", &f.ns.name)).unwrap();
+    let r = f.lb.run(&["drill", "run", "-n", &f.ns.name, "--timeout", "2s", "--spec", spec.to_str().unwrap(), "-o", "json"]);
+    r.code_is(2);
+    let v = r.json();
+    let by_name = |n: &str| v["checks"].as_array().unwrap().iter().find(|c| c["name"] == n).unwrap_or_else(|| panic!("no {n}: {v:#}")).clone();
+    assert_eq!(by_name("homepage")["status"], "fail", "{v:#}");
+    assert!(by_name("homepage")["message"].as_str().unwrap().contains("GET web:80/"), "{v:#}");
+    assert_eq!(by_name("shell")["status"], "fail", "no pod to run it in: {v:#}");
+    assert!(by_name("shell")["message"].as_str().unwrap().contains("no running pod"), "{v:#}");
     std::fs::write(&spec, "apiVersion: lifeboat.io/v1\nkind: DrillSpec\nrtoSecs: 5\n").unwrap();
     let r = f.lb.run(&["drill", "run", "-n", &f.ns.name, "--spec", spec.to_str().unwrap()]);
     r.code_is(1);
@@ -240,6 +262,7 @@ async fn interrupted_drills_clean_up_and_gc_removes_what_a_kill_left() {
     std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("interrupted"), "the report says so");
     assert_scratch_removed(&f.ns.client, &f.ns.name).await;
 
     // SIGKILL: the namespace stays; gc leaves it until it expires, then removes it.
@@ -274,7 +297,12 @@ async fn cronjob_manifests_apply_and_their_rbac_is_enough_and_no_more() {
     }
     let f = fixture("drill-rbac", true).await;
     let sys = unique("lbt-drill-sys");
-    let r = f.lb.run(&["drill", "cronjob", "--schedule", "0 3 * * *", "--namespace", &sys, "-n", &f.ns.name]);
+    // A local repository cannot be reached from a pod: refused with a reason.
+    let r = f.lb.run(&["drill", "cronjob", "--schedule", "0 3 * * *", "--namespace", &sys]);
+    r.code_is(64);
+    assert!(r.stderr().contains("s3://"), "{}", r.describe());
+    f.lb.run(&["drill", "cronjob", "--schedule", "not a cron", "--repo", "s3://b/p"]).code_is(64);
+    let r = f.lb.run(&["drill", "cronjob", "--schedule", "0 3 * * *", "--namespace", &sys, "--drill-namespace", &f.ns.name, "--repo", "s3://backups/cluster"]);
     r.success();
     let docs: Vec<Value> = r.stdout().split("\n---\n").map(|d| serde_norway::from_str(d).unwrap()).collect();
     let client = f.ns.client.clone();
@@ -347,9 +375,16 @@ async fn cronjob_manifests_apply_and_their_rbac_is_enough_and_no_more() {
         Err(e) => panic!("{e}"),
     }
     assert!(nss.get_opt(&victim).await.unwrap().is_some());
-    // Nor write outside drill namespaces.
+    // Nor write outside drill namespaces, subresources included (a token for another
+    // namespace's ServiceAccount would be a way out).
     let cm: ConfigMap = obj(json!({"metadata": {"name": "intruder"}}));
-    assert!(Api::<ConfigMap>::namespaced(sa_client, &victim).create(&PostParams::default(), &cm).await.is_err());
+    assert!(Api::<ConfigMap>::namespaced(sa_client.clone(), &victim).create(&PostParams::default(), &cm).await.is_err());
+    let tr: TokenRequest = obj(json!({"spec": {"audiences": [], "expirationSeconds": 600}}));
+    match Api::<ServiceAccount>::namespaced(sa_client.clone(), &victim).create_token_request("default", &PostParams::default(), &tr).await {
+        Err(kube::Error::Api(s)) => assert!(s.code == 403 || s.code == 422, "{s:?}"),
+        Ok(_) => panic!("the drill identity minted a token outside drill namespaces"),
+        Err(e) => panic!("{e}"),
+    }
 
     // Remove the cluster-wide pieces.
     for (g, v, k, n) in [

@@ -360,7 +360,11 @@ async fn prune_locked(repo: &Repository, retention: &Retention, dry_run: bool) -
     if !retention.is_empty() {
         let times: Vec<(String, jiff::Timestamp)> =
             snaps.iter().map(|(id, s)| (id.clone(), s.time.parse().unwrap_or(jiff::Timestamp::UNIX_EPOCH))).collect();
-        let keep = keep_set(&times, retention);
+        let mut keep = keep_set(&times, retention);
+        // Whatever the policy, the newest backup stays.
+        if let Some((newest, _)) = times.first() {
+            keep.insert(newest.clone());
+        }
         for (id, _) in &snaps {
             if !keep.contains(id) {
                 removed.push(id.clone());

@@ -472,7 +472,7 @@ pub struct ClusterView {
 }
 
 pub async fn view(cluster: &Cluster) -> Result<ClusterView, Error> {
-    let info = cluster.client.apiserver_version().await.map_err(|source| Error::Unreachable { server: cluster.server.clone(), source })?;
+    let info = cluster.client.apiserver_version().await.map_err(|source| crate::error::cluster_error(&cluster.server, source))?;
     Ok(ClusterView { server_version: info.git_version, types: discover(&cluster.client).await? })
 }
 
@@ -582,6 +582,14 @@ async fn run(
         }
     }
 
+    if shared.objects.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        let warnings = shared.warnings.lock().await.clone();
+        return Err(Error::NothingBackedUp(if warnings.is_empty() {
+            "no object matched the selection".into()
+        } else {
+            format!("{} resource type(s) could not be read, e.g. {}", warnings.len(), warnings[0])
+        }));
+    }
     // 3. Upload the last pack and the index, then the snapshot: the backup becomes visible.
     tracing::info!(elapsed_ms = start.elapsed().as_millis() as u64, "cluster-scoped types done");
     let stats = shared.packer.finish().await?;

@@ -89,20 +89,20 @@ pub struct ListArgs {
 #[derive(Debug, Args)]
 pub struct PruneArgs {
     /// Keep the N most recent backups
-    #[arg(long)]
-    pub keep_last: Option<usize>,
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep_last: Option<u32>,
     /// Keep the most recent backup of each of the last N hours
-    #[arg(long)]
-    pub keep_hourly: Option<usize>,
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep_hourly: Option<u32>,
     /// … days
-    #[arg(long)]
-    pub keep_daily: Option<usize>,
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep_daily: Option<u32>,
     /// … weeks
-    #[arg(long)]
-    pub keep_weekly: Option<usize>,
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep_weekly: Option<u32>,
     /// … months
-    #[arg(long)]
-    pub keep_monthly: Option<usize>,
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep_monthly: Option<u32>,
     /// Show what would be removed, remove nothing
     #[arg(long)]
     pub dry_run: bool,

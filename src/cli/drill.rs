@@ -66,8 +66,8 @@ pub struct CronJobArgs {
     /// Secret with LIFEBOAT_PASSWORD (and AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY for S3)
     #[arg(long, default_value = "lifeboat-repository")]
     pub secret: String,
-    /// Namespaces to drill (repeatable; default: all in the backup)
-    #[arg(short = 'n', long = "drill-namespace", value_name = "NS")]
+    /// Namespaces of the backup to drill (repeatable; default: all in the backup)
+    #[arg(long = "drill-namespace", value_name = "NS")]
     pub namespaces: Vec<String>,
     /// Push metrics to this Pushgateway from the drill
     #[arg(long, value_name = "URL")]

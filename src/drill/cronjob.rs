@@ -23,6 +23,27 @@ fn yaml_str(s: &str) -> String {
     serde_json::to_string(s).expect("strings serialize")
 }
 
+/// Check the options: a schedule of five cron fields, a timeout, and a repository a pod can reach.
+pub fn validate(o: &CronJobOptions) -> Result<(), String> {
+    let fields: Vec<&str> = o.schedule.split_whitespace().collect();
+    let macro_ok = o.schedule.trim().starts_with('@');
+    if !macro_ok && (fields.len() != 5 || fields.iter().any(|f| !f.chars().all(|c| c.is_ascii_digit() || "*/,-".contains(c) || c.is_ascii_alphabetic()))) {
+        return Err(format!("--schedule {:?} is not a cron schedule (five fields, e.g. \"0 3 * * *\")", o.schedule));
+    }
+    if o.timeout_seconds == 0 {
+        return Err("--timeout must be more than 0".into());
+    }
+    if !o.repo.starts_with("s3://") {
+        return Err(format!("the drill CronJob needs a repository the cluster can reach (s3://bucket/prefix); the configured one is {}", o.repo));
+    }
+    if let Some(e) = &o.s3_endpoint {
+        if e.contains("127.0.0.1") || e.contains("localhost") || e.contains("[::1]") {
+            return Err(format!("the S3 endpoint {e} is local to this machine; a pod cannot reach it (set --s3-endpoint to an address the cluster can reach)"));
+        }
+    }
+    Ok(())
+}
+
 pub fn manifests(o: &CronJobOptions) -> String {
     let ns = &o.namespace;
     let sa = SERVICE_ACCOUNT;
@@ -57,7 +78,8 @@ metadata:
 ---
 # RBAC cannot name namespaces that do not exist yet, so a drill needs cluster-wide verbs. The
 # ValidatingAdmissionPolicy below narrows them: this ServiceAccount may create and delete only
-# namespaces named drill-* that carry the lifeboat.io/drill label, and may write only inside them.
+# namespaces named drill-* that carry the lifeboat.io/drill label, and may write (including
+# subresources such as pods/exec and serviceaccounts/token) only inside them.
 apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRole
 metadata:
@@ -97,8 +119,8 @@ spec:
     resourceRules:
     - apiGroups: ["*"]
       apiVersions: ["*"]
-      operations: ["CREATE", "UPDATE", "DELETE"]
-      resources: ["*"]
+      operations: ["CREATE", "UPDATE", "DELETE", "CONNECT"]
+      resources: ["*/*"]
   matchConditions:
   - name: only-the-drill-service-account
     expression: "request.userInfo.username == 'system:serviceaccount:{ns}:{sa}'"
@@ -109,7 +131,7 @@ spec:
         (request.operation == 'DELETE'
           ? (has(oldObject.metadata.labels) && 'lifeboat.io/drill' in oldObject.metadata.labels)
           : (has(object.metadata.labels) && 'lifeboat.io/drill' in object.metadata.labels))
-      : request.namespace.startsWith('drill-')
+      : request.namespace != '' && request.namespace.startsWith('drill-')
     message: "the lifeboat drill ServiceAccount may only create and delete drill-* namespaces labelled lifeboat.io/drill, and write only inside them"
 ---
 apiVersion: admissionregistration.k8s.io/v1
@@ -191,6 +213,27 @@ spec:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn options_are_validated() {
+        let good = CronJobOptions {
+            schedule: "0 3 * * *".into(),
+            namespace: "lifeboat-system".into(),
+            image: "i".into(),
+            secret: "s".into(),
+            repo: "s3://b/p".into(),
+            s3_endpoint: None,
+            drill_args: vec![],
+            pushgateway: None,
+            timeout_seconds: 600,
+        };
+        assert!(validate(&good).is_ok());
+        assert!(validate(&CronJobOptions { schedule: "not a cron".into(), ..good.clone() }).is_err());
+        assert!(validate(&CronJobOptions { schedule: "@daily".into(), ..good.clone() }).is_ok());
+        assert!(validate(&CronJobOptions { timeout_seconds: 0, ..good.clone() }).is_err());
+        assert!(validate(&CronJobOptions { repo: "file:///home/me/repo".into(), ..good.clone() }).is_err());
+        assert!(validate(&CronJobOptions { s3_endpoint: Some("http://127.0.0.1:9000".into()), ..good }).is_err());
+    }
 
     #[test]
     fn manifests_parse_as_yaml_documents() {

@@ -32,7 +32,7 @@ pub const SOURCE_ANNOTATION: &str = "lifeboat.io/drill-source-namespace";
 /// Namespaces a drill never restores unless asked by name.
 const SYSTEM_NAMESPACES: &[&str] = &["kube-system", "kube-public", "kube-node-lease", "default"];
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct DrillOptions {
     pub backup: String,
     /// Namespaces of the backup to drill (empty: every non-system namespace in it).
@@ -42,7 +42,11 @@ pub struct DrillOptions {
     pub keep: bool,
     /// Cluster label for metrics (default: the API server URL).
     pub cluster_label: String,
+    /// Called while waiting for readiness with the workloads that are not ready yet (progress
+    /// on a terminal).
+    pub on_wait: Option<Arc<dyn Fn(&[String]) + Send + Sync>>,
 }
+
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -80,6 +84,8 @@ pub struct DrillReport {
     pub started: String,
     pub namespaces: Vec<NamespaceMapping>,
     pub passed: bool,
+    /// The drill was stopped (Ctrl-C / SIGTERM) before it finished.
+    pub interrupted: bool,
     /// Seconds from the start of the restore until every workload was ready (None: never).
     pub rto_seconds: Option<f64>,
     pub restore_seconds: f64,
@@ -201,13 +207,14 @@ pub async fn run(
     };
     // Clean up whatever happened (the namespaces we created, or all we meant to).
     let cleanup_msg = if opts.keep { format!("kept: {}", scratch.join(", ")) } else { cleanup(client, &scratch).await };
+    let interrupted = outcome.is_none();
     let (checks, restore_seconds, rto) = match outcome {
-        None => return Err(Error::Interrupted),
+        None => (vec![check("interrupted", None, Status::Fail, format!("stopped by a signal before the drill finished; {cleanup_msg}"))], 0.0, None),
         Some(Err(e)) => return Err(e),
         Some(Ok(r)) => r,
     };
     let mut checks = checks;
-    if let Some(s) = &opts.spec {
+    if let Some(s) = opts.spec.as_ref().filter(|_| !interrupted) {
         if let Some(max) = s.rpo_hours {
             let ok = backup_age <= max * 3600.0;
             checks.push(check(
@@ -237,6 +244,7 @@ pub async fn run(
         started: started.to_string(),
         namespaces: mapping,
         passed,
+        interrupted,
         rto_seconds: rto,
         restore_seconds,
         duration_seconds: jiff::Timestamp::now().duration_since(started).as_secs_f64(),
@@ -297,6 +305,9 @@ async fn drill_body(
         }
         if Instant::now() >= deadline {
             break None;
+        }
+        if let Some(cb) = &opts.on_wait {
+            cb(&not_ready);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };

@@ -48,9 +48,10 @@ fn label(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
-/// Prometheus text exposition format. `last_success` is the time of the newest passed drill
-/// (this one if it passed, else the value carried over from the previous file).
-pub fn metrics(r: &DrillReport, last_success: Option<f64>) -> String {
+/// Prometheus text exposition format. `last_success` holds, per source namespace, the time of
+/// the newest passed drill (now if this one passed, else the value carried over from the
+/// previous file for the same cluster and namespace).
+pub fn metrics(r: &DrillReport, last_success: &std::collections::BTreeMap<String, f64>) -> String {
     let mut s = String::new();
     let ns_labels: Vec<String> = r.namespaces.iter().map(|m| m.source.clone()).collect();
     let series = |name: &str, help: &str, value: String, s: &mut String| {
@@ -61,8 +62,14 @@ pub fn metrics(r: &DrillReport, last_success: Option<f64>) -> String {
     };
     series("lifeboat_drill_success", "1 if the last restore drill passed, else 0.", if r.passed { "1".into() } else { "0".into() }, &mut s);
     series("lifeboat_drill_duration_seconds", "Duration of the last restore drill.", format!("{:.3}", r.duration_seconds), &mut s);
-    if let Some(t) = last_success {
-        series("lifeboat_drill_last_success_timestamp_seconds", "Unix time of the last passed restore drill.", format!("{t:.0}"), &mut s);
+    if !last_success.is_empty() {
+        let name = "lifeboat_drill_last_success_timestamp_seconds";
+        s.push_str(&format!("# HELP {name} Unix time of the last passed restore drill.\n# TYPE {name} gauge\n"));
+        for ns in &ns_labels {
+            if let Some(t) = last_success.get(ns) {
+                s.push_str(&format!("{name}{{cluster=\"{}\",namespace=\"{}\"}} {t:.0}\n", label(&r.cluster), label(ns)));
+            }
+        }
     }
     series("lifeboat_drill_checks_failed", "Checks that failed in the last restore drill.", r.failed_checks().to_string(), &mut s);
     series(
@@ -75,18 +82,43 @@ pub fn metrics(r: &DrillReport, last_success: Option<f64>) -> String {
     s
 }
 
-/// The previous file's last-success timestamp, to carry it over a failed drill.
-fn previous_last_success(path: &Path) -> Option<f64> {
-    let text = std::fs::read_to_string(path).ok()?;
-    text.lines().find(|l| l.starts_with("lifeboat_drill_last_success_timestamp_seconds{"))?.rsplit(' ').next()?.parse().ok()
+/// The labels of one sample line `name{a="x",b="y"} value`.
+fn sample_labels(line: &str) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    let Some(inner) = line.split_once('{').and_then(|(_, r)| r.rsplit_once('}')).map(|(l, _)| l) else { return out };
+    for pair in inner.split("\",") {
+        if let Some((k, v)) = pair.split_once("=\"") {
+            out.insert(k.trim_start_matches(',').trim().to_string(), v.trim_end_matches('"').replace("\\\"", "\"").replace("\\\\", "\\"));
+        }
+    }
+    out
 }
 
-pub fn last_success(r: &DrillReport, metrics_file: Option<&Path>) -> Option<f64> {
-    if r.passed {
-        Some(jiff::Timestamp::now().as_millisecond() as f64 / 1000.0)
-    } else {
-        metrics_file.and_then(previous_last_success)
-    }
+/// The previous file's last-success timestamp of (cluster, namespace).
+fn previous_last_success(path: &Path, cluster: &str, ns: &str) -> Option<f64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines()
+        .filter(|l| l.starts_with("lifeboat_drill_last_success_timestamp_seconds{"))
+        .find(|l| {
+            let labels = sample_labels(l);
+            labels.get("cluster").map(String::as_str) == Some(cluster) && labels.get("namespace").map(String::as_str) == Some(ns)
+        })?
+        .rsplit(' ')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Per source namespace: now when this drill passed, else what the previous file said.
+pub fn last_success(r: &DrillReport, metrics_file: Option<&Path>) -> std::collections::BTreeMap<String, f64> {
+    let now = jiff::Timestamp::now().as_millisecond() as f64 / 1000.0;
+    r.namespaces
+        .iter()
+        .filter_map(|m| {
+            let t = if r.passed { Some(now) } else { metrics_file.and_then(|p| previous_last_success(p, &r.cluster, &m.source)) };
+            t.map(|t| (m.source.clone(), t))
+        })
+        .collect()
 }
 
 /// Write atomically: a temporary file in the same directory, fsync, rename.
@@ -163,20 +195,29 @@ pub async fn exec_check(client: &kube::Client, ns: &str, c: &CommandCheck) -> Ch
     if let Some(ct) = &c.container {
         ap = ap.container(ct);
     }
-    match pods.exec(&name, c.command.clone(), &ap).await {
-        Err(e) => check(&c.name, Some(ns), Status::Skipped, format!("not run: the cluster cannot exec in pod {name}: {}", crate::error::display_chain(&e))),
-        Ok(mut proc) => {
-            let status = proc.take_status();
-            let _ = proc.join().await;
-            match status {
-                Some(st) => match st.await {
-                    Some(s) if s.status.as_deref() == Some("Success") => check(&c.name, Some(ns), Status::Pass, format!("{:?} succeeded in pod {name}", c.command)),
-                    Some(s) => check(&c.name, Some(ns), Status::Fail, format!("{:?} failed in pod {name}: {}", c.command, s.message.unwrap_or_default())),
-                    None => check(&c.name, Some(ns), Status::Skipped, format!("not run: no exit status from pod {name}")),
-                },
-                None => check(&c.name, Some(ns), Status::Skipped, format!("not run: no exit status from pod {name}")),
-            }
+    let run = async {
+        let mut proc = pods.exec(&name, c.command.clone(), &ap).await?;
+        let status = match proc.take_status() {
+            Some(st) => st.await,
+            None => None,
+        };
+        let _ = proc.join().await;
+        Ok::<_, kube::Error>(status)
+    };
+    match tokio::time::timeout(super::spec::CHECK_TIMEOUT, run).await {
+        Err(_) => check(&c.name, Some(ns), Status::Skipped, format!("not run: no answer from pod {name} within {}s", super::spec::CHECK_TIMEOUT.as_secs())),
+        Ok(Err(e)) => check(&c.name, Some(ns), Status::Skipped, format!("not run: the cluster cannot exec in pod {name}: {}", crate::error::display_chain(&e))),
+        Ok(Ok(Some(s))) if s.status.as_deref() == Some("Success") => check(&c.name, Some(ns), Status::Pass, format!("{:?} succeeded in pod {name}", c.command)),
+        // The command ran and exited non-zero: a real failure.
+        Ok(Ok(Some(s))) if s.reason.as_deref() == Some("NonZeroExitCode") => {
+            check(&c.name, Some(ns), Status::Fail, format!("{:?} failed in pod {name}: {}", c.command, s.message.unwrap_or_default()))
         }
+        // Anything else means the command could not be run at all.
+        Ok(Ok(Some(s))) => {
+            let why = [s.reason.unwrap_or_default(), s.message.unwrap_or_default()].into_iter().filter(|x| !x.is_empty()).collect::<Vec<_>>().join(": ");
+            check(&c.name, Some(ns), Status::Skipped, format!("not run in pod {name}: {}", if why.is_empty() { "the cluster gave no reason".into() } else { why }))
+        }
+        Ok(Ok(None)) => check(&c.name, Some(ns), Status::Skipped, format!("not run: no exit status from pod {name}")),
     }
 }
 
@@ -210,5 +251,15 @@ impl crate::output::Render for DrillReport {
             self.duration_seconds,
             self.cleanup
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sample_labels_parse() {
+        let l = super::sample_labels(r#"lifeboat_drill_success{cluster="https://a:1",namespace="shop"} 1"#);
+        assert_eq!(l["cluster"], "https://a:1");
+        assert_eq!(l["namespace"], "shop");
     }
 }

@@ -61,6 +61,9 @@ pub struct HttpCheck {
     pub body_contains: Option<String>,
 }
 
+/// How long one HTTP or command check may take.
+pub const CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
 fn root() -> String {
     "/".into()
 }
@@ -170,16 +173,22 @@ pub async fn run_assertions(client: &kube::Client, spec: &DrillSpec, mapping: &[
         };
         let path = format!("/api/v1/namespaces/{ns}/services/{}:{}/proxy{}", h.service, h.port, if h.path.starts_with('/') { h.path.clone() } else { format!("/{}", h.path) });
         let req = http::Request::get(&path).body(Vec::new()).expect("valid request");
-        let res = match client.send(req.map(kube::client::Body::from)).await {
-            Err(e) => check(&h.name, Some(ns), Status::Fail, format!("GET {path}: {}", crate::error::display_chain(&e))),
-            Ok(resp) => {
-                let status = resp.status().as_u16();
-                let body = http_body_util_collect(resp).await;
+        let answer = tokio::time::timeout(CHECK_TIMEOUT, async {
+            let resp = client.send(req.map(kube::client::Body::from)).await?;
+            let status = resp.status().as_u16();
+            Ok::<_, kube::Error>((status, http_body_util_collect(resp).await))
+        })
+        .await;
+        let res = match answer {
+            Err(_) => check(&h.name, Some(ns), Status::Fail, format!("GET {}:{}{}: no answer within {}s", h.service, h.port, h.path, CHECK_TIMEOUT.as_secs())),
+            Ok(Err(e)) => check(&h.name, Some(ns), Status::Fail, format!("GET {}:{}{}: {}", h.service, h.port, h.path, crate::error::display_chain(&e))),
+            Ok(Ok((status, body))) => {
                 let contains_ok = h.body_contains.as_ref().is_none_or(|want| body.contains(want.as_str()));
                 if status == h.expect_status && contains_ok {
                     check(&h.name, Some(ns), Status::Pass, format!("GET {}:{}{} → {status}", h.service, h.port, h.path))
                 } else if status != h.expect_status {
-                    check(&h.name, Some(ns), Status::Fail, format!("GET {}:{}{} → {status}, expected {}", h.service, h.port, h.path, h.expect_status))
+                    let snippet: String = body.chars().take(200).collect::<String>().replace('\n', " ");
+                    check(&h.name, Some(ns), Status::Fail, format!("GET {}:{}{} → {status}, expected {}: {}", h.service, h.port, h.path, h.expect_status, snippet.trim()))
                 } else {
                     check(&h.name, Some(ns), Status::Fail, format!("GET {}:{}{}: body does not contain {:?}", h.service, h.port, h.path, h.body_contains.clone().unwrap_or_default()))
                 }

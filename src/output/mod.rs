@@ -20,13 +20,25 @@ pub trait Render: Serialize {
     }
 }
 
-pub fn emit<T: Render>(format: OutputFormat, value: &T) -> Result<(), Error> {
+/// Write text to stdout (a closed pipe is reported as `Error::Output`, never a panic).
+pub fn print_str(text: &str) -> Result<(), Error> {
     let stdout = std::io::stdout();
     let mut w = stdout.lock();
+    w.write_all(text.as_bytes()).and_then(|_| w.flush()).map_err(|source| Error::Output { source })
+}
+
+pub fn emit<T: Render>(format: OutputFormat, value: &T) -> Result<(), Error> {
+    let stdout = std::io::stdout();
+    let mut w = std::io::BufWriter::new(stdout.lock());
     write_to(&mut w, format, value)
 }
 
 pub fn write_to<T: Render>(w: &mut dyn Write, format: OutputFormat, value: &T) -> Result<(), Error> {
+    write_inner(w, format, value)?;
+    w.flush().map_err(|source| Error::Output { source })
+}
+
+fn write_inner<T: Render>(w: &mut dyn Write, format: OutputFormat, value: &T) -> Result<(), Error> {
     match format {
         OutputFormat::Table => value.table(w).map_err(|source| Error::Output { source }),
         OutputFormat::Markdown => value.markdown(w).map_err(|source| {

@@ -48,3 +48,27 @@ impl crate::backup::Progress for BackupBar {
         }
     }
 }
+
+static SPINNER: std::sync::Mutex<Option<ProgressBar>> = std::sync::Mutex::new(None);
+
+/// A callback that shows, on a terminal, which workloads a drill is still waiting for.
+pub fn waiting_spinner(quiet: bool) -> Option<std::sync::Arc<dyn Fn(&[String]) + Send + Sync>> {
+    if quiet || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    Some(std::sync::Arc::new(|waiting: &[String]| {
+        let mut guard = SPINNER.lock().expect("spinner lock");
+        let bar = guard.get_or_insert_with(|| {
+            let b = ProgressBar::new_spinner();
+            b.enable_steady_tick(std::time::Duration::from_millis(120));
+            b
+        });
+        bar.set_message(format!("waiting for {} workload(s): {}", waiting.len(), waiting.join(", ")));
+    }))
+}
+
+pub fn clear_spinner() {
+    if let Some(b) = SPINNER.lock().expect("spinner lock").take() {
+        b.finish_and_clear();
+    }
+}

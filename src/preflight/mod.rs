@@ -239,7 +239,7 @@ pub async fn preflight(opts: &PreflightOptions, cluster_opts: &ClusterOptions) -
             Ok(c) => match c.client.apiserver_version().await {
                 Ok(info) => server = Some((c, info)),
                 Err(source) => {
-                    let e = Error::Unreachable { server: c.server.clone(), source };
+                    let e = crate::error::cluster_error(&c.server, source);
                     if opts.target.is_none() {
                         return Err(Error::NeedTarget { reason: crate::error::display_chain(&e) });
                     }

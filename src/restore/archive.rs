@@ -18,7 +18,15 @@ pub fn path_for(e: &TreeEntry) -> String {
 
 /// Write `objects` (entry + object) as a tar.gz.
 pub fn write<'a>(file: &Path, objects: impl Iterator<Item = (&'a TreeEntry, Value)>) -> Result<u64, Error> {
-    let f = std::fs::File::create(file).map_err(|source| Error::ReadFile { path: file.to_owned(), source })?;
+    use std::os::unix::fs::OpenOptionsExt;
+    // Unencrypted Secrets: readable by the owner only.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(file)
+        .map_err(|source| Error::ReadFile { path: file.to_owned(), source })?;
     let gz = flate2::write::GzEncoder::new(f, flate2::Compression::default());
     let mut tar = tar::Builder::new(gz);
     let mut n = 0;

@@ -246,6 +246,11 @@ pub async fn restore(client: &kube::Client, source: Source, opts: &RestoreOption
 
     // 1. Candidates: namespace and resource filters on the entries.
     let all = source.entries();
+    for ns in &opts.namespaces {
+        if !all.iter().any(|e| e.namespace.as_deref() == Some(ns.as_str()) || (e.group.is_empty() && e.resource == "namespaces" && &e.name == ns)) {
+            return Err(Error::Usage(format!("namespace {ns} is not in backup {}", source.name())));
+        }
+    }
     let filtered_ns = !opts.namespaces.is_empty();
     let ns_ok = |e: &TreeEntry| e.namespace.as_ref().is_none_or(|ns| !filtered_ns || opts.namespaces.contains(ns));
     let res_ok = |e: &TreeEntry| {
@@ -512,6 +517,13 @@ pub async fn repository_source(repo: Arc<Repository>, spec: &str) -> Result<Sour
 impl crate::output::Render for RestoreReport {
     fn table(&self, w: &mut dyn std::io::Write) -> std::io::Result<()> {
         let verb = if self.dry_run { "dry-run restore" } else { "restore" };
+        let created = if self.dry_run { "would be created" } else { "created" };
+        let updated = if self.dry_run { "would be updated" } else { "updated" };
+        let from = if self.backup.len() == 64 && self.backup.bytes().all(|b| b.is_ascii_hexdigit()) {
+            format!("backup {}", &self.backup[..8])
+        } else {
+            self.backup.clone()
+        };
         for i in &self.items {
             if i.outcome == Outcome::Created || i.outcome == Outcome::Updated {
                 continue;
@@ -525,9 +537,8 @@ impl crate::output::Render for RestoreReport {
         }
         writeln!(
             w,
-            "{verb} {} of backup {}: {} created, {} updated, {} skipped, {} failed{} in {:.1}s",
+            "{verb} {} of {from}: {} {created}, {} {updated}, {} skipped, {} failed{} in {:.1}s",
             self.id,
-            &self.backup[..self.backup.len().min(8)],
             self.created,
             self.updated,
             self.skipped,

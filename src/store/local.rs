@@ -31,12 +31,19 @@ fn io_err(op: &'static str, key: &str, e: std::io::Error) -> StoreError {
     }
 }
 
+/// Repository files are private to their owner: 0700 directories, 0600 files.
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+}
+
 fn put_sync(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().expect("keys have a parent");
-    std::fs::create_dir_all(dir)?;
+    create_private_dir(dir)?;
     let tmp = dir.join(format!(".tmp-{}-{}", std::process::id(), hex::encode(rand_bytes())));
     let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
         f.write_all(data)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)?;
