@@ -120,3 +120,16 @@ fn stdin_and_api_data() {
     r.code_is(1);
     assert!(r.stderr().contains(&format!("{}:5:", extra.display())), "{}", r.describe());
 }
+
+#[test]
+fn nothing_to_scan_is_an_error_not_a_clean_result() {
+    let lb = Lifeboat::offline();
+    let d = lb.home.path().join("empty");
+    write(&d, "README.md", "not a manifest\n");
+    let r = lb.run(&["preflight", "--no-cluster", "--target", "1.25", "--manifests", d.to_str().unwrap()]);
+    r.code_is(64);
+    assert!(r.stderr().contains("nothing was scanned"), "{}", r.describe());
+    let r = lb.run(&["preflight", "--no-cluster", "--target", "1.25"]);
+    r.code_is(64);
+    assert!(r.stderr().contains("nothing to scan"), "{}", r.describe());
+}

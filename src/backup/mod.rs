@@ -131,13 +131,14 @@ pub fn default_excluded(ar: &ApiResource) -> bool {
             | ("storage.k8s.io", "csinodes")
             | ("storage.k8s.io", "volumeattachments")
             | ("", "componentstatuses")
+            | ("networking.k8s.io", "ipaddresses")
     )
 }
 
-/// Objects skipped by default even when their type is backed up: pods and replicasets owned by
-/// a controller (their owner recreates them).
+/// Objects skipped by default even when their type is backed up: pods, replicasets and
+/// controllerrevisions owned by a controller (their owner recreates them).
 pub fn owned_by_controller(ar: &ApiResource, obj: &Value) -> bool {
-    let candidate = matches!((ar.group.as_str(), ar.plural.as_str()), ("", "pods") | ("apps", "replicasets"));
+    let candidate = matches!((ar.group.as_str(), ar.plural.as_str()), ("", "pods") | ("apps", "replicasets" | "controllerrevisions"));
     candidate
         && obj["metadata"]["ownerReferences"]
             .as_array()
@@ -400,7 +401,7 @@ async fn list_into(
             let (client, url, lp) = (client.clone(), url.clone(), lp.clone().continue_token(c));
             next = Some(tokio::spawn(async move { fetch_page(&client, &url, &lp).await }));
         }
-        let may_be_owned = default_excludes && matches!((ar.group.as_str(), ar.plural.as_str()), ("", "pods") | ("apps", "replicasets"));
+        let may_be_owned = default_excludes && matches!((ar.group.as_str(), ar.plural.as_str()), ("", "pods") | ("apps", "replicasets" | "controllerrevisions"));
         for item in page.items {
             if may_be_owned {
                 let v: Value = serde_json::from_str(item.get()).map_err(|e| writer.bad(e))?;

@@ -49,7 +49,8 @@ pub struct CreateArgs {
     pub select: SelectArgs,
 
     /// Also back up what is skipped by default (events, nodes, leases, endpoints,
-    /// endpointslices, csinodes, volumeattachments, pods and replicasets owned by controllers)
+    /// endpointslices, csinodes, volumeattachments, componentstatuses, ipaddresses, and pods,
+    /// replicasets and controllerrevisions owned by controllers)
     #[arg(long)]
     pub no_default_excludes: bool,
 

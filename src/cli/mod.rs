@@ -31,6 +31,7 @@ pub struct Cli {
 
 /// Flags every command accepts, defined once.
 #[derive(Debug, Clone, Default, Args)]
+#[command(next_help_heading = "Global options")]
 pub struct GlobalArgs {
     /// Path to the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)
     #[arg(long, global = true, env = "LIFEBOAT_KUBECONFIG", value_name = "FILE")]

@@ -28,8 +28,9 @@ pub fn junit(r: &DrillReport) -> String {
         r.duration_seconds
     ));
     for c in &r.checks {
+        // The source namespace, not the scratch one: CI test history matches across runs.
         let class = match &c.namespace {
-            Some(ns) => format!("drill.{}", ns),
+            Some(ns) => format!("drill.{}", r.namespaces.iter().find(|m| &m.scratch == ns).map(|m| m.source.as_str()).unwrap_or(ns)),
             None => "drill".into(),
         };
         s.push_str(&format!("    <testcase classname=\"{}\" name=\"{}\" time=\"0\">", xml_escape(&class), xml_escape(&c.name)));

@@ -314,6 +314,13 @@ pub async fn preflight(opts: &PreflightOptions, cluster_opts: &ClusterOptions) -
         let _ = info;
     }
 
+    if server.is_none() && summary.objects_scanned == 0 {
+        return Err(Error::Usage(if opts.manifests.is_empty() {
+            "nothing to scan: no cluster and no --manifests".into()
+        } else {
+            format!("nothing was scanned: {} file(s), no Kubernetes object in them{}", summary.files_scanned, if notes.is_empty() { String::new() } else { format!(" ({})", notes[0]) })
+        }));
+    }
     findings.sort_by(|a, b| {
         b.severity
             .cmp(&a.severity)

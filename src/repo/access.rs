@@ -36,7 +36,10 @@ pub fn password(opts: &RepoOptions, confirm: bool) -> Result<Zeroizing<Vec<u8>>,
             .output()
             .map_err(|e| RepoError::PasswordCommand(e.to_string()))?;
         if !out.status.success() {
-            return Err(RepoError::PasswordCommand(format!("exited with {}", out.status)));
+            return Err(RepoError::PasswordCommand(match out.status.code() {
+                Some(c) => format!("it exited with code {c}"),
+                None => "it was killed by a signal".into(),
+            }));
         }
         let s = Zeroizing::new(out.stdout);
         let trimmed = s.strip_suffix(b"\n").unwrap_or(&s);
@@ -65,6 +68,9 @@ pub async fn store_for(opts: &RepoOptions) -> Result<store::DynStore, Error> {
 pub async fn open(opts: &RepoOptions) -> Result<Arc<Repository>, Error> {
     let store = store_for(opts).await?;
     let pw = password(opts, false)?;
+    if pw.is_empty() {
+        return Err(Error::Usage("the repository password is empty".into()));
+    }
     Ok(Arc::new(Repository::open(store, &pw).await?))
 }
 

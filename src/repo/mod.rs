@@ -43,7 +43,7 @@ pub enum RepoError {
     WrongPassword { location: String },
     #[error("no password: set LIFEBOAT_PASSWORD, --password-file or --password-command")]
     NoPassword,
-    #[error("password command failed: {0}")]
+    #[error("the password command failed: {0}")]
     PasswordCommand(String),
     #[error("cannot read the password file {path}: {message}")]
     PasswordFile { path: String, message: String },

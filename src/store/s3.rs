@@ -85,6 +85,7 @@ where
         _ => None,
     };
     match (&err, status, code.as_deref()) {
+        (_, _, Some("NoSuchBucket")) => StoreError::Permanent { op, key, message: "the bucket does not exist (create it first)".into() },
         (_, Some(404), _) | (_, _, Some("NoSuchKey" | "NotFound")) => StoreError::NotFound { key },
         (SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_), _, _) => {
             StoreError::Transient { op, key, message }
