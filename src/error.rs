@@ -109,6 +109,11 @@ pub enum Error {
     #[error("interrupted")]
     Interrupted,
 
+    /// Internal: a task stopped because another part of the same operation failed (that
+    /// failure is the one reported).
+    #[error("stopped because another part of the operation failed")]
+    Aborted,
+
     #[error("{format} output is not available for this command")]
     UnsupportedOutput { format: &'static str },
 
@@ -153,7 +158,8 @@ impl Error {
             | Error::Repo(_)
             | Error::RepoUrl(_)
             | Error::Unauthorized { .. }
-            | Error::NothingBackedUp(_) => Exit::Failure,
+            | Error::NothingBackedUp(_)
+            | Error::Aborted => Exit::Failure,
             Error::Usage(_) => Exit::Usage,
             Error::Interrupted => Exit::Interrupted,
         }

@@ -162,22 +162,23 @@ async fn backup_command(c: BackupCommand, g: &cli::GlobalArgs, settings: &Settin
         BackupCommand::Create(args) => {
             let is_default = settings.repo.source == config::Source::Default;
             let cluster = cluster::connect(&settings.cluster_options()).await?;
-            // The passphrase KDF and API discovery overlap. The default repository is created
-            // only once the cluster has answered (a failed backup leaves nothing behind).
-            let (opened, view) = tokio::join!(repo::access::open(&ropts), backup::view(&cluster));
-            let view = view?;
-            let (repo, created) = match opened {
-                Err(Error::Repo(repo::RepoError::NotInitialized { .. })) if is_default => {
-                    (repo::access::init(&ropts, repo::crypto::KdfParams::DEFAULT).await?, true)
+            // The repository opens (passphrase KDF) while discovery and listing start. The default
+            // repository is created only once the cluster has answered (a failed backup leaves
+            // nothing behind).
+            let repository = async {
+                match repo::access::open(&ropts).await {
+                    Err(Error::Repo(repo::RepoError::NotInitialized { .. })) if is_default => {
+                        cluster.client.apiserver_version().await.map_err(|source| crate::error::cluster_error(&cluster.server, source))?;
+                        Ok((repo::access::init(&ropts, repo::crypto::KdfParams::DEFAULT).await?, true))
+                    }
+                    other => other.map(|r| (r, false)),
                 }
-                other => (other?, false),
             };
             let bar = std::sync::Arc::new(output::progress::BackupBar::new(g.quiet));
-            let result = backup::create(repo, &cluster, view, &args.options(settings.context.value.clone()), bar.clone()).await;
+            let result = backup::create(repository, &cluster, &args.options(settings.context.value.clone()), bar.clone()).await;
             bar.finish();
-            let mut summary = result?;
-            summary.repository_created = created;
-            if created && !g.quiet {
+            let summary = result?;
+            if summary.repository_created && !g.quiet {
                 eprintln!("created the default repository at {}", summary.repository);
             }
             output::emit(out, &summary)?;

@@ -247,8 +247,9 @@ impl References {
 }
 
 struct Shared {
-    packer: Packer,
-    repo: Arc<Repository>,
+    /// Set once the repository is open and locked; listing starts before that (the passphrase
+    /// KDF takes a moment) and waits here before its first write.
+    ready: tokio::sync::watch::Receiver<Option<Arc<Packer>>>,
     refs: Mutex<References>,
     counts: Mutex<BTreeMap<String, u64>>,
     /// (type key, chunk number, tree blob)
@@ -256,6 +257,14 @@ struct Shared {
     bytes_total: std::sync::atomic::AtomicU64,
     objects: std::sync::atomic::AtomicU64,
     warnings: Mutex<Vec<String>>,
+}
+
+impl Shared {
+    async fn packer(&self) -> Result<Arc<Packer>, Error> {
+        let mut rx = self.ready.clone();
+        let r = rx.wait_for(|p| p.is_some()).await.map(|v| v.clone().expect("checked"));
+        r.map_err(|_| Error::Aborted)
+    }
 }
 
 /// Streams one resource type's objects into the repository.
@@ -299,7 +308,7 @@ impl TypeWriter {
     }
 
     async fn record(&mut self, bytes: Vec<u8>, name: String, namespace: Option<String>, progress: &dyn Progress) -> Result<(), Error> {
-        let blob = self.shared.packer.add(BlobType::Object, &bytes).await?;
+        let blob = self.shared.packer().await?.add(BlobType::Object, &bytes).await?;
         self.entries.push(TreeEntry {
             group: self.ar.group.clone(),
             version: self.ar.version.clone(),
@@ -325,7 +334,7 @@ impl TypeWriter {
             return Ok(());
         }
         let tree = Tree { entries: std::mem::take(&mut self.entries) };
-        let blob = self.shared.packer.add(BlobType::Tree, &serde_json::to_vec(&tree).expect("serializes")).await?;
+        let blob = self.shared.packer().await?.add(BlobType::Tree, &serde_json::to_vec(&tree).expect("serializes")).await?;
         self.shared.trees.lock().await.push((self.key.clone(), self.chunk, blob));
         self.chunk += 1;
         Ok(())
@@ -477,30 +486,56 @@ pub async fn view(cluster: &Cluster) -> Result<ClusterView, Error> {
     Ok(ClusterView { server_version: info.git_version, types: discover(&cluster.client).await? })
 }
 
-pub async fn create(
-    repo: Arc<Repository>,
-    cluster: &Cluster,
-    view: ClusterView,
-    opts: &BackupOptions,
-    progress: DynProgress,
-) -> Result<BackupSummary, Error> {
+/// Back up. `repository` opens (or creates) the repository; it runs while discovery and the
+/// first LIST pages are already under way (the passphrase KDF takes a moment), and nothing is
+/// written before it has finished and the repository is locked. It yields the repository and
+/// whether it was created.
+pub async fn create<F>(repository: F, cluster: &Cluster, opts: &BackupOptions, progress: DynProgress) -> Result<BackupSummary, Error>
+where
+    F: std::future::Future<Output = Result<(Arc<Repository>, bool), Error>>,
+{
     let start = Instant::now();
-    let lock = Lock::acquire(repo.clone(), false, "backup").await?;
-    let result = run(repo.clone(), cluster, view, opts, progress, start).await;
+    let (tx, rx) = tokio::sync::watch::channel::<Option<Arc<Packer>>>(None);
+    let opener = async move {
+        let (repo, created) = repository.await?;
+        let lock = Lock::acquire(repo.clone(), false, "backup").await?;
+        let packer = Arc::new(Packer::new(repo.clone()));
+        tx.send_replace(Some(packer.clone()));
+        Ok::<_, Error>((repo, created, lock, packer))
+    };
+    let lister = async {
+        let view = view(cluster).await?;
+        let server_version = view.server_version.clone();
+        list(cluster, view, opts, progress, start, rx).await.map(|shared| (shared, server_version))
+    };
+    let (opened, listed) = tokio::join!(opener, lister);
+    // A cluster-side failure is reported first (it is about what was to be backed up); then a
+    // repository failure.
+    let (repo, created, lock, packer) = match (opened, &listed) {
+        (Ok(o), _) => o,
+        (Err(e), Err(Error::Aborted)) | (Err(e), Ok(_)) => return Err(e),
+        (Err(_), Err(_)) => return Err(listed.err().expect("checked")),
+    };
+    let result = match listed {
+        Ok((shared, server_version)) => finish(repo, packer, shared, cluster, &server_version, opts, start).await,
+        Err(e) => Err(e),
+    };
     let _ = lock.release().await;
-    result
+    result.map(|mut s| {
+        s.repository_created = created;
+        s
+    })
 }
 
-async fn run(
-    repo: Arc<Repository>,
+async fn list(
     cluster: &Cluster,
     view: ClusterView,
     opts: &BackupOptions,
     progress: DynProgress,
     start: Instant,
-) -> Result<BackupSummary, Error> {
+    ready: tokio::sync::watch::Receiver<Option<Arc<Packer>>>,
+) -> Result<Arc<Shared>, Error> {
     let client = &cluster.client;
-    let server_version = view.server_version.as_str();
     let includes: Vec<ResourcePattern> = opts.include_resources.iter().map(|s| ResourcePattern::parse(s)).collect();
     let excludes: Vec<ResourcePattern> = opts.exclude_resources.iter().map(|s| ResourcePattern::parse(s)).collect();
     let types: Vec<(ApiResource, ApiCapabilities)> = view
@@ -517,8 +552,7 @@ async fn run(
         ClusterResources::Auto => !filtered_ns,
     };
     let shared = Arc::new(Shared {
-        packer: Packer::new(repo.clone()),
-        repo: repo.clone(),
+        ready,
         refs: Mutex::new(References::default()),
         counts: Mutex::new(BTreeMap::new()),
         trees: Mutex::new(Vec::new()),
@@ -591,9 +625,21 @@ async fn run(
             format!("{} resource type(s) could not be read, e.g. {}", warnings.len(), warnings[0])
         }));
     }
-    // 3. Upload the last pack and the index, then the snapshot: the backup becomes visible.
     tracing::info!(elapsed_ms = start.elapsed().as_millis() as u64, "cluster-scoped types done");
-    let stats = shared.packer.finish().await?;
+    Ok(shared)
+}
+
+/// Upload the last pack and the index, then the snapshot: the backup becomes visible.
+async fn finish(
+    repo: Arc<Repository>,
+    packer: Arc<Packer>,
+    shared: Arc<Shared>,
+    cluster: &Cluster,
+    server_version: &str,
+    opts: &BackupOptions,
+    start: Instant,
+) -> Result<BackupSummary, Error> {
+    let stats = packer.finish().await?;
     tracing::info!(packs = stats.packs, new_blobs = stats.blobs_added, deduplicated = stats.blobs_deduplicated, elapsed_ms = start.elapsed().as_millis() as u64, "packs and index written");
     let mut trees = std::mem::take(&mut *shared.trees.lock().await);
     trees.sort();
@@ -627,7 +673,7 @@ async fn run(
     };
     snap.duration_seconds = start.elapsed().as_secs_f64();
     snap.bytes_added += snap_size(&snap);
-    shared.repo.write_json(&layout::snapshot(&id), &snap).await?;
+    repo.write_json(&layout::snapshot(&id), &snap).await?;
     Ok(BackupSummary {
         id,
         repository: repo.location(),
