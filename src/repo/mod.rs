@@ -4,7 +4,7 @@
 //! Everything stored is sealed with the master key (XChaCha20-Poly1305) except the key files,
 //! which seal the master key with a passphrase-derived key (argon2id). Blobs (Kubernetes objects,
 //! trees of object references, and later volume chunks) are named by a keyed BLAKE3 hash of
-//! their plaintext, compressed with zstd, sealed, and grouped into pack files of a few MiB.
+//! their plaintext, compressed with zstd (level 1), sealed, and grouped into pack files of a few MiB.
 //! Index files say which blob is in which pack. A snapshot (one backup) is written last and
 //! only references blobs that are already in indexed packs.
 use std::collections::{HashMap, HashSet};
@@ -330,12 +330,12 @@ impl Repository {
 thread_local! {
     // Compression contexts are expensive to create; blobs are small and many. One per thread.
     static COMPRESSOR: std::cell::RefCell<zstd::bulk::Compressor<'static>> =
-        std::cell::RefCell::new(zstd::bulk::Compressor::new(3).expect("zstd context"));
+        std::cell::RefCell::new(zstd::bulk::Compressor::new(1).expect("zstd context"));
     static DECOMPRESSOR: std::cell::RefCell<zstd::bulk::Decompressor<'static>> =
         std::cell::RefCell::new(zstd::bulk::Decompressor::new().expect("zstd context"));
 }
 
-/// zstd (level 3) of a blob's plaintext, with this thread's reusable context.
+/// zstd (level 1: blobs are small; speed matters more than the last percent) of a blob's plaintext, with this thread's reusable context.
 pub fn compress_blob(plaintext: &[u8]) -> Vec<u8> {
     COMPRESSOR.with(|c| c.borrow_mut().compress(plaintext).expect("zstd compresses"))
 }
