@@ -80,13 +80,10 @@ pub fn load_file(path: &Path, explicit: bool) -> Result<Option<ConfigFile>, Erro
     if text.trim().is_empty() {
         return Ok(Some(ConfigFile::default()));
     }
-    serde_norway::from_str(&text).map(Some).map_err(|source| Error::ConfigParse {
+    serde_norway::from_str(&text).map(Some).map_err(|e| Error::ConfigParse {
         path: path.to_owned(),
-        location: source
-            .location()
-            .map(|l| format!("{}:{}", l.line(), l.column()))
-            .unwrap_or_else(|| "1:1".into()),
-        source,
+        location: crate::yaml::location(&e),
+        message: crate::yaml::message(&e),
     })
 }
 

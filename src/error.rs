@@ -39,13 +39,8 @@ pub enum Error {
         source: std::io::Error,
     },
 
-    #[error("invalid configuration file {path}:{location}")]
-    ConfigParse {
-        path: PathBuf,
-        location: String,
-        #[source]
-        source: serde_norway::Error,
-    },
+    #[error("invalid configuration file {path}:{location}: {message}")]
+    ConfigParse { path: PathBuf, location: String, message: String },
 
     #[error("cannot load the kubeconfig")]
     Kubeconfig {

@@ -20,6 +20,7 @@ pub mod restore;
 pub mod selector;
 pub mod store;
 pub mod version;
+pub mod yaml;
 
 use cli::backup::BackupCommand;
 use cli::{Cli, Command, ConfigCommand, RepoCommand};

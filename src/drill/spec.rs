@@ -85,11 +85,7 @@ pub struct CommandCheck {
 }
 
 pub fn parse(path: &Path, text: &str) -> Result<DrillSpec, Error> {
-    let spec: DrillSpec = serde_norway::from_str(text).map_err(|e| Error::DataFile {
-        path: path.to_owned(),
-        location: e.location().map(|l| format!("{}:{}", l.line(), l.column())).unwrap_or_else(|| "1:1".into()),
-        message: e.to_string().split(" at line ").next().unwrap_or_default().to_string(),
-    })?;
+    let spec: DrillSpec = crate::yaml::parse(path, text)?;
     if spec.api_version != "lifeboat.io/v1" || spec.kind != "DrillSpec" {
         return Err(Error::DataFile {
             path: path.to_owned(),

@@ -71,11 +71,7 @@ pub struct Database {
 
 /// Parse one data file; `name` is used in error messages (file:line:col).
 pub fn parse(name: &Path, text: &str) -> Result<DataFile, Error> {
-    let file: DataFile = serde_norway::from_str(text).map_err(|source| Error::DataFile {
-        path: name.to_owned(),
-        location: source.location().map(|l| format!("{}:{}", l.line(), l.column())).unwrap_or_else(|| "1:1".into()),
-        message: source.to_string(),
-    })?;
+    let file: DataFile = crate::yaml::parse(name, text)?;
     if file.api_version != "lifeboat.io/v1" || file.kind != "APIDeprecationList" {
         return Err(Error::DataFile {
             path: name.to_owned(),

@@ -62,10 +62,8 @@ pub fn read(file: &Path) -> Result<Vec<(TreeEntry, Value)>, Error> {
         }
         let mut text = String::new();
         member.read_to_string(&mut text).map_err(|e| bad(format!("{path}: {e}")))?;
-        let obj: Value = serde_norway::from_str(&text).map_err(|e| {
-            let loc = e.location().map(|l| format!("{}:{}", l.line(), l.column())).unwrap_or_default();
-            bad(format!("{path}:{loc}: {e}"))
-        })?;
+        let obj: Value = serde_norway::from_str(&text)
+            .map_err(|e| bad(format!("{path}:{}: {}", crate::yaml::location(&e), crate::yaml::message(&e))))?;
         let parts: Vec<&str> = path.split('/').collect();
         if parts.len() != 3 {
             return Err(bad(format!("{path}: expected <namespace>/<resource>.<group>/<name>.yaml")));
