@@ -134,6 +134,7 @@ impl output::Render for Settings {
         writeln!(w, "{:<12} {:<50} {}", "output", format!("{:?}", self.output.value).to_lowercase(), src(self.output.source))?;
         writeln!(w, "{:<12} {:<50} {}", "logFormat", format!("{:?}", self.log_format.value).to_lowercase(), src(self.log_format.source))?;
         writeln!(w, "{:<12} {:<50} {}", "repo", self.repo.value, src(self.repo.source))?;
+        writeln!(w, "{:<12} {:<50} {}", "s3Endpoint", self.s3_endpoint.value.as_deref().unwrap_or("(AWS)"), src(self.s3_endpoint.source))?;
         Ok(())
     }
 }

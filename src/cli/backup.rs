@@ -148,7 +148,7 @@ pub enum BackupCommand {
 
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
-    /// Backup id (or unique prefix) or `latest`
+    /// Backup id (or unique prefix) or `latest`; or give --from-archive instead
     #[arg(required_unless_present = "from_archive")]
     pub backup: Option<String>,
 
