@@ -217,8 +217,9 @@ async fn backup_command(c: BackupCommand, g: &cli::GlobalArgs, settings: &Settin
         }
         BackupCommand::Export { id, file } => {
             let repo = repo::access::open(&ropts).await?;
-            output::emit(out, &backup::manage::export(&repo, &id, &file).await?)?;
-            Ok(Exit::Success)
+            let report = backup::manage::export(&repo, &id, &file).await?;
+            output::emit(out, &report)?;
+            Ok(if report.damaged.is_empty() { Exit::Success } else { Exit::Findings })
         }
     }
 }
@@ -272,9 +273,9 @@ async fn drill_command(c: cli::drill::DrillCommand, g: &cli::GlobalArgs, setting
             output::print_str(&drill::cronjob::manifests(&o))?;
             Ok(Exit::Success)
         }
-        DrillCommand::Gc { all } => {
+        DrillCommand::Gc { all, dry_run } => {
             let cluster = cluster::connect(&settings.cluster_options()).await?;
-            output::emit(out, &drill::gc(&cluster.client, all).await?)?;
+            output::emit(out, &drill::gc(&cluster.client, all, dry_run).await?)?;
             Ok(Exit::Success)
         }
         DrillCommand::Run(a) => {

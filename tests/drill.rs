@@ -189,6 +189,15 @@ async fn a_damaged_backup_fails_and_names_the_object() {
     }
     assert!(failed.iter().any(|c| c["name"] == "objects-present"), "{failed:?}");
     assert_scratch_removed(&f.ns.client, &f.ns.name).await;
+
+    // Export is best effort: everything readable is exported, the damaged object is named.
+    let file = f.lb.home.path().join("export.tar.gz");
+    let r = f.lb.run(&["backup", "export", "latest", "-f", file.to_str().unwrap(), "-o", "json"]);
+    r.code_is(2);
+    let v = r.json();
+    assert_eq!(v["damaged"], json!([format!("ConfigMap/{}/settings", f.ns.name)]), "{v}");
+    let listing = String::from_utf8(std::process::Command::new("tar").args(["tzf", file.to_str().unwrap()]).output().unwrap().stdout).unwrap();
+    assert!(listing.contains("secrets.core/db.yaml") && !listing.contains("configmaps.core/settings.yaml"), "{listing}");
     f.ns.cleanup().await;
 }
 
@@ -284,6 +293,9 @@ async fn interrupted_drills_clean_up_and_gc_removes_what_a_kill_left() {
     nss.patch(&name, &PatchParams::default(), &Patch::Merge(json!({"metadata": {"annotations": {"lifeboat.io/drill-expires": "2020-01-01T00:00:00Z"}}})))
         .await
         .unwrap();
+    let dry = f.lb.run(&["drill", "gc", "--dry-run", "-o", "json"]).success().json();
+    assert!(dry["deleted"].as_array().unwrap().iter().any(|d| d == name.as_str()), "{dry}");
+    assert!(nss.get(&name).await.unwrap().metadata.deletion_timestamp.is_none(), "dry run deletes nothing");
     let gc = f.lb.run(&["drill", "gc", "-o", "json"]).success().json();
     assert!(gc["deleted"].as_array().unwrap().iter().any(|d| d == name.as_str()), "{gc}");
     f.ns.cleanup().await;

@@ -479,23 +479,33 @@ pub struct ExportReport {
     pub backup: String,
     pub file: String,
     pub objects: u64,
+    /// Objects that could not be read from the backup (Kind/namespace/name): left out.
+    pub damaged: Vec<String>,
 }
 
 pub async fn export(repo: &Repository, spec: &str, file: &Path) -> Result<ExportReport, Error> {
     let (id, snap) = repo.find_snapshot(spec).await?;
     let entries = repo.snapshot_entries(&snap).await?;
-    let mut objects = Vec::with_capacity(entries.len());
+    // Best effort: in a disaster every readable object counts; damaged ones are named.
+    let mut readable = Vec::with_capacity(entries.len());
+    let mut damaged = Vec::new();
     for e in &entries {
-        objects.push(repo.read_blob_json::<serde_json::Value>(&e.blob).await?);
+        match repo.read_blob_json::<serde_json::Value>(&e.blob).await {
+            Ok(o) => readable.push((e, o)),
+            Err(_) => damaged.push(e.display()),
+        }
     }
     let tmp = file.with_extension("partial");
-    let n = crate::restore::archive::write(&tmp, entries.iter().zip(objects))?;
+    let n = crate::restore::archive::write(&tmp, readable.into_iter())?;
     std::fs::rename(&tmp, file).map_err(|source| Error::ReadFile { path: file.to_owned(), source })?;
-    Ok(ExportReport { backup: id, file: file.display().to_string(), objects: n })
+    Ok(ExportReport { backup: id, file: file.display().to_string(), objects: n, damaged })
 }
 
 impl crate::output::Render for ExportReport {
     fn table(&self, w: &mut dyn Write) -> std::io::Result<()> {
+        for d in &self.damaged {
+            writeln!(w, "DAMAGED {d}: not exported (cannot be read from the backup)")?;
+        }
         writeln!(w, "exported {} objects of backup {} to {} (NOT encrypted: it contains the backup's Secrets)", self.objects, &self.backup[..8], self.file)
     }
 }

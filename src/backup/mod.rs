@@ -397,7 +397,13 @@ async fn list_into(
     while let Some(handle) = next.take() {
         let text = match handle.await.expect("list task") {
             Ok(p) => p,
-            Err(kube::Error::Api(s)) if s.code == 403 || s.code == 404 || s.code == 405 => {
+            // The type went away between discovery and this LIST (a CRD deleted meanwhile):
+            // nothing of it to back up.
+            Err(kube::Error::Api(s)) if s.code == 404 => {
+                tracing::debug!(resource = %group_resource(ar), "type no longer served; skipped");
+                return Ok(());
+            }
+            Err(kube::Error::Api(s)) if s.code == 403 || s.code == 405 => {
                 writer.shared.warnings.lock().await.push(format!("{}: not backed up: {} ({})", group_resource(ar), s.message, s.code));
                 return Ok(());
             }

@@ -88,6 +88,9 @@ pub enum DrillCommand {
         /// Delete every drill namespace, expired or not
         #[arg(long)]
         all: bool,
+        /// Show what would be deleted, delete nothing
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 

@@ -444,19 +444,20 @@ async fn compare_namespace(client: &kube::Client, repo: &Repository, entries: &[
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct GcReport {
+    pub dry_run: bool,
     pub deleted: Vec<String>,
     pub kept: Vec<String>,
 }
 
 /// Delete scratch namespaces whose expiry has passed (left by crashed or killed drills).
-pub async fn gc(client: &kube::Client, all: bool) -> Result<GcReport, Error> {
+pub async fn gc(client: &kube::Client, all: bool, dry_run: bool) -> Result<GcReport, Error> {
     let api: Api<Namespace> = Api::all(client.clone());
     let list = api
         .list(&ListParams::default().labels(DRILL_LABEL))
         .await
         .map_err(|source| Error::Kube { action: "list drill namespaces".into(), source })?;
     let now = jiff::Timestamp::now();
-    let mut report = GcReport { deleted: vec![], kept: vec![] };
+    let mut report = GcReport { dry_run, deleted: vec![], kept: vec![] };
     for ns in list.items {
         let name = ns.metadata.name.clone().unwrap_or_default();
         if !name.starts_with("drill-") {
@@ -470,9 +471,11 @@ pub async fn gc(client: &kube::Client, all: bool) -> Result<GcReport, Error> {
             .and_then(|t| t.parse::<jiff::Timestamp>().ok())
             .is_none_or(|t| t <= now);
         if (expired || all) && ns.metadata.deletion_timestamp.is_none() {
-            api.delete(&name, &DeleteParams::background())
-                .await
-                .map_err(|source| Error::Kube { action: format!("delete namespace {name}"), source })?;
+            if !dry_run {
+                api.delete(&name, &DeleteParams::background())
+                    .await
+                    .map_err(|source| Error::Kube { action: format!("delete namespace {name}"), source })?;
+            }
             report.deleted.push(name);
         } else {
             report.kept.push(name);
@@ -483,10 +486,14 @@ pub async fn gc(client: &kube::Client, all: bool) -> Result<GcReport, Error> {
 
 impl crate::output::Render for GcReport {
     fn table(&self, w: &mut dyn std::io::Write) -> std::io::Result<()> {
+        let verb = if self.dry_run { "would delete" } else { "deleted" };
         for n in &self.deleted {
-            writeln!(w, "deleted {n}")?;
+            writeln!(w, "{verb} {n}")?;
         }
-        writeln!(w, "{} expired drill namespace(s) deleted, {} not expired yet", self.deleted.len(), self.kept.len())
+        for n in &self.kept {
+            writeln!(w, "kept {n} (not expired)")?;
+        }
+        writeln!(w, "{} expired drill namespace(s) {verb}, {} not expired yet", self.deleted.len(), self.kept.len())
     }
 }
 
