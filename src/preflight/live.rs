@@ -51,7 +51,9 @@ pub async fn scan(client: &kube::Client, db: &Database, target: Minor) -> Result
             loop {
                 let page = match api.list_metadata(&lp).await {
                     Ok(p) => p,
-                    Err(kube::Error::Api(s)) if s.code == 403 || s.code == 404 => {
+                    // Deleted between discovery and this LIST: nothing left to scan.
+                    Err(kube::Error::Api(s)) if s.code == 404 => return Ok::<_, Error>((found, scanned, None)),
+                    Err(kube::Error::Api(s)) if s.code == 403 => {
                         return Ok::<_, Error>((found, scanned, Some(format!("live {}: not listed ({})", ar.plural, s.message))));
                     }
                     Err(source) => return Err(Error::Kube { action: format!("list {}", ar.plural), source }),
