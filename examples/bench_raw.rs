@@ -21,8 +21,18 @@ fn ar(spec: &str) -> ApiResource {
         ("apps", "deployments") => ("Deployment", "v1"),
         _ => panic!("unknown resource {spec}"),
     };
-    let api_version = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
-    ApiResource { group: group.into(), version: version.into(), api_version, kind: kind.into(), plural: plural.into() }
+    let api_version = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
+    ApiResource {
+        group: group.into(),
+        version: version.into(),
+        api_version,
+        kind: kind.into(),
+        plural: plural.into(),
+    }
 }
 
 fn ar_for(obj: &serde_json::Value) -> ApiResource {
@@ -40,14 +50,23 @@ fn ar_for(obj: &serde_json::Value) -> ApiResource {
 async fn main() -> anyhow::Result<()> {
     lifeboat::cluster::install_crypto_provider();
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let conc = args.iter().position(|a| a == "--concurrency").map(|i| args[i + 1].parse().unwrap()).unwrap_or(16usize);
+    let conc = args
+        .iter()
+        .position(|a| a == "--concurrency")
+        .map(|i| args[i + 1].parse().unwrap())
+        .unwrap_or(16usize);
     let client = kube::Client::try_default().await?;
     match args.first().map(String::as_str) {
         Some("create") => {
             let text = std::fs::read_to_string(&args[1])?;
-            let objs: Vec<serde_json::Value> = text.lines().filter(|l| !l.is_empty()).map(|l| serde_json::from_str(l).unwrap()).collect();
+            let objs: Vec<serde_json::Value> = text
+                .lines()
+                .filter(|l| !l.is_empty())
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
             let start = Instant::now();
-            let (ns, rest): (Vec<_>, Vec<_>) = objs.into_iter().partition(|o| o["kind"] == "Namespace");
+            let (ns, rest): (Vec<_>, Vec<_>) =
+                objs.into_iter().partition(|o| o["kind"] == "Namespace");
             let mut n = 0;
             for batch in [ns, rest] {
                 n += batch.len();
@@ -56,11 +75,13 @@ async fn main() -> anyhow::Result<()> {
                         let client = client.clone();
                         async move {
                             let ar = ar_for(&o);
-                            let api: Api<DynamicObject> = match o["metadata"]["namespace"].as_str() {
+                            let api: Api<DynamicObject> = match o["metadata"]["namespace"].as_str()
+                            {
                                 Some(ns) => Api::namespaced_with(client, ns, &ar),
                                 None => Api::all_with(client, &ar),
                             };
-                            api.create(&PostParams::default(), &serde_json::from_value(o)?).await?;
+                            api.create(&PostParams::default(), &serde_json::from_value(o)?)
+                                .await?;
                             Ok::<_, anyhow::Error>(())
                         }
                     })
@@ -68,10 +89,17 @@ async fn main() -> anyhow::Result<()> {
                     .try_collect::<Vec<()>>()
                     .await?;
             }
-            println!("{{\"op\":\"create\",\"objects\":{n},\"seconds\":{:.3}}}", start.elapsed().as_secs_f64());
+            println!(
+                "{{\"op\":\"create\",\"objects\":{n},\"seconds\":{:.3}}}",
+                start.elapsed().as_secs_f64()
+            );
         }
         Some("list") => {
-            let resources: Vec<String> = args[1..].iter().take_while(|a| !a.starts_with("--")).cloned().collect();
+            let resources: Vec<String> = args[1..]
+                .iter()
+                .take_while(|a| !a.starts_with("--"))
+                .cloned()
+                .collect();
             let start = Instant::now();
             let counts: Vec<usize> = futures::stream::iter(resources)
                 .map(|r| {
@@ -94,9 +122,15 @@ async fn main() -> anyhow::Result<()> {
                 .buffer_unordered(conc)
                 .try_collect()
                 .await?;
-            println!("{{\"op\":\"list\",\"objects\":{},\"seconds\":{:.3}}}", counts.iter().sum::<usize>(), start.elapsed().as_secs_f64());
+            println!(
+                "{{\"op\":\"list\",\"objects\":{},\"seconds\":{:.3}}}",
+                counts.iter().sum::<usize>(),
+                start.elapsed().as_secs_f64()
+            );
         }
-        _ => anyhow::bail!("usage: bench_raw create FILE.jsonl | list RESOURCE... [--concurrency N]"),
+        _ => {
+            anyhow::bail!("usage: bench_raw create FILE.jsonl | list RESOURCE... [--concurrency N]")
+        }
     }
     Ok(())
 }

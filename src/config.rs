@@ -57,7 +57,8 @@ pub struct Settings {
 
 /// The default configuration file path (whether or not it exists).
 pub fn default_config_path() -> Option<PathBuf> {
-    directories::ProjectDirs::from("io", "lifeboat", "lifeboat").map(|d| d.config_dir().join("config.yaml"))
+    directories::ProjectDirs::from("io", "lifeboat", "lifeboat")
+        .map(|d| d.config_dir().join("config.yaml"))
 }
 
 /// The default repository: a local directory in the user's data dir, so `lifeboat backup create`
@@ -75,16 +76,23 @@ pub fn load_file(path: &Path, explicit: bool) -> Result<Option<ConfigFile>, Erro
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => return Ok(None),
-        Err(source) => return Err(Error::ConfigRead { path: path.to_owned(), source }),
+        Err(source) => {
+            return Err(Error::ConfigRead {
+                path: path.to_owned(),
+                source,
+            });
+        }
     };
     if text.trim().is_empty() {
         return Ok(Some(ConfigFile::default()));
     }
-    serde_norway::from_str(&text).map(Some).map_err(|e| Error::ConfigParse {
-        path: path.to_owned(),
-        location: crate::yaml::location(&e),
-        message: crate::yaml::message(&e),
-    })
+    serde_norway::from_str(&text)
+        .map(Some)
+        .map_err(|e| Error::ConfigParse {
+            path: path.to_owned(),
+            location: crate::yaml::location(&e),
+            message: crate::yaml::message(&e),
+        })
 }
 
 /// `env_var` is the variable clap reads for a flag: when it is set and the flag value equals the
@@ -115,41 +123,92 @@ impl Settings {
         };
         let file = file.unwrap_or_default();
 
-        fn pick<T: Clone>(flag: Option<T>, flag_src: Source, file: Option<T>, default: T) -> Setting<T> {
+        fn pick<T: Clone>(
+            flag: Option<T>,
+            flag_src: Source,
+            file: Option<T>,
+            default: T,
+        ) -> Setting<T> {
             match (flag, file) {
-                (Some(v), _) => Setting { value: v, source: flag_src },
-                (None, Some(v)) => Setting { value: v, source: Source::File },
-                (None, None) => Setting { value: default, source: Source::Default },
+                (Some(v), _) => Setting {
+                    value: v,
+                    source: flag_src,
+                },
+                (None, Some(v)) => Setting {
+                    value: v,
+                    source: Source::File,
+                },
+                (None, None) => Setting {
+                    value: default,
+                    source: Source::Default,
+                },
             }
         }
 
         let kc_src = source_of("LIFEBOAT_KUBECONFIG", g.kubeconfig.is_some(), |v| {
             g.kubeconfig.as_deref() == Some(Path::new(v))
         });
-        let ctx_src = source_of("LIFEBOAT_CONTEXT", g.context.is_some(), |v| g.context.as_deref() == Some(v));
+        let ctx_src = source_of("LIFEBOAT_CONTEXT", g.context.is_some(), |v| {
+            g.context.as_deref() == Some(v)
+        });
         let out_src = source_of("LIFEBOAT_OUTPUT", g.output.is_some(), |v| {
-            g.output.and_then(|o| clap::ValueEnum::to_possible_value(&o)).is_some_and(|p| p.matches(v, true))
+            g.output
+                .and_then(|o| clap::ValueEnum::to_possible_value(&o))
+                .is_some_and(|p| p.matches(v, true))
         });
         let log_src = source_of("LIFEBOAT_LOG_FORMAT", g.log_format.is_some(), |v| {
-            g.log_format.and_then(|o| clap::ValueEnum::to_possible_value(&o)).is_some_and(|p| p.matches(v, true))
+            g.log_format
+                .and_then(|o| clap::ValueEnum::to_possible_value(&o))
+                .is_some_and(|p| p.matches(v, true))
         });
-        let repo_src = source_of("LIFEBOAT_REPO", g.repo.is_some(), |v| g.repo.as_deref() == Some(v));
-        let s3_src = source_of("LIFEBOAT_S3_ENDPOINT", g.s3_endpoint.is_some(), |v| g.s3_endpoint.as_deref() == Some(v));
+        let repo_src = source_of("LIFEBOAT_REPO", g.repo.is_some(), |v| {
+            g.repo.as_deref() == Some(v)
+        });
+        let s3_src = source_of("LIFEBOAT_S3_ENDPOINT", g.s3_endpoint.is_some(), |v| {
+            g.s3_endpoint.as_deref() == Some(v)
+        });
         let s3_endpoint = match (g.s3_endpoint.clone(), file.s3_endpoint.clone()) {
-            (Some(v), _) => Setting { value: Some(v), source: s3_src },
-            (None, Some(v)) => Setting { value: Some(v), source: Source::File },
-            (None, None) => Setting { value: None, source: Source::Default },
+            (Some(v), _) => Setting {
+                value: Some(v),
+                source: s3_src,
+            },
+            (None, Some(v)) => Setting {
+                value: Some(v),
+                source: Source::File,
+            },
+            (None, None) => Setting {
+                value: None,
+                source: Source::Default,
+            },
         };
 
         let kubeconfig = match (g.kubeconfig.clone(), file.kubeconfig.clone()) {
-            (Some(v), _) => Setting { value: Some(v), source: kc_src },
-            (None, Some(v)) => Setting { value: Some(v), source: Source::File },
-            (None, None) => Setting { value: None, source: Source::Default },
+            (Some(v), _) => Setting {
+                value: Some(v),
+                source: kc_src,
+            },
+            (None, Some(v)) => Setting {
+                value: Some(v),
+                source: Source::File,
+            },
+            (None, None) => Setting {
+                value: None,
+                source: Source::Default,
+            },
         };
         let context = match (g.context.clone(), file.context.clone()) {
-            (Some(v), _) => Setting { value: Some(v), source: ctx_src },
-            (None, Some(v)) => Setting { value: Some(v), source: Source::File },
-            (None, None) => Setting { value: None, source: Source::Default },
+            (Some(v), _) => Setting {
+                value: Some(v),
+                source: ctx_src,
+            },
+            (None, Some(v)) => Setting {
+                value: Some(v),
+                source: Source::File,
+            },
+            (None, None) => Setting {
+                value: None,
+                source: Source::Default,
+            },
         };
         Ok(Settings {
             config_file,
@@ -157,7 +216,12 @@ impl Settings {
             context,
             output: pick(g.output, out_src, file.output, OutputFormat::Table),
             log_format: pick(g.log_format, log_src, file.log_format, LogFormat::Text),
-            repo: pick(g.repo.clone(), repo_src, file.repo.clone(), default_repo_url()),
+            repo: pick(
+                g.repo.clone(),
+                repo_src,
+                file.repo.clone(),
+                default_repo_url(),
+            ),
             s3_endpoint,
         })
     }

@@ -40,7 +40,11 @@ pub enum Error {
     },
 
     #[error("invalid configuration file {path}:{location}: {message}")]
-    ConfigParse { path: PathBuf, location: String, message: String },
+    ConfigParse {
+        path: PathBuf,
+        location: String,
+        message: String,
+    },
 
     #[error("cannot load the kubeconfig")]
     Kubeconfig {
@@ -50,7 +54,9 @@ pub enum Error {
 
     /// Neither a kubeconfig nor an in-cluster service account was found. The inference error
     /// is kept for `-vv` logs but not shown: it lists every place tried, which is noise here.
-    #[error("no cluster configured: no kubeconfig found (set --kubeconfig, KUBECONFIG or ~/.kube/config)")]
+    #[error(
+        "no cluster configured: no kubeconfig found (set --kubeconfig, KUBECONFIG or ~/.kube/config)"
+    )]
     NoCluster { detail: String },
 
     #[error("cannot create a Kubernetes client")]
@@ -67,7 +73,11 @@ pub enum Error {
     },
 
     #[error("{path}:{location}: {message}")]
-    DataFile { path: PathBuf, location: String, message: String },
+    DataFile {
+        path: PathBuf,
+        location: String,
+        message: String,
+    },
 
     #[error("cannot read {path}")]
     ReadFile {
@@ -113,7 +123,12 @@ pub enum Error {
     UnsupportedOutput { format: &'static str },
 
     #[error("the cluster at {server} refused the credentials ({code} {reason}{})", if message.is_empty() { String::new() } else { format!(": {message}") })]
-    Unauthorized { server: String, code: u16, reason: String, message: String },
+    Unauthorized {
+        server: String,
+        code: u16,
+        reason: String,
+        message: String,
+    },
 
     #[error("nothing was backed up: {0}")]
     NothingBackedUp(String),
@@ -180,9 +195,15 @@ pub fn display_chain(err: &dyn std::error::Error) -> String {
 /// The error for a failed first request to the cluster: refused credentials, or unreachable.
 pub fn cluster_error(server: &str, source: kube::Error) -> Error {
     match source {
-        kube::Error::Api(s) if s.code == 401 || s.code == 403 => {
-            Error::Unauthorized { server: server.to_string(), code: s.code, reason: s.reason.clone(), message: s.message.clone() }
-        }
-        source => Error::Unreachable { server: server.to_string(), source },
+        kube::Error::Api(s) if s.code == 401 || s.code == 403 => Error::Unauthorized {
+            server: server.to_string(),
+            code: s.code,
+            reason: s.reason.clone(),
+            message: s.message.clone(),
+        },
+        source => Error::Unreachable {
+            server: server.to_string(),
+            source,
+        },
     }
 }

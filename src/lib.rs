@@ -33,7 +33,11 @@ impl Settings {
             url: self.repo.value.clone(),
             password_file: g.password_file.clone(),
             password_command: g.password_command.clone(),
-            s3: store::S3Options { endpoint: self.s3_endpoint.value.clone(), region: None, path_style: None },
+            s3: store::S3Options {
+                endpoint: self.s3_endpoint.value.clone(),
+                region: None,
+                path_style: None,
+            },
         }
     }
 
@@ -71,7 +75,11 @@ pub async fn run(cli: Cli, settings: Settings) -> Result<Exit, Error> {
                 Ok(Exit::Success)
             }
             ConfigCommand::Path => {
-                let p = cli.global.config.clone().or_else(config::default_config_path);
+                let p = cli
+                    .global
+                    .config
+                    .clone()
+                    .or_else(config::default_config_path);
                 match p {
                     Some(p) => output::print_str(&format!("{}\n", p.display()))?,
                     None => output::print_str("(no configuration directory on this system)\n")?,
@@ -80,7 +88,9 @@ pub async fn run(cli: Cli, settings: Settings) -> Result<Exit, Error> {
             }
         },
         Command::Backup(c) => interruptible(backup_command(c, &cli.global, &settings)).await,
-        Command::Restore(args) => interruptible(restore_command(args, &cli.global, &settings)).await,
+        Command::Restore(args) => {
+            interruptible(restore_command(args, &cli.global, &settings)).await
+        }
         Command::Preflight(args) => {
             let opts = args.options();
             let report = preflight::preflight(&opts, &settings.cluster_options()).await?;
@@ -100,11 +110,25 @@ pub async fn run(cli: Cli, settings: Settings) -> Result<Exit, Error> {
             }
             impl output::Render for Created {
                 fn table(&self, w: &mut dyn std::io::Write) -> std::io::Result<()> {
-                    writeln!(w, "created repository {} at {}", &self.id[..8], self.repository)?;
-                    writeln!(w, "Keep the password safe: without it the backups cannot be read by anyone.")
+                    writeln!(
+                        w,
+                        "created repository {} at {}",
+                        &self.id[..8],
+                        self.repository
+                    )?;
+                    writeln!(
+                        w,
+                        "Keep the password safe: without it the backups cannot be read by anyone."
+                    )
                 }
             }
-            output::emit(out, &Created { repository: r.location(), id: r.config.id.clone() })?;
+            output::emit(
+                out,
+                &Created {
+                    repository: r.location(),
+                    id: r.config.id.clone(),
+                },
+            )?;
             Ok(Exit::Success)
         }
     }
@@ -112,7 +136,10 @@ pub async fn run(cli: Cli, settings: Settings) -> Result<Exit, Error> {
 
 fn not_implemented(command: &str, issue: u32) -> Result<Exit, Error> {
     tracing::debug!(issue, "command not implemented yet");
-    Err(Error::NotImplemented { command: format!("lifeboat {command}"), issue })
+    Err(Error::NotImplemented {
+        command: format!("lifeboat {command}"),
+        issue,
+    })
 }
 
 impl output::Render for Settings {
@@ -125,26 +152,74 @@ impl output::Render for Settings {
                 config::Source::Default => "default",
             }
         }
-        let file = self.config_file.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "(none)".into());
+        let file = self
+            .config_file
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "(none)".into());
         writeln!(w, "{:<12} {:<50} SOURCE", "SETTING", "VALUE")?;
         writeln!(w, "{:<12} {:<50} -", "configFile", file)?;
-        let kc = self.kubeconfig.value.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "(KUBECONFIG or ~/.kube/config)".into());
-        writeln!(w, "{:<12} {:<50} {}", "kubeconfig", kc, src(self.kubeconfig.source))?;
-        writeln!(w, "{:<12} {:<50} {}", "context", self.context.value.as_deref().unwrap_or("(current context)"), src(self.context.source))?;
-        writeln!(w, "{:<12} {:<50} {}", "output", format!("{:?}", self.output.value).to_lowercase(), src(self.output.source))?;
-        writeln!(w, "{:<12} {:<50} {}", "logFormat", format!("{:?}", self.log_format.value).to_lowercase(), src(self.log_format.source))?;
-        writeln!(w, "{:<12} {:<50} {}", "repo", self.repo.value, src(self.repo.source))?;
-        writeln!(w, "{:<12} {:<50} {}", "s3Endpoint", self.s3_endpoint.value.as_deref().unwrap_or("(AWS)"), src(self.s3_endpoint.source))?;
+        let kc = self
+            .kubeconfig
+            .value
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "(KUBECONFIG or ~/.kube/config)".into());
+        writeln!(
+            w,
+            "{:<12} {:<50} {}",
+            "kubeconfig",
+            kc,
+            src(self.kubeconfig.source)
+        )?;
+        writeln!(
+            w,
+            "{:<12} {:<50} {}",
+            "context",
+            self.context.value.as_deref().unwrap_or("(current context)"),
+            src(self.context.source)
+        )?;
+        writeln!(
+            w,
+            "{:<12} {:<50} {}",
+            "output",
+            format!("{:?}", self.output.value).to_lowercase(),
+            src(self.output.source)
+        )?;
+        writeln!(
+            w,
+            "{:<12} {:<50} {}",
+            "logFormat",
+            format!("{:?}", self.log_format.value).to_lowercase(),
+            src(self.log_format.source)
+        )?;
+        writeln!(
+            w,
+            "{:<12} {:<50} {}",
+            "repo",
+            self.repo.value,
+            src(self.repo.source)
+        )?;
+        writeln!(
+            w,
+            "{:<12} {:<50} {}",
+            "s3Endpoint",
+            self.s3_endpoint.value.as_deref().unwrap_or("(AWS)"),
+            src(self.s3_endpoint.source)
+        )?;
         Ok(())
     }
 }
 
 /// Run `fut`; Ctrl-C / SIGTERM stops it (dropping it cancels in-flight work) with exit 130.
-async fn interruptible<F: std::future::Future<Output = Result<Exit, Error>>>(fut: F) -> Result<Exit, Error> {
+async fn interruptible<F: std::future::Future<Output = Result<Exit, Error>>>(
+    fut: F,
+) -> Result<Exit, Error> {
     let term = async {
         #[cfg(unix)]
         {
-            let mut t = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+            let mut t = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("signal handler");
             t.recv().await;
         }
         #[cfg(not(unix))]
@@ -157,7 +232,11 @@ async fn interruptible<F: std::future::Future<Output = Result<Exit, Error>>>(fut
     }
 }
 
-async fn backup_command(c: BackupCommand, g: &cli::GlobalArgs, settings: &Settings) -> Result<Exit, Error> {
+async fn backup_command(
+    c: BackupCommand,
+    g: &cli::GlobalArgs,
+    settings: &Settings,
+) -> Result<Exit, Error> {
     let out = settings.output.value;
     let ropts = settings.repo_options(g);
     match c {
@@ -170,14 +249,25 @@ async fn backup_command(c: BackupCommand, g: &cli::GlobalArgs, settings: &Settin
             let repository = async {
                 match repo::access::open(&ropts).await {
                     Err(Error::Repo(repo::RepoError::NotInitialized { .. })) if is_default => {
-                        cluster.client.apiserver_version().await.map_err(|source| crate::error::cluster_error(&cluster.server, source))?;
-                        Ok((repo::access::init(&ropts, repo::crypto::KdfParams::DEFAULT).await?, true))
+                        cluster.client.apiserver_version().await.map_err(|source| {
+                            crate::error::cluster_error(&cluster.server, source)
+                        })?;
+                        Ok((
+                            repo::access::init(&ropts, repo::crypto::KdfParams::DEFAULT).await?,
+                            true,
+                        ))
                     }
                     other => other.map(|r| (r, false)),
                 }
             };
             let bar = std::sync::Arc::new(output::progress::BackupBar::new(g.quiet));
-            let result = backup::create(repository, &cluster, &args.options(settings.context.value.clone()), bar.clone()).await;
+            let result = backup::create(
+                repository,
+                &cluster,
+                &args.options(settings.context.value.clone()),
+                bar.clone(),
+            )
+            .await;
             bar.finish();
             let summary = result?;
             if summary.repository_created && !g.quiet {
@@ -185,7 +275,11 @@ async fn backup_command(c: BackupCommand, g: &cli::GlobalArgs, settings: &Settin
             }
             output::emit(out, &summary)?;
             // A backup that could not read some types is kept (it holds the rest), but says so.
-            Ok(if summary.warnings.is_empty() { Exit::Success } else { Exit::Findings })
+            Ok(if summary.warnings.is_empty() {
+                Exit::Success
+            } else {
+                Exit::Findings
+            })
         }
         BackupCommand::List(args) => {
             let repo = repo::access::open(&ropts).await?;
@@ -201,7 +295,11 @@ async fn backup_command(c: BackupCommand, g: &cli::GlobalArgs, settings: &Settin
             let repo = repo::access::open(&ropts).await?;
             let report = backup::manage::verify(&repo, &id, read_data).await?;
             output::emit(out, &report)?;
-            Ok(if report.ok { Exit::Success } else { Exit::Findings })
+            Ok(if report.ok {
+                Exit::Success
+            } else {
+                Exit::Findings
+            })
         }
         BackupCommand::Delete { ids } => {
             let repo = repo::access::open(&ropts).await?;
@@ -211,7 +309,13 @@ async fn backup_command(c: BackupCommand, g: &cli::GlobalArgs, settings: &Settin
         BackupCommand::Prune(a) => {
             let repo = repo::access::open(&ropts).await?;
             let n = |v: Option<u32>| v.map(|v| v as usize);
-            let r = backup::manage::Retention { last: n(a.keep_last), hourly: n(a.keep_hourly), daily: n(a.keep_daily), weekly: n(a.keep_weekly), monthly: n(a.keep_monthly) };
+            let r = backup::manage::Retention {
+                last: n(a.keep_last),
+                hourly: n(a.keep_hourly),
+                daily: n(a.keep_daily),
+                weekly: n(a.keep_weekly),
+                monthly: n(a.keep_monthly),
+            };
             output::emit(out, &backup::manage::prune(repo, &r, a.dry_run).await?)?;
             Ok(Exit::Success)
         }
@@ -219,21 +323,40 @@ async fn backup_command(c: BackupCommand, g: &cli::GlobalArgs, settings: &Settin
             let repo = repo::access::open(&ropts).await?;
             let report = backup::manage::export(&repo, &id, &file).await?;
             output::emit(out, &report)?;
-            Ok(if report.damaged.is_empty() { Exit::Success } else { Exit::Findings })
+            Ok(if report.damaged.is_empty() {
+                Exit::Success
+            } else {
+                Exit::Findings
+            })
         }
     }
 }
 
-async fn restore_command(a: cli::backup::RestoreArgs, g: &cli::GlobalArgs, settings: &Settings) -> Result<Exit, Error> {
+async fn restore_command(
+    a: cli::backup::RestoreArgs,
+    g: &cli::GlobalArgs,
+    settings: &Settings,
+) -> Result<Exit, Error> {
     let cluster = cluster::connect(&settings.cluster_options()).await?;
-    cluster.client.apiserver_version().await.map_err(|source| crate::error::cluster_error(&cluster.server, source))?;
+    cluster
+        .client
+        .apiserver_version()
+        .await
+        .map_err(|source| crate::error::cluster_error(&cluster.server, source))?;
     let source = match (&a.from_archive, &a.backup) {
-        (Some(f), _) => restore::Source::Archive { name: f.display().to_string(), objects: restore::archive::read(f)? },
+        (Some(f), _) => restore::Source::Archive {
+            name: f.display().to_string(),
+            objects: restore::archive::read(f)?,
+        },
         (None, Some(spec)) => {
             let repo = repo::access::open(&settings.repo_options(g)).await?;
             restore::repository_source(repo, spec).await?
         }
-        (None, None) => return Err(Error::Usage("give a backup id, `latest`, or --from-archive FILE".into())),
+        (None, None) => {
+            return Err(Error::Usage(
+                "give a backup id, `latest`, or --from-archive FILE".into(),
+            ));
+        }
     };
     let opts = restore::RestoreOptions {
         namespaces: a.select.namespaces.clone(),
@@ -250,10 +373,18 @@ async fn restore_command(a: cli::backup::RestoreArgs, g: &cli::GlobalArgs, setti
     };
     let report = restore::restore(&cluster.client, source, &opts).await?;
     output::emit(settings.output.value, &report)?;
-    Ok(if report.failed > 0 { Exit::Findings } else { Exit::Success })
+    Ok(if report.failed > 0 {
+        Exit::Findings
+    } else {
+        Exit::Success
+    })
 }
 
-async fn drill_command(c: cli::drill::DrillCommand, g: &cli::GlobalArgs, settings: &Settings) -> Result<Exit, Error> {
+async fn drill_command(
+    c: cli::drill::DrillCommand,
+    g: &cli::GlobalArgs,
+    settings: &Settings,
+) -> Result<Exit, Error> {
     use cli::drill::DrillCommand;
     let out = settings.output.value;
     match c {
@@ -265,7 +396,11 @@ async fn drill_command(c: cli::drill::DrillCommand, g: &cli::GlobalArgs, setting
                 secret: a.secret,
                 repo: settings.repo.value.clone(),
                 s3_endpoint: settings.s3_endpoint.value.clone(),
-                drill_args: a.namespaces.iter().flat_map(|n| ["-n".to_string(), n.clone()]).collect(),
+                drill_args: a
+                    .namespaces
+                    .iter()
+                    .flat_map(|n| ["-n".to_string(), n.clone()])
+                    .collect(),
                 pushgateway: a.pushgateway,
                 timeout_seconds: a.timeout.as_secs(),
             };
@@ -281,7 +416,11 @@ async fn drill_command(c: cli::drill::DrillCommand, g: &cli::GlobalArgs, setting
         DrillCommand::Run(a) => {
             let spec = a.spec.as_deref().map(drill::spec::load).transpose()?;
             let cluster = cluster::connect(&settings.cluster_options()).await?;
-            cluster.client.apiserver_version().await.map_err(|source| crate::error::cluster_error(&cluster.server, source))?;
+            cluster
+                .client
+                .apiserver_version()
+                .await
+                .map_err(|source| crate::error::cluster_error(&cluster.server, source))?;
             let repo = repo::access::open(&settings.repo_options(g)).await?;
             let opts = drill::DrillOptions {
                 backup: a.backup,
@@ -295,7 +434,9 @@ async fn drill_command(c: cli::drill::DrillCommand, g: &cli::GlobalArgs, setting
             let cancel = async {
                 #[cfg(unix)]
                 {
-                    let mut t = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+                    let mut t =
+                        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                            .expect("signal handler");
                     tokio::select! { _ = tokio::signal::ctrl_c() => {}, _ = t.recv() => {} }
                 }
                 #[cfg(not(unix))]
@@ -305,7 +446,10 @@ async fn drill_command(c: cli::drill::DrillCommand, g: &cli::GlobalArgs, setting
             output::progress::clear_spinner();
             let report = result?;
             if let Some(p) = &a.report {
-                let json = serde_json::to_string_pretty(&report).map_err(|e| Error::Encode { format: "json", source: Box::new(e) })?;
+                let json = serde_json::to_string_pretty(&report).map_err(|e| Error::Encode {
+                    format: "json",
+                    source: Box::new(e),
+                })?;
                 drill::report::write_atomic(p, &json)?;
             }
             if let Some(p) = &a.junit {

@@ -10,7 +10,11 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(err) => {
             let _ = err.print();
-            return if err.use_stderr() { Exit::Usage.into() } else { Exit::Success.into() };
+            return if err.use_stderr() {
+                Exit::Usage.into()
+            } else {
+                Exit::Success.into()
+            };
         }
     };
     let settings = match lifeboat::config::Settings::resolve(&cli.global) {
@@ -21,7 +25,10 @@ fn main() -> ExitCode {
         }
     };
     lifeboat::logging::init(&cli.global, settings.log_format.value);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("error: cannot start the async runtime: {err}");
@@ -31,7 +38,11 @@ fn main() -> ExitCode {
     match runtime.block_on(lifeboat::run(cli, settings)) {
         Ok(code) => code.into(),
         // Output piped into a command that stopped reading (`| head`): not an error.
-        Err(lifeboat::error::Error::Output { source }) if source.kind() == std::io::ErrorKind::BrokenPipe => Exit::Success.into(),
+        Err(lifeboat::error::Error::Output { source })
+            if source.kind() == std::io::ErrorKind::BrokenPipe =>
+        {
+            Exit::Success.into()
+        }
         Err(err) => {
             eprintln!("error: {}", display_chain(&err));
             err.exit_code().into()

@@ -35,8 +35,15 @@ fn split_top(s: &str) -> Vec<&str> {
 
 fn set(s: &str) -> Result<Vec<String>, String> {
     let s = s.trim();
-    let inner = s.strip_prefix('(').and_then(|s| s.strip_suffix(')')).ok_or_else(|| format!("expected (values) in {s:?}"))?;
-    Ok(inner.split(',').map(|v| v.trim().to_string()).filter(|v| !v.is_empty()).collect())
+    let inner = s
+        .strip_prefix('(')
+        .and_then(|s| s.strip_suffix(')'))
+        .ok_or_else(|| format!("expected (values) in {s:?}"))?;
+    Ok(inner
+        .split(',')
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+        .collect())
 }
 
 impl Selector {
@@ -59,7 +66,10 @@ impl Selector {
                 Req::In(k.trim().into(), set(v)?)
             } else if let Some(k) = t.strip_prefix('!') {
                 Req::NotExists(k.trim().into())
-            } else if t.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c)) {
+            } else if t
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
+            {
                 Req::Exists(t.into())
             } else {
                 return Err(format!("invalid label selector term {t:?}"));
@@ -84,7 +94,11 @@ impl Selector {
     pub fn matches_object(&self, obj: &serde_json::Value) -> bool {
         let labels: BTreeMap<String, String> = obj["metadata"]["labels"]
             .as_object()
-            .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                    .collect()
+            })
             .unwrap_or_default();
         self.matches(&labels)
     }
@@ -96,7 +110,10 @@ mod tests {
 
     #[test]
     fn selector_terms() {
-        let l: BTreeMap<String, String> = [("app", "web"), ("tier", "fe")].iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+        let l: BTreeMap<String, String> = [("app", "web"), ("tier", "fe")]
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
         for (s, want) in [
             ("app=web", true),
             ("app==web", true),

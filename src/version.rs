@@ -53,7 +53,12 @@ pub async fn version(opts: &ClusterOptions) -> VersionReport {
     let cluster = match cluster::connect(&opts).await {
         Ok(c) => c,
         Err(e) => {
-            return VersionReport { client_version, server: None, server_version: None, server_error: Some(display_chain(&e)) };
+            return VersionReport {
+                client_version,
+                server: None,
+                server_version: None,
+                server_error: Some(display_chain(&e)),
+            };
         }
     };
     match cluster.client.apiserver_version().await {
@@ -72,14 +77,23 @@ pub async fn version(opts: &ClusterOptions) -> VersionReport {
         },
         Err(source) => {
             let e = crate::error::cluster_error(&cluster.server, source);
-            VersionReport { client_version, server: Some(cluster.server), server_version: None, server_error: Some(display_chain(&e)) }
+            VersionReport {
+                client_version,
+                server: Some(cluster.server),
+                server_version: None,
+                server_error: Some(display_chain(&e)),
+            }
         }
     }
 }
 
 impl Render for VersionReport {
     fn table(&self, w: &mut dyn Write) -> std::io::Result<()> {
-        writeln!(w, "Client Version: {} ({})", self.client_version.version, self.client_version.platform)?;
+        writeln!(
+            w,
+            "Client Version: {} ({})",
+            self.client_version.version, self.client_version.platform
+        )?;
         if let Some(s) = &self.server_version {
             writeln!(w, "Server Version: {}", s.git_version)?;
         }

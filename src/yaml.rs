@@ -14,10 +14,16 @@ pub fn message(e: &serde_norway::Error) -> String {
 }
 
 pub fn location(e: &serde_norway::Error) -> String {
-    e.location().map(|l| format!("{}:{}", l.line(), l.column())).unwrap_or_else(|| "1:1".into())
+    e.location()
+        .map(|l| format!("{}:{}", l.line(), l.column()))
+        .unwrap_or_else(|| "1:1".into())
 }
 
 /// Parse `text` (the content of `path`) or fail with `path:line:col: message`.
 pub fn parse<T: DeserializeOwned>(path: &Path, text: &str) -> Result<T, Error> {
-    serde_norway::from_str(text).map_err(|e| Error::DataFile { path: path.to_owned(), location: location(&e), message: message(&e) })
+    serde_norway::from_str(text).map_err(|e| Error::DataFile {
+        path: path.to_owned(),
+        location: location(&e),
+        message: message(&e),
+    })
 }

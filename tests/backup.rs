@@ -10,7 +10,9 @@ use common::{Lifeboat, TestNs, env, eventually, unique};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, PostParams};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, PostParams,
+};
 use serde_json::{Value, json};
 
 const SECRET_VALUE: &str = "s3cr3t-P4ssw0rd-that-must-never-leak";
@@ -27,13 +29,26 @@ impl Repo {
     fn local() -> Repo {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("repo");
-        Repo { url: format!("file://{}", dir.display()), dir: Some(dir), _tmp: tmp }
+        Repo {
+            url: format!("file://{}", dir.display()),
+            dir: Some(dir),
+            _tmp: tmp,
+        }
     }
 
     async fn s3() -> Repo {
         let bucket = unique("lbt-backup");
-        common::s3_client_with(None).create_bucket().bucket(&bucket).send().await.unwrap();
-        Repo { url: format!("s3://{bucket}/cluster-a"), dir: None, _tmp: tempfile::tempdir().unwrap() }
+        common::s3_client_with(None)
+            .create_bucket()
+            .bucket(&bucket)
+            .send()
+            .await
+            .unwrap();
+        Repo {
+            url: format!("s3://{bucket}/cluster-a"),
+            dir: None,
+            _tmp: tempfile::tempdir().unwrap(),
+        }
     }
 
     fn lb(&self) -> Lifeboat {
@@ -55,14 +70,21 @@ fn obj<T: serde::de::DeserializeOwned>(v: Value) -> T {
 async fn create_dyn(client: &kube::Client, ns: Option<&str>, v: Value) {
     let api_version = v["apiVersion"].as_str().unwrap().to_string();
     let kind = v["kind"].as_str().unwrap().to_string();
-    let (group, version) = api_version.rsplit_once('/').map(|(g, v)| (g.to_string(), v.to_string())).unwrap_or((String::new(), api_version.clone()));
+    let (group, version) = api_version
+        .rsplit_once('/')
+        .map(|(g, v)| (g.to_string(), v.to_string()))
+        .unwrap_or((String::new(), api_version.clone()));
     let gvk = GroupVersionKind::gvk(&group, &version, &kind);
-    let (ar, _) = kube::discovery::pinned_kind(client, &gvk).await.unwrap_or_else(|e| panic!("{gvk:?}: {e}"));
+    let (ar, _) = kube::discovery::pinned_kind(client, &gvk)
+        .await
+        .unwrap_or_else(|e| panic!("{gvk:?}: {e}"));
     let api: Api<DynamicObject> = match ns {
         Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
         None => Api::all_with(client.clone(), &ar),
     };
-    api.create(&PostParams::default(), &obj(v)).await.unwrap_or_else(|e| panic!("create {kind}: {e}"));
+    api.create(&PostParams::default(), &obj(v))
+        .await
+        .unwrap_or_else(|e| panic!("create {kind}: {e}"));
 }
 
 /// Every kind of the round-trip list, in namespace `ns`. Returns the CRD name.
@@ -83,7 +105,11 @@ async fn populate(ns: &TestNs) -> String {
     crds.create(&PostParams::default(), &crd).await.unwrap();
     eventually("CRD established", Duration::from_secs(30), || async {
         let c = crds.get(&crd_name).await.ok()?;
-        c.status?.conditions?.iter().any(|c| c.type_ == "Established" && c.status == "True").then_some(())
+        c.status?
+            .conditions?
+            .iter()
+            .any(|c| c.type_ == "Established" && c.status == "True")
+            .then_some(())
     })
     .await;
 
@@ -129,7 +155,11 @@ async fn populate(ns: &TestNs) -> String {
     let deps: Api<Deployment> = Api::namespaced(c.clone(), &ns.name);
     eventually("Deployment Available", Duration::from_secs(90), || async {
         let d = deps.get("web").await.ok()?;
-        d.status?.conditions?.iter().any(|c| c.type_ == "Available" && c.status == "True").then_some(())
+        d.status?
+            .conditions?
+            .iter()
+            .any(|c| c.type_ == "Available" && c.status == "True")
+            .then_some(())
     })
     .await;
     let sts: Api<k8s_openapi::api::apps::v1::StatefulSet> = Api::namespaced(c.clone(), &ns.name);
@@ -137,7 +167,8 @@ async fn populate(ns: &TestNs) -> String {
         (sts.get("db").await.ok()?.status?.ready_replicas == Some(1)).then_some(())
     })
     .await;
-    let pdbs: Api<k8s_openapi::api::policy::v1::PodDisruptionBudget> = Api::namespaced(c.clone(), &ns.name);
+    let pdbs: Api<k8s_openapi::api::policy::v1::PodDisruptionBudget> =
+        Api::namespaced(c.clone(), &ns.name);
     eventually("PDB status", Duration::from_secs(90), || async {
         (pdbs.get("web").await.ok()?.status?.current_healthy == 2).then_some(())
     })
@@ -147,21 +178,45 @@ async fn populate(ns: &TestNs) -> String {
 }
 
 /// The objects of a namespace that a backup covers, by "kind/name" (kinds with group).
-async fn snapshot_of(client: &kube::Client, ns: &str, crd_group: &str) -> BTreeMap<String, (String, String, Value)> {
+async fn snapshot_of(
+    client: &kube::Client,
+    ns: &str,
+    crd_group: &str,
+) -> BTreeMap<String, (String, String, Value)> {
     let mut out = BTreeMap::new();
     let kinds: Vec<(&str, &str, &str, &str)> = vec![
         ("", "v1", "ConfigMap", "configmaps"),
         ("", "v1", "Secret", "secrets"),
         ("", "v1", "ServiceAccount", "serviceaccounts"),
         ("rbac.authorization.k8s.io", "v1", "Role", "roles"),
-        ("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings"),
+        (
+            "rbac.authorization.k8s.io",
+            "v1",
+            "RoleBinding",
+            "rolebindings",
+        ),
         ("", "v1", "Service", "services"),
         ("apps", "v1", "Deployment", "deployments"),
         ("apps", "v1", "StatefulSet", "statefulsets"),
-        ("networking.k8s.io", "v1", "NetworkPolicy", "networkpolicies"),
+        (
+            "networking.k8s.io",
+            "v1",
+            "NetworkPolicy",
+            "networkpolicies",
+        ),
         ("networking.k8s.io", "v1", "Ingress", "ingresses"),
-        ("autoscaling", "v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers"),
-        ("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets"),
+        (
+            "autoscaling",
+            "v2",
+            "HorizontalPodAutoscaler",
+            "horizontalpodautoscalers",
+        ),
+        (
+            "policy",
+            "v1",
+            "PodDisruptionBudget",
+            "poddisruptionbudgets",
+        ),
         ("", "v1", "PersistentVolumeClaim", "persistentvolumeclaims"),
         (crd_group, "v1", "Gadget", "gadgets"),
     ];
@@ -174,16 +229,27 @@ async fn snapshot_of(client: &kube::Client, ns: &str, crd_group: &str) -> BTreeM
                 continue;
             }
             let mut v = serde_json::to_value(&o).unwrap();
-            v["apiVersion"] = json!(if g.is_empty() { ver.to_string() } else { format!("{g}/{ver}") });
+            v["apiVersion"] = json!(if g.is_empty() {
+                ver.to_string()
+            } else {
+                format!("{g}/{ver}")
+            });
             v["kind"] = json!(k);
-            out.insert(format!("{k}/{name}"), (g.to_string(), plural.to_string(), v));
+            out.insert(
+                format!("{k}/{name}"),
+                (g.to_string(), plural.to_string(), v),
+            );
         }
     }
     out
 }
 
 fn normalised(group: &str, resource: &str, v: &Value, map: &BTreeMap<String, String>) -> Value {
-    let rw = lifeboat::restore::rules::RewriteOptions { namespace_map: map.clone(), preserve_nodeports: false, restore_id: "x".into() };
+    let rw = lifeboat::restore::rules::RewriteOptions {
+        namespace_map: map.clone(),
+        preserve_nodeports: false,
+        restore_id: "x".into(),
+    };
     let mapped = lifeboat::restore::rules::rewrite(group, resource, v.clone(), &rw);
     let mut n = lifeboat::restore::rules::normalise(group, resource, &mapped);
     if let Some(m) = n["metadata"].as_object_mut() {
@@ -199,7 +265,11 @@ fn grep_repo(dir: &Path, needle: &[u8]) -> Vec<String> {
         for e in std::fs::read_dir(&d).unwrap().flatten() {
             if e.file_type().unwrap().is_dir() {
                 stack.push(e.path());
-            } else if std::fs::read(e.path()).unwrap().windows(needle.len()).any(|w| w == needle) {
+            } else if std::fs::read(e.path())
+                .unwrap()
+                .windows(needle.len())
+                .any(|w| w == needle)
+            {
                 hits.push(e.path().display().to_string());
             }
         }
@@ -214,29 +284,72 @@ async fn round_trip(repo: Repo) {
     let lb = repo.lb();
     lb.run(&["repo", "init"]).success();
 
-    let r = lb.run(&["backup", "create", "-n", &src.name, "--tag", "purpose=test", "-o", "json"]);
+    let r = lb.run(&[
+        "backup",
+        "create",
+        "-n",
+        &src.name,
+        "--tag",
+        "purpose=test",
+        "-o",
+        "json",
+    ]);
     r.success();
     let first = r.json();
     assert!(first["objects"].as_u64().unwrap() >= 17, "{}", r.describe());
     assert_eq!(first["resources"]["apps/deployments"], 1);
-    assert_eq!(first["resources"][format!("{group}/gadgets")], 1, "custom resources are backed up: {first}");
-    assert_eq!(first["resources"]["apiextensions.k8s.io/customresourcedefinitions"], 1, "auto: the CRD of its custom resources: {first}");
+    assert_eq!(
+        first["resources"][format!("{group}/gadgets")],
+        1,
+        "custom resources are backed up: {first}"
+    );
+    assert_eq!(
+        first["resources"]["apiextensions.k8s.io/customresourcedefinitions"], 1,
+        "auto: the CRD of its custom resources: {first}"
+    );
     assert_eq!(first["resources"]["namespaces"], 1);
-    assert!(first["resources"].get("pods").is_none(), "controller-owned pods are skipped: {first}");
-    assert!(first["resources"].get("apps/replicasets").is_none(), "{first}");
-    for k in ["id", "bytesAdded", "bytesTotal", "durationSeconds", "warnings"] {
+    assert!(
+        first["resources"].get("pods").is_none(),
+        "controller-owned pods are skipped: {first}"
+    );
+    assert!(
+        first["resources"].get("apps/replicasets").is_none(),
+        "{first}"
+    );
+    for k in [
+        "id",
+        "bytesAdded",
+        "bytesTotal",
+        "durationSeconds",
+        "warnings",
+    ] {
         assert!(first.get(k).is_some(), "summary lacks {k}");
     }
 
     // A second backup of the unchanged namespace adds < 5% of the first's bytes.
-    let second = lb.run(&["backup", "create", "-n", &src.name, "-o", "json"]).success().json();
-    let (a, b) = (first["bytesAdded"].as_u64().unwrap(), second["bytesAdded"].as_u64().unwrap());
-    assert!(b * 20 < a, "second backup added {b} bytes, first {a}\n{first:#}\n{second:#}");
+    let second = lb
+        .run(&["backup", "create", "-n", &src.name, "-o", "json"])
+        .success()
+        .json();
+    let (a, b) = (
+        first["bytesAdded"].as_u64().unwrap(),
+        second["bytesAdded"].as_u64().unwrap(),
+    );
+    assert!(
+        b * 20 < a,
+        "second backup added {b} bytes, first {a}\n{first:#}\n{second:#}"
+    );
 
     // No plaintext secret anywhere in the repository files.
     if let Some(dir) = &repo.dir {
-        assert!(grep_repo(dir, SECRET_VALUE.as_bytes()).is_empty(), "plaintext secret in the repository");
-        assert!(grep_repo(dir, b"settings").is_empty(), "plaintext object names in the repository");
+        assert!(
+            grep_repo(dir, SECRET_VALUE.as_bytes()).is_empty(),
+            "plaintext secret in the repository"
+        );
+        assert!(
+            grep_repo(dir, b"settings").is_empty(),
+            "plaintext object names in the repository"
+        );
     }
 
     // Restore into another namespace.
@@ -249,42 +362,106 @@ async fn round_trip(repo: Repo) {
     assert_eq!(report["failed"], 0, "{}", r.describe());
     let restore_id = report["id"].as_str().unwrap().to_string();
     let after = snapshot_of(&src.client, &dst, &group).await;
-    assert_eq!(before.keys().collect::<Vec<_>>(), after.keys().collect::<Vec<_>>(), "every object is restored");
+    assert_eq!(
+        before.keys().collect::<Vec<_>>(),
+        after.keys().collect::<Vec<_>>(),
+        "every object is restored"
+    );
     let nsmap: BTreeMap<String, String> = [(src.name.clone(), dst.clone())].into();
     for (k, (g, res, orig)) in &before {
         let restored = &after[k].2;
-        assert_eq!(restored["metadata"]["labels"]["lifeboat.io/restore"], restore_id.as_str(), "{k} carries the restore label");
-        assert_eq!(normalised(g, res, orig, &nsmap), normalised(g, res, restored, &BTreeMap::new()), "{k} differs after normalisation");
+        assert_eq!(
+            restored["metadata"]["labels"]["lifeboat.io/restore"],
+            restore_id.as_str(),
+            "{k} carries the restore label"
+        );
+        assert_eq!(
+            normalised(g, res, orig, &nsmap),
+            normalised(g, res, restored, &BTreeMap::new()),
+            "{k} differs after normalisation"
+        );
     }
     let rb = &after["RoleBinding/web-reader"].2;
-    assert_eq!(rb["subjects"][0]["namespace"], dst.as_str(), "binding subjects follow the namespace map");
+    assert_eq!(
+        rb["subjects"][0]["namespace"],
+        dst.as_str(),
+        "binding subjects follow the namespace map"
+    );
     let np = &after["Service/web-np"].2;
-    assert_ne!(np["spec"]["clusterIP"], before["Service/web-np"].2["spec"]["clusterIP"], "a new cluster IP");
+    assert_ne!(
+        np["spec"]["clusterIP"], before["Service/web-np"].2["spec"]["clusterIP"],
+        "a new cluster IP"
+    );
     assert_eq!(after["Service/db-headless"].2["spec"]["clusterIP"], "None");
     let deps: Api<Deployment> = Api::namespaced(src.client.clone(), &dst);
-    eventually("restored Deployment Available", Duration::from_secs(90), || async {
-        let d = deps.get("web").await.ok()?;
-        d.status?.conditions?.iter().any(|c| c.type_ == "Available" && c.status == "True").then_some(())
-    })
+    eventually(
+        "restored Deployment Available",
+        Duration::from_secs(90),
+        || async {
+            let d = deps.get("web").await.ok()?;
+            d.status?
+                .conditions?
+                .iter()
+                .any(|c| c.type_ == "Available" && c.status == "True")
+                .then_some(())
+        },
+    )
     .await;
 
     // Restoring again: everything exists → skipped (default), or failed with --existing fail.
     let again = lb.run(&["restore", "latest", "--namespace-map", &map, "-o", "json"]);
     again.success();
     assert_eq!(again.json()["created"], 0);
-    let fail = lb.run(&["restore", "latest", "--namespace-map", &map, "--existing", "fail", "-o", "json"]);
+    let fail = lb.run(&[
+        "restore",
+        "latest",
+        "--namespace-map",
+        &map,
+        "--existing",
+        "fail",
+        "-o",
+        "json",
+    ]);
     fail.code_is(2);
     assert!(fail.json()["failed"].as_u64().unwrap() > 0);
     // --existing update applies the backup over a changed object.
     let cms: Api<ConfigMap> = Api::namespaced(src.client.clone(), &dst);
-    cms.patch("settings", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(json!({"data": {"mode": "changed"}}))).await.unwrap();
-    let upd = lb.run(&["restore", "latest", "--namespace-map", &map, "--existing", "update", "--include-resources", "configmaps", "-o", "json"]);
+    cms.patch(
+        "settings",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(json!({"data": {"mode": "changed"}})),
+    )
+    .await
+    .unwrap();
+    let upd = lb.run(&[
+        "restore",
+        "latest",
+        "--namespace-map",
+        &map,
+        "--existing",
+        "update",
+        "--include-resources",
+        "configmaps",
+        "-o",
+        "json",
+    ]);
     upd.success();
-    assert!(upd.json()["updated"].as_u64().unwrap() >= 1, "{}", upd.describe());
-    assert_eq!(cms.get("settings").await.unwrap().data.unwrap()["mode"], "prod");
+    assert!(
+        upd.json()["updated"].as_u64().unwrap() >= 1,
+        "{}",
+        upd.describe()
+    );
+    assert_eq!(
+        cms.get("settings").await.unwrap().data.unwrap()["mode"],
+        "prod"
+    );
 
-    let _ = Api::<Namespace>::all(src.client.clone()).delete(&dst, &DeleteParams::default()).await;
-    let _ = Api::<CustomResourceDefinition>::all(src.client.clone()).delete(&crd_name, &DeleteParams::default()).await;
+    let _ = Api::<Namespace>::all(src.client.clone())
+        .delete(&dst, &DeleteParams::default())
+        .await;
+    let _ = Api::<CustomResourceDefinition>::all(src.client.clone())
+        .delete(&crd_name, &DeleteParams::default())
+        .await;
     src.cleanup().await;
 }
 
@@ -300,16 +477,31 @@ async fn round_trip_s3() {
 
 fn first_pack(dir: &Path) -> std::path::PathBuf {
     let data = dir.join("data");
-    let sub = std::fs::read_dir(&data).unwrap().flatten().next().unwrap().path();
-    std::fs::read_dir(sub).unwrap().flatten().next().unwrap().path()
+    let sub = std::fs::read_dir(&data)
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .path();
+    std::fs::read_dir(sub)
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .path()
 }
 
 #[tokio::test]
 async fn verify_read_data_names_damaged_objects_and_bad_input_is_one_clear_error() {
     let ns = TestNs::new("verify").await;
     for i in 0..5 {
-        let cm: ConfigMap = obj(json!({"metadata": {"name": format!("cm-{i}")}, "data": {"v": format!("value-{i}")}}));
-        ns.api::<ConfigMap>().create(&PostParams::default(), &cm).await.unwrap();
+        let cm: ConfigMap = obj(
+            json!({"metadata": {"name": format!("cm-{i}")}, "data": {"v": format!("value-{i}")}}),
+        );
+        ns.api::<ConfigMap>()
+            .create(&PostParams::default(), &cm)
+            .await
+            .unwrap();
     }
     let repo = Repo::local();
     let lb = repo.lb();
@@ -335,15 +527,33 @@ async fn verify_read_data_names_damaged_objects_and_bad_input_is_one_clear_error
     let damaged = report["damaged"].as_array().unwrap();
     assert_eq!(damaged.len(), 1, "{report:#}");
     let what = damaged[0]["object"].as_str().unwrap();
-    assert!(what.contains('/'), "names kind/namespace/name or the tree: {what}");
+    assert!(
+        what.contains('/'),
+        "names kind/namespace/name or the tree: {what}"
+    );
     // Restore refuses the damaged object with a reason, and the rest still restores.
     let dst = unique("lbt-vdst");
-    let r = lb.run(&["restore", "latest", "--namespace-map", &format!("{}={dst}", ns.name), "-o", "json"]);
+    let r = lb.run(&[
+        "restore",
+        "latest",
+        "--namespace-map",
+        &format!("{}={dst}", ns.name),
+        "-o",
+        "json",
+    ]);
     if r.code() == 2 {
         let rj = r.json();
-        let failed: Vec<&Value> = rj["items"].as_array().unwrap().iter().filter(|i| i["outcome"] == "failed").collect();
+        let failed: Vec<&Value> = rj["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["outcome"] == "failed")
+            .collect();
         assert_eq!(failed.len(), 1);
-        assert!(failed[0]["message"].as_str().unwrap().contains("corrupt"), "{failed:?}");
+        assert!(
+            failed[0]["message"].as_str().unwrap().contains("corrupt"),
+            "{failed:?}"
+        );
     } else {
         // The flipped byte hit the tree blob: restore cannot even list the objects.
         r.code_is(1);
@@ -358,7 +568,14 @@ async fn verify_read_data_names_damaged_objects_and_bad_input_is_one_clear_error
     std::fs::write(&pack, &bytes).unwrap();
     let v = lb.run(&["backup", "verify", "latest", "--read-data", "-o", "json"]);
     v.code_is(2);
-    assert!(v.json()["damaged"][0]["message"].as_str().unwrap().contains("pack"), "{}", v.describe());
+    assert!(
+        v.json()["damaged"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("pack"),
+        "{}",
+        v.describe()
+    );
     bytes[last] ^= 1;
     std::fs::write(&pack, &bytes).unwrap();
 
@@ -370,7 +587,12 @@ async fn verify_read_data_names_damaged_objects_and_bad_input_is_one_clear_error
     };
     let before = listing(&dir);
     let wrong = repo.lb().env("LIFEBOAT_PASSWORD", "nope");
-    for args in [&["backup", "list"][..], &["backup", "create", "-n", &ns.name], &["restore", "latest"], &["backup", "prune"]] {
+    for args in [
+        &["backup", "list"][..],
+        &["backup", "create", "-n", &ns.name],
+        &["restore", "latest"],
+        &["backup", "prune"],
+    ] {
         let r = wrong.run(args);
         r.code_is(1);
         assert_eq!(r.stderr().lines().count(), 1, "{}", r.describe());
@@ -382,18 +604,48 @@ async fn verify_read_data_names_damaged_objects_and_bad_input_is_one_clear_error
     // Missing backup id, unknown scheme, missing repository, unreachable S3: one line each.
     let r = lb.run(&["backup", "describe", "deadbeef"]);
     r.code_is(1);
-    assert!(r.stderr().contains("deadbeef") && r.stderr().lines().count() == 1, "{}", r.describe());
-    let r = repo.lb().env("LIFEBOAT_REPO", "gs://bucket/x").run(&["backup", "list"]);
+    assert!(
+        r.stderr().contains("deadbeef") && r.stderr().lines().count() == 1,
+        "{}",
+        r.describe()
+    );
+    let r = repo
+        .lb()
+        .env("LIFEBOAT_REPO", "gs://bucket/x")
+        .run(&["backup", "list"]);
     r.code_is(1);
-    assert!(r.stderr().contains("unsupported repository URL scheme"), "{}", r.describe());
-    let r = repo.lb().env("LIFEBOAT_REPO", "file:///nonexistent/lifeboat-repo").run(&["backup", "list"]);
+    assert!(
+        r.stderr().contains("unsupported repository URL scheme"),
+        "{}",
+        r.describe()
+    );
+    let r = repo
+        .lb()
+        .env("LIFEBOAT_REPO", "file:///nonexistent/lifeboat-repo")
+        .run(&["backup", "list"]);
     r.code_is(1);
-    assert!(r.stderr().contains("lifeboat repo init"), "{}", r.describe());
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let r = repo.lb().env("LIFEBOAT_REPO", "s3://b/p").env("LIFEBOAT_S3_ENDPOINT", &format!("http://127.0.0.1:{port}")).run(&["backup", "list"]);
+    assert!(
+        r.stderr().contains("lifeboat repo init"),
+        "{}",
+        r.describe()
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let r = repo
+        .lb()
+        .env("LIFEBOAT_REPO", "s3://b/p")
+        .env("LIFEBOAT_S3_ENDPOINT", &format!("http://127.0.0.1:{port}"))
+        .run(&["backup", "list"]);
     r.code_is(1);
     assert_eq!(r.stderr().lines().count(), 1, "{}", r.describe());
-    assert!(r.stderr().contains(&port.to_string()) || r.stderr().contains("s3://b/p"), "{}", r.describe());
+    assert!(
+        r.stderr().contains(&port.to_string()) || r.stderr().contains("s3://b/p"),
+        "{}",
+        r.describe()
+    );
     ns.cleanup().await;
 }
 
@@ -403,7 +655,11 @@ fn walk(d: &Path) -> Vec<String> {
         if e.file_type().unwrap().is_dir() {
             out.extend(walk(&e.path()));
         } else {
-            out.push(format!("{} {}", e.path().display(), e.metadata().unwrap().len()));
+            out.push(format!(
+                "{} {}",
+                e.path().display(),
+                e.metadata().unwrap().len()
+            ));
         }
     }
     out
@@ -427,8 +683,23 @@ async fn killed_backup_is_never_listed_and_the_next_backup_and_prune_work() {
     let repo = Repo::local();
     let lb = repo.lb();
     lb.run(&["repo", "init"]).success();
-    lb.run(&["backup", "create", "-n", &ns.name, "--include-resources", "serviceaccounts"]).success();
-    let listed = |lb: &Lifeboat| lb.run(&["backup", "list", "-o", "json"]).success().json().as_array().unwrap().len();
+    lb.run(&[
+        "backup",
+        "create",
+        "-n",
+        &ns.name,
+        "--include-resources",
+        "serviceaccounts",
+    ])
+    .success();
+    let listed = |lb: &Lifeboat| {
+        lb.run(&["backup", "list", "-o", "json"])
+            .success()
+            .json()
+            .as_array()
+            .unwrap()
+            .len()
+    };
     assert_eq!(listed(&lb), 1);
 
     // Start a backup and kill -9 it once it holds its lock.
@@ -445,14 +716,19 @@ async fn killed_backup_is_never_listed_and_the_next_backup_and_prune_work() {
     let locks = repo.dir.clone().unwrap().join("locks");
     let start = std::time::Instant::now();
     while !locks.exists() || std::fs::read_dir(&locks).unwrap().count() == 0 {
-        assert!(start.elapsed() < Duration::from_secs(30), "backup never took its lock");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "backup never took its lock"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     std::thread::sleep(Duration::from_millis(150));
     child.kill().unwrap(); // SIGKILL
     let status = child.wait().unwrap();
     if status.success() {
-        eprintln!("note: the backup finished before it was killed; the kill part proved nothing this time");
+        eprintln!(
+            "note: the backup finished before it was killed; the kill part proved nothing this time"
+        );
     } else {
         assert_eq!(listed(&lb), 1, "an interrupted backup is never listed");
     }
@@ -471,19 +747,43 @@ async fn killed_backup_is_never_listed_and_the_next_backup_and_prune_work() {
     let pid = child.id().to_string();
     let start = std::time::Instant::now();
     // Wait for a lock other than the stale one of the killed run.
-    let stale: Vec<_> = std::fs::read_dir(&locks).unwrap().flatten().map(|e| e.file_name()).collect();
-    while std::fs::read_dir(&locks).unwrap().flatten().all(|e| stale.contains(&e.file_name())) {
-        assert!(start.elapsed() < Duration::from_secs(30), "backup never took its lock");
+    let stale: Vec<_> = std::fs::read_dir(&locks)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    while std::fs::read_dir(&locks)
+        .unwrap()
+        .flatten()
+        .all(|e| stale.contains(&e.file_name()))
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "backup never took its lock"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     std::thread::sleep(Duration::from_millis(100));
-    std::process::Command::new("kill").args(["-INT", &pid]).status().unwrap();
+    std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     if out.status.success() {
-        eprintln!("note: the backup finished before Ctrl-C; the interrupt part proved nothing this time");
+        eprintln!(
+            "note: the backup finished before Ctrl-C; the interrupt part proved nothing this time"
+        );
     } else {
-        assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
-        assert_eq!(String::from_utf8_lossy(&out.stderr).trim(), "error: interrupted");
+        assert_eq!(
+            out.status.code(),
+            Some(130),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr).trim(),
+            "error: interrupted"
+        );
         assert_eq!(listed(&lb), before, "an interrupted backup is never listed");
     }
     // The dead backup's lock is stale (its process is gone): backups and prune proceed.
@@ -493,7 +793,10 @@ async fn killed_backup_is_never_listed_and_the_next_backup_and_prune_work() {
     p.success();
     let v = lb.run(&["backup", "verify", "latest", "--read-data", "-o", "json"]);
     v.success();
-    assert_eq!(v.json()["objects"].as_u64().unwrap(), r.json()["objects"].as_u64().unwrap());
+    assert_eq!(
+        v.json()["objects"].as_u64().unwrap(),
+        r.json()["objects"].as_u64().unwrap()
+    );
     ns.cleanup().await;
 }
 
@@ -505,7 +808,9 @@ async fn retention_prune_export_and_archive_restore() {
     let lb = repo.lb();
     lb.run(&["repo", "init"]).success();
     for i in 0..3 {
-        let cm: ConfigMap = obj(json!({"metadata": {"name": format!("gen-{i}")}, "data": {"v": "x".repeat(5000 + i)}}));
+        let cm: ConfigMap = obj(
+            json!({"metadata": {"name": format!("gen-{i}")}, "data": {"v": "x".repeat(5000 + i)}}),
+        );
         cms.create(&PostParams::default(), &cm).await.unwrap();
         lb.run(&["backup", "create", "-n", &ns.name]).success();
     }
@@ -514,40 +819,107 @@ async fn retention_prune_export_and_archive_restore() {
     // A policy that would keep nothing is refused.
     let zero = lb.run(&["backup", "prune", "--keep-daily", "0"]);
     zero.code_is(64);
-    let dry = lb.run(&["backup", "prune", "--keep-last", "1", "--dry-run", "-o", "json"]).success().json();
+    let dry = lb
+        .run(&[
+            "backup",
+            "prune",
+            "--keep-last",
+            "1",
+            "--dry-run",
+            "-o",
+            "json",
+        ])
+        .success()
+        .json();
     assert_eq!(dry["removedBackups"].as_array().unwrap().len(), 2);
-    assert_eq!(lb.run(&["backup", "list", "-o", "json"]).success().json().as_array().unwrap().len(), 3, "dry run removes nothing");
-    let p = lb.run(&["backup", "prune", "--keep-last", "1", "-o", "json"]).success().json();
+    assert_eq!(
+        lb.run(&["backup", "list", "-o", "json"])
+            .success()
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        3,
+        "dry run removes nothing"
+    );
+    let p = lb
+        .run(&["backup", "prune", "--keep-last", "1", "-o", "json"])
+        .success()
+        .json();
     assert_eq!(p["keptBackups"], 1);
     let v = lb.run(&["backup", "verify", "latest", "--read-data", "-o", "json"]);
     v.success();
-    assert_eq!(v.json()["ok"], true, "prune kept every blob the remaining backup needs");
+    assert_eq!(
+        v.json()["ok"],
+        true,
+        "prune kept every blob the remaining backup needs"
+    );
 
     // Export as plain YAML files and restore from the archive.
     let file = lb.home.path().join("export.tar.gz");
-    lb.run(&["backup", "export", "latest", "-f", file.to_str().unwrap()]).success();
+    lb.run(&["backup", "export", "latest", "-f", file.to_str().unwrap()])
+        .success();
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600, "unencrypted Secrets: owner only");
-    let listing = std::process::Command::new("tar").args(["tzf", file.to_str().unwrap()]).output().unwrap();
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600,
+        "unencrypted Secrets: owner only"
+    );
+    let listing = std::process::Command::new("tar")
+        .args(["tzf", file.to_str().unwrap()])
+        .output()
+        .unwrap();
     let names = String::from_utf8_lossy(&listing.stdout).to_string();
-    assert!(names.contains(&format!("{}/configmaps.core/gen-2.yaml", ns.name)), "{names}");
-    assert!(names.contains(&format!("_cluster/namespaces.core/{}.yaml", ns.name)), "{names}");
+    assert!(
+        names.contains(&format!("{}/configmaps.core/gen-2.yaml", ns.name)),
+        "{names}"
+    );
+    assert!(
+        names.contains(&format!("_cluster/namespaces.core/{}.yaml", ns.name)),
+        "{names}"
+    );
     let dst = unique("lbt-arch");
-    let r = lb.run(&["restore", "--from-archive", file.to_str().unwrap(), "--namespace-map", &format!("{}={dst}", ns.name), "-o", "json"]);
+    let r = lb.run(&[
+        "restore",
+        "--from-archive",
+        file.to_str().unwrap(),
+        "--namespace-map",
+        &format!("{}={dst}", ns.name),
+        "-o",
+        "json",
+    ]);
     r.success();
     assert_eq!(r.json()["failed"], 0);
     let got: Api<ConfigMap> = Api::namespaced(ns.client.clone(), &dst);
-    assert_eq!(got.get("gen-2").await.unwrap().data.unwrap()["v"].len(), 5002);
+    assert_eq!(
+        got.get("gen-2").await.unwrap().data.unwrap()["v"].len(),
+        5002
+    );
 
     // Dry run persists nothing.
     let dst2 = unique("lbt-dry");
-    let r = lb.run(&["restore", "latest", "--dry-run", "--namespace-map", &format!("{}={dst2}", ns.name), "-o", "json"]);
+    let r = lb.run(&[
+        "restore",
+        "latest",
+        "--dry-run",
+        "--namespace-map",
+        &format!("{}={dst2}", ns.name),
+        "-o",
+        "json",
+    ]);
     r.success();
-    assert!(Api::<Namespace>::all(ns.client.clone()).get_opt(&dst2).await.unwrap().is_none());
-    let _ = Api::<Namespace>::all(ns.client.clone()).delete(&dst, &DeleteParams::default()).await;
+    assert!(
+        Api::<Namespace>::all(ns.client.clone())
+            .get_opt(&dst2)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let _ = Api::<Namespace>::all(ns.client.clone())
+        .delete(&dst, &DeleteParams::default())
+        .await;
     ns.cleanup().await;
 }
-
 
 #[tokio::test]
 async fn zero_configuration_uses_a_default_local_repository() {
@@ -559,27 +931,72 @@ async fn zero_configuration_uses_a_default_local_repository() {
     assert_eq!(v["repositoryCreated"], true);
     let repo = v["repository"].as_str().unwrap();
     let data_home = lb.home.path().join(".local/share");
-    assert!(repo.starts_with(&format!("file://{}", data_home.display())), "{repo}");
-    assert!(r.stderr().contains("created the default repository"), "{}", r.describe());
+    assert!(
+        repo.starts_with(&format!("file://{}", data_home.display())),
+        "{repo}"
+    );
+    assert!(
+        r.stderr().contains("created the default repository"),
+        "{}",
+        r.describe()
+    );
     let again = lb.run(&["backup", "create", "-n", &ns.name, "-o", "json"]);
     assert_eq!(again.success().json()["repositoryCreated"], false);
-    assert_eq!(lb.run(&["backup", "list", "-o", "json"]).success().json().as_array().unwrap().len(), 2);
+    assert_eq!(
+        lb.run(&["backup", "list", "-o", "json"])
+            .success()
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
     // An unreachable cluster: one line, exit 1, and no default repository is created.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let fresh = Lifeboat::offline().env("LIFEBOAT_PASSWORD", PASSWORD);
     let kc = fresh.home.path().join("kc.yaml");
     std::fs::write(&kc, format!("apiVersion: v1\nkind: Config\nclusters: [{{name: c, cluster: {{server: \"https://127.0.0.1:{port}\"}}}}]\nusers: [{{name: u, user: {{token: t}}}}]\ncontexts: [{{name: x, context: {{cluster: c, user: u}}}}]\ncurrent-context: x\n")).unwrap();
     let r = fresh.run(&["--kubeconfig", kc.to_str().unwrap(), "backup", "create"]);
     r.code_is(1);
     assert_eq!(r.stderr().lines().count(), 1, "{}", r.describe());
-    assert!(r.stderr().contains("cannot reach the cluster"), "{}", r.describe());
-    assert!(!fresh.home.path().join(".local/share/lifeboat").exists(), "nothing created");
+    assert!(
+        r.stderr().contains("cannot reach the cluster"),
+        "{}",
+        r.describe()
+    );
+    assert!(
+        !fresh.home.path().join(".local/share/lifeboat").exists(),
+        "nothing created"
+    );
 
     // A backup that reads nothing is an error, not an empty snapshot.
-    let r = lb.run(&["backup", "create", "-n", &ns.name, "--include-resources", "nosuchresources"]);
+    let r = lb.run(&[
+        "backup",
+        "create",
+        "-n",
+        &ns.name,
+        "--include-resources",
+        "nosuchresources",
+    ]);
     r.code_is(1);
-    assert!(r.stderr().contains("nothing was backed up"), "{}", r.describe());
-    assert_eq!(lb.run(&["backup", "list", "-o", "json"]).success().json().as_array().unwrap().len(), 2);
+    assert!(
+        r.stderr().contains("nothing was backed up"),
+        "{}",
+        r.describe()
+    );
+    assert_eq!(
+        lb.run(&["backup", "list", "-o", "json"])
+            .success()
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
     // Restoring a namespace the backup does not hold is an error.
     let r = lb.run(&["restore", "latest", "-n", "no-such-namespace"]);
     r.code_is(64);

@@ -8,8 +8,20 @@ use common::Lifeboat;
 fn help_lists_every_command_group() {
     let r = Lifeboat::offline().run(&["--help"]);
     r.success();
-    for group in ["backup", "restore", "preflight", "runbook", "drill", "version", "completions"] {
-        assert!(r.stdout().contains(group), "--help lacks {group}\n{}", r.describe());
+    for group in [
+        "backup",
+        "restore",
+        "preflight",
+        "runbook",
+        "drill",
+        "version",
+        "completions",
+    ] {
+        assert!(
+            r.stdout().contains(group),
+            "--help lacks {group}\n{}",
+            r.describe()
+        );
     }
 }
 
@@ -25,8 +37,16 @@ fn unimplemented_commands_fail_with_a_clear_message() {
     ] {
         let r = lb.run(args);
         r.code_is(1);
-        assert!(r.stderr().contains("not implemented yet"), "{}", r.describe());
-        assert!(r.stdout().is_empty(), "must not print anything that looks like a result\n{}", r.describe());
+        assert!(
+            r.stderr().contains("not implemented yet"),
+            "{}",
+            r.describe()
+        );
+        assert!(
+            r.stdout().is_empty(),
+            "must not print anything that looks like a result\n{}",
+            r.describe()
+        );
     }
 }
 
@@ -35,17 +55,26 @@ fn usage_errors_exit_64() {
     let r = Lifeboat::offline().run(&["--no-such-flag", "version"]);
     r.code_is(64);
     assert!(r.stderr().contains("--no-such-flag"), "{}", r.describe());
-    Lifeboat::offline().run(&["version", "-o", "xml"]).code_is(64);
+    Lifeboat::offline()
+        .run(&["version", "-o", "xml"])
+        .code_is(64);
 }
 
 #[test]
 fn completions_for_each_shell() {
     let lb = Lifeboat::offline();
-    for (shell, marker) in [("bash", "complete -F"), ("zsh", "#compdef lifeboat"), ("fish", "complete -c lifeboat")] {
+    for (shell, marker) in [
+        ("bash", "complete -F"),
+        ("zsh", "#compdef lifeboat"),
+        ("fish", "complete -c lifeboat"),
+    ] {
         let r = lb.run(&["completions", shell]);
         r.success();
         assert!(r.stdout().contains(marker), "{shell}: {}", r.describe());
-        assert!(r.stdout().contains("preflight"), "{shell} completions lack subcommands");
+        assert!(
+            r.stdout().contains("preflight"),
+            "{shell} completions lack subcommands"
+        );
     }
 }
 
@@ -53,15 +82,32 @@ fn completions_for_each_shell() {
 fn version_without_a_cluster_prints_client_and_one_line_exit_0() {
     let r = Lifeboat::offline().run(&["version"]);
     r.success();
-    assert!(r.stdout().starts_with("Client Version: "), "{}", r.describe());
-    assert_eq!(r.stderr().lines().count(), 1, "exactly one line on stderr\n{}", r.describe());
-    assert!(r.stderr().contains("no kubeconfig found"), "{}", r.describe());
+    assert!(
+        r.stdout().starts_with("Client Version: "),
+        "{}",
+        r.describe()
+    );
+    assert_eq!(
+        r.stderr().lines().count(),
+        1,
+        "exactly one line on stderr\n{}",
+        r.describe()
+    );
+    assert!(
+        r.stderr().contains("no kubeconfig found"),
+        "{}",
+        r.describe()
+    );
 }
 
 #[test]
 fn version_with_an_unreachable_cluster_exit_0_json() {
     // A port that nothing listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let lb = Lifeboat::offline();
     let kc = lb.home.path().join("kc.yaml");
     std::fs::write(
@@ -71,7 +117,13 @@ fn version_with_an_unreachable_cluster_exit_0_json() {
         ),
     )
     .unwrap();
-    let r = lb.run(&["version", "-o", "json", "--kubeconfig", kc.to_str().unwrap()]);
+    let r = lb.run(&[
+        "version",
+        "-o",
+        "json",
+        "--kubeconfig",
+        kc.to_str().unwrap(),
+    ]);
     r.success();
     let v = r.json();
     assert_eq!(v["clientVersion"]["version"], env!("CARGO_PKG_VERSION"));
@@ -79,7 +131,9 @@ fn version_with_an_unreachable_cluster_exit_0_json() {
     let err = v["serverError"].as_str().unwrap();
     assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
     assert_eq!(r.stderr().lines().count(), 1, "{}", r.describe());
-    assert!(!r.stderr().contains("secret-token-value") && !r.stdout().contains("secret-token-value"));
+    assert!(
+        !r.stderr().contains("secret-token-value") && !r.stdout().contains("secret-token-value")
+    );
 }
 
 #[test]
@@ -92,11 +146,24 @@ fn configuration_precedence_flag_env_file_default() {
     let v = lb.run(&["config", "view", "-o", "json"]).success().json();
     assert_eq!(v["output"]["source"], "flag"); // -o json itself is a flag
     assert_eq!(v["repo"]["source"], "default");
-    assert!(v["repo"]["value"].as_str().unwrap().starts_with("file://"), "{v}");
-    assert!(v["repo"]["value"].as_str().unwrap().contains(lb.home.path().to_str().unwrap()), "default repo in the data dir: {v}");
+    assert!(
+        v["repo"]["value"].as_str().unwrap().starts_with("file://"),
+        "{v}"
+    );
+    assert!(
+        v["repo"]["value"]
+            .as_str()
+            .unwrap()
+            .contains(lb.home.path().to_str().unwrap()),
+        "default repo in the data dir: {v}"
+    );
 
     // file
-    std::fs::write(&cfg, "repo: s3://from-file/p\ncontext: file-ctx\noutput: yaml\n").unwrap();
+    std::fs::write(
+        &cfg,
+        "repo: s3://from-file/p\ncontext: file-ctx\noutput: yaml\n",
+    )
+    .unwrap();
     let v = lb.run(&["config", "view", "-o", "json"]).success().json();
     assert_eq!(v["repo"]["value"], "s3://from-file/p");
     assert_eq!(v["repo"]["source"], "file");
@@ -104,10 +171,18 @@ fn configuration_precedence_flag_env_file_default() {
     // output from the file applies when no flag is given
     let r = lb.run(&["config", "view"]);
     r.success();
-    assert!(r.stdout().contains("repo:"), "yaml output from the config file expected\n{}", r.describe());
+    assert!(
+        r.stdout().contains("repo:"),
+        "yaml output from the config file expected\n{}",
+        r.describe()
+    );
 
     // env beats file
-    let lbe = Lifeboat { home: tempfile::tempdir().unwrap(), envs: vec![], kubeconfig: None };
+    let lbe = Lifeboat {
+        home: tempfile::tempdir().unwrap(),
+        envs: vec![],
+        kubeconfig: None,
+    };
     let cfg2 = lbe.home.path().join(".config/lifeboat/config.yaml");
     std::fs::create_dir_all(cfg2.parent().unwrap()).unwrap();
     std::fs::write(&cfg2, "repo: s3://from-file/p\n").unwrap();
@@ -117,7 +192,17 @@ fn configuration_precedence_flag_env_file_default() {
     assert_eq!(v["repo"]["source"], "env");
 
     // flag beats env
-    let v = lbe.run(&["config", "view", "-o", "json", "--repo", "file:///from/flag"]).success().json();
+    let v = lbe
+        .run(&[
+            "config",
+            "view",
+            "-o",
+            "json",
+            "--repo",
+            "file:///from/flag",
+        ])
+        .success()
+        .json();
     assert_eq!(v["repo"]["value"], "file:///from/flag");
     assert_eq!(v["repo"]["source"], "flag");
 }
@@ -161,7 +246,12 @@ fn a_closed_stdout_is_not_an_error() {
     drop(out); // like `| head -c 16`
     let status = child.wait().unwrap();
     let mut err = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     assert!(!err.contains("panicked"), "{err}");
     assert!(status.code() == Some(0), "{status:?} {err}");
 }

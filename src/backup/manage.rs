@@ -59,7 +59,9 @@ pub async fn list(repo: &Repository, tags: &[(String, String)]) -> Result<Backup
 }
 
 fn short_time(t: &str) -> String {
-    t.parse::<jiff::Timestamp>().map(|ts| ts.strftime("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_else(|_| t.to_string())
+    t.parse::<jiff::Timestamp>()
+        .map(|ts| ts.strftime("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_else(|_| t.to_string())
 }
 
 impl crate::output::Render for BackupList {
@@ -67,9 +69,17 @@ impl crate::output::Render for BackupList {
         if self.0.is_empty() {
             return writeln!(w, "no backups");
         }
-        writeln!(w, "{:<10} {:<20} {:>8} {:>10} {:>10}  {:<20} TAGS", "ID", "TIME (UTC)", "OBJECTS", "SIZE", "ADDED", "NAMESPACES")?;
+        writeln!(
+            w,
+            "{:<10} {:<20} {:>8} {:>10} {:>10}  {:<20} TAGS",
+            "ID", "TIME (UTC)", "OBJECTS", "SIZE", "ADDED", "NAMESPACES"
+        )?;
         for b in &self.0 {
-            let ns = if b.namespaces.is_empty() { "(all)".to_string() } else { b.namespaces.join(",") };
+            let ns = if b.namespaces.is_empty() {
+                "(all)".to_string()
+            } else {
+                b.namespaces.join(",")
+            };
             let tags: Vec<String> = b.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
             writeln!(
                 w,
@@ -105,19 +115,47 @@ impl crate::output::Render for BackupDetail {
         let s = &self.snapshot;
         writeln!(w, "Backup:      {}", self.id)?;
         writeln!(w, "Time:        {}", s.time)?;
-        writeln!(w, "Cluster:     {} ({}){}", s.cluster.server, s.cluster.server_version, s.cluster.context.as_ref().map(|c| format!(", context {c}")).unwrap_or_default())?;
-        writeln!(w, "Host:        {} (lifeboat {})", s.hostname, s.tool_version)?;
-        let ns = if s.selectors.namespaces.is_empty() { "(all)".to_string() } else { s.selectors.namespaces.join(", ") };
+        writeln!(
+            w,
+            "Cluster:     {} ({}){}",
+            s.cluster.server,
+            s.cluster.server_version,
+            s.cluster
+                .context
+                .as_ref()
+                .map(|c| format!(", context {c}"))
+                .unwrap_or_default()
+        )?;
+        writeln!(
+            w,
+            "Host:        {} (lifeboat {})",
+            s.hostname, s.tool_version
+        )?;
+        let ns = if s.selectors.namespaces.is_empty() {
+            "(all)".to_string()
+        } else {
+            s.selectors.namespaces.join(", ")
+        };
         writeln!(w, "Namespaces:  {ns}")?;
         if let Some(l) = &s.selectors.label_selector {
             writeln!(w, "Selector:    {l}")?;
         }
-        writeln!(w, "Cluster-scoped: {}", s.selectors.include_cluster_resources)?;
+        writeln!(
+            w,
+            "Cluster-scoped: {}",
+            s.selectors.include_cluster_resources
+        )?;
         if !s.tags.is_empty() {
             let t: Vec<String> = s.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
             writeln!(w, "Tags:        {}", t.join(", "))?;
         }
-        writeln!(w, "Objects:     {} ({}; {} added to the repository)", s.objects, human_bytes(s.bytes_total), human_bytes(s.bytes_added))?;
+        writeln!(
+            w,
+            "Objects:     {} ({}; {} added to the repository)",
+            s.objects,
+            human_bytes(s.bytes_total),
+            human_bytes(s.bytes_added)
+        )?;
         writeln!(w, "Duration:    {:.1}s", s.duration_seconds)?;
         writeln!(w, "\nRESOURCE{:<40} COUNT", "")?;
         for (r, n) in &s.resources {
@@ -185,15 +223,33 @@ pub async fn verify(repo: &Repository, spec: &str, read_data: bool) -> Result<Ve
     }
     for e in &entries {
         match index.get(&e.blob) {
-            None => damaged.push(Damage { object: e.display(), blob: Some(e.blob.to_hex()), pack: None, message: "blob is not in the index".into() }),
+            None => damaged.push(Damage {
+                object: e.display(),
+                blob: Some(e.blob.to_hex()),
+                pack: None,
+                message: "blob is not in the index".into(),
+            }),
             Some(l) => {
                 let pack = l.pack.to_hex();
                 match packs.get(&pack) {
-                    None => damaged.push(Damage { object: e.display(), blob: Some(e.blob.to_hex()), pack: Some(pack), message: "pack file is missing".into() }),
+                    None => damaged.push(Damage {
+                        object: e.display(),
+                        blob: Some(e.blob.to_hex()),
+                        pack: Some(pack),
+                        message: "pack file is missing".into(),
+                    }),
                     Some(&size) if (l.offset as u64 + l.length as u64) > size => {
-                        damaged.push(Damage { object: e.display(), blob: Some(e.blob.to_hex()), pack: Some(pack), message: "pack file is truncated".into() })
+                        damaged.push(Damage {
+                            object: e.display(),
+                            blob: Some(e.blob.to_hex()),
+                            pack: Some(pack),
+                            message: "pack file is truncated".into(),
+                        })
                     }
-                    Some(_) => by_pack.entry(l.pack).or_default().push((e.blob, Some(e.display()))),
+                    Some(_) => by_pack
+                        .entry(l.pack)
+                        .or_default()
+                        .push((e.blob, Some(e.display()))),
                 }
             }
         }
@@ -205,7 +261,12 @@ pub async fn verify(repo: &Repository, spec: &str, read_data: bool) -> Result<Ve
             let bytes = match repo.store().get(&key).await {
                 Ok(b) => b,
                 Err(e) => {
-                    damaged.push(Damage { object: format!("pack {}", pack.to_hex()), blob: None, pack: Some(pack.to_hex()), message: e.to_string() });
+                    damaged.push(Damage {
+                        object: format!("pack {}", pack.to_hex()),
+                        blob: None,
+                        pack: Some(pack.to_hex()),
+                        message: e.to_string(),
+                    });
                     continue;
                 }
             };
@@ -214,11 +275,16 @@ pub async fn verify(repo: &Repository, spec: &str, read_data: bool) -> Result<Ve
             for (blob, object) in blobs {
                 let l = index[blob];
                 let range = l.offset as usize..(l.offset as usize + l.length as usize);
-                let result = bytes.get(range).ok_or(()).and_then(|sealed| repo.decode_blob(blob, &l, sealed, &key).map_err(|_| ()));
+                let result = bytes
+                    .get(range)
+                    .ok_or(())
+                    .and_then(|sealed| repo.decode_blob(blob, &l, sealed, &key).map_err(|_| ()));
                 if result.is_err() {
                     any_blob_damaged = true;
                     damaged.push(Damage {
-                        object: object.clone().unwrap_or_else(|| "(tree of object references)".into()),
+                        object: object
+                            .clone()
+                            .unwrap_or_else(|| "(tree of object references)".into()),
                         blob: Some(blob.to_hex()),
                         pack: Some(pack.to_hex()),
                         message: "content does not match its hash (corrupt or tampered)".into(),
@@ -235,7 +301,14 @@ pub async fn verify(repo: &Repository, spec: &str, read_data: bool) -> Result<Ve
             }
         }
     }
-    Ok(VerifyReport { ok: damaged.is_empty(), backup: id, objects: entries.len(), packs_read, read_data, damaged })
+    Ok(VerifyReport {
+        ok: damaged.is_empty(),
+        backup: id,
+        objects: entries.len(),
+        packs_read,
+        read_data,
+        damaged,
+    })
 }
 
 impl crate::output::Render for VerifyReport {
@@ -249,7 +322,11 @@ impl crate::output::Render for VerifyReport {
             &self.backup[..8],
             if self.ok { "ok" } else { "DAMAGED" },
             self.objects,
-            if self.read_data { format!(", {} packs read and re-hashed", self.packs_read) } else { ", structure only; --read-data re-hashes all data".into() }
+            if self.read_data {
+                format!(", {} packs read and re-hashed", self.packs_read)
+            } else {
+                ", structure only; --read-data re-hashes all data".into()
+            }
         )
     }
 }
@@ -295,13 +372,20 @@ pub struct Retention {
 
 impl Retention {
     pub fn is_empty(&self) -> bool {
-        self.last.is_none() && self.hourly.is_none() && self.daily.is_none() && self.weekly.is_none() && self.monthly.is_none()
+        self.last.is_none()
+            && self.hourly.is_none()
+            && self.daily.is_none()
+            && self.weekly.is_none()
+            && self.monthly.is_none()
     }
 }
 
 /// Which snapshots (given newest first as (id, time)) a retention policy keeps: the `last` N,
 /// and for each period the newest snapshot of each of the N most recent periods that have one.
-pub fn keep_set(snaps_newest_first: &[(String, jiff::Timestamp)], r: &Retention) -> BTreeSet<String> {
+pub fn keep_set(
+    snaps_newest_first: &[(String, jiff::Timestamp)],
+    r: &Retention,
+) -> BTreeSet<String> {
     let mut keep = BTreeSet::new();
     if let Some(n) = r.last {
         keep.extend(snaps_newest_first.iter().take(n).map(|(id, _)| id.clone()));
@@ -345,21 +429,36 @@ pub struct PruneReport {
 /// Apply the retention policy (when given), then delete packs no remaining backup references
 /// and rewrite the index. Packs that are partly referenced are kept whole. Holds an exclusive
 /// lock, so no backup can add packs meanwhile; packs of crashed backups (never indexed) go too.
-pub async fn prune(repo: Arc<Repository>, retention: &Retention, dry_run: bool) -> Result<PruneReport, Error> {
+pub async fn prune(
+    repo: Arc<Repository>,
+    retention: &Retention,
+    dry_run: bool,
+) -> Result<PruneReport, Error> {
     let lock = Lock::acquire(repo.clone(), true, "prune").await?;
     let result = prune_locked(&repo, retention, dry_run).await;
     let _ = lock.release().await;
     result
 }
 
-async fn prune_locked(repo: &Repository, retention: &Retention, dry_run: bool) -> Result<PruneReport, Error> {
+async fn prune_locked(
+    repo: &Repository,
+    retention: &Retention,
+    dry_run: bool,
+) -> Result<PruneReport, Error> {
     repo.load_index().await?;
     let mut snaps = repo.snapshots().await?;
     snaps.reverse(); // newest first
     let mut removed = Vec::new();
     if !retention.is_empty() {
-        let times: Vec<(String, jiff::Timestamp)> =
-            snaps.iter().map(|(id, s)| (id.clone(), s.time.parse().unwrap_or(jiff::Timestamp::UNIX_EPOCH))).collect();
+        let times: Vec<(String, jiff::Timestamp)> = snaps
+            .iter()
+            .map(|(id, s)| {
+                (
+                    id.clone(),
+                    s.time.parse().unwrap_or(jiff::Timestamp::UNIX_EPOCH),
+                )
+            })
+            .collect();
         let mut keep = keep_set(&times, retention);
         // Whatever the policy, the newest backup stays.
         if let Some((newest, _)) = times.first() {
@@ -371,7 +470,10 @@ async fn prune_locked(repo: &Repository, retention: &Retention, dry_run: bool) -
             }
         }
     }
-    let remaining: Vec<&(String, Snapshot)> = snaps.iter().filter(|(id, _)| !removed.contains(id)).collect();
+    let remaining: Vec<&(String, Snapshot)> = snaps
+        .iter()
+        .filter(|(id, _)| !removed.contains(id))
+        .collect();
     // Every blob still referenced.
     let mut used: HashSet<BlobId> = HashSet::new();
     for (_, s) in &remaining {
@@ -431,10 +533,19 @@ async fn prune_locked(repo: &Repository, retention: &Retention, dry_run: bool) -
             .map(|(p, blobs)| {
                 let mut bl: Vec<crate::repo::pack::PackEntry> = blobs
                     .iter()
-                    .map(|(b, l)| crate::repo::pack::PackEntry { kind: l.kind, id: *b, offset: l.offset, length: l.length, raw_length: l.raw_length })
+                    .map(|(b, l)| crate::repo::pack::PackEntry {
+                        kind: l.kind,
+                        id: *b,
+                        offset: l.offset,
+                        length: l.length,
+                        raw_length: l.raw_length,
+                    })
                     .collect();
                 bl.sort_by_key(|e| e.offset);
-                IndexPack { id: p.to_hex(), blobs: bl }
+                IndexPack {
+                    id: p.to_hex(),
+                    blobs: bl,
+                }
             })
             .collect(),
     };
@@ -454,7 +565,11 @@ async fn prune_locked(repo: &Repository, retention: &Retention, dry_run: bool) -
 
 impl crate::output::Render for PruneReport {
     fn table(&self, w: &mut dyn Write) -> std::io::Result<()> {
-        let would = if self.dry_run { "would remove" } else { "removed" };
+        let would = if self.dry_run {
+            "would remove"
+        } else {
+            "removed"
+        };
         for id in &self.removed_backups {
             writeln!(w, "{would} backup {}", &id[..8])?;
         }
@@ -465,7 +580,11 @@ impl crate::output::Render for PruneReport {
             would,
             self.removed_backups.len(),
             self.kept_backups,
-            if self.dry_run { "would delete" } else { "deleted" },
+            if self.dry_run {
+                "would delete"
+            } else {
+                "deleted"
+            },
             self.packs_deleted,
             human_bytes(self.bytes_freed),
             self.packs_kept
@@ -497,16 +616,33 @@ pub async fn export(repo: &Repository, spec: &str, file: &Path) -> Result<Export
     }
     let tmp = file.with_extension("partial");
     let n = crate::restore::archive::write(&tmp, readable.into_iter())?;
-    std::fs::rename(&tmp, file).map_err(|source| Error::ReadFile { path: file.to_owned(), source })?;
-    Ok(ExportReport { backup: id, file: file.display().to_string(), objects: n, damaged })
+    std::fs::rename(&tmp, file).map_err(|source| Error::ReadFile {
+        path: file.to_owned(),
+        source,
+    })?;
+    Ok(ExportReport {
+        backup: id,
+        file: file.display().to_string(),
+        objects: n,
+        damaged,
+    })
 }
 
 impl crate::output::Render for ExportReport {
     fn table(&self, w: &mut dyn Write) -> std::io::Result<()> {
         for d in &self.damaged {
-            writeln!(w, "DAMAGED {d}: not exported (cannot be read from the backup)")?;
+            writeln!(
+                w,
+                "DAMAGED {d}: not exported (cannot be read from the backup)"
+            )?;
         }
-        writeln!(w, "exported {} objects of backup {} to {} (NOT encrypted: it contains the backup's Secrets)", self.objects, &self.backup[..8], self.file)
+        writeln!(
+            w,
+            "exported {} objects of backup {} to {} (NOT encrypted: it contains the backup's Secrets)",
+            self.objects,
+            &self.backup[..8],
+            self.file
+        )
     }
 }
 
@@ -533,12 +669,49 @@ mod tests {
         .map(|(i, s)| (i.to_string(), t(s)))
         .collect();
         let k = |r: Retention| keep_set(&snaps, &r).into_iter().collect::<Vec<_>>();
-        assert_eq!(k(Retention { last: Some(2), ..Default::default() }), ["a", "b"]);
-        assert_eq!(k(Retention { hourly: Some(2), ..Default::default() }), ["a", "c"]);
-        assert_eq!(k(Retention { daily: Some(3), ..Default::default() }), ["a", "d", "e"]);
-        assert_eq!(k(Retention { weekly: Some(2), ..Default::default() }), ["a", "e"]);
-        assert_eq!(k(Retention { monthly: Some(5), ..Default::default() }), ["a", "f"]);
-        assert_eq!(k(Retention { last: Some(1), monthly: Some(2), ..Default::default() }), ["a", "f"]);
+        assert_eq!(
+            k(Retention {
+                last: Some(2),
+                ..Default::default()
+            }),
+            ["a", "b"]
+        );
+        assert_eq!(
+            k(Retention {
+                hourly: Some(2),
+                ..Default::default()
+            }),
+            ["a", "c"]
+        );
+        assert_eq!(
+            k(Retention {
+                daily: Some(3),
+                ..Default::default()
+            }),
+            ["a", "d", "e"]
+        );
+        assert_eq!(
+            k(Retention {
+                weekly: Some(2),
+                ..Default::default()
+            }),
+            ["a", "e"]
+        );
+        assert_eq!(
+            k(Retention {
+                monthly: Some(5),
+                ..Default::default()
+            }),
+            ["a", "f"]
+        );
+        assert_eq!(
+            k(Retention {
+                last: Some(1),
+                monthly: Some(2),
+                ..Default::default()
+            }),
+            ["a", "f"]
+        );
         assert!(k(Retention::default()).is_empty());
     }
 }

@@ -104,8 +104,14 @@ impl ResourcePattern {
     pub fn parse(s: &str) -> ResourcePattern {
         let s = s.trim().to_ascii_lowercase();
         match s.split_once('.') {
-            Some((n, g)) => ResourcePattern { name: n.to_string(), group: Some(g.to_string()) },
-            None => ResourcePattern { name: s, group: None },
+            Some((n, g)) => ResourcePattern {
+                name: n.to_string(),
+                group: Some(g.to_string()),
+            },
+            None => ResourcePattern {
+                name: s,
+                group: None,
+            },
         }
     }
     pub fn matches(&self, ar: &ApiResource) -> bool {
@@ -113,7 +119,11 @@ impl ResourcePattern {
             return true;
         }
         let names = [ar.plural.to_ascii_lowercase(), ar.kind.to_ascii_lowercase()];
-        names.contains(&self.name) && self.group.as_ref().is_none_or(|g| *g == ar.group || (g == "core" && ar.group.is_empty()))
+        names.contains(&self.name)
+            && self
+                .group
+                .as_ref()
+                .is_none_or(|g| *g == ar.group || (g == "core" && ar.group.is_empty()))
     }
 }
 
@@ -138,7 +148,10 @@ pub fn default_excluded(ar: &ApiResource) -> bool {
 /// Objects skipped by default even when their type is backed up: pods, replicasets and
 /// controllerrevisions owned by a controller (their owner recreates them).
 pub fn owned_by_controller(ar: &ApiResource, obj: &Value) -> bool {
-    let candidate = matches!((ar.group.as_str(), ar.plural.as_str()), ("", "pods") | ("apps", "replicasets" | "controllerrevisions"));
+    let candidate = matches!(
+        (ar.group.as_str(), ar.plural.as_str()),
+        ("", "pods") | ("apps", "replicasets" | "controllerrevisions")
+    );
     candidate
         && obj["metadata"]["ownerReferences"]
             .as_array()
@@ -146,7 +159,11 @@ pub fn owned_by_controller(ar: &ApiResource, obj: &Value) -> bool {
 }
 
 pub fn group_resource(ar: &ApiResource) -> String {
-    if ar.group.is_empty() { ar.plural.clone() } else { format!("{}/{}", ar.group, ar.plural) }
+    if ar.group.is_empty() {
+        ar.plural.clone()
+    } else {
+        format!("{}/{}", ar.group, ar.plural)
+    }
 }
 
 /// Prepare an object for storage: set apiVersion/kind, drop managedFields.
@@ -178,7 +195,10 @@ pub struct MetaLite {
 /// `prepare` over the server's raw JSON: set apiVersion/kind, drop managedFields, without
 /// building a JSON tree (top-level and metadata keys are re-emitted in sorted order, the values
 /// byte for byte).
-pub fn prepare_raw(ar: &ApiResource, item: &RawValue) -> Result<(Vec<u8>, MetaLite), serde_json::Error> {
+pub fn prepare_raw(
+    ar: &ApiResource,
+    item: &RawValue,
+) -> Result<(Vec<u8>, MetaLite), serde_json::Error> {
     let mut top: BTreeMap<&str, &RawValue> = serde_json::from_str(item.get())?;
     let mut meta: BTreeMap<&str, &RawValue> = match top.get("metadata") {
         Some(m) => serde_json::from_str(m.get())?,
@@ -186,8 +206,14 @@ pub fn prepare_raw(ar: &ApiResource, item: &RawValue) -> Result<(Vec<u8>, MetaLi
     };
     meta.remove("managedFields");
     let mut lite = MetaLite {
-        name: meta.get("name").map(|r| serde_json::from_str(r.get())).transpose()?,
-        namespace: meta.get("namespace").map(|r| serde_json::from_str(r.get())).transpose()?,
+        name: meta
+            .get("name")
+            .map(|r| serde_json::from_str(r.get()))
+            .transpose()?,
+        namespace: meta
+            .get("namespace")
+            .map(|r| serde_json::from_str(r.get()))
+            .transpose()?,
         controlled: false,
     };
     if let Some(refs) = meta.get("ownerReferences") {
@@ -217,8 +243,10 @@ struct References {
 impl References {
     /// Types whose objects can reference cluster-scoped objects (or are custom resources).
     fn interesting(ar: &ApiResource) -> bool {
-        matches!((ar.group.as_str(), ar.plural.as_str()), ("", "persistentvolumeclaims") | ("rbac.authorization.k8s.io", "rolebindings"))
-            || (ar.group.contains('.') && !ar.group.ends_with(".k8s.io"))
+        matches!(
+            (ar.group.as_str(), ar.plural.as_str()),
+            ("", "persistentvolumeclaims") | ("rbac.authorization.k8s.io", "rolebindings")
+        ) || (ar.group.contains('.') && !ar.group.ends_with(".k8s.io"))
     }
 
     fn note(&mut self, ar: &ApiResource, obj: &Value) {
@@ -227,7 +255,10 @@ impl References {
                 if let Some(v) = obj["spec"]["volumeName"].as_str().filter(|s| !s.is_empty()) {
                     self.persistent_volumes.insert(v.to_string());
                 }
-                if let Some(c) = obj["spec"]["storageClassName"].as_str().filter(|s| !s.is_empty()) {
+                if let Some(c) = obj["spec"]["storageClassName"]
+                    .as_str()
+                    .filter(|s| !s.is_empty())
+                {
                     self.storage_classes.insert(c.to_string());
                 }
             }
@@ -262,7 +293,10 @@ struct Shared {
 impl Shared {
     async fn packer(&self) -> Result<Arc<Packer>, Error> {
         let mut rx = self.ready.clone();
-        let r = rx.wait_for(|p| p.is_some()).await.map(|v| v.clone().expect("checked"));
+        let r = rx
+            .wait_for(|p| p.is_some())
+            .await
+            .map(|v| v.clone().expect("checked"));
         r.map_err(|_| Error::Aborted)
     }
 }
@@ -279,13 +313,23 @@ struct TypeWriter {
 
 impl TypeWriter {
     fn new(shared: Arc<Shared>, ar: &ApiResource) -> TypeWriter {
-        TypeWriter { shared, key: group_resource(ar), ar: ar.clone(), entries: vec![], chunk: 0, count: 0 }
+        TypeWriter {
+            shared,
+            key: group_resource(ar),
+            ar: ar.clone(),
+            entries: vec![],
+            chunk: 0,
+            count: 0,
+        }
     }
 
     async fn add(&mut self, obj: Value, progress: &dyn Progress) -> Result<(), Error> {
         let obj = prepare(&self.ar, obj);
         let bytes = serde_json::to_vec(&obj).expect("JSON value serializes");
-        let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        let name = obj["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         let namespace = obj["metadata"]["namespace"].as_str().map(str::to_string);
         if References::interesting(&self.ar) {
             self.shared.refs.lock().await.note(&self.ar, &obj);
@@ -300,15 +344,35 @@ impl TypeWriter {
             return self.add(v, progress).await;
         }
         let (bytes, meta) = prepare_raw(&self.ar, item).map_err(|e| self.bad(e))?;
-        self.record(bytes, meta.name.unwrap_or_default(), meta.namespace, progress).await
+        self.record(
+            bytes,
+            meta.name.unwrap_or_default(),
+            meta.namespace,
+            progress,
+        )
+        .await
     }
 
     fn bad(&self, e: serde_json::Error) -> Error {
-        Error::Usage(format!("{}: the server returned an object that is not valid JSON: {e}", group_resource(&self.ar)))
+        Error::Usage(format!(
+            "{}: the server returned an object that is not valid JSON: {e}",
+            group_resource(&self.ar)
+        ))
     }
 
-    async fn record(&mut self, bytes: Vec<u8>, name: String, namespace: Option<String>, progress: &dyn Progress) -> Result<(), Error> {
-        let blob = self.shared.packer().await?.add(BlobType::Object, &bytes).await?;
+    async fn record(
+        &mut self,
+        bytes: Vec<u8>,
+        name: String,
+        namespace: Option<String>,
+        progress: &dyn Progress,
+    ) -> Result<(), Error> {
+        let blob = self
+            .shared
+            .packer()
+            .await?
+            .add(BlobType::Object, &bytes)
+            .await?;
         self.entries.push(TreeEntry {
             group: self.ar.group.clone(),
             version: self.ar.version.clone(),
@@ -320,8 +384,14 @@ impl TypeWriter {
             size: bytes.len() as u64,
         });
         self.count += 1;
-        self.shared.bytes_total.fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        let n = self.shared.objects.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        self.shared
+            .bytes_total
+            .fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        let n = self
+            .shared
+            .objects
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
         progress.objects(n);
         if self.entries.len() >= TREE_ENTRIES {
             self.flush().await?;
@@ -333,9 +403,23 @@ impl TypeWriter {
         if self.entries.is_empty() {
             return Ok(());
         }
-        let tree = Tree { entries: std::mem::take(&mut self.entries) };
-        let blob = self.shared.packer().await?.add(BlobType::Tree, &serde_json::to_vec(&tree).expect("serializes")).await?;
-        self.shared.trees.lock().await.push((self.key.clone(), self.chunk, blob));
+        let tree = Tree {
+            entries: std::mem::take(&mut self.entries),
+        };
+        let blob = self
+            .shared
+            .packer()
+            .await?
+            .add(
+                BlobType::Tree,
+                &serde_json::to_vec(&tree).expect("serializes"),
+            )
+            .await?;
+        self.shared
+            .trees
+            .lock()
+            .await
+            .push((self.key.clone(), self.chunk, blob));
         self.chunk += 1;
         Ok(())
     }
@@ -343,7 +427,13 @@ impl TypeWriter {
     async fn finish(mut self) -> Result<(), Error> {
         self.flush().await?;
         if self.count > 0 {
-            *self.shared.counts.lock().await.entry(group_resource(&self.ar)).or_default() += self.count;
+            *self
+                .shared
+                .counts
+                .lock()
+                .await
+                .entry(group_resource(&self.ar))
+                .or_default() += self.count;
         }
         Ok(())
     }
@@ -364,8 +454,14 @@ struct PageMeta {
 }
 
 /// One LIST page as text (parsed without building JSON trees).
-async fn fetch_page(client: &kube::Client, url: &str, lp: &ListParams) -> Result<String, kube::Error> {
-    let req = kube::core::Request::new(url).list(lp).map_err(kube::Error::BuildRequest)?;
+async fn fetch_page(
+    client: &kube::Client,
+    url: &str,
+    lp: &ListParams,
+) -> Result<String, kube::Error> {
+    let req = kube::core::Request::new(url)
+        .list(lp)
+        .map_err(kube::Error::BuildRequest)?;
     client.request_text(req).await
 }
 
@@ -404,19 +500,39 @@ async fn list_into(
                 return Ok(());
             }
             Err(kube::Error::Api(s)) if s.code == 403 || s.code == 405 => {
-                writer.shared.warnings.lock().await.push(format!("{}: not backed up: {} ({})", group_resource(ar), s.message, s.code));
+                writer.shared.warnings.lock().await.push(format!(
+                    "{}: not backed up: {} ({})",
+                    group_resource(ar),
+                    s.message,
+                    s.code
+                ));
                 return Ok(());
             }
-            Err(source) => return Err(Error::Kube { action: format!("list {}", group_resource(ar)), source }),
+            Err(source) => {
+                return Err(Error::Kube {
+                    action: format!("list {}", group_resource(ar)),
+                    source,
+                });
+            }
         };
-        let page: RawPage = serde_json::from_str(&text)
-            .map_err(|e| Error::Usage(format!("list {}: the server's answer is not a list: {e}", group_resource(ar))))?;
+        let page: RawPage = serde_json::from_str(&text).map_err(|e| {
+            Error::Usage(format!(
+                "list {}: the server's answer is not a list: {e}",
+                group_resource(ar)
+            ))
+        })?;
         let more = page.metadata.continue_.clone().filter(|c| !c.is_empty());
         if let Some(c) = &more {
             let (client, url, lp) = (client.clone(), url.clone(), lp.clone().continue_token(c));
-            next = Some(tokio::spawn(async move { fetch_page(&client, &url, &lp).await }));
+            next = Some(tokio::spawn(
+                async move { fetch_page(&client, &url, &lp).await },
+            ));
         }
-        let may_be_owned = default_excludes && matches!((ar.group.as_str(), ar.plural.as_str()), ("", "pods") | ("apps", "replicasets" | "controllerrevisions"));
+        let may_be_owned = default_excludes
+            && matches!(
+                (ar.group.as_str(), ar.plural.as_str()),
+                ("", "pods") | ("apps", "replicasets" | "controllerrevisions")
+            );
         for item in page.items {
             if may_be_owned {
                 let v: Value = serde_json::from_str(item.get()).map_err(|e| writer.bad(e))?;
@@ -445,14 +561,31 @@ async fn list_types(
     let scopes: Vec<Option<String>> = scopes.iter().map(|s| s.map(str::to_string)).collect();
     let mut tasks = tokio::task::JoinSet::new();
     for ar in types {
-        let (client, shared, ar, scopes, progress, permits) =
-            (client.clone(), shared.clone(), (*ar).clone(), scopes.clone(), progress.clone(), permits.clone());
-        let (selector, page_size, default_excludes) = (opts.selector.clone(), opts.page_size, opts.default_excludes);
+        let (client, shared, ar, scopes, progress, permits) = (
+            client.clone(),
+            shared.clone(),
+            (*ar).clone(),
+            scopes.clone(),
+            progress.clone(),
+            permits.clone(),
+        );
+        let (selector, page_size, default_excludes) =
+            (opts.selector.clone(), opts.page_size, opts.default_excludes);
         tasks.spawn(async move {
             let _permit = permits.acquire_owned().await.expect("semaphore open");
             let mut w = TypeWriter::new(shared, &ar);
             for scope in &scopes {
-                list_into(&client, &ar, scope.as_deref(), selector.as_deref(), page_size, default_excludes, &mut w, progress.as_ref()).await?;
+                list_into(
+                    &client,
+                    &ar,
+                    scope.as_deref(),
+                    selector.as_deref(),
+                    page_size,
+                    default_excludes,
+                    &mut w,
+                    progress.as_ref(),
+                )
+                .await?;
             }
             w.finish().await?;
             progress.type_done(&group_resource(&ar));
@@ -467,16 +600,24 @@ async fn list_types(
 
 /// Every served, listable resource type at its preferred version.
 pub async fn discover(client: &kube::Client) -> Result<Vec<(ApiResource, ApiCapabilities)>, Error> {
-    let discovery = Discovery::new(client.clone()).run_aggregated().await.map_err(|source| Error::Discovery { source })?;
+    let discovery = Discovery::new(client.clone())
+        .run_aggregated()
+        .await
+        .map_err(|source| Error::Discovery { source })?;
     let mut out = Vec::new();
     for group in discovery.groups() {
         for (ar, caps) in group.recommended_resources() {
-            if caps.supports_operation(verbs::LIST) && caps.supports_operation(verbs::GET) && !ar.plural.contains('/') {
+            if caps.supports_operation(verbs::LIST)
+                && caps.supports_operation(verbs::GET)
+                && !ar.plural.contains('/')
+            {
                 out.push((ar, caps));
             }
         }
     }
-    out.sort_by(|a, b| (a.0.group.as_str(), a.0.plural.as_str()).cmp(&(b.0.group.as_str(), b.0.plural.as_str())));
+    out.sort_by(|a, b| {
+        (a.0.group.as_str(), a.0.plural.as_str()).cmp(&(b.0.group.as_str(), b.0.plural.as_str()))
+    });
     Ok(out)
 }
 
@@ -488,15 +629,27 @@ pub struct ClusterView {
 }
 
 pub async fn view(cluster: &Cluster) -> Result<ClusterView, Error> {
-    let info = cluster.client.apiserver_version().await.map_err(|source| crate::error::cluster_error(&cluster.server, source))?;
-    Ok(ClusterView { server_version: info.git_version, types: discover(&cluster.client).await? })
+    let info = cluster
+        .client
+        .apiserver_version()
+        .await
+        .map_err(|source| crate::error::cluster_error(&cluster.server, source))?;
+    Ok(ClusterView {
+        server_version: info.git_version,
+        types: discover(&cluster.client).await?,
+    })
 }
 
 /// Back up. `repository` opens (or creates) the repository; it runs while discovery and the
 /// first LIST pages are already under way (the passphrase KDF takes a moment), and nothing is
 /// written before it has finished and the repository is locked. It yields the repository and
 /// whether it was created.
-pub async fn create<F>(repository: F, cluster: &Cluster, opts: &BackupOptions, progress: DynProgress) -> Result<BackupSummary, Error>
+pub async fn create<F>(
+    repository: F,
+    cluster: &Cluster,
+    opts: &BackupOptions,
+    progress: DynProgress,
+) -> Result<BackupSummary, Error>
 where
     F: std::future::Future<Output = Result<(Arc<Repository>, bool), Error>>,
 {
@@ -512,7 +665,9 @@ where
     let lister = async {
         let view = view(cluster).await?;
         let server_version = view.server_version.clone();
-        list(cluster, view, opts, progress, start, rx).await.map(|shared| (shared, server_version))
+        list(cluster, view, opts, progress, start, rx)
+            .await
+            .map(|shared| (shared, server_version))
     };
     let (opened, listed) = tokio::join!(opener, lister);
     // A cluster-side failure is reported first (it is about what was to be backed up); then a
@@ -523,7 +678,9 @@ where
         (Err(_), Err(_)) => return Err(listed.err().expect("checked")),
     };
     let result = match listed {
-        Ok((shared, server_version)) => finish(repo, packer, shared, cluster, &server_version, opts, start).await,
+        Ok((shared, server_version)) => {
+            finish(repo, packer, shared, cluster, &server_version, opts, start).await
+        }
         Err(e) => Err(e),
     };
     let _ = lock.release().await;
@@ -542,14 +699,26 @@ async fn list(
     ready: tokio::sync::watch::Receiver<Option<Arc<Packer>>>,
 ) -> Result<Arc<Shared>, Error> {
     let client = &cluster.client;
-    let includes: Vec<ResourcePattern> = opts.include_resources.iter().map(|s| ResourcePattern::parse(s)).collect();
-    let excludes: Vec<ResourcePattern> = opts.exclude_resources.iter().map(|s| ResourcePattern::parse(s)).collect();
+    let includes: Vec<ResourcePattern> = opts
+        .include_resources
+        .iter()
+        .map(|s| ResourcePattern::parse(s))
+        .collect();
+    let excludes: Vec<ResourcePattern> = opts
+        .exclude_resources
+        .iter()
+        .map(|s| ResourcePattern::parse(s))
+        .collect();
     let types: Vec<(ApiResource, ApiCapabilities)> = view
         .types
         .into_iter()
         .filter(|(ar, _)| includes.is_empty() || includes.iter().any(|p| p.matches(ar)))
         .filter(|(ar, _)| !excludes.iter().any(|p| p.matches(ar)))
-        .filter(|(ar, _)| !opts.default_excludes || !default_excluded(ar) || includes.iter().any(|p| p.name != "*" && p.matches(ar)))
+        .filter(|(ar, _)| {
+            !opts.default_excludes
+                || !default_excluded(ar)
+                || includes.iter().any(|p| p.name != "*" && p.matches(ar))
+        })
         .collect();
     let filtered_ns = !opts.namespaces.is_empty();
     let all_cluster = match opts.include_cluster_resources {
@@ -566,15 +735,35 @@ async fn list(
         objects: 0.into(),
         warnings: Mutex::new(Vec::new()),
     });
-    let namespaced: Vec<&ApiResource> = types.iter().filter(|(_, c)| c.scope == Scope::Namespaced).map(|(a, _)| a).collect();
-    let cluster_scoped: Vec<&ApiResource> = types.iter().filter(|(_, c)| c.scope == Scope::Cluster).map(|(a, _)| a).collect();
+    let namespaced: Vec<&ApiResource> = types
+        .iter()
+        .filter(|(_, c)| c.scope == Scope::Namespaced)
+        .map(|(a, _)| a)
+        .collect();
+    let cluster_scoped: Vec<&ApiResource> = types
+        .iter()
+        .filter(|(_, c)| c.scope == Scope::Cluster)
+        .map(|(a, _)| a)
+        .collect();
     progress.types(namespaced.len() + cluster_scoped.len());
 
     // 1. Namespaced types (all namespaces, or each selected one).
-    let scopes: Vec<Option<&str>> = if filtered_ns { opts.namespaces.iter().map(|n| Some(n.as_str())).collect() } else { vec![None] };
-    tracing::info!(types = namespaced.len(), elapsed_ms = start.elapsed().as_millis() as u64, "listing namespaced types");
+    let scopes: Vec<Option<&str>> = if filtered_ns {
+        opts.namespaces.iter().map(|n| Some(n.as_str())).collect()
+    } else {
+        vec![None]
+    };
+    tracing::info!(
+        types = namespaced.len(),
+        elapsed_ms = start.elapsed().as_millis() as u64,
+        "listing namespaced types"
+    );
     list_types(client, &shared, &namespaced, &scopes, opts, &progress).await?;
-    tracing::info!(objects = shared.objects.load(std::sync::atomic::Ordering::Relaxed), elapsed_ms = start.elapsed().as_millis() as u64, "namespaced types done");
+    tracing::info!(
+        objects = shared.objects.load(std::sync::atomic::Ordering::Relaxed),
+        elapsed_ms = start.elapsed().as_millis() as u64,
+        "namespaced types done"
+    );
 
     // 2. Cluster-scoped types: all of them, or only what the selected namespaces use.
     if all_cluster {
@@ -582,15 +771,27 @@ async fn list(
     } else if filtered_ns {
         // The namespaces themselves are always included; in auto mode also what they use.
         let refs = std::mem::take(&mut *shared.refs.lock().await);
-        let mut wanted: Vec<(&str, &str, BTreeSet<String>)> = vec![("", "namespaces", opts.namespaces.iter().cloned().collect())];
+        let mut wanted: Vec<(&str, &str, BTreeSet<String>)> =
+            vec![("", "namespaces", opts.namespaces.iter().cloned().collect())];
         if opts.include_cluster_resources == ClusterResources::Auto {
             let mut scs = refs.storage_classes.clone();
             // PVs are fetched first below; their storage classes join in.
             wanted.push(("", "persistentvolumes", refs.persistent_volumes.clone()));
-            wanted.push(("rbac.authorization.k8s.io", "clusterroles", refs.cluster_roles.clone()));
-            wanted.push(("apiextensions.k8s.io", "customresourcedefinitions", refs.crds.clone()));
+            wanted.push((
+                "rbac.authorization.k8s.io",
+                "clusterroles",
+                refs.cluster_roles.clone(),
+            ));
+            wanted.push((
+                "apiextensions.k8s.io",
+                "customresourcedefinitions",
+                refs.crds.clone(),
+            ));
             for pv in &refs.persistent_volumes {
-                if let Some(ar) = cluster_scoped.iter().find(|a| a.group.is_empty() && a.plural == "persistentvolumes") {
+                if let Some(ar) = cluster_scoped
+                    .iter()
+                    .find(|a| a.group.is_empty() && a.plural == "persistentvolumes")
+                {
                     let api: Api<DynamicObject> = Api::all_with(client.clone(), *ar);
                     if let Ok(Some(o)) = api.get_opt(pv).await {
                         if let Some(c) = o.data["spec"]["storageClassName"].as_str() {
@@ -602,21 +803,45 @@ async fn list(
             wanted.push(("storage.k8s.io", "storageclasses", scs));
         }
         for (group, plural, names) in wanted {
-            let Some(ar) = cluster_scoped.iter().find(|a| a.group == group && a.plural == plural) else { continue };
+            let Some(ar) = cluster_scoped
+                .iter()
+                .find(|a| a.group == group && a.plural == plural)
+            else {
+                continue;
+            };
             let mut w = TypeWriter::new(shared.clone(), ar);
             let api: Api<DynamicObject> = Api::all_with(client.clone(), *ar);
             for name in names {
                 match api.get_opt(&name).await {
-                    Ok(Some(o)) => w.add(serde_json::to_value(&o).expect("serializes"), progress.as_ref()).await?,
+                    Ok(Some(o)) => {
+                        w.add(
+                            serde_json::to_value(&o).expect("serializes"),
+                            progress.as_ref(),
+                        )
+                        .await?
+                    }
                     Ok(None) => {
                         if plural == "namespaces" {
-                            shared.warnings.lock().await.push(format!("namespace {name} does not exist"));
+                            shared
+                                .warnings
+                                .lock()
+                                .await
+                                .push(format!("namespace {name} does not exist"));
                         }
                     }
                     Err(kube::Error::Api(s)) if s.code == 403 => {
-                        shared.warnings.lock().await.push(format!("{}/{name}: not backed up: {}", group_resource(ar), s.message));
+                        shared.warnings.lock().await.push(format!(
+                            "{}/{name}: not backed up: {}",
+                            group_resource(ar),
+                            s.message
+                        ));
                     }
-                    Err(source) => return Err(Error::Kube { action: format!("get {}/{name}", group_resource(ar)), source }),
+                    Err(source) => {
+                        return Err(Error::Kube {
+                            action: format!("get {}/{name}", group_resource(ar)),
+                            source,
+                        });
+                    }
                 }
             }
             w.finish().await?;
@@ -628,10 +853,17 @@ async fn list(
         return Err(Error::NothingBackedUp(if warnings.is_empty() {
             "no object matched the selection".into()
         } else {
-            format!("{} resource type(s) could not be read, e.g. {}", warnings.len(), warnings[0])
+            format!(
+                "{} resource type(s) could not be read, e.g. {}",
+                warnings.len(),
+                warnings[0]
+            )
         }));
     }
-    tracing::info!(elapsed_ms = start.elapsed().as_millis() as u64, "cluster-scoped types done");
+    tracing::info!(
+        elapsed_ms = start.elapsed().as_millis() as u64,
+        "cluster-scoped types done"
+    );
     Ok(shared)
 }
 
@@ -646,26 +878,39 @@ async fn finish(
     start: Instant,
 ) -> Result<BackupSummary, Error> {
     let stats = packer.finish().await?;
-    tracing::info!(packs = stats.packs, new_blobs = stats.blobs_added, deduplicated = stats.blobs_deduplicated, elapsed_ms = start.elapsed().as_millis() as u64, "packs and index written");
+    tracing::info!(
+        packs = stats.packs,
+        new_blobs = stats.blobs_added,
+        deduplicated = stats.blobs_deduplicated,
+        elapsed_ms = start.elapsed().as_millis() as u64,
+        "packs and index written"
+    );
     let mut trees = std::mem::take(&mut *shared.trees.lock().await);
     trees.sort();
     let id = new_id();
     let counts = std::mem::take(&mut *shared.counts.lock().await);
     let warnings = std::mem::take(&mut *shared.warnings.lock().await);
     let objects = shared.objects.load(std::sync::atomic::Ordering::Relaxed);
-    let bytes_total = shared.bytes_total.load(std::sync::atomic::Ordering::Relaxed);
+    let bytes_total = shared
+        .bytes_total
+        .load(std::sync::atomic::Ordering::Relaxed);
     let mut snap = Snapshot {
         version: 1,
         time: crate::repo::now(),
         hostname: crate::repo::hostname(),
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
-        cluster: ClusterInfo { server: cluster.server.clone(), context: opts.context.clone(), server_version: server_version.to_string() },
+        cluster: ClusterInfo {
+            server: cluster.server.clone(),
+            context: opts.context.clone(),
+            server_version: server_version.to_string(),
+        },
         selectors: Selectors {
             namespaces: opts.namespaces.clone(),
             label_selector: opts.selector.clone(),
             include_resources: opts.include_resources.clone(),
             exclude_resources: opts.exclude_resources.clone(),
-            include_cluster_resources: format!("{:?}", opts.include_cluster_resources).to_lowercase(),
+            include_cluster_resources: format!("{:?}", opts.include_cluster_resources)
+                .to_lowercase(),
             default_excludes: opts.default_excludes,
         },
         tags: opts.tags.clone(),
@@ -725,7 +970,11 @@ pub fn human_bytes(b: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{b} B") } else { format!("{v:.1} {}", UNITS[u]) }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }
 
 #[cfg(test)]
@@ -736,7 +985,11 @@ mod tests {
         ApiResource {
             group: group.into(),
             version: version.into(),
-            api_version: if group.is_empty() { version.into() } else { format!("{group}/{version}") },
+            api_version: if group.is_empty() {
+                version.into()
+            } else {
+                format!("{group}/{version}")
+            },
             kind: kind.into(),
             plural: plural.into(),
         }
@@ -758,21 +1011,37 @@ mod tests {
     #[test]
     fn default_excludes_and_owned_objects() {
         assert!(default_excluded(&ar("", "v1", "Event", "events")));
-        assert!(default_excluded(&ar("events.k8s.io", "v1", "Event", "events")));
-        assert!(default_excluded(&ar("coordination.k8s.io", "v1", "Lease", "leases")));
+        assert!(default_excluded(&ar(
+            "events.k8s.io",
+            "v1",
+            "Event",
+            "events"
+        )));
+        assert!(default_excluded(&ar(
+            "coordination.k8s.io",
+            "v1",
+            "Lease",
+            "leases"
+        )));
         assert!(!default_excluded(&ar("", "v1", "ConfigMap", "configmaps")));
         let pod = ar("", "v1", "Pod", "pods");
         let owned = serde_json::json!({"metadata": {"ownerReferences": [{"controller": true, "kind": "ReplicaSet"}]}});
         let bare = serde_json::json!({"metadata": {"name": "p"}});
         assert!(owned_by_controller(&pod, &owned));
         assert!(!owned_by_controller(&pod, &bare));
-        assert!(!owned_by_controller(&ar("batch", "v1", "Job", "jobs"), &owned), "only pods and replicasets");
+        assert!(
+            !owned_by_controller(&ar("batch", "v1", "Job", "jobs"), &owned),
+            "only pods and replicasets"
+        );
     }
 
     #[test]
     fn prepare_sets_type_and_drops_managed_fields() {
         let d = ar("apps", "v1", "Deployment", "deployments");
-        let o = prepare(&d, serde_json::json!({"metadata": {"name": "x", "managedFields": [{}]}, "spec": {}}));
+        let o = prepare(
+            &d,
+            serde_json::json!({"metadata": {"name": "x", "managedFields": [{}]}, "spec": {}}),
+        );
         assert_eq!(o["apiVersion"], "apps/v1");
         assert_eq!(o["kind"], "Deployment");
         assert!(o["metadata"].get("managedFields").is_none());
@@ -787,17 +1056,46 @@ mod tests {
         let via_raw: Value = serde_json::from_slice(&bytes).unwrap();
         let via_tree = prepare(&d, serde_json::from_str(text).unwrap());
         assert_eq!(via_raw, via_tree);
-        assert_eq!((meta.name.as_deref(), meta.namespace.as_deref(), meta.controlled), (Some("x"), Some("ns"), true));
+        assert_eq!(
+            (
+                meta.name.as_deref(),
+                meta.namespace.as_deref(),
+                meta.controlled
+            ),
+            (Some("x"), Some("ns"), true)
+        );
         assert!(!String::from_utf8(bytes).unwrap().contains("managedFields"));
     }
 
     #[test]
     fn references_for_auto_cluster_resources() {
         let mut r = References::default();
-        r.note(&ar("", "v1", "PersistentVolumeClaim", "persistentvolumeclaims"), &serde_json::json!({"spec": {"volumeName": "pv-1", "storageClassName": "fast"}}));
-        r.note(&ar("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings"), &serde_json::json!({"roleRef": {"kind": "ClusterRole", "name": "view"}}));
-        r.note(&ar("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings"), &serde_json::json!({"roleRef": {"kind": "Role", "name": "local"}}));
-        r.note(&ar("stable.example.com", "v1", "Widget", "widgets"), &serde_json::json!({}));
+        r.note(
+            &ar("", "v1", "PersistentVolumeClaim", "persistentvolumeclaims"),
+            &serde_json::json!({"spec": {"volumeName": "pv-1", "storageClassName": "fast"}}),
+        );
+        r.note(
+            &ar(
+                "rbac.authorization.k8s.io",
+                "v1",
+                "RoleBinding",
+                "rolebindings",
+            ),
+            &serde_json::json!({"roleRef": {"kind": "ClusterRole", "name": "view"}}),
+        );
+        r.note(
+            &ar(
+                "rbac.authorization.k8s.io",
+                "v1",
+                "RoleBinding",
+                "rolebindings",
+            ),
+            &serde_json::json!({"roleRef": {"kind": "Role", "name": "local"}}),
+        );
+        r.note(
+            &ar("stable.example.com", "v1", "Widget", "widgets"),
+            &serde_json::json!({}),
+        );
         assert!(r.persistent_volumes.contains("pv-1"));
         assert!(r.storage_classes.contains("fast"));
         assert_eq!(r.cluster_roles.iter().collect::<Vec<_>>(), ["view"]);

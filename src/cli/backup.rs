@@ -7,7 +7,9 @@ use clap::{Args, Subcommand};
 use crate::backup::{BackupOptions, ClusterResources};
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
-    let (k, v) = s.split_once('=').ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))?;
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))?;
     if k.is_empty() {
         return Err(format!("empty key in {s:?}"));
     }

@@ -7,8 +7,13 @@ use clap::{Args, Subcommand};
 /// "90s", "10m", "1h", "600" (seconds).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len()));
-    let n: f64 = num.parse().map_err(|_| format!("invalid duration {s:?} (use e.g. 90s, 10m, 1h)"))?;
+    let (num, unit) = s.split_at(
+        s.find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(s.len()),
+    );
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?} (use e.g. 90s, 10m, 1h)"))?;
     let secs = match unit {
         "" | "s" => n,
         "m" => n * 60.0,

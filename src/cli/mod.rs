@@ -63,11 +63,21 @@ pub struct GlobalArgs {
     pub repo: Option<String>,
 
     /// Read the repository password from this file
-    #[arg(long, global = true, env = "LIFEBOAT_PASSWORD_FILE", value_name = "FILE")]
+    #[arg(
+        long,
+        global = true,
+        env = "LIFEBOAT_PASSWORD_FILE",
+        value_name = "FILE"
+    )]
     pub password_file: Option<PathBuf>,
 
     /// Run this shell command and read the repository password from its output
-    #[arg(long, global = true, env = "LIFEBOAT_PASSWORD_COMMAND", value_name = "COMMAND")]
+    #[arg(
+        long,
+        global = true,
+        env = "LIFEBOAT_PASSWORD_COMMAND",
+        value_name = "COMMAND"
+    )]
     pub password_command: Option<String>,
 
     /// S3 endpoint URL for s3:// repositories (S3-compatible servers); path-style addressing

@@ -6,11 +6,13 @@ use clap::Args;
 use crate::preflight::{FailOn, PreflightOptions, version::Minor};
 
 #[derive(Debug, Args)]
-#[command(after_help = "Exit codes (pluto-compatible): 0 clean, 2 deprecated APIs or warnings \
+#[command(
+    after_help = "Exit codes (pluto-compatible): 0 clean, 2 deprecated APIs or warnings \
 (with --fail-on deprecated), 3 removed APIs or failed blocker checks, 1 preflight could not run.\n\
 Examples:\n  lifeboat preflight                       # next minor of the current cluster\n  \
 lifeboat preflight --target 1.35 -o markdown\n  \
-helm template ./chart | lifeboat preflight --no-cluster --target 1.25 --manifests -")]
+helm template ./chart | lifeboat preflight --no-cluster --target 1.25 --manifests -"
+)]
 pub struct PreflightArgs {
     /// Target Kubernetes version (default: the next minor after the cluster's)
     #[arg(long, value_name = "1.N")]
@@ -46,7 +48,13 @@ impl PreflightArgs {
         PreflightOptions {
             target: self.target,
             manifests: self.manifests.clone(),
-            helm: if self.no_helm { Some(false) } else if self.helm { Some(true) } else { None },
+            helm: if self.no_helm {
+                Some(false)
+            } else if self.helm {
+                Some(true)
+            } else {
+                None
+            },
             no_cluster: self.no_cluster,
             fail_on: self.fail_on,
             api_data: self.api_data.clone(),

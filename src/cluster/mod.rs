@@ -25,18 +25,25 @@ pub struct Cluster {
 /// Build the kube configuration: an explicit kubeconfig file, else `$KUBECONFIG` /
 /// `~/.kube/config`, else the in-cluster service account (so `drill run` works in a CronJob).
 pub async fn config(opts: &ClusterOptions) -> Result<kube::Config, Error> {
-    let kopts = KubeConfigOptions { context: opts.context.clone(), ..Default::default() };
+    let kopts = KubeConfigOptions {
+        context: opts.context.clone(),
+        ..Default::default()
+    };
     let mut config = match &opts.kubeconfig {
         Some(path) => {
             let kc = Kubeconfig::read_from(path).map_err(|source| Error::Kubeconfig { source })?;
-            kube::Config::from_custom_kubeconfig(kc, &kopts).await.map_err(|source| Error::Kubeconfig { source })?
+            kube::Config::from_custom_kubeconfig(kc, &kopts)
+                .await
+                .map_err(|source| Error::Kubeconfig { source })?
         }
-        None if opts.context.is_some() => {
-            kube::Config::from_kubeconfig(&kopts).await.map_err(|source| Error::Kubeconfig { source })?
-        }
+        None if opts.context.is_some() => kube::Config::from_kubeconfig(&kopts)
+            .await
+            .map_err(|source| Error::Kubeconfig { source })?,
         None => kube::Config::infer().await.map_err(|e| {
             tracing::debug!(error = %e, "kubeconfig inference failed");
-            Error::NoCluster { detail: e.to_string() }
+            Error::NoCluster {
+                detail: e.to_string(),
+            }
         })?,
     };
     if let Some(t) = opts.connect_timeout {
@@ -60,7 +67,11 @@ pub fn install_crypto_provider() {
 pub async fn connect(opts: &ClusterOptions) -> Result<Cluster, Error> {
     install_crypto_provider();
     let config = config(opts).await?;
-    let server = config.cluster_url.to_string().trim_end_matches('/').to_string();
+    let server = config
+        .cluster_url
+        .to_string()
+        .trim_end_matches('/')
+        .to_string();
     let client = kube::Client::try_from(config).map_err(|source| Error::Client { source })?;
     Ok(Cluster { client, server })
 }

@@ -27,18 +27,32 @@ fn yaml_str(s: &str) -> String {
 pub fn validate(o: &CronJobOptions) -> Result<(), String> {
     let fields: Vec<&str> = o.schedule.split_whitespace().collect();
     let macro_ok = o.schedule.trim().starts_with('@');
-    if !macro_ok && (fields.len() != 5 || fields.iter().any(|f| !f.chars().all(|c| c.is_ascii_digit() || "*/,-".contains(c) || c.is_ascii_alphabetic()))) {
-        return Err(format!("--schedule {:?} is not a cron schedule (five fields, e.g. \"0 3 * * *\")", o.schedule));
+    if !macro_ok
+        && (fields.len() != 5
+            || fields.iter().any(|f| {
+                !f.chars()
+                    .all(|c| c.is_ascii_digit() || "*/,-".contains(c) || c.is_ascii_alphabetic())
+            }))
+    {
+        return Err(format!(
+            "--schedule {:?} is not a cron schedule (five fields, e.g. \"0 3 * * *\")",
+            o.schedule
+        ));
     }
     if o.timeout_seconds == 0 {
         return Err("--timeout must be more than 0".into());
     }
     if !o.repo.starts_with("s3://") {
-        return Err(format!("the drill CronJob needs a repository the cluster can reach (s3://bucket/prefix); the configured one is {}", o.repo));
+        return Err(format!(
+            "the drill CronJob needs a repository the cluster can reach (s3://bucket/prefix); the configured one is {}",
+            o.repo
+        ));
     }
     if let Some(e) = &o.s3_endpoint {
         if e.contains("127.0.0.1") || e.contains("localhost") || e.contains("[::1]") {
-            return Err(format!("the S3 endpoint {e} is local to this machine; a pod cannot reach it (set --s3-endpoint to an address the cluster can reach)"));
+            return Err(format!(
+                "the S3 endpoint {e} is local to this machine; a pod cannot reach it (set --s3-endpoint to an address the cluster can reach)"
+            ));
         }
     }
     Ok(())
@@ -47,17 +61,32 @@ pub fn validate(o: &CronJobOptions) -> Result<(), String> {
 pub fn manifests(o: &CronJobOptions) -> String {
     let ns = &o.namespace;
     let sa = SERVICE_ACCOUNT;
-    let mut args = vec!["drill".to_string(), "run".into(), "--timeout".into(), format!("{}s", o.timeout_seconds), "-o".into(), "json".into()];
+    let mut args = vec![
+        "drill".to_string(),
+        "run".into(),
+        "--timeout".into(),
+        format!("{}s", o.timeout_seconds),
+        "-o".into(),
+        "json".into(),
+    ];
     if let Some(p) = &o.pushgateway {
         args.push("--pushgateway".into());
         args.push(p.clone());
     }
     args.extend(o.drill_args.iter().cloned());
-    let args_yaml: Vec<String> = args.iter().map(|a| format!("            - {}", yaml_str(a))).collect();
+    let args_yaml: Vec<String> = args
+        .iter()
+        .map(|a| format!("            - {}", yaml_str(a)))
+        .collect();
     let endpoint = o
         .s3_endpoint
         .as_ref()
-        .map(|e| format!("            - name: LIFEBOAT_S3_ENDPOINT\n              value: {}\n", yaml_str(e)))
+        .map(|e| {
+            format!(
+                "            - name: LIFEBOAT_S3_ENDPOINT\n              value: {}\n",
+                yaml_str(e)
+            )
+        })
         .unwrap_or_default();
     let deadline = o.timeout_seconds + 600;
     format!(
@@ -228,11 +257,41 @@ mod tests {
             timeout_seconds: 600,
         };
         assert!(validate(&good).is_ok());
-        assert!(validate(&CronJobOptions { schedule: "not a cron".into(), ..good.clone() }).is_err());
-        assert!(validate(&CronJobOptions { schedule: "@daily".into(), ..good.clone() }).is_ok());
-        assert!(validate(&CronJobOptions { timeout_seconds: 0, ..good.clone() }).is_err());
-        assert!(validate(&CronJobOptions { repo: "file:///home/me/repo".into(), ..good.clone() }).is_err());
-        assert!(validate(&CronJobOptions { s3_endpoint: Some("http://127.0.0.1:9000".into()), ..good }).is_err());
+        assert!(
+            validate(&CronJobOptions {
+                schedule: "not a cron".into(),
+                ..good.clone()
+            })
+            .is_err()
+        );
+        assert!(
+            validate(&CronJobOptions {
+                schedule: "@daily".into(),
+                ..good.clone()
+            })
+            .is_ok()
+        );
+        assert!(
+            validate(&CronJobOptions {
+                timeout_seconds: 0,
+                ..good.clone()
+            })
+            .is_err()
+        );
+        assert!(
+            validate(&CronJobOptions {
+                repo: "file:///home/me/repo".into(),
+                ..good.clone()
+            })
+            .is_err()
+        );
+        assert!(
+            validate(&CronJobOptions {
+                s3_endpoint: Some("http://127.0.0.1:9000".into()),
+                ..good
+            })
+            .is_err()
+        );
     }
 
     #[test]
@@ -250,10 +309,24 @@ mod tests {
         });
         let docs: Vec<serde_json::Value> = m
             .split("\n---\n")
-            .map(|d| serde_norway::from_str::<serde_json::Value>(d).unwrap_or_else(|e| panic!("{e}\n{d}")))
+            .map(|d| {
+                serde_norway::from_str::<serde_json::Value>(d)
+                    .unwrap_or_else(|e| panic!("{e}\n{d}"))
+            })
             .collect();
         let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
-        assert_eq!(kinds, ["Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding", "CronJob"]);
+        assert_eq!(
+            kinds,
+            [
+                "Namespace",
+                "ServiceAccount",
+                "ClusterRole",
+                "ClusterRoleBinding",
+                "ValidatingAdmissionPolicy",
+                "ValidatingAdmissionPolicyBinding",
+                "CronJob"
+            ]
+        );
         let cj = &docs[6]["spec"];
         assert_eq!(cj["concurrencyPolicy"], "Forbid");
         let c = &cj["jobTemplate"]["spec"]["template"]["spec"]["containers"][0];

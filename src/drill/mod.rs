@@ -47,7 +47,6 @@ pub struct DrillOptions {
     pub on_wait: Option<Arc<dyn Fn(&[String]) + Send + Sync>>,
 }
 
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
@@ -97,7 +96,10 @@ pub struct DrillReport {
 
 impl DrillReport {
     pub fn failed_checks(&self) -> usize {
-        self.checks.iter().filter(|c| c.status == Status::Fail).count()
+        self.checks
+            .iter()
+            .filter(|c| c.status == Status::Fail)
+            .count()
     }
 }
 
@@ -113,7 +115,12 @@ pub fn scratch_name(ns: &str, id: &str) -> String {
 }
 
 fn check(name: &str, ns: Option<&str>, status: Status, message: impl Into<String>) -> CheckResult {
-    CheckResult { name: name.into(), namespace: ns.map(str::to_string), status, message: message.into() }
+    CheckResult {
+        name: name.into(),
+        namespace: ns.map(str::to_string),
+        status,
+        message: message.into(),
+    }
 }
 
 /// A stable hash of a ConfigMap's or Secret's payload.
@@ -129,7 +136,13 @@ pub fn data_hash(obj: &Value) -> String {
     hex::encode(&crate::repo::sha2_256(&serde_json::to_vec(&payload).expect("serializes"))[..16])
 }
 
-async fn create_scratch(client: &kube::Client, name: &str, source: &str, id: &str, expires: &str) -> Result<(), Error> {
+async fn create_scratch(
+    client: &kube::Client,
+    name: &str,
+    source: &str,
+    id: &str,
+    expires: &str,
+) -> Result<(), Error> {
     let ns: Namespace = serde_json::from_value(serde_json::json!({
         "metadata": {
             "name": name,
@@ -142,7 +155,10 @@ async fn create_scratch(client: &kube::Client, name: &str, source: &str, id: &st
         .create(&PostParams::default(), &ns)
         .await
         .map(|_| ())
-        .map_err(|source| Error::Kube { action: format!("create scratch namespace {name}"), source })
+        .map_err(|source| Error::Kube {
+            action: format!("create scratch namespace {name}"),
+            source,
+        })
 }
 
 /// Delete the scratch namespaces (best effort, all of them); returns a description.
@@ -156,7 +172,11 @@ pub async fn cleanup(client: &kube::Client, names: &[String]) -> String {
             Err(e) => failed.push(format!("{n}: {}", crate::error::display_chain(&e))),
         }
     }
-    if failed.is_empty() { format!("deleted {} scratch namespace(s)", names.len()) } else { format!("could not delete: {}", failed.join("; ")) }
+    if failed.is_empty() {
+        format!("deleted {} scratch namespace(s)", names.len())
+    } else {
+        format!("could not delete: {}", failed.join("; "))
+    }
 }
 
 /// Run a drill. On any outcome (including errors after the scratch namespaces exist and
@@ -172,21 +192,36 @@ pub async fn run(
     let entries = repo.snapshot_entries(&snap).await?;
     let in_backup: BTreeSet<String> = entries.iter().filter_map(|e| e.namespace.clone()).collect();
     let namespaces: Vec<String> = if opts.namespaces.is_empty() {
-        in_backup.iter().filter(|n| !SYSTEM_NAMESPACES.contains(&n.as_str())).cloned().collect()
+        in_backup
+            .iter()
+            .filter(|n| !SYSTEM_NAMESPACES.contains(&n.as_str()))
+            .cloned()
+            .collect()
     } else {
         for n in &opts.namespaces {
             if !in_backup.contains(n) {
-                return Err(Error::Usage(format!("namespace {n} is not in backup {}", &backup_id[..8])));
+                return Err(Error::Usage(format!(
+                    "namespace {n} is not in backup {}",
+                    &backup_id[..8]
+                )));
             }
         }
         opts.namespaces.clone()
     };
     if namespaces.is_empty() {
-        return Err(Error::Usage(format!("backup {} holds no namespace to drill", &backup_id[..8])));
+        return Err(Error::Usage(format!(
+            "backup {} holds no namespace to drill",
+            &backup_id[..8]
+        )));
     }
     let id = new_drill_id();
-    let mapping: Vec<NamespaceMapping> =
-        namespaces.iter().map(|n| NamespaceMapping { source: n.clone(), scratch: scratch_name(n, &id) }).collect();
+    let mapping: Vec<NamespaceMapping> = namespaces
+        .iter()
+        .map(|n| NamespaceMapping {
+            source: n.clone(),
+            scratch: scratch_name(n, &id),
+        })
+        .collect();
     let started = jiff::Timestamp::now();
     let expires = started + jiff::SignedDuration::from_secs(opts.timeout.as_secs() as i64 + 3600);
     let scratch: Vec<String> = mapping.iter().map(|m| m.scratch.clone()).collect();
@@ -199,17 +234,39 @@ pub async fn run(
             create_scratch(client, &m.scratch, &m.source, &id, &expires.to_string()).await?;
             created.push(m.scratch.clone());
         }
-        drill_body(client, repo.clone(), &backup_id, &entries, &mapping, &id, opts).await
+        drill_body(
+            client,
+            repo.clone(),
+            &backup_id,
+            &entries,
+            &mapping,
+            &id,
+            opts,
+        )
+        .await
     };
     let outcome = tokio::select! {
         r = body => Some(r),
         _ = cancel => None,
     };
     // Clean up whatever happened (the namespaces we created, or all we meant to).
-    let cleanup_msg = if opts.keep { format!("kept: {}", scratch.join(", ")) } else { cleanup(client, &scratch).await };
+    let cleanup_msg = if opts.keep {
+        format!("kept: {}", scratch.join(", "))
+    } else {
+        cleanup(client, &scratch).await
+    };
     let interrupted = outcome.is_none();
     let (checks, restore_seconds, rto) = match outcome {
-        None => (vec![check("interrupted", None, Status::Fail, format!("stopped by a signal before the drill finished; {cleanup_msg}"))], 0.0, None),
+        None => (
+            vec![check(
+                "interrupted",
+                None,
+                Status::Fail,
+                format!("stopped by a signal before the drill finished; {cleanup_msg}"),
+            )],
+            0.0,
+            None,
+        ),
         Some(Err(e)) => return Err(e),
         Some(Ok(r)) => r,
     };
@@ -221,13 +278,22 @@ pub async fn run(
                 "rpo",
                 None,
                 if ok { Status::Pass } else { Status::Fail },
-                format!("backup is {:.1} h old (budget {max} h)", backup_age / 3600.0),
+                format!(
+                    "backup is {:.1} h old (budget {max} h)",
+                    backup_age / 3600.0
+                ),
             ));
         }
         if let Some(max) = s.rto_seconds {
             let (status, msg) = match rto {
-                Some(r) if r <= max => (Status::Pass, format!("ready {r:.1}s after the restore started (budget {max}s)")),
-                Some(r) => (Status::Fail, format!("ready only {r:.1}s after the restore started (budget {max}s)")),
+                Some(r) if r <= max => (
+                    Status::Pass,
+                    format!("ready {r:.1}s after the restore started (budget {max}s)"),
+                ),
+                Some(r) => (
+                    Status::Fail,
+                    format!("ready only {r:.1}s after the restore started (budget {max}s)"),
+                ),
                 None => (Status::Fail, format!("never ready (budget {max}s)")),
             };
             checks.push(check("rto", None, status, msg));
@@ -240,7 +306,11 @@ pub async fn run(
         backup_id,
         backup_time: snap.time.clone(),
         backup_age_seconds: backup_age,
-        cluster: if opts.cluster_label.is_empty() { server.to_string() } else { opts.cluster_label.clone() },
+        cluster: if opts.cluster_label.is_empty() {
+            server.to_string()
+        } else {
+            opts.cluster_label.clone()
+        },
         started: started.to_string(),
         namespaces: mapping,
         passed,
@@ -269,12 +339,19 @@ async fn drill_body(
     let ropts = RestoreOptions {
         namespaces: mapping.iter().map(|m| m.source.clone()).collect(),
         include_cluster_resources: crate::backup::ClusterResources::False,
-        namespace_map: mapping.iter().map(|m| (m.source.clone(), m.scratch.clone())).collect(),
+        namespace_map: mapping
+            .iter()
+            .map(|m| (m.source.clone(), m.scratch.clone()))
+            .collect(),
         restore_id: format!("drill-{id}"),
         restore_namespaces: false,
         ..Default::default()
     };
-    let source = restore::Source::Repository { repo: repo.clone(), backup_id: backup_id.to_string(), entries: entries.to_vec() };
+    let source = restore::Source::Repository {
+        repo: repo.clone(),
+        backup_id: backup_id.to_string(),
+        entries: entries.to_vec(),
+    };
     let report = restore::restore(client, source, &ropts).await?;
     let restore_seconds = restore_start.elapsed().as_secs_f64();
     let mut checks = Vec::new();
@@ -284,12 +361,33 @@ async fn drill_body(
         .items
         .iter()
         .filter(|i| i.outcome == Outcome::Failed)
-        .map(|i| format!("{}/{}/{}: {}", i.kind, i.namespace.clone().unwrap_or_default(), i.name, i.message.clone().unwrap_or_default()))
+        .map(|i| {
+            format!(
+                "{}/{}/{}: {}",
+                i.kind,
+                i.namespace.clone().unwrap_or_default(),
+                i.name,
+                i.message.clone().unwrap_or_default()
+            )
+        })
         .collect();
     checks.push(if failed.is_empty() {
-        check("restore-succeeded", None, Status::Pass, format!("{} objects restored, none failed", report.created + report.skipped))
+        check(
+            "restore-succeeded",
+            None,
+            Status::Pass,
+            format!(
+                "{} objects restored, none failed",
+                report.created + report.skipped
+            ),
+        )
     } else {
-        check("restore-succeeded", None, Status::Fail, format!("{} object(s) failed: {}", failed.len(), failed.join("; ")))
+        check(
+            "restore-succeeded",
+            None,
+            Status::Fail,
+            format!("{} object(s) failed: {}", failed.len(), failed.join("; ")),
+        )
     });
 
     // 2. Readiness of the workloads, within the timeout.
@@ -312,8 +410,22 @@ async fn drill_body(
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     checks.push(match rto {
-        Some(r) => check("workloads-ready", None, Status::Pass, format!("all workloads ready after {r:.1}s")),
-        None => check("workloads-ready", None, Status::Fail, format!("not ready within {}s: {}", opts.timeout.as_secs(), not_ready.join(", "))),
+        Some(r) => check(
+            "workloads-ready",
+            None,
+            Status::Pass,
+            format!("all workloads ready after {r:.1}s"),
+        ),
+        None => check(
+            "workloads-ready",
+            None,
+            Status::Fail,
+            format!(
+                "not ready within {}s: {}",
+                opts.timeout.as_secs(),
+                not_ready.join(", ")
+            ),
+        ),
     });
 
     // 3. Every object of each namespace is there; ConfigMap and Secret data are equal.
@@ -336,63 +448,150 @@ async fn readiness(client: &kube::Client, ns: &str) -> Result<Vec<String>, Error
     let lp = ListParams::default();
     let err = |what: &str| {
         let what = what.to_string();
-        move |source| Error::Kube { action: format!("list {what} in {ns}"), source }
+        move |source| Error::Kube {
+            action: format!("list {what} in {ns}"),
+            source,
+        }
     };
     let mut out = Vec::new();
-    for d in Api::<Deployment>::namespaced(client.clone(), ns).list(&lp).await.map_err(err("deployments"))? {
+    for d in Api::<Deployment>::namespaced(client.clone(), ns)
+        .list(&lp)
+        .await
+        .map_err(err("deployments"))?
+    {
         let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
         let st = d.status.clone().unwrap_or_default();
-        let available = st.conditions.unwrap_or_default().iter().any(|c| c.type_ == "Available" && c.status == "True");
-        if !(available && st.available_replicas.unwrap_or(0) >= want && st.updated_replicas.unwrap_or(0) >= want) {
-            out.push(format!("Deployment/{} ({}/{want} available)", d.metadata.name.unwrap_or_default(), st.available_replicas.unwrap_or(0)));
+        let available = st
+            .conditions
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.type_ == "Available" && c.status == "True");
+        if !(available
+            && st.available_replicas.unwrap_or(0) >= want
+            && st.updated_replicas.unwrap_or(0) >= want)
+        {
+            out.push(format!(
+                "Deployment/{} ({}/{want} available)",
+                d.metadata.name.unwrap_or_default(),
+                st.available_replicas.unwrap_or(0)
+            ));
         }
     }
-    for s in Api::<StatefulSet>::namespaced(client.clone(), ns).list(&lp).await.map_err(err("statefulsets"))? {
+    for s in Api::<StatefulSet>::namespaced(client.clone(), ns)
+        .list(&lp)
+        .await
+        .map_err(err("statefulsets"))?
+    {
         let want = s.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-        let ready = s.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0);
+        let ready = s
+            .status
+            .as_ref()
+            .and_then(|s| s.ready_replicas)
+            .unwrap_or(0);
         if ready < want {
-            out.push(format!("StatefulSet/{} ({ready}/{want} ready)", s.metadata.name.unwrap_or_default()));
+            out.push(format!(
+                "StatefulSet/{} ({ready}/{want} ready)",
+                s.metadata.name.unwrap_or_default()
+            ));
         }
     }
-    for d in Api::<DaemonSet>::namespaced(client.clone(), ns).list(&lp).await.map_err(err("daemonsets"))? {
+    for d in Api::<DaemonSet>::namespaced(client.clone(), ns)
+        .list(&lp)
+        .await
+        .map_err(err("daemonsets"))?
+    {
         let st = d.status.clone().unwrap_or_default();
         if st.number_available.unwrap_or(0) < st.desired_number_scheduled {
-            out.push(format!("DaemonSet/{} ({}/{} available)", d.metadata.name.unwrap_or_default(), st.number_available.unwrap_or(0), st.desired_number_scheduled));
+            out.push(format!(
+                "DaemonSet/{} ({}/{} available)",
+                d.metadata.name.unwrap_or_default(),
+                st.number_available.unwrap_or(0),
+                st.desired_number_scheduled
+            ));
         }
     }
-    for j in Api::<Job>::namespaced(client.clone(), ns).list(&lp).await.map_err(err("jobs"))? {
-        let done = j.status.and_then(|s| s.conditions).unwrap_or_default().iter().any(|c| c.type_ == "Complete" && c.status == "True");
+    for j in Api::<Job>::namespaced(client.clone(), ns)
+        .list(&lp)
+        .await
+        .map_err(err("jobs"))?
+    {
+        let done = j
+            .status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.type_ == "Complete" && c.status == "True");
         if !done {
-            out.push(format!("Job/{} (not complete)", j.metadata.name.unwrap_or_default()));
+            out.push(format!(
+                "Job/{} (not complete)",
+                j.metadata.name.unwrap_or_default()
+            ));
         }
     }
-    for p in Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns).list(&lp).await.map_err(err("persistentvolumeclaims"))? {
+    for p in Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns)
+        .list(&lp)
+        .await
+        .map_err(err("persistentvolumeclaims"))?
+    {
         let phase = p.status.and_then(|s| s.phase).unwrap_or_default();
         if phase != "Bound" {
-            out.push(format!("PersistentVolumeClaim/{} ({})", p.metadata.name.unwrap_or_default(), if phase.is_empty() { "Pending" } else { &phase }));
+            out.push(format!(
+                "PersistentVolumeClaim/{} ({})",
+                p.metadata.name.unwrap_or_default(),
+                if phase.is_empty() { "Pending" } else { &phase }
+            ));
         }
     }
     Ok(out)
 }
 
-async fn compare_namespace(client: &kube::Client, repo: &Repository, entries: &[TreeEntry], m: &NamespaceMapping) -> Result<Vec<CheckResult>, Error> {
+async fn compare_namespace(
+    client: &kube::Client,
+    repo: &Repository,
+    entries: &[TreeEntry],
+    m: &NamespaceMapping,
+) -> Result<Vec<CheckResult>, Error> {
     let ns = Some(m.scratch.as_str());
     // Backed-up objects of this namespace, by type.
     let mut by_type: BTreeMap<(String, String, String, String), Vec<&TreeEntry>> = BTreeMap::new();
-    for e in entries.iter().filter(|e| e.namespace.as_deref() == Some(m.source.as_str())) {
-        by_type.entry((e.group.clone(), e.version.clone(), e.kind.clone(), e.resource.clone())).or_default().push(e);
+    for e in entries
+        .iter()
+        .filter(|e| e.namespace.as_deref() == Some(m.source.as_str()))
+    {
+        by_type
+            .entry((
+                e.group.clone(),
+                e.version.clone(),
+                e.kind.clone(),
+                e.resource.clone(),
+            ))
+            .or_default()
+            .push(e);
     }
     let mut missing = Vec::new();
     let mut counts = Vec::new();
     let mut data_diffs = Vec::new();
     let mut data_checked = 0;
     for ((group, version, kind, resource), list) in &by_type {
-        let ar = ApiResource::from_gvk_with_plural(&kube::api::GroupVersionKind::gvk(group, version, kind), resource);
+        let ar = ApiResource::from_gvk_with_plural(
+            &kube::api::GroupVersionKind::gvk(group, version, kind),
+            resource,
+        );
         let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &m.scratch, &ar);
-        let present: BTreeMap<String, DynamicObject> = match api.list(&ListParams::default()).await {
-            Ok(l) => l.items.into_iter().map(|o| (o.metadata.name.clone().unwrap_or_default(), o)).collect(),
+        let present: BTreeMap<String, DynamicObject> = match api.list(&ListParams::default()).await
+        {
+            Ok(l) => l
+                .items
+                .into_iter()
+                .map(|o| (o.metadata.name.clone().unwrap_or_default(), o))
+                .collect(),
             Err(kube::Error::Api(s)) if s.code == 404 => BTreeMap::new(),
-            Err(source) => return Err(Error::Kube { action: format!("list {resource} in {}", m.scratch), source }),
+            Err(source) => {
+                return Err(Error::Kube {
+                    action: format!("list {resource} in {}", m.scratch),
+                    source,
+                });
+            }
         };
         let mut expected = 0;
         let mut found = 0;
@@ -402,7 +601,10 @@ async fn compare_namespace(client: &kube::Client, repo: &Repository, entries: &[
                 Err(err) => {
                     // The backup itself is damaged: the object cannot have been restored.
                     expected += 1;
-                    missing.push(format!("{kind}/{} (unreadable in the backup: {err})", e.name));
+                    missing.push(format!(
+                        "{kind}/{} (unreadable in the backup: {err})",
+                        e.name
+                    ));
                     continue;
                 }
             };
@@ -429,14 +631,39 @@ async fn compare_namespace(client: &kube::Client, repo: &Repository, entries: &[
         }
     }
     let mut out = vec![if missing.is_empty() {
-        check("objects-present", ns, Status::Pass, format!("all objects present: {}", counts.join(", ")))
+        check(
+            "objects-present",
+            ns,
+            Status::Pass,
+            format!("all objects present: {}", counts.join(", ")),
+        )
     } else {
-        check("objects-present", ns, Status::Fail, format!("missing in {}: {} ({})", m.scratch, missing.join(", "), counts.join(", ")))
+        check(
+            "objects-present",
+            ns,
+            Status::Fail,
+            format!(
+                "missing in {}: {} ({})",
+                m.scratch,
+                missing.join(", "),
+                counts.join(", ")
+            ),
+        )
     }];
     out.push(if data_diffs.is_empty() {
-        check("data-equal", ns, Status::Pass, format!("{data_checked} ConfigMap/Secret payload(s) equal to the backup"))
+        check(
+            "data-equal",
+            ns,
+            Status::Pass,
+            format!("{data_checked} ConfigMap/Secret payload(s) equal to the backup"),
+        )
     } else {
-        check("data-equal", ns, Status::Fail, format!("data differs from the backup: {}", data_diffs.join(", ")))
+        check(
+            "data-equal",
+            ns,
+            Status::Fail,
+            format!("data differs from the backup: {}", data_diffs.join(", ")),
+        )
     });
     Ok(out)
 }
@@ -455,9 +682,16 @@ pub async fn gc(client: &kube::Client, all: bool, dry_run: bool) -> Result<GcRep
     let list = api
         .list(&ListParams::default().labels(DRILL_LABEL))
         .await
-        .map_err(|source| Error::Kube { action: "list drill namespaces".into(), source })?;
+        .map_err(|source| Error::Kube {
+            action: "list drill namespaces".into(),
+            source,
+        })?;
     let now = jiff::Timestamp::now();
-    let mut report = GcReport { dry_run, deleted: vec![], kept: vec![] };
+    let mut report = GcReport {
+        dry_run,
+        deleted: vec![],
+        kept: vec![],
+    };
     for ns in list.items {
         let name = ns.metadata.name.clone().unwrap_or_default();
         if !name.starts_with("drill-") {
@@ -474,7 +708,10 @@ pub async fn gc(client: &kube::Client, all: bool, dry_run: bool) -> Result<GcRep
             if !dry_run {
                 api.delete(&name, &DeleteParams::background())
                     .await
-                    .map_err(|source| Error::Kube { action: format!("delete namespace {name}"), source })?;
+                    .map_err(|source| Error::Kube {
+                        action: format!("delete namespace {name}"),
+                        source,
+                    })?;
             }
             report.deleted.push(name);
         } else {
@@ -486,14 +723,23 @@ pub async fn gc(client: &kube::Client, all: bool, dry_run: bool) -> Result<GcRep
 
 impl crate::output::Render for GcReport {
     fn table(&self, w: &mut dyn std::io::Write) -> std::io::Result<()> {
-        let verb = if self.dry_run { "would delete" } else { "deleted" };
+        let verb = if self.dry_run {
+            "would delete"
+        } else {
+            "deleted"
+        };
         for n in &self.deleted {
             writeln!(w, "{verb} {n}")?;
         }
         for n in &self.kept {
             writeln!(w, "kept {n} (not expired)")?;
         }
-        writeln!(w, "{} expired drill namespace(s) {verb}, {} not expired yet", self.deleted.len(), self.kept.len())
+        writeln!(
+            w,
+            "{} expired drill namespace(s) {verb}, {} not expired yet",
+            self.deleted.len(),
+            self.kept.len()
+        )
     }
 }
 

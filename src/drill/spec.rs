@@ -90,14 +90,20 @@ pub fn parse(path: &Path, text: &str) -> Result<DrillSpec, Error> {
         return Err(Error::DataFile {
             path: path.to_owned(),
             location: "1:1".into(),
-            message: format!("expected apiVersion lifeboat.io/v1 and kind DrillSpec, got {} {}", spec.api_version, spec.kind),
+            message: format!(
+                "expected apiVersion lifeboat.io/v1 and kind DrillSpec, got {} {}",
+                spec.api_version, spec.kind
+            ),
         });
     }
     Ok(spec)
 }
 
 pub fn load(path: &Path) -> Result<DrillSpec, Error> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::ReadFile { path: path.to_owned(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| Error::ReadFile {
+        path: path.to_owned(),
+        source,
+    })?;
     parse(path, &text)
 }
 
@@ -126,36 +132,87 @@ pub fn json_path<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
 }
 
 fn scratch_of<'a>(mapping: &'a [NamespaceMapping], ns: &str) -> Option<&'a str> {
-    mapping.iter().find(|m| m.source == ns).map(|m| m.scratch.as_str())
+    mapping
+        .iter()
+        .find(|m| m.source == ns)
+        .map(|m| m.scratch.as_str())
 }
 
-pub async fn run_assertions(client: &kube::Client, spec: &DrillSpec, mapping: &[NamespaceMapping]) -> Vec<CheckResult> {
+pub async fn run_assertions(
+    client: &kube::Client,
+    spec: &DrillSpec,
+    mapping: &[NamespaceMapping],
+) -> Vec<CheckResult> {
     let mut out = Vec::new();
     for a in &spec.assertions {
         let Some(ns) = scratch_of(mapping, &a.namespace) else {
-            out.push(check(&a.name, None, Status::Fail, format!("namespace {} is not part of this drill", a.namespace)));
+            out.push(check(
+                &a.name,
+                None,
+                Status::Fail,
+                format!("namespace {} is not part of this drill", a.namespace),
+            ));
             continue;
         };
-        let (group, version) = a.api_version.rsplit_once('/').unwrap_or(("", &a.api_version));
+        let (group, version) = a
+            .api_version
+            .rsplit_once('/')
+            .unwrap_or(("", &a.api_version));
         let gvk = GroupVersionKind::gvk(group, version, &a.kind);
         let result = async {
-            let (ar, _) = kube::discovery::pinned_kind(client, &gvk).await.map_err(|e| crate::error::display_chain(&e))?;
+            let (ar, _) = kube::discovery::pinned_kind(client, &gvk)
+                .await
+                .map_err(|e| crate::error::display_chain(&e))?;
             let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);
-            let obj = api.get(&a.object).await.map_err(|e| crate::error::display_chain(&e))?;
+            let obj = api
+                .get(&a.object)
+                .await
+                .map_err(|e| crate::error::display_chain(&e))?;
             Ok::<Value, String>(serde_json::to_value(obj).expect("serializes"))
         }
         .await;
         let res = match result {
-            Err(e) => check(&a.name, Some(ns), Status::Fail, format!("{} {}: {e}", a.kind, a.object)),
+            Err(e) => check(
+                &a.name,
+                Some(ns),
+                Status::Fail,
+                format!("{} {}: {e}", a.kind, a.object),
+            ),
             Ok(obj) => match (json_path(&obj, &a.path), &a.equals) {
-                (None, _) => check(&a.name, Some(ns), Status::Fail, format!("{} {}: {} does not exist", a.kind, a.object, a.path)),
-                (Some(_), None) => check(&a.name, Some(ns), Status::Pass, format!("{} {}: {} exists", a.kind, a.object, a.path)),
+                (None, _) => check(
+                    &a.name,
+                    Some(ns),
+                    Status::Fail,
+                    format!("{} {}: {} does not exist", a.kind, a.object, a.path),
+                ),
+                (Some(_), None) => check(
+                    &a.name,
+                    Some(ns),
+                    Status::Pass,
+                    format!("{} {}: {} exists", a.kind, a.object, a.path),
+                ),
                 (Some(v), Some(want)) => {
-                    let got = v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
+                    let got = v
+                        .as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| v.to_string());
                     if &got == want {
-                        check(&a.name, Some(ns), Status::Pass, format!("{} {}: {} = {got}", a.kind, a.object, a.path))
+                        check(
+                            &a.name,
+                            Some(ns),
+                            Status::Pass,
+                            format!("{} {}: {} = {got}", a.kind, a.object, a.path),
+                        )
                     } else {
-                        check(&a.name, Some(ns), Status::Fail, format!("{} {}: {} is {got}, expected {want}", a.kind, a.object, a.path))
+                        check(
+                            &a.name,
+                            Some(ns),
+                            Status::Fail,
+                            format!(
+                                "{} {}: {} is {got}, expected {want}",
+                                a.kind, a.object, a.path
+                            ),
+                        )
                     }
                 }
             },
@@ -164,11 +221,27 @@ pub async fn run_assertions(client: &kube::Client, spec: &DrillSpec, mapping: &[
     }
     for h in &spec.http {
         let Some(ns) = scratch_of(mapping, &h.namespace) else {
-            out.push(check(&h.name, None, Status::Fail, format!("namespace {} is not part of this drill", h.namespace)));
+            out.push(check(
+                &h.name,
+                None,
+                Status::Fail,
+                format!("namespace {} is not part of this drill", h.namespace),
+            ));
             continue;
         };
-        let path = format!("/api/v1/namespaces/{ns}/services/{}:{}/proxy{}", h.service, h.port, if h.path.starts_with('/') { h.path.clone() } else { format!("/{}", h.path) });
-        let req = http::Request::get(&path).body(Vec::new()).expect("valid request");
+        let path = format!(
+            "/api/v1/namespaces/{ns}/services/{}:{}/proxy{}",
+            h.service,
+            h.port,
+            if h.path.starts_with('/') {
+                h.path.clone()
+            } else {
+                format!("/{}", h.path)
+            }
+        );
+        let req = http::Request::get(&path)
+            .body(Vec::new())
+            .expect("valid request");
         let answer = tokio::time::timeout(CHECK_TIMEOUT, async {
             let resp = client.send(req.map(kube::client::Body::from)).await?;
             let status = resp.status().as_u16();
@@ -176,17 +249,74 @@ pub async fn run_assertions(client: &kube::Client, spec: &DrillSpec, mapping: &[
         })
         .await;
         let res = match answer {
-            Err(_) => check(&h.name, Some(ns), Status::Fail, format!("GET {}:{}{}: no answer within {}s", h.service, h.port, h.path, CHECK_TIMEOUT.as_secs())),
-            Ok(Err(e)) => check(&h.name, Some(ns), Status::Fail, format!("GET {}:{}{}: {}", h.service, h.port, h.path, crate::error::display_chain(&e))),
+            Err(_) => check(
+                &h.name,
+                Some(ns),
+                Status::Fail,
+                format!(
+                    "GET {}:{}{}: no answer within {}s",
+                    h.service,
+                    h.port,
+                    h.path,
+                    CHECK_TIMEOUT.as_secs()
+                ),
+            ),
+            Ok(Err(e)) => check(
+                &h.name,
+                Some(ns),
+                Status::Fail,
+                format!(
+                    "GET {}:{}{}: {}",
+                    h.service,
+                    h.port,
+                    h.path,
+                    crate::error::display_chain(&e)
+                ),
+            ),
             Ok(Ok((status, body))) => {
-                let contains_ok = h.body_contains.as_ref().is_none_or(|want| body.contains(want.as_str()));
+                let contains_ok = h
+                    .body_contains
+                    .as_ref()
+                    .is_none_or(|want| body.contains(want.as_str()));
                 if status == h.expect_status && contains_ok {
-                    check(&h.name, Some(ns), Status::Pass, format!("GET {}:{}{} → {status}", h.service, h.port, h.path))
+                    check(
+                        &h.name,
+                        Some(ns),
+                        Status::Pass,
+                        format!("GET {}:{}{} → {status}", h.service, h.port, h.path),
+                    )
                 } else if status != h.expect_status {
-                    let snippet: String = body.chars().take(200).collect::<String>().replace('\n', " ");
-                    check(&h.name, Some(ns), Status::Fail, format!("GET {}:{}{} → {status}, expected {}: {}", h.service, h.port, h.path, h.expect_status, snippet.trim()))
+                    let snippet: String = body
+                        .chars()
+                        .take(200)
+                        .collect::<String>()
+                        .replace('\n', " ");
+                    check(
+                        &h.name,
+                        Some(ns),
+                        Status::Fail,
+                        format!(
+                            "GET {}:{}{} → {status}, expected {}: {}",
+                            h.service,
+                            h.port,
+                            h.path,
+                            h.expect_status,
+                            snippet.trim()
+                        ),
+                    )
                 } else {
-                    check(&h.name, Some(ns), Status::Fail, format!("GET {}:{}{}: body does not contain {:?}", h.service, h.port, h.path, h.body_contains.clone().unwrap_or_default()))
+                    check(
+                        &h.name,
+                        Some(ns),
+                        Status::Fail,
+                        format!(
+                            "GET {}:{}{}: body does not contain {:?}",
+                            h.service,
+                            h.port,
+                            h.path,
+                            h.body_contains.clone().unwrap_or_default()
+                        ),
+                    )
                 }
             }
         };
@@ -196,7 +326,12 @@ pub async fn run_assertions(client: &kube::Client, spec: &DrillSpec, mapping: &[
         // Exec needs a real kubelet behind the pod; where the cluster cannot exec (simulated
         // nodes) the check is recorded as not run, never as passed.
         let Some(ns) = scratch_of(mapping, &c.namespace) else {
-            out.push(check(&c.name, None, Status::Fail, format!("namespace {} is not part of this drill", c.namespace)));
+            out.push(check(
+                &c.name,
+                None,
+                Status::Fail,
+                format!("namespace {} is not part of this drill", c.namespace),
+            ));
             continue;
         };
         out.push(super::report::exec_check(client, ns, c).await);
@@ -220,8 +355,14 @@ mod tests {
     fn json_path_subset() {
         let v = serde_json::json!({"spec": {"replicas": 2, "containers": [{"image": "nginx:1"}]}, "metadata": {"labels": {"app.kubernetes.io/name": "web"}}});
         assert_eq!(json_path(&v, ".spec.replicas"), Some(&serde_json::json!(2)));
-        assert_eq!(json_path(&v, "$.spec.containers[0].image").and_then(Value::as_str), Some("nginx:1"));
-        assert_eq!(json_path(&v, ".metadata.labels['app.kubernetes.io/name']").and_then(Value::as_str), Some("web"));
+        assert_eq!(
+            json_path(&v, "$.spec.containers[0].image").and_then(Value::as_str),
+            Some("nginx:1")
+        );
+        assert_eq!(
+            json_path(&v, ".metadata.labels['app.kubernetes.io/name']").and_then(Value::as_str),
+            Some("web")
+        );
         assert!(json_path(&v, ".spec.missing").is_none());
         assert!(json_path(&v, ".spec.containers[3]").is_none());
     }
@@ -229,7 +370,9 @@ mod tests {
     #[test]
     fn specs_reject_unknown_fields_with_location() {
         let text = "apiVersion: lifeboat.io/v1\nkind: DrillSpec\nrtoSeconds: 300\nassertions:\n  - name: a\n    namespace: shop\n    apiVersion: apps/v1\n    kind: Deployment\n    object: web\n    path: .spec.replicas\n    equal: \"2\"\n";
-        let err = parse(Path::new("drill.yaml"), text).unwrap_err().to_string();
+        let err = parse(Path::new("drill.yaml"), text)
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("drill.yaml:11:"), "{err}");
         assert!(err.contains("equal"), "{err}");
         let good = text.replace("equal:", "equals:");

@@ -16,7 +16,10 @@ pub trait Render: Serialize {
 
     /// Markdown (for change tickets). Only some reports have one.
     fn markdown(&self, _w: &mut dyn Write) -> std::io::Result<()> {
-        Err(std::io::Error::new(std::io::ErrorKind::Unsupported, "markdown"))
+        Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "markdown",
+        ))
     }
 }
 
@@ -24,7 +27,9 @@ pub trait Render: Serialize {
 pub fn print_str(text: &str) -> Result<(), Error> {
     let stdout = std::io::stdout();
     let mut w = stdout.lock();
-    w.write_all(text.as_bytes()).and_then(|_| w.flush()).map_err(|source| Error::Output { source })
+    w.write_all(text.as_bytes())
+        .and_then(|_| w.flush())
+        .map_err(|source| Error::Output { source })
 }
 
 pub fn emit<T: Render>(format: OutputFormat, value: &T) -> Result<(), Error> {
@@ -33,7 +38,11 @@ pub fn emit<T: Render>(format: OutputFormat, value: &T) -> Result<(), Error> {
     write_to(&mut w, format, value)
 }
 
-pub fn write_to<T: Render>(w: &mut dyn Write, format: OutputFormat, value: &T) -> Result<(), Error> {
+pub fn write_to<T: Render>(
+    w: &mut dyn Write,
+    format: OutputFormat,
+    value: &T,
+) -> Result<(), Error> {
     write_inner(w, format, value)?;
     w.flush().map_err(|source| Error::Output { source })
 }
@@ -49,13 +58,19 @@ fn write_inner<T: Render>(w: &mut dyn Write, format: OutputFormat, value: &T) ->
             }
         }),
         OutputFormat::Json => {
-            serde_json::to_writer_pretty(&mut *w, value)
-                .map_err(|e| Error::Encode { format: "json", source: Box::new(e) })?;
+            serde_json::to_writer_pretty(&mut *w, value).map_err(|e| Error::Encode {
+                format: "json",
+                source: Box::new(e),
+            })?;
             writeln!(w).map_err(|source| Error::Output { source })
         }
         OutputFormat::Yaml => {
-            let s = serde_norway::to_string(value).map_err(|e| Error::Encode { format: "yaml", source: Box::new(e) })?;
-            w.write_all(s.as_bytes()).map_err(|source| Error::Output { source })
+            let s = serde_norway::to_string(value).map_err(|e| Error::Encode {
+                format: "yaml",
+                source: Box::new(e),
+            })?;
+            w.write_all(s.as_bytes())
+                .map_err(|source| Error::Output { source })
         }
     }
 }

@@ -14,9 +14,11 @@ impl BackupBar {
         }
         let bar = ProgressBar::new(0);
         bar.set_style(
-            ProgressStyle::with_template("{spinner} {elapsed_precise} [{bar:30}] {pos}/{len} resource types, {msg}")
-                .expect("valid template")
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "{spinner} {elapsed_precise} [{bar:30}] {pos}/{len} resource types, {msg}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
         );
         bar.enable_steady_tick(std::time::Duration::from_millis(120));
         BackupBar { bar: Some(bar) }
@@ -63,7 +65,11 @@ pub fn waiting_spinner(quiet: bool) -> Option<std::sync::Arc<dyn Fn(&[String]) +
             b.enable_steady_tick(std::time::Duration::from_millis(120));
             b
         });
-        bar.set_message(format!("waiting for {} workload(s): {}", waiting.len(), waiting.join(", ")));
+        bar.set_message(format!(
+            "waiting for {} workload(s): {}",
+            waiting.len(),
+            waiting.join(", ")
+        ));
     }))
 }
 

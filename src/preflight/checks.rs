@@ -1,7 +1,9 @@
 //! Version and blocker checks against the target release.
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::admissionregistration::v1::{MutatingWebhookConfiguration, ValidatingWebhookConfiguration};
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -30,17 +32,31 @@ where
                 }
             }
             Err(kube::Error::Api(s)) if s.code == 403 => return Ok(None),
-            Err(source) => return Err(Error::Kube { action: format!("list {what}"), source }),
+            Err(source) => {
+                return Err(Error::Kube {
+                    action: format!("list {what}"),
+                    source,
+                });
+            }
         }
     }
 }
 
 fn forbidden(name: &str, what: &str) -> Check {
-    Check::new(name, CheckStatus::Skipped, format!("not allowed to list {what}"), vec![])
+    Check::new(
+        name,
+        CheckStatus::Skipped,
+        format!("not allowed to list {what}"),
+        vec![],
+    )
 }
 
 /// All checks. `current` is the apiserver's version now.
-pub async fn run(client: &kube::Client, current: Minor, target: Minor) -> Result<Vec<Check>, Error> {
+pub async fn run(
+    client: &kube::Client,
+    current: Minor,
+    target: Minor,
+) -> Result<Vec<Check>, Error> {
     let (nodes, pods, pdbs, vwh, mwh) = tokio::join!(
         list_all::<Node>(client, "nodes"),
         async {
@@ -48,7 +64,10 @@ pub async fn run(client: &kube::Client, current: Minor, target: Minor) -> Result
             match api.list(&ListParams::default()).await {
                 Ok(l) => Ok(Some(l.items)),
                 Err(kube::Error::Api(s)) if s.code == 403 => Ok(None),
-                Err(source) => Err(Error::Kube { action: "list kube-system pods".into(), source }),
+                Err(source) => Err(Error::Kube {
+                    action: "list kube-system pods".into(),
+                    source,
+                }),
             }
         },
         list_all::<PodDisruptionBudget>(client, "poddisruptionbudgets"),
@@ -62,8 +81,12 @@ pub async fn run(client: &kube::Client, current: Minor, target: Minor) -> Result
     });
     match nodes? {
         Some(n) => {
-            checks.push(node_skew(&n, target, "kubelet-skew", |n| Some(n.kubelet_version.clone())));
-            checks.push(node_skew(&n, target, "kube-proxy-skew", |n| Some(n.kube_proxy_version.clone())));
+            checks.push(node_skew(&n, target, "kubelet-skew", |n| {
+                Some(n.kubelet_version.clone())
+            }));
+            checks.push(node_skew(&n, target, "kube-proxy-skew", |n| {
+                Some(n.kube_proxy_version.clone())
+            }));
             checks.push(node_health(&n));
         }
         None => {
@@ -87,17 +110,39 @@ pub fn control_plane_path(current: Minor, target: Minor) -> Check {
     let name = "control-plane-version";
     let steps = current.minors_to(target);
     if steps == 1 {
-        Check::new(name, CheckStatus::Pass, format!("{current} → {target} is one minor version"), vec![])
+        Check::new(
+            name,
+            CheckStatus::Pass,
+            format!("{current} → {target} is one minor version"),
+            vec![],
+        )
     } else if steps == 0 {
-        Check::new(name, CheckStatus::Pass, format!("the control plane is already at {target}"), vec![])
+        Check::new(
+            name,
+            CheckStatus::Pass,
+            format!("the control plane is already at {target}"),
+            vec![],
+        )
     } else if steps < 0 {
-        Check::new(name, CheckStatus::Fail, format!("{target} is older than the running {current}: Kubernetes does not support downgrades"), vec![])
-    } else {
-        let path: Vec<String> = (0..=steps).map(|i| Minor::new(current.major, current.minor + i as u32).to_string()).collect();
         Check::new(
             name,
             CheckStatus::Fail,
-            format!("the control plane upgrades one minor at a time: {}", path.join(" → ")),
+            format!(
+                "{target} is older than the running {current}: Kubernetes does not support downgrades"
+            ),
+            vec![],
+        )
+    } else {
+        let path: Vec<String> = (0..=steps)
+            .map(|i| Minor::new(current.major, current.minor + i as u32).to_string())
+            .collect();
+        Check::new(
+            name,
+            CheckStatus::Fail,
+            format!(
+                "the control plane upgrades one minor at a time: {}",
+                path.join(" → ")
+            ),
             vec![],
         )
     }
@@ -122,13 +167,29 @@ pub fn components(pods: &[Pod], apiserver: Minor) -> Check {
     let mut bad = Vec::new();
     for p in pods {
         let labels = p.metadata.labels.clone().unwrap_or_default();
-        let component = labels.get("component").or_else(|| labels.get("k8s-app")).cloned().unwrap_or_default();
-        if !["kube-apiserver", "kube-controller-manager", "kube-scheduler", "kube-proxy"].contains(&component.as_str()) {
+        let component = labels
+            .get("component")
+            .or_else(|| labels.get("k8s-app"))
+            .cloned()
+            .unwrap_or_default();
+        if ![
+            "kube-apiserver",
+            "kube-controller-manager",
+            "kube-scheduler",
+            "kube-proxy",
+        ]
+        .contains(&component.as_str())
+        {
             continue;
         }
         for c in p.spec.iter().flat_map(|s| s.containers.iter()) {
-            let Some(v) = c.image.as_deref().and_then(image_version) else { continue };
-            let who = format!("pod/{} ({component} {v})", p.metadata.name.clone().unwrap_or_default());
+            let Some(v) = c.image.as_deref().and_then(image_version) else {
+                continue;
+            };
+            let who = format!(
+                "pod/{} ({component} {v})",
+                p.metadata.name.clone().unwrap_or_default()
+            );
             if v > apiserver {
                 bad.push(who.clone());
             }
@@ -136,21 +197,55 @@ pub fn components(pods: &[Pod], apiserver: Minor) -> Check {
         }
     }
     if seen.is_empty() {
-        Check::new(name, CheckStatus::Skipped, "no control-plane pods visible in kube-system (managed or process-based control plane)", vec![])
+        Check::new(
+            name,
+            CheckStatus::Skipped,
+            "no control-plane pods visible in kube-system (managed or process-based control plane)",
+            vec![],
+        )
     } else if bad.is_empty() {
-        Check::new(name, CheckStatus::Pass, format!("{} component(s) not newer than the apiserver {apiserver}", seen.len()), seen)
+        Check::new(
+            name,
+            CheckStatus::Pass,
+            format!(
+                "{} component(s) not newer than the apiserver {apiserver}",
+                seen.len()
+            ),
+            seen,
+        )
     } else {
-        Check::new(name, CheckStatus::Fail, format!("components newer than the apiserver {apiserver}"), bad)
+        Check::new(
+            name,
+            CheckStatus::Fail,
+            format!("components newer than the apiserver {apiserver}"),
+            bad,
+        )
     }
 }
 
-pub fn node_skew(nodes: &[Node], target: Minor, name: &str, get: impl Fn(&k8s_openapi::api::core::v1::NodeSystemInfo) -> Option<String> + Copy) -> Check {
-    let what = if name == "kubelet-skew" { "kubelet" } else { "kube-proxy" };
+pub fn node_skew(
+    nodes: &[Node],
+    target: Minor,
+    name: &str,
+    get: impl Fn(&k8s_openapi::api::core::v1::NodeSystemInfo) -> Option<String> + Copy,
+) -> Check {
+    let what = if name == "kubelet-skew" {
+        "kubelet"
+    } else {
+        "kube-proxy"
+    };
     let mut bad = Vec::new();
     let mut known = 0;
     for n in nodes {
         let node = n.metadata.name.clone().unwrap_or_default();
-        let Some(v) = n.status.as_ref().and_then(|s| s.node_info.as_ref()).and_then(|i| get(i)) else { continue };
+        let Some(v) = n
+            .status
+            .as_ref()
+            .and_then(|s| s.node_info.as_ref())
+            .and_then(|i| get(i))
+        else {
+            continue;
+        };
         if v.is_empty() || v.starts_with("v0.0.0") {
             continue;
         }
@@ -161,11 +256,29 @@ pub fn node_skew(nodes: &[Node], target: Minor, name: &str, get: impl Fn(&k8s_op
         }
     }
     if known == 0 {
-        Check::new(name, CheckStatus::Skipped, format!("no node reports a {what} version"), vec![])
+        Check::new(
+            name,
+            CheckStatus::Skipped,
+            format!("no node reports a {what} version"),
+            vec![],
+        )
     } else if bad.is_empty() {
-        Check::new(name, CheckStatus::Pass, format!("all {known} node(s) within the skew policy for an apiserver at {target}"), vec![])
+        Check::new(
+            name,
+            CheckStatus::Pass,
+            format!("all {known} node(s) within the skew policy for an apiserver at {target}"),
+            vec![],
+        )
     } else {
-        Check::new(name, CheckStatus::Fail, format!("{} node(s) must be upgraded before the control plane goes to {target}", bad.len()), bad)
+        Check::new(
+            name,
+            CheckStatus::Fail,
+            format!(
+                "{} node(s) must be upgraded before the control plane goes to {target}",
+                bad.len()
+            ),
+            bad,
+        )
     }
 }
 
@@ -180,7 +293,11 @@ pub fn node_health(nodes: &[Node]) -> Check {
             .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
             .map(|c| c.status == "True")
             .unwrap_or(false);
-        let cordoned = n.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false);
+        let cordoned = n
+            .spec
+            .as_ref()
+            .and_then(|s| s.unschedulable)
+            .unwrap_or(false);
         match (ready, cordoned) {
             (false, true) => bad.push(format!("node/{node} (NotReady, cordoned)")),
             (false, false) => bad.push(format!("node/{node} (NotReady)")),
@@ -189,9 +306,19 @@ pub fn node_health(nodes: &[Node]) -> Check {
         }
     }
     if bad.is_empty() {
-        Check::new("node-health", CheckStatus::Pass, format!("all {} node(s) Ready and schedulable", nodes.len()), vec![])
+        Check::new(
+            "node-health",
+            CheckStatus::Pass,
+            format!("all {} node(s) Ready and schedulable", nodes.len()),
+            vec![],
+        )
     } else {
-        Check::new("node-health", CheckStatus::Warn, format!("{} node(s) NotReady or cordoned", bad.len()), bad)
+        Check::new(
+            "node-health",
+            CheckStatus::Warn,
+            format!("{} node(s) NotReady or cordoned", bad.len()),
+            bad,
+        )
     }
 }
 
@@ -229,50 +356,128 @@ async fn pdb_check(client: &kube::Client, pdbs: &[PodDisruptionBudget]) -> Resul
         }
         let ns = p.metadata.namespace.clone().unwrap_or_default();
         let name = p.metadata.name.clone().unwrap_or_default();
-        let selector = p.spec.as_ref().and_then(|s| s.selector.clone()).unwrap_or_default();
+        let selector = p
+            .spec
+            .as_ref()
+            .and_then(|s| s.selector.clone())
+            .unwrap_or_default();
         let mut owners = Vec::new();
         let deps: Api<Deployment> = Api::namespaced(client.clone(), &ns);
-        for d in deps.list(&ListParams::default()).await.map(|l| l.items).unwrap_or_default() {
-            let labels = d.spec.as_ref().and_then(|s| s.template.metadata.as_ref()).and_then(|m| m.labels.clone()).unwrap_or_default();
+        for d in deps
+            .list(&ListParams::default())
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default()
+        {
+            let labels = d
+                .spec
+                .as_ref()
+                .and_then(|s| s.template.metadata.as_ref())
+                .and_then(|m| m.labels.clone())
+                .unwrap_or_default();
             if selects(&selector, &labels) {
-                owners.push(format!("Deployment {ns}/{}", d.metadata.name.unwrap_or_default()));
+                owners.push(format!(
+                    "Deployment {ns}/{}",
+                    d.metadata.name.unwrap_or_default()
+                ));
             }
         }
         let sts: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
-        for d in sts.list(&ListParams::default()).await.map(|l| l.items).unwrap_or_default() {
-            let labels = d.spec.as_ref().and_then(|s| s.template.metadata.as_ref()).and_then(|m| m.labels.clone()).unwrap_or_default();
+        for d in sts
+            .list(&ListParams::default())
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default()
+        {
+            let labels = d
+                .spec
+                .as_ref()
+                .and_then(|s| s.template.metadata.as_ref())
+                .and_then(|m| m.labels.clone())
+                .unwrap_or_default();
             if selects(&selector, &labels) {
-                owners.push(format!("StatefulSet {ns}/{}", d.metadata.name.unwrap_or_default()));
+                owners.push(format!(
+                    "StatefulSet {ns}/{}",
+                    d.metadata.name.unwrap_or_default()
+                ));
             }
         }
         let dss: Api<DaemonSet> = Api::namespaced(client.clone(), &ns);
-        for d in dss.list(&ListParams::default()).await.map(|l| l.items).unwrap_or_default() {
-            let labels = d.spec.as_ref().and_then(|s| s.template.metadata.as_ref()).and_then(|m| m.labels.clone()).unwrap_or_default();
+        for d in dss
+            .list(&ListParams::default())
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default()
+        {
+            let labels = d
+                .spec
+                .as_ref()
+                .and_then(|s| s.template.metadata.as_ref())
+                .and_then(|m| m.labels.clone())
+                .unwrap_or_default();
             if selects(&selector, &labels) {
-                owners.push(format!("DaemonSet {ns}/{}", d.metadata.name.unwrap_or_default()));
+                owners.push(format!(
+                    "DaemonSet {ns}/{}",
+                    d.metadata.name.unwrap_or_default()
+                ));
             }
         }
-        let workload = if owners.is_empty() { "no workload found for its selector".to_string() } else { owners.join(", ") };
+        let workload = if owners.is_empty() {
+            "no workload found for its selector".to_string()
+        } else {
+            owners.join(", ")
+        };
         bad.push(format!(
             "poddisruptionbudget/{ns}/{name} allows 0 disruptions ({} of {} pods healthy, {} desired): {workload}",
             st.current_healthy, st.expected_pods, st.desired_healthy
         ));
     }
     Ok(if bad.is_empty() {
-        Check::new("pdb-disruptions", CheckStatus::Pass, format!("{} PodDisruptionBudget(s), none blocks draining", pdbs.len()), vec![])
+        Check::new(
+            "pdb-disruptions",
+            CheckStatus::Pass,
+            format!(
+                "{} PodDisruptionBudget(s), none blocks draining",
+                pdbs.len()
+            ),
+            vec![],
+        )
     } else {
-        Check::new("pdb-disruptions", CheckStatus::Warn, format!("{} PodDisruptionBudget(s) allow zero disruptions: node drains will hang", bad.len()), bad)
+        Check::new(
+            "pdb-disruptions",
+            CheckStatus::Warn,
+            format!(
+                "{} PodDisruptionBudget(s) allow zero disruptions: node drains will hang",
+                bad.len()
+            ),
+            bad,
+        )
     })
 }
 
-async fn service_has_ready_endpoints(client: &kube::Client, ns: &str, svc: &str) -> Result<bool, Error> {
+async fn service_has_ready_endpoints(
+    client: &kube::Client,
+    ns: &str,
+    svc: &str,
+) -> Result<bool, Error> {
     let api: Api<EndpointSlice> = Api::namespaced(client.clone(), ns);
-    let slices = match api.list(&ListParams::default().labels(&format!("kubernetes.io/service-name={svc}"))).await {
+    let slices = match api
+        .list(&ListParams::default().labels(&format!("kubernetes.io/service-name={svc}")))
+        .await
+    {
         Ok(l) => l.items,
         Err(kube::Error::Api(s)) if s.code == 403 => return Ok(true), // cannot tell: do not accuse
-        Err(source) => return Err(Error::Kube { action: "list endpointslices".into(), source }),
+        Err(source) => {
+            return Err(Error::Kube {
+                action: "list endpointslices".into(),
+                source,
+            });
+        }
     };
-    Ok(slices.iter().flat_map(|s| s.endpoints.iter()).any(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true)))
+    Ok(slices
+        .iter()
+        .flat_map(|s| s.endpoints.iter())
+        .any(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true)))
 }
 
 async fn webhook_check(
@@ -284,12 +489,24 @@ async fn webhook_check(
     let mut hooks = Vec::new();
     for c in validating {
         for w in c.webhooks.iter().flatten() {
-            hooks.push(("ValidatingWebhookConfiguration", c.metadata.name.clone().unwrap_or_default(), w.name.clone(), w.failure_policy.clone(), w.client_config.service.clone()));
+            hooks.push((
+                "ValidatingWebhookConfiguration",
+                c.metadata.name.clone().unwrap_or_default(),
+                w.name.clone(),
+                w.failure_policy.clone(),
+                w.client_config.service.clone(),
+            ));
         }
     }
     for c in mutating {
         for w in c.webhooks.iter().flatten() {
-            hooks.push(("MutatingWebhookConfiguration", c.metadata.name.clone().unwrap_or_default(), w.name.clone(), w.failure_policy.clone(), w.client_config.service.clone()));
+            hooks.push((
+                "MutatingWebhookConfiguration",
+                c.metadata.name.clone().unwrap_or_default(),
+                w.name.clone(),
+                w.failure_policy.clone(),
+                w.client_config.service.clone(),
+            ));
         }
     }
     let mut bad = Vec::new();
@@ -306,12 +523,20 @@ async fn webhook_check(
         }
     }
     Ok(if bad.is_empty() {
-        Check::new("webhook-endpoints", CheckStatus::Pass, format!("{fail_closed} fail-closed webhook(s), all with ready endpoints"), vec![])
+        Check::new(
+            "webhook-endpoints",
+            CheckStatus::Pass,
+            format!("{fail_closed} fail-closed webhook(s), all with ready endpoints"),
+            vec![],
+        )
     } else {
         Check::new(
             "webhook-endpoints",
             CheckStatus::Fail,
-            format!("{} fail-closed webhook(s) without ready endpoints: matching API requests will be rejected during the upgrade", bad.len()),
+            format!(
+                "{} fail-closed webhook(s) without ready endpoints: matching API requests will be rejected during the upgrade",
+                bad.len()
+            ),
             bad,
         )
     })
@@ -328,25 +553,43 @@ mod tests {
         assert_eq!(c(34, 34).status, CheckStatus::Pass);
         let skip = c(34, 36);
         assert_eq!(skip.status, CheckStatus::Fail);
-        assert!(skip.message.contains("1.34 → 1.35 → 1.36"), "{}", skip.message);
+        assert!(
+            skip.message.contains("1.34 → 1.35 → 1.36"),
+            "{}",
+            skip.message
+        );
         assert_eq!(c(34, 33).status, CheckStatus::Fail);
     }
 
     #[test]
     fn label_selectors() {
-        let labels: BTreeMap<String, String> = [("app".to_string(), "web".to_string()), ("tier".to_string(), "fe".to_string())].into();
-        let sel: LabelSelector = serde_json::from_value(serde_json::json!({"matchLabels": {"app": "web"}})).unwrap();
+        let labels: BTreeMap<String, String> = [
+            ("app".to_string(), "web".to_string()),
+            ("tier".to_string(), "fe".to_string()),
+        ]
+        .into();
+        let sel: LabelSelector =
+            serde_json::from_value(serde_json::json!({"matchLabels": {"app": "web"}})).unwrap();
         assert!(selects(&sel, &labels));
         let sel: LabelSelector = serde_json::from_value(serde_json::json!({"matchExpressions": [{"key": "tier", "operator": "In", "values": ["be"]}]})).unwrap();
         assert!(!selects(&sel, &labels));
-        let sel: LabelSelector = serde_json::from_value(serde_json::json!({"matchExpressions": [{"key": "x", "operator": "DoesNotExist"}]})).unwrap();
+        let sel: LabelSelector = serde_json::from_value(
+            serde_json::json!({"matchExpressions": [{"key": "x", "operator": "DoesNotExist"}]}),
+        )
+        .unwrap();
         assert!(selects(&sel, &labels));
     }
 
     #[test]
     fn image_tags() {
-        assert_eq!(image_version("registry.k8s.io/kube-apiserver:v1.34.4"), Some(Minor::new(1, 34)));
-        assert_eq!(image_version("localhost:5000/kube-proxy:v1.33.1@sha256:abc"), Some(Minor::new(1, 33)));
+        assert_eq!(
+            image_version("registry.k8s.io/kube-apiserver:v1.34.4"),
+            Some(Minor::new(1, 34))
+        );
+        assert_eq!(
+            image_version("localhost:5000/kube-proxy:v1.33.1@sha256:abc"),
+            Some(Minor::new(1, 33))
+        );
         assert_eq!(image_version("nginx:latest"), None);
     }
 }

@@ -15,12 +15,22 @@ pub async fn scan(client: &kube::Client) -> Result<(Vec<Finding>, Vec<String>), 
         Err(kube::Error::Api(s)) if s.code == 403 => {
             return Ok((vec![], vec![format!("crds: not readable ({})", s.message)]));
         }
-        Err(source) => return Err(Error::Kube { action: "list CRDs".into(), source }),
+        Err(source) => {
+            return Err(Error::Kube {
+                action: "list CRDs".into(),
+                source,
+            });
+        }
     };
     Ok((crds.iter().flat_map(crd_findings).collect(), vec![]))
 }
 
-fn finding(crd: &CustomResourceDefinition, version: &str, severity: Severity, message: String) -> Finding {
+fn finding(
+    crd: &CustomResourceDefinition,
+    version: &str,
+    severity: Severity,
+    message: String,
+) -> Finding {
     let spec = &crd.spec;
     Finding {
         source: Source::Crd,
@@ -52,7 +62,11 @@ pub fn crd_findings(crd: &CustomResourceDefinition) -> Vec<Finding> {
     let name = crd.metadata.name.clone().unwrap_or_default();
     for v in &crd.spec.versions {
         if v.served && v.deprecated == Some(true) {
-            let warning = v.deprecation_warning.as_deref().map(|w| format!(": {w}")).unwrap_or_default();
+            let warning = v
+                .deprecation_warning
+                .as_deref()
+                .map(|w| format!(": {w}"))
+                .unwrap_or_default();
             out.push(finding(
                 crd,
                 &v.name,
@@ -61,7 +75,11 @@ pub fn crd_findings(crd: &CustomResourceDefinition) -> Vec<Finding> {
             ));
         }
     }
-    let stored = crd.status.as_ref().and_then(|s| s.stored_versions.clone()).unwrap_or_default();
+    let stored = crd
+        .status
+        .as_ref()
+        .and_then(|s| s.stored_versions.clone())
+        .unwrap_or_default();
     for s in stored {
         let v = crd.spec.versions.iter().find(|v| v.name == s);
         let problem = match v {

@@ -37,36 +37,63 @@ struct ChartMeta {
 }
 
 /// Decode a release payload (the bytes of `data.release` after the Secret's own base64).
-pub fn decode_release(data: &[u8]) -> Result<(String, Option<String>, Option<String>, String), String> {
-    let gz = base64::engine::general_purpose::STANDARD.decode(data.trim_ascii()).map_err(|e| format!("base64: {e}"))?;
+pub fn decode_release(
+    data: &[u8],
+) -> Result<(String, Option<String>, Option<String>, String), String> {
+    let gz = base64::engine::general_purpose::STANDARD
+        .decode(data.trim_ascii())
+        .map_err(|e| format!("base64: {e}"))?;
     let mut json = Vec::new();
     if gz.starts_with(&[0x1f, 0x8b]) {
-        flate2::read::GzDecoder::new(&gz[..]).read_to_end(&mut json).map_err(|e| format!("gzip: {e}"))?;
+        flate2::read::GzDecoder::new(&gz[..])
+            .read_to_end(&mut json)
+            .map_err(|e| format!("gzip: {e}"))?;
     } else {
         json = gz; // very old Helm 3 releases were not compressed
     }
     let r: Release = serde_json::from_slice(&json).map_err(|e| format!("json: {e}"))?;
-    let chart = r.chart.and_then(|c| c.metadata).map(|m| match (m.name, m.version) {
-        (Some(n), Some(v)) => format!("{n}-{v}"),
-        (Some(n), None) => n,
-        _ => String::new(),
-    });
+    let chart = r
+        .chart
+        .and_then(|c| c.metadata)
+        .map(|m| match (m.name, m.version) {
+            (Some(n), Some(v)) => format!("{n}-{v}"),
+            (Some(n), None) => n,
+            _ => String::new(),
+        });
     Ok((r.name, r.namespace, chart, r.manifest))
 }
 
 /// Returns (findings, notes).
-pub async fn scan(client: &kube::Client, db: &Database, target: Minor) -> Result<(Vec<Finding>, Vec<String>), Error> {
+pub async fn scan(
+    client: &kube::Client,
+    db: &Database,
+    target: Minor,
+) -> Result<(Vec<Finding>, Vec<String>), Error> {
     let api: Api<Secret> = Api::all(client.clone());
-    let mut lp = ListParams::default().labels("owner=helm").fields("type=helm.sh/release.v1").limit(500);
+    let mut lp = ListParams::default()
+        .labels("owner=helm")
+        .fields("type=helm.sh/release.v1")
+        .limit(500);
     // (namespace, release) -> (revision, secret name) of the newest deployed revision
     let mut latest: HashMap<(String, String), (u64, String)> = HashMap::new();
     loop {
         let page = match api.list_metadata(&lp).await {
             Ok(p) => p,
             Err(kube::Error::Api(s)) if s.code == 403 => {
-                return Ok((vec![], vec![format!("helm: release secrets not readable ({})", s.message)]));
+                return Ok((
+                    vec![],
+                    vec![format!(
+                        "helm: release secrets not readable ({})",
+                        s.message
+                    )],
+                ));
             }
-            Err(source) => return Err(Error::Kube { action: "list Helm release secrets".into(), source }),
+            Err(source) => {
+                return Err(Error::Kube {
+                    action: "list Helm release secrets".into(),
+                    source,
+                });
+            }
         };
         for s in page.items {
             let labels = s.metadata.labels.unwrap_or_default();
@@ -81,7 +108,9 @@ pub async fn scan(client: &kube::Client, db: &Database, target: Minor) -> Result
             ) else {
                 continue;
             };
-            let e = latest.entry((ns, name.clone())).or_insert((rev, secret.clone()));
+            let e = latest
+                .entry((ns, name.clone()))
+                .or_insert((rev, secret.clone()));
             if rev > e.0 {
                 *e = (rev, secret);
             }
@@ -101,15 +130,30 @@ pub async fn scan(client: &kube::Client, db: &Database, target: Minor) -> Result
                 let s = match api.get(&secret).await {
                     Ok(s) => s,
                     Err(kube::Error::Api(e)) if e.code == 404 => return Ok((vec![], vec![])),
-                    Err(source) => return Err(Error::Kube { action: format!("get secret {ns}/{secret}"), source }),
+                    Err(source) => {
+                        return Err(Error::Kube {
+                            action: format!("get secret {ns}/{secret}"),
+                            source,
+                        });
+                    }
                 };
                 let Some(data) = s.data.as_ref().and_then(|d| d.get("release")) else {
-                    return Ok((vec![], vec![format!("helm release {ns}/{release}: secret has no release data")]));
+                    return Ok((
+                        vec![],
+                        vec![format!(
+                            "helm release {ns}/{release}: secret has no release data"
+                        )],
+                    ));
                 };
                 let decoded = decode_release(&data.0);
                 let (_, _, chart, manifest) = match decoded {
                     Ok(d) => d,
-                    Err(e) => return Ok((vec![], vec![format!("helm release {ns}/{release}: cannot decode: {e}")])),
+                    Err(e) => {
+                        return Ok((
+                            vec![],
+                            vec![format!("helm release {ns}/{release}: cannot decode: {e}")],
+                        ));
+                    }
                 };
                 let scanned = manifests::ScannedFile {
                     path: format!("helm:{ns}/{release}").into(),
@@ -117,14 +161,24 @@ pub async fn scan(client: &kube::Client, db: &Database, target: Minor) -> Result
                     read_error: None,
                 };
                 let mut notes = Vec::new();
-                let (mut findings, _) = manifest_findings(db, target, std::slice::from_ref(&scanned), Source::Helm, &mut notes);
+                let (mut findings, _) = manifest_findings(
+                    db,
+                    target,
+                    std::slice::from_ref(&scanned),
+                    Source::Helm,
+                    &mut notes,
+                );
                 for f in &mut findings {
                     f.file = None;
                     f.release = Some(release.clone());
                     f.chart = chart.clone();
                     // Objects without a namespace in the manifest are installed into the release's.
                     f.namespace.get_or_insert_with(|| ns.clone());
-                    f.message = format!("{} (Helm release {ns}/{release}, line {} of its manifest)", f.message, f.line.unwrap_or(0));
+                    f.message = format!(
+                        "{} (Helm release {ns}/{release}, line {} of its manifest)",
+                        f.message,
+                        f.line.unwrap_or(0)
+                    );
                 }
                 Ok::<_, Error>((findings, notes))
             }
@@ -153,7 +207,10 @@ mod tests {
         gz.write_all(json).unwrap();
         let b64 = base64::engine::general_purpose::STANDARD.encode(gz.finish().unwrap());
         let (name, ns, chart, manifest) = decode_release(b64.as_bytes()).unwrap();
-        assert_eq!((name.as_str(), ns.as_deref(), chart.as_deref()), ("web", Some("shop"), Some("webapp-1.2.3")));
+        assert_eq!(
+            (name.as_str(), ns.as_deref(), chart.as_deref()),
+            ("web", Some("shop"), Some("webapp-1.2.3"))
+        );
         assert!(manifest.contains("kind: Ingress"));
         assert!(decode_release(b"!!!").is_err());
     }

@@ -24,8 +24,14 @@ struct LastApplied {
 }
 
 /// Served, listable resource types whose kind has database entries.
-pub async fn resources_for_kinds(client: &kube::Client, kinds: &BTreeSet<&str>) -> Result<Vec<ApiResource>, Error> {
-    let discovery = Discovery::new(client.clone()).run_aggregated().await.map_err(|source| Error::Discovery { source })?;
+pub async fn resources_for_kinds(
+    client: &kube::Client,
+    kinds: &BTreeSet<&str>,
+) -> Result<Vec<ApiResource>, Error> {
+    let discovery = Discovery::new(client.clone())
+        .run_aggregated()
+        .await
+        .map_err(|source| Error::Discovery { source })?;
     let mut out = Vec::new();
     for group in discovery.groups() {
         for (ar, caps) in group.recommended_resources() {
@@ -38,7 +44,11 @@ pub async fn resources_for_kinds(client: &kube::Client, kinds: &BTreeSet<&str>) 
 }
 
 /// Returns (findings, objects scanned, notes).
-pub async fn scan(client: &kube::Client, db: &Database, target: Minor) -> Result<(Vec<Finding>, usize, Vec<String>), Error> {
+pub async fn scan(
+    client: &kube::Client,
+    db: &Database,
+    target: Minor,
+) -> Result<(Vec<Finding>, usize, Vec<String>), Error> {
     let kinds = db.kinds();
     let resources = resources_for_kinds(client, &kinds).await?;
     let mut notes = Vec::new();
@@ -52,11 +62,22 @@ pub async fn scan(client: &kube::Client, db: &Database, target: Minor) -> Result
                 let page = match api.list_metadata(&lp).await {
                     Ok(p) => p,
                     // Deleted between discovery and this LIST: nothing left to scan.
-                    Err(kube::Error::Api(s)) if s.code == 404 => return Ok::<_, Error>((found, scanned, None)),
-                    Err(kube::Error::Api(s)) if s.code == 403 => {
-                        return Ok::<_, Error>((found, scanned, Some(format!("live {}: not listed ({})", ar.plural, s.message))));
+                    Err(kube::Error::Api(s)) if s.code == 404 => {
+                        return Ok::<_, Error>((found, scanned, None));
                     }
-                    Err(source) => return Err(Error::Kube { action: format!("list {}", ar.plural), source }),
+                    Err(kube::Error::Api(s)) if s.code == 403 => {
+                        return Ok::<_, Error>((
+                            found,
+                            scanned,
+                            Some(format!("live {}: not listed ({})", ar.plural, s.message)),
+                        ));
+                    }
+                    Err(source) => {
+                        return Err(Error::Kube {
+                            action: format!("list {}", ar.plural),
+                            source,
+                        });
+                    }
                 };
                 for obj in &page.items {
                     scanned += 1;
@@ -92,13 +113,21 @@ pub fn object_findings(
     // apiVersion -> how we know it was used
     let mut used: BTreeMap<String, Vec<String>> = BTreeMap::new();
     if let Some(la) = meta.annotations.as_ref().and_then(|a| a.get(LAST_APPLIED)) {
-        if let Ok(LastApplied { api_version: Some(v) }) = serde_json::from_str::<LastApplied>(la) {
-            used.entry(v).or_default().push("last-applied-configuration".into());
+        if let Ok(LastApplied {
+            api_version: Some(v),
+        }) = serde_json::from_str::<LastApplied>(la)
+        {
+            used.entry(v)
+                .or_default()
+                .push("last-applied-configuration".into());
         }
     }
     for mf in meta.managed_fields.iter().flatten() {
         if let Some(v) = &mf.api_version {
-            let by = format!("managedFields (manager {})", mf.manager.as_deref().unwrap_or("?"));
+            let by = format!(
+                "managedFields (manager {})",
+                mf.manager.as_deref().unwrap_or("?")
+            );
             let e = used.entry(v.clone()).or_default();
             if !e.contains(&by) {
                 e.push(by);
@@ -107,9 +136,22 @@ pub fn object_findings(
     }
     let mut out = Vec::new();
     for (api_version, how) in used {
-        let Some(e) = db.lookup(&api_version, kind) else { continue };
-        let Some(sev) = db::classify(e, target) else { continue };
-        let mut f = Finding::for_entry(Source::Live, e, sev, format!("{} (written as {api_version}: {})", api_message(e, sev, target), how.join(", ")));
+        let Some(e) = db.lookup(&api_version, kind) else {
+            continue;
+        };
+        let Some(sev) = db::classify(e, target) else {
+            continue;
+        };
+        let mut f = Finding::for_entry(
+            Source::Live,
+            e,
+            sev,
+            format!(
+                "{} (written as {api_version}: {})",
+                api_message(e, sev, target),
+                how.join(", ")
+            ),
+        );
         f.namespace = meta.namespace.clone();
         f.name = meta.name.clone();
         out.push(f);

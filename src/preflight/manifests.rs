@@ -108,7 +108,10 @@ impl<'de> Deserialize<'de> for Meta {
                 f.write_str("metadata")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Meta, A::Error> {
-                let mut m = Meta { name: None, namespace: None };
+                let mut m = Meta {
+                    name: None,
+                    namespace: None,
+                };
                 while let Some(Scalar(k)) = a.next_key::<Scalar>()? {
                     match k.as_deref() {
                         Some("name") => m.name = a.next_value::<Scalar>()?.0,
@@ -121,17 +124,29 @@ impl<'de> Deserialize<'de> for Meta {
                 Ok(m)
             }
             fn visit_unit<E>(self) -> Result<Meta, E> {
-                Ok(Meta { name: None, namespace: None })
+                Ok(Meta {
+                    name: None,
+                    namespace: None,
+                })
             }
             fn visit_none<E>(self) -> Result<Meta, E> {
-                Ok(Meta { name: None, namespace: None })
+                Ok(Meta {
+                    name: None,
+                    namespace: None,
+                })
             }
             fn visit_str<E: de::Error>(self, _: &str) -> Result<Meta, E> {
-                Ok(Meta { name: None, namespace: None })
+                Ok(Meta {
+                    name: None,
+                    namespace: None,
+                })
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Meta, A::Error> {
                 while a.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(Meta { name: None, namespace: None })
+                Ok(Meta {
+                    name: None,
+                    namespace: None,
+                })
             }
         }
         d.deserialize_any(V)
@@ -200,9 +215,19 @@ impl<'de> Deserialize<'de> for Doc {
 /// block-style `items:` list get the line of their own `- ` entry; in any other layout (flow
 /// style, JSON) they get the List's line.
 fn collect(doc: Doc, line: usize, text: &str, out: &mut Vec<ObjectRef>) {
-    let is_list = doc.kind.as_deref().is_some_and(|k| k == "List" || k.ends_with("List")) && doc.items.is_some();
+    let is_list = doc
+        .kind
+        .as_deref()
+        .is_some_and(|k| k == "List" || k.ends_with("List"))
+        && doc.items.is_some();
     if let (Some(api_version), Some(kind)) = (doc.api_version, doc.kind) {
-        out.push(ObjectRef { line, api_version, kind, name: doc.name, namespace: doc.namespace });
+        out.push(ObjectRef {
+            line,
+            api_version,
+            kind,
+            name: doc.name,
+            namespace: doc.namespace,
+        });
     }
     if is_list {
         let items = doc.items.unwrap_or_default();
@@ -218,7 +243,9 @@ fn collect(doc: Doc, line: usize, text: &str, out: &mut Vec<ObjectRef>) {
 /// `items:`: the `- ` lines at the sequence's indentation.
 fn list_item_lines(text: &str) -> Option<Vec<usize>> {
     let mut lines = text.lines().enumerate();
-    lines.by_ref().find(|(_, l)| l.trim_end() == "items:" || l.starts_with("items: #"))?;
+    lines
+        .by_ref()
+        .find(|(_, l)| l.trim_end() == "items:" || l.starts_with("items: #"))?;
     let mut indent = None;
     let mut out = Vec::new();
     for (i, l) in lines {
@@ -265,7 +292,10 @@ fn split_documents(text: &str) -> Vec<(usize, &str)> {
         offset += line.len();
     }
     docs.push((start_line, &text[start_byte..]));
-    docs.retain(|(_, d)| d.lines().any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#')));
+    docs.retain(|(_, d)| {
+        d.lines()
+            .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+    });
     docs
 }
 
@@ -276,7 +306,11 @@ pub fn scan_text(text: &str, json: bool) -> Scanned {
     if json {
         match serde_json::from_str::<Doc>(text) {
             Ok(doc) => collect(doc, 1, "", &mut s.objects),
-            Err(e) => s.problems.push(ParseProblem { line: e.line(), column: e.column(), message: e.to_string() }),
+            Err(e) => s.problems.push(ParseProblem {
+                line: e.line(),
+                column: e.column(),
+                message: e.to_string(),
+            }),
         }
         return s;
     }
@@ -284,12 +318,23 @@ pub fn scan_text(text: &str, json: bool) -> Scanned {
         match serde_norway::from_str::<Doc>(doc_text) {
             Ok(doc) => collect(doc, first_line, doc_text, &mut s.objects),
             Err(e) => {
-                let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((1, 1));
+                let (line, column) = e
+                    .location()
+                    .map(|l| (l.line(), l.column()))
+                    .unwrap_or((1, 1));
                 let message = e.to_string();
                 // serde_norway appends " at line L column C" relative to the document; drop it
                 // since we report the position in the file.
-                let message = message.split(" at line ").next().unwrap_or(&message).to_string();
-                s.problems.push(ParseProblem { line: first_line + line - 1, column, message });
+                let message = message
+                    .split(" at line ")
+                    .next()
+                    .unwrap_or(&message)
+                    .to_string();
+                s.problems.push(ParseProblem {
+                    line: first_line + line - 1,
+                    column,
+                    message,
+                });
             }
         }
     }
@@ -307,7 +352,10 @@ pub struct ScannedFile {
 
 fn is_manifest(p: &Path) -> bool {
     matches!(
-        p.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase()).as_deref(),
+        p.extension()
+            .and_then(|e| e.to_str())
+            .map(|e| e.to_ascii_lowercase())
+            .as_deref(),
         Some("yaml" | "yml" | "json")
     )
 }
@@ -326,7 +374,11 @@ pub fn expand(paths: &[PathBuf]) -> Result<Vec<PathBuf>, (PathBuf, std::io::Erro
             // (loops), symlinked files are.
             if ft.is_dir() {
                 walk(&p, out)?;
-            } else if is_manifest(&p) && (ft.is_file() || (ft.is_symlink() && std::fs::metadata(&p).map(|m| m.is_file()).unwrap_or(false))) {
+            } else if is_manifest(&p)
+                && (ft.is_file()
+                    || (ft.is_symlink()
+                        && std::fs::metadata(&p).map(|m| m.is_file()).unwrap_or(false)))
+            {
                 out.push(p);
             }
         }
@@ -350,16 +402,30 @@ pub fn scan_files(files: &[PathBuf], stdin: Option<&str>) -> Vec<ScannedFile> {
     files
         .par_iter()
         .map(|p| {
-            let json = p.extension().is_some_and(|e| e.eq_ignore_ascii_case("json"));
+            let json = p
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("json"));
             if p.as_os_str() == "-" {
-                return ScannedFile { path: p.clone(), scanned: scan_text(stdin.unwrap_or(""), false), read_error: None };
+                return ScannedFile {
+                    path: p.clone(),
+                    scanned: scan_text(stdin.unwrap_or(""), false),
+                    read_error: None,
+                };
             }
             match std::fs::read(p) {
                 Ok(bytes) => {
                     let text = String::from_utf8_lossy(&bytes);
-                    ScannedFile { path: p.clone(), scanned: scan_text(&text, json), read_error: None }
+                    ScannedFile {
+                        path: p.clone(),
+                        scanned: scan_text(&text, json),
+                        read_error: None,
+                    }
                 }
-                Err(e) => ScannedFile { path: p.clone(), scanned: Scanned::default(), read_error: Some(e.to_string()) },
+                Err(e) => ScannedFile {
+                    path: p.clone(),
+                    scanned: Scanned::default(),
+                    read_error: Some(e.to_string()),
+                },
             }
         })
         .collect()
@@ -377,7 +443,10 @@ mod tests {
         assert_eq!(s.objects.len(), 2);
         assert_eq!(s.objects[0].line, 1);
         assert_eq!(s.objects[0].name.as_deref(), Some("a"));
-        assert_eq!((s.objects[1].line, s.objects[1].kind.as_str()), (10, "Ingress"));
+        assert_eq!(
+            (s.objects[1].line, s.objects[1].kind.as_str()),
+            (10, "Ingress")
+        );
         assert_eq!(s.objects[1].namespace.as_deref(), Some("web"));
     }
 
@@ -388,7 +457,11 @@ mod tests {
         assert_eq!(s.objects.len(), 2, "{:?}", s.objects);
         assert_eq!(s.objects[1].kind, "CronJob");
         assert_eq!(s.problems.len(), 1);
-        assert!((6..=10).contains(&s.problems[0].line), "line in the file, not in the document: {:?}", s.problems[0]);
+        assert!(
+            (6..=10).contains(&s.problems[0].line),
+            "line in the file, not in the document: {:?}",
+            s.problems[0]
+        );
     }
 
     #[test]
@@ -403,8 +476,19 @@ mod tests {
         // (scaleTargetRef) that must not be mistaken for the next item.
         let text = "apiVersion: extensions/v1beta1\nkind: DeploymentList\nitems:\n  - apiVersion: autoscaling/v2beta1\n    kind: HorizontalPodAutoscaler\n    spec:\n      scaleTargetRef:\n        apiVersion: extensions/v1beta1\n        kind: Deployment\n  - kind: Deployment\n    metadata: {name: b}\n    apiVersion: extensions/v1beta1\n";
         let s = scan_text(text, false);
-        let lines: Vec<_> = s.objects.iter().map(|o| (o.kind.as_str(), o.line)).collect();
-        assert_eq!(lines, [("DeploymentList", 1), ("HorizontalPodAutoscaler", 4), ("Deployment", 10)]);
+        let lines: Vec<_> = s
+            .objects
+            .iter()
+            .map(|o| (o.kind.as_str(), o.line))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                ("DeploymentList", 1),
+                ("HorizontalPodAutoscaler", 4),
+                ("Deployment", 10)
+            ]
+        );
         // Items after a leading document separator and comments; BOM and CRLF tolerated.
         let text = "\u{feff}---\r\n# c\r\napiVersion: v1\r\nkind: List\r\nitems:\r\n  - kind: Ingress\r\n    apiVersion: \"extensions/v1beta1\"\r\n";
         let s = scan_text(text, false);
@@ -414,7 +498,10 @@ mod tests {
 
     #[test]
     fn json_and_odd_scalars() {
-        let s = scan_text(r#"{"apiVersion": "policy/v1beta1", "kind": "PodDisruptionBudget", "metadata": {"name": 42}}"#, true);
+        let s = scan_text(
+            r#"{"apiVersion": "policy/v1beta1", "kind": "PodDisruptionBudget", "metadata": {"name": 42}}"#,
+            true,
+        );
         assert_eq!(s.objects[0].name.as_deref(), Some("42"));
         let s = scan_text("{\"apiVersion\": \n", true);
         assert_eq!(s.problems.len(), 1);

@@ -13,10 +13,21 @@ const METRIC: &str = "apiserver_requested_deprecated_apis";
 pub fn parse(text: &str) -> Vec<BTreeMap<String, String>> {
     let mut out = Vec::new();
     for line in text.lines() {
-        let Some(rest) = line.strip_prefix(METRIC) else { continue };
-        let Some(rest) = rest.strip_prefix('{') else { continue };
-        let Some((labels, value)) = rest.rsplit_once('}') else { continue };
-        if value.trim().parse::<f64>().map(|v| v <= 0.0).unwrap_or(true) {
+        let Some(rest) = line.strip_prefix(METRIC) else {
+            continue;
+        };
+        let Some(rest) = rest.strip_prefix('{') else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once('}') else {
+            continue;
+        };
+        if value
+            .trim()
+            .parse::<f64>()
+            .map(|v| v <= 0.0)
+            .unwrap_or(true)
+        {
             continue;
         }
         let mut map = BTreeMap::new();
@@ -49,7 +60,11 @@ pub fn parse(text: &str) -> Vec<BTreeMap<String, String>> {
 }
 
 /// Returns (findings, notes). Never fails: metrics are a bonus source.
-pub async fn scan(client: &kube::Client, db: &Database, target: Minor) -> (Vec<Finding>, Vec<String>) {
+pub async fn scan(
+    client: &kube::Client,
+    db: &Database,
+    target: Minor,
+) -> (Vec<Finding>, Vec<String>) {
     let req = match http::Request::get("/metrics").body(Vec::new()) {
         Ok(r) => r,
         Err(e) => return (vec![], vec![format!("metrics: {e}")]),
@@ -57,9 +72,22 @@ pub async fn scan(client: &kube::Client, db: &Database, target: Minor) -> (Vec<F
     let text = match client.request_text(req).await {
         Ok(t) => t,
         Err(kube::Error::Api(s)) => {
-            return (vec![], vec![format!("metrics: apiserver /metrics not available ({}, HTTP {}); real client usage of deprecated APIs not checked", s.reason, s.code)]);
+            return (
+                vec![],
+                vec![format!(
+                    "metrics: apiserver /metrics not available ({}, HTTP {}); real client usage of deprecated APIs not checked",
+                    s.reason, s.code
+                )],
+            );
         }
-        Err(e) => return (vec![], vec![format!("metrics: apiserver /metrics not available ({e}); real client usage not checked")]),
+        Err(e) => {
+            return (
+                vec![],
+                vec![format!(
+                    "metrics: apiserver /metrics not available ({e}); real client usage not checked"
+                )],
+            );
+        }
     };
     let mut findings = Vec::new();
     for series in parse(&text) {
@@ -68,8 +96,14 @@ pub async fn scan(client: &kube::Client, db: &Database, target: Minor) -> (Vec<F
         let resource = series.get("resource").cloned().unwrap_or_default();
         let subresource = series.get("subresource").cloned().unwrap_or_default();
         let removed: Option<Minor> = series.get("removed_release").and_then(|r| r.parse().ok());
-        let api_version = if group.is_empty() { version.clone() } else { format!("{group}/{version}") };
-        let entry = db.by_group_version(&api_version).find(|e| db::plural(&e.kind) == resource);
+        let api_version = if group.is_empty() {
+            version.clone()
+        } else {
+            format!("{group}/{version}")
+        };
+        let entry = db
+            .by_group_version(&api_version)
+            .find(|e| db::plural(&e.kind) == resource);
         let (severity, mut f) = match entry {
             Some(e) => {
                 let sev = db::classify(e, target).unwrap_or(Severity::Info);
@@ -101,7 +135,11 @@ pub async fn scan(client: &kube::Client, db: &Database, target: Minor) -> (Vec<F
                 (sev, f)
             }
         };
-        let what = if subresource.is_empty() { resource.clone() } else { format!("{resource}/{subresource}") };
+        let what = if subresource.is_empty() {
+            resource.clone()
+        } else {
+            format!("{resource}/{subresource}")
+        };
         f.message = format!(
             "clients requested deprecated {api_version} {what} since the apiserver started{}",
             match removed {

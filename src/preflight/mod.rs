@@ -101,8 +101,18 @@ impl Finding {
 pub fn api_message(e: &Entry, severity: Severity, target: Minor) -> String {
     let what = match (severity, e.removed_in) {
         (Severity::Error, Some(r)) => format!("{} {} was removed in {r}", e.api_version(), e.kind),
-        (_, Some(r)) => format!("{} {} is deprecated since {} and removed in {r}", e.api_version(), e.kind, e.deprecated_in),
-        (_, None) => format!("{} {} is deprecated since {}", e.api_version(), e.kind, e.deprecated_in),
+        (_, Some(r)) => format!(
+            "{} {} is deprecated since {} and removed in {r}",
+            e.api_version(),
+            e.kind,
+            e.deprecated_in
+        ),
+        (_, None) => format!(
+            "{} {} is deprecated since {}",
+            e.api_version(),
+            e.kind,
+            e.deprecated_in
+        ),
     };
     let mut todo = match (&e.replacement, e.replacement_available_in) {
         (Some(r), Some(since)) => format!("; use {r} (available since {since})"),
@@ -135,8 +145,18 @@ pub struct Check {
 }
 
 impl Check {
-    pub fn new(name: &str, status: CheckStatus, message: impl Into<String>, objects: Vec<String>) -> Check {
-        Check { name: name.into(), status, message: message.into(), objects }
+    pub fn new(
+        name: &str,
+        status: CheckStatus,
+        message: impl Into<String>,
+        objects: Vec<String>,
+    ) -> Check {
+        Check {
+            name: name.into(),
+            status,
+            message: message.into(),
+            objects,
+        }
     }
 }
 
@@ -201,17 +221,28 @@ pub fn manifest_findings(
     let mut out = Vec::new();
     let mut objects = 0;
     for f in files {
-        let shown = if f.path.as_os_str() == "-" { "(stdin)".to_string() } else { f.path.display().to_string() };
+        let shown = if f.path.as_os_str() == "-" {
+            "(stdin)".to_string()
+        } else {
+            f.path.display().to_string()
+        };
         if let Some(e) = &f.read_error {
             notes.push(format!("{shown}: cannot read: {e}"));
         }
         for p in &f.scanned.problems {
-            notes.push(format!("{shown}:{}:{}: document skipped, does not parse: {}", p.line, p.column, p.message));
+            notes.push(format!(
+                "{shown}:{}:{}: document skipped, does not parse: {}",
+                p.line, p.column, p.message
+            ));
         }
         for o in &f.scanned.objects {
             objects += 1;
-            let Some(e) = db.lookup(&o.api_version, &o.kind) else { continue };
-            let Some(sev) = db::classify(e, target) else { continue };
+            let Some(e) = db.lookup(&o.api_version, &o.kind) else {
+                continue;
+            };
+            let Some(sev) = db::classify(e, target) else {
+                continue;
+            };
             let mut finding = Finding::for_entry(source, e, sev, api_message(e, sev, target));
             finding.file = Some(shown.clone());
             finding.line = Some(o.line);
@@ -224,37 +255,57 @@ pub fn manifest_findings(
 }
 
 /// Run the preflight. Never prints; `stdin` is read only when a manifest path is "-".
-pub async fn preflight(opts: &PreflightOptions, cluster_opts: &ClusterOptions) -> Result<Report, Error> {
+pub async fn preflight(
+    opts: &PreflightOptions,
+    cluster_opts: &ClusterOptions,
+) -> Result<Report, Error> {
     let db = database(&opts.api_data)?;
     let mut notes = Vec::new();
     let mut findings = Vec::new();
     let mut checks = Vec::new();
 
     // The cluster, unless told not to use one. Unreachable is not fatal when a target is given.
-    let mut server: Option<(cluster::Cluster, k8s_openapi::apimachinery::pkg::version::Info)> = None;
+    let mut server: Option<(
+        cluster::Cluster,
+        k8s_openapi::apimachinery::pkg::version::Info,
+    )> = None;
     if !opts.no_cluster {
         let mut copts = cluster_opts.clone();
-        copts.connect_timeout.get_or_insert(std::time::Duration::from_secs(5));
+        copts
+            .connect_timeout
+            .get_or_insert(std::time::Duration::from_secs(5));
         match cluster::connect(&copts).await {
             Ok(c) => match c.client.apiserver_version().await {
                 Ok(info) => server = Some((c, info)),
                 Err(source) => {
                     let e = crate::error::cluster_error(&c.server, source);
                     if opts.target.is_none() {
-                        return Err(Error::NeedTarget { reason: crate::error::display_chain(&e) });
+                        return Err(Error::NeedTarget {
+                            reason: crate::error::display_chain(&e),
+                        });
                     }
-                    notes.push(format!("{}; only manifests were scanned", crate::error::display_chain(&e)));
+                    notes.push(format!(
+                        "{}; only manifests were scanned",
+                        crate::error::display_chain(&e)
+                    ));
                 }
             },
             Err(e) => {
                 if opts.target.is_none() {
-                    return Err(Error::NeedTarget { reason: crate::error::display_chain(&e) });
+                    return Err(Error::NeedTarget {
+                        reason: crate::error::display_chain(&e),
+                    });
                 }
-                notes.push(format!("{}; only manifests were scanned", crate::error::display_chain(&e)));
+                notes.push(format!(
+                    "{}; only manifests were scanned",
+                    crate::error::display_chain(&e)
+                ));
             }
         }
     } else if opts.target.is_none() {
-        return Err(Error::NeedTarget { reason: "no cluster is used (--no-cluster)".into() });
+        return Err(Error::NeedTarget {
+            reason: "no cluster is used (--no-cluster)".into(),
+        });
     }
 
     let current = server.as_ref().and_then(|(_, i)| {
@@ -263,23 +314,33 @@ pub async fn preflight(opts: &PreflightOptions, cluster_opts: &ClusterOptions) -
     let target = match (opts.target, current) {
         (Some(t), _) => t,
         (None, Some(c)) => c.next(),
-        (None, None) => return Err(Error::NeedTarget { reason: "the server version could not be read".into() }),
+        (None, None) => {
+            return Err(Error::NeedTarget {
+                reason: "the server version could not be read".into(),
+            });
+        }
     };
 
     // Manifests (CPU-bound: off the async threads).
     let mut summary = Summary::default();
     if !opts.manifests.is_empty() {
-        let files = manifests::expand(&opts.manifests).map_err(|(path, source)| Error::ReadFile { path, source })?;
+        let files = manifests::expand(&opts.manifests)
+            .map_err(|(path, source)| Error::ReadFile { path, source })?;
         let stdin_text = if files.iter().any(|p| p.as_os_str() == "-") {
             let mut s = String::new();
-            std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
-                .map_err(|source| Error::ReadFile { path: "-".into(), source })?;
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).map_err(|source| {
+                Error::ReadFile {
+                    path: "-".into(),
+                    source,
+                }
+            })?;
             Some(s)
         } else {
             None
         };
         summary.files_scanned = files.len();
-        let scanned = tokio::task::block_in_place(|| manifests::scan_files(&files, stdin_text.as_deref()));
+        let scanned =
+            tokio::task::block_in_place(|| manifests::scan_files(&files, stdin_text.as_deref()));
         let (f, n) = manifest_findings(&db, target, &scanned, Source::Manifest, &mut notes);
         summary.objects_scanned += n;
         findings.extend(f);
@@ -291,7 +352,11 @@ pub async fn preflight(opts: &PreflightOptions, cluster_opts: &ClusterOptions) -
         let (live, helm, metrics, crds, chk) = tokio::join!(
             live::scan(client, &db, target),
             async {
-                if helm_on { helm::scan(client, &db, target).await } else { Ok((vec![], vec![])) }
+                if helm_on {
+                    helm::scan(client, &db, target).await
+                } else {
+                    Ok((vec![], vec![]))
+                }
             },
             metrics::scan(client, &db, target),
             crds::scan(client),
@@ -318,7 +383,15 @@ pub async fn preflight(opts: &PreflightOptions, cluster_opts: &ClusterOptions) -
         return Err(Error::Usage(if opts.manifests.is_empty() {
             "nothing to scan: no cluster and no --manifests".into()
         } else {
-            format!("nothing was scanned: {} file(s), no Kubernetes object in them{}", summary.files_scanned, if notes.is_empty() { String::new() } else { format!(" ({})", notes[0]) })
+            format!(
+                "nothing was scanned: {} file(s), no Kubernetes object in them{}",
+                summary.files_scanned,
+                if notes.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", notes[0])
+                }
+            )
         }));
     }
     findings.sort_by(|a, b| {
@@ -338,12 +411,20 @@ pub async fn preflight(opts: &PreflightOptions, cluster_opts: &ClusterOptions) -
             Severity::Info => summary.infos += 1,
         }
     }
-    summary.checks_failed = checks.iter().filter(|c| c.status == CheckStatus::Fail).count();
-    summary.checks_warned = checks.iter().filter(|c| c.status == CheckStatus::Warn).count();
+    summary.checks_failed = checks
+        .iter()
+        .filter(|c| c.status == CheckStatus::Fail)
+        .count();
+    summary.checks_warned = checks
+        .iter()
+        .filter(|c| c.status == CheckStatus::Warn)
+        .count();
     Ok(Report {
         target,
         server_version: server.as_ref().map(|(_, i)| i.git_version.clone()),
-        database_version: db::parse(std::path::Path::new("data/deprecations.yaml"), db::EMBEDDED).ok().and_then(|f| f.data_version),
+        database_version: db::parse(std::path::Path::new("data/deprecations.yaml"), db::EMBEDDED)
+            .ok()
+            .and_then(|f| f.data_version),
         findings,
         checks,
         notes,
@@ -361,8 +442,16 @@ mod tests {
     fn every_database_entry_is_found_in_manifests_at_the_right_severity() {
         let db = Database::embedded();
         for e in &db.entries {
-            let doc = format!("apiVersion: {}\nkind: {}\nmetadata:\n  name: x\n", e.api_version(), e.kind);
-            let scanned = vec![manifests::ScannedFile { path: "t.yaml".into(), scanned: manifests::scan_text(&doc, false), read_error: None }];
+            let doc = format!(
+                "apiVersion: {}\nkind: {}\nmetadata:\n  name: x\n",
+                e.api_version(),
+                e.kind
+            );
+            let scanned = vec![manifests::ScannedFile {
+                path: "t.yaml".into(),
+                scanned: manifests::scan_text(&doc, false),
+                read_error: None,
+            }];
             let at = |t: Minor| {
                 let mut notes = vec![];
                 let (f, n) = manifest_findings(&db, t, &scanned, Source::Manifest, &mut notes);
@@ -374,14 +463,34 @@ mod tests {
             let removed = e.removed_in.expect("embedded entries all have removedIn");
             let what = format!("{} {}", e.api_version(), e.kind);
             if e.deprecated_in.minor > 0 {
-                assert_eq!(at(Minor::new(1, e.deprecated_in.minor - 1)), None, "{what} before deprecation");
+                assert_eq!(
+                    at(Minor::new(1, e.deprecated_in.minor - 1)),
+                    None,
+                    "{what} before deprecation"
+                );
             }
-            assert_eq!(at(e.deprecated_in), if e.deprecated_in < removed { Some(Severity::Warning) } else { Some(Severity::Error) }, "{what} at deprecation");
+            assert_eq!(
+                at(e.deprecated_in),
+                if e.deprecated_in < removed {
+                    Some(Severity::Warning)
+                } else {
+                    Some(Severity::Error)
+                },
+                "{what} at deprecation"
+            );
             if removed.minor > e.deprecated_in.minor {
-                assert_eq!(at(Minor::new(1, removed.minor - 1)), Some(Severity::Warning), "{what} just before removal");
+                assert_eq!(
+                    at(Minor::new(1, removed.minor - 1)),
+                    Some(Severity::Warning),
+                    "{what} just before removal"
+                );
             }
             assert_eq!(at(removed), Some(Severity::Error), "{what} at removal");
-            assert_eq!(at(removed.next()), Some(Severity::Error), "{what} after removal");
+            assert_eq!(
+                at(removed.next()),
+                Some(Severity::Error),
+                "{what} after removal"
+            );
         }
     }
 }

@@ -35,7 +35,10 @@ fn heading(sev: Severity, target: &str) -> String {
 }
 
 fn source(f: &Finding) -> String {
-    serde_json::to_value(f.source).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+    serde_json::to_value(f.source)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_default()
 }
 
 fn status(s: CheckStatus) -> &'static str {
@@ -60,10 +63,24 @@ impl Render for Report {
                 continue;
             }
             writeln!(w, "\n{}", heading(sev, &target))?;
-            let loc_w = rows.iter().map(|f| location(f).len()).max().unwrap_or(0).clamp(5, 60);
+            let loc_w = rows
+                .iter()
+                .map(|f| location(f).len())
+                .max()
+                .unwrap_or(0)
+                .clamp(5, 60);
             let kind_w = rows.iter().map(|f| f.kind.len()).max().unwrap_or(0).max(4);
-            let api_w = rows.iter().map(|f| f.api_version.len()).max().unwrap_or(0).max(11);
-            writeln!(w, "{:<8} {:<loc_w$} {:<kind_w$} {:<api_w$} {:<7} REPLACEMENT", "SOURCE", "WHERE", "KIND", "API VERSION", "REMOVED")?;
+            let api_w = rows
+                .iter()
+                .map(|f| f.api_version.len())
+                .max()
+                .unwrap_or(0)
+                .max(11);
+            writeln!(
+                w,
+                "{:<8} {:<loc_w$} {:<kind_w$} {:<api_w$} {:<7} REPLACEMENT",
+                "SOURCE", "WHERE", "KIND", "API VERSION", "REMOVED"
+            )?;
             for f in rows {
                 writeln!(
                     w,
@@ -72,7 +89,9 @@ impl Render for Report {
                     location(f),
                     f.kind,
                     f.api_version,
-                    f.removed_in.map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
+                    f.removed_in
+                        .map(|r| r.to_string())
+                        .unwrap_or_else(|| "-".into()),
                     f.replacement.clone().unwrap_or_else(|| "(none)".into()),
                 )?;
             }
@@ -98,7 +117,12 @@ impl Render for Report {
         writeln!(
             w,
             "\n{} error(s), {} warning(s); {} check(s) failed, {} warned; {} object(s) in {} file(s) scanned",
-            s.errors, s.warnings, s.checks_failed, s.checks_warned, s.objects_scanned, s.files_scanned
+            s.errors,
+            s.warnings,
+            s.checks_failed,
+            s.checks_warned,
+            s.objects_scanned,
+            s.files_scanned
         )
     }
 
@@ -109,14 +133,21 @@ impl Render for Report {
             writeln!(w, "Cluster version: `{s}`\n")?;
         }
         let s = &self.summary;
-        writeln!(w, "**{} error(s), {} warning(s), {} failed check(s).**\n", s.errors, s.warnings, s.checks_failed)?;
+        writeln!(
+            w,
+            "**{} error(s), {} warning(s), {} failed check(s).**\n",
+            s.errors, s.warnings, s.checks_failed
+        )?;
         for sev in [Severity::Error, Severity::Warning, Severity::Info] {
             let rows: Vec<&Finding> = self.findings.iter().filter(|f| f.severity == sev).collect();
             if rows.is_empty() {
                 continue;
             }
             writeln!(w, "### {}\n", heading(sev, &target))?;
-            writeln!(w, "| Source | Where | Kind | API version | Removed in | Replacement |")?;
+            writeln!(
+                w,
+                "| Source | Where | Kind | API version | Removed in | Replacement |"
+            )?;
             writeln!(w, "|---|---|---|---|---|---|")?;
             for f in rows {
                 writeln!(
@@ -126,19 +157,33 @@ impl Render for Report {
                     location(f).replace('|', "\\|"),
                     f.kind,
                     f.api_version,
-                    f.removed_in.map(|r| r.to_string()).unwrap_or_else(|| "–".into()),
-                    f.replacement.as_ref().map(|r| format!("`{r}`")).unwrap_or_else(|| "none".into()),
+                    f.removed_in
+                        .map(|r| r.to_string())
+                        .unwrap_or_else(|| "–".into()),
+                    f.replacement
+                        .as_ref()
+                        .map(|r| format!("`{r}`"))
+                        .unwrap_or_else(|| "none".into()),
                 )?;
             }
             writeln!(w)?;
         }
         if !self.checks.is_empty() {
-            writeln!(w, "### Checks\n\n| Status | Check | Result |\n|---|---|---|")?;
+            writeln!(
+                w,
+                "### Checks\n\n| Status | Check | Result |\n|---|---|---|"
+            )?;
             for c in &self.checks {
                 let mut msg = c.message.replace('|', "\\|");
                 if c.status != CheckStatus::Pass && !c.objects.is_empty() {
                     msg.push_str("<br>");
-                    msg.push_str(&c.objects.iter().map(|o| o.replace('|', "\\|")).collect::<Vec<_>>().join("<br>"));
+                    msg.push_str(
+                        &c.objects
+                            .iter()
+                            .map(|o| o.replace('|', "\\|"))
+                            .collect::<Vec<_>>()
+                            .join("<br>"),
+                    );
                 }
                 writeln!(w, "| {} | {} | {} |", status(c.status), c.name, msg)?;
             }

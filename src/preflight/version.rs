@@ -68,8 +68,15 @@ impl Serialize for Minor {
 impl<'de> Deserialize<'de> for Minor {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Minor, D::Error> {
         let s = String::deserialize(d)?;
-        if !s.trim_start_matches('v').split('.').take(2).all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())) {
-            return Err(serde::de::Error::custom(format!("invalid version {s:?}: expected \"MAJOR.MINOR\"")));
+        if !s
+            .trim_start_matches('v')
+            .split('.')
+            .take(2)
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        {
+            return Err(serde::de::Error::custom(format!(
+                "invalid version {s:?}: expected \"MAJOR.MINOR\""
+            )));
         }
         s.parse().map_err(serde::de::Error::custom)
     }
@@ -84,7 +91,9 @@ pub fn kubelet_skew_problem(kubelet: Minor, apiserver: Minor) -> Option<String> 
     if behind < 0 {
         Some(format!("newer than the apiserver {apiserver}"))
     } else if behind > allowed {
-        Some(format!("{behind} minors older than the apiserver {apiserver} (at most {allowed} allowed for {kubelet})"))
+        Some(format!(
+            "{behind} minors older than the apiserver {apiserver} (at most {allowed} allowed for {kubelet})"
+        ))
     } else {
         None
     }
@@ -96,8 +105,17 @@ mod tests {
 
     #[test]
     fn parses_the_usual_spellings() {
-        for (s, want) in [("1.25", (1, 25)), ("v1.34.4", (1, 34)), ("1.27.3-gke.100", (1, 27)), (" v1.9 ", (1, 9))] {
-            assert_eq!(s.parse::<Minor>().unwrap(), Minor::new(want.0, want.1), "{s}");
+        for (s, want) in [
+            ("1.25", (1, 25)),
+            ("v1.34.4", (1, 34)),
+            ("1.27.3-gke.100", (1, 27)),
+            (" v1.9 ", (1, 9)),
+        ] {
+            assert_eq!(
+                s.parse::<Minor>().unwrap(),
+                Minor::new(want.0, want.1),
+                "{s}"
+            );
         }
         for s in ["", "1", "one.two", "v1.x"] {
             assert!(s.parse::<Minor>().is_err(), "{s}");
@@ -116,9 +134,18 @@ mod tests {
     fn kubelet_skew_policy() {
         let api = Minor::new(1, 35);
         assert!(kubelet_skew_problem(Minor::new(1, 35), api).is_none());
-        assert!(kubelet_skew_problem(Minor::new(1, 32), api).is_none(), "three older is allowed");
-        assert!(kubelet_skew_problem(Minor::new(1, 31), api).is_some(), "four older is not");
-        assert!(kubelet_skew_problem(Minor::new(1, 36), api).is_some(), "newer is not");
+        assert!(
+            kubelet_skew_problem(Minor::new(1, 32), api).is_none(),
+            "three older is allowed"
+        );
+        assert!(
+            kubelet_skew_problem(Minor::new(1, 31), api).is_some(),
+            "four older is not"
+        );
+        assert!(
+            kubelet_skew_problem(Minor::new(1, 36), api).is_some(),
+            "newer is not"
+        );
         // Kubelets older than 1.25 may only be two minors behind.
         assert!(kubelet_skew_problem(Minor::new(1, 24), Minor::new(1, 26)).is_none());
         assert!(kubelet_skew_problem(Minor::new(1, 24), Minor::new(1, 27)).is_some());

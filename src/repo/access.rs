@@ -21,7 +21,10 @@ pub struct RepoOptions {
 /// when stdin is a terminal.
 pub fn password(opts: &RepoOptions, confirm: bool) -> Result<Zeroizing<Vec<u8>>, RepoError> {
     if let Some(p) = &opts.password_file {
-        let s = std::fs::read(p).map_err(|e| RepoError::PasswordFile { path: p.display().to_string(), message: e.to_string() })?;
+        let s = std::fs::read(p).map_err(|e| RepoError::PasswordFile {
+            path: p.display().to_string(),
+            message: e.to_string(),
+        })?;
         let s = Zeroizing::new(s);
         let trimmed = s.strip_suffix(b"\n").unwrap_or(&s);
         let trimmed = trimmed.strip_suffix(b"\r").unwrap_or(trimmed);
@@ -54,7 +57,9 @@ pub fn password(opts: &RepoOptions, confirm: bool) -> Result<Zeroizing<Vec<u8>>,
         if confirm {
             prompt = prompt.with_confirmation("Repeat password", "passwords do not match");
         }
-        let p = prompt.interact().map_err(|e| RepoError::PasswordCommand(e.to_string()))?;
+        let p = prompt
+            .interact()
+            .map_err(|e| RepoError::PasswordCommand(e.to_string()))?;
         return Ok(Zeroizing::new(p.into_bytes()));
     }
     Err(RepoError::NoPassword)
@@ -62,7 +67,12 @@ pub fn password(opts: &RepoOptions, confirm: bool) -> Result<Zeroizing<Vec<u8>>,
 
 pub async fn store_for(opts: &RepoOptions) -> Result<store::DynStore, Error> {
     let url = RepoUrl::parse(&opts.url).map_err(Error::RepoUrl)?;
-    store::open(&url, &opts.s3).await.map_err(|source| Error::Repo(RepoError::Store { location: opts.url.clone(), source }))
+    store::open(&url, &opts.s3).await.map_err(|source| {
+        Error::Repo(RepoError::Store {
+            location: opts.url.clone(),
+            source,
+        })
+    })
 }
 
 pub async fn open(opts: &RepoOptions) -> Result<Arc<Repository>, Error> {

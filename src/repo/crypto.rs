@@ -76,7 +76,10 @@ pub fn random<const N: usize>() -> [u8; N] {
 
 impl MasterKey {
     pub fn generate() -> MasterKey {
-        MasterKey { enc: random(), mac: random() }
+        MasterKey {
+            enc: random(),
+            mac: random(),
+        }
     }
 
     pub fn blob_id(&self, plaintext: &[u8]) -> BlobId {
@@ -102,7 +105,10 @@ impl MasterKey {
         if b.len() != 64 {
             return None;
         }
-        let mut k = MasterKey { enc: [0; 32], mac: [0; 32] };
+        let mut k = MasterKey {
+            enc: [0; 32],
+            mac: [0; 32],
+        };
         k.enc.copy_from_slice(&b[..32]);
         k.mac.copy_from_slice(&b[32..]);
         Some(k)
@@ -112,7 +118,9 @@ impl MasterKey {
 fn seal_with(key: &[u8; 32], plaintext: &[u8]) -> Vec<u8> {
     let cipher = XChaCha20Poly1305::new(key.into());
     let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
-    let ct = cipher.encrypt(&nonce, plaintext).expect("encryption does not fail");
+    let ct = cipher
+        .encrypt(&nonce, plaintext)
+        .expect("encryption does not fail");
     let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
     out.extend_from_slice(&nonce);
     out.extend_from_slice(&ct);
@@ -125,7 +133,9 @@ fn open_with(key: &[u8; 32], sealed: &[u8]) -> Result<Vec<u8>, Unauthentic> {
     }
     let cipher = XChaCha20Poly1305::new(key.into());
     let (nonce, ct) = sealed.split_at(NONCE_LEN);
-    cipher.decrypt(XNonce::from_slice(nonce), ct).map_err(|_| Unauthentic)
+    cipher
+        .decrypt(XNonce::from_slice(nonce), ct)
+        .map_err(|_| Unauthentic)
 }
 
 /// argon2id parameters, stored in each key file.
@@ -140,7 +150,11 @@ pub struct KdfParams {
 
 impl KdfParams {
     /// 64 MiB, 3 passes: well above OWASP's minimum for argon2id, ~0.2 s on one core.
-    pub const DEFAULT: KdfParams = KdfParams { memory_kib: 64 * 1024, iterations: 3, parallelism: 1 };
+    pub const DEFAULT: KdfParams = KdfParams {
+        memory_kib: 64 * 1024,
+        iterations: 3,
+        parallelism: 1,
+    };
 }
 
 /// A key file: the master key sealed by a passphrase.
@@ -171,12 +185,19 @@ fn derive(password: &[u8], salt: &[u8], p: KdfParams) -> Result<[u8; 32], KeyErr
         .map_err(|e| KeyError::Unsupported(format!("argon2 parameters: {e}")))?;
     let a = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
     let mut out = [0u8; 32];
-    a.hash_password_into(password, salt, &mut out).map_err(|e| KeyError::Unsupported(format!("argon2: {e}")))?;
+    a.hash_password_into(password, salt, &mut out)
+        .map_err(|e| KeyError::Unsupported(format!("argon2: {e}")))?;
     Ok(out)
 }
 
 impl KeyFile {
-    pub fn seal(master: &MasterKey, password: &[u8], params: KdfParams, created: String, hostname: String) -> Result<KeyFile, KeyError> {
+    pub fn seal(
+        master: &MasterKey,
+        password: &[u8],
+        params: KdfParams,
+        created: String,
+        hostname: String,
+    ) -> Result<KeyFile, KeyError> {
         let salt: [u8; 32] = random();
         let mut k = derive(password, &salt, params)?;
         let mut mk = master.to_bytes();
@@ -196,15 +217,20 @@ impl KeyFile {
 
     pub fn open(&self, password: &[u8]) -> Result<MasterKey, KeyError> {
         if self.version != 1 || self.kdf != "argon2id" {
-            return Err(KeyError::Unsupported(format!("version {} kdf {}", self.version, self.kdf)));
+            return Err(KeyError::Unsupported(format!(
+                "version {} kdf {}",
+                self.version, self.kdf
+            )));
         }
         let salt = hex::decode(&self.salt).map_err(|_| KeyError::Unsupported("salt".into()))?;
-        let sealed = hex::decode(&self.sealed).map_err(|_| KeyError::Unsupported("sealed key".into()))?;
+        let sealed =
+            hex::decode(&self.sealed).map_err(|_| KeyError::Unsupported("sealed key".into()))?;
         let mut k = derive(password, &salt, self.params)?;
         let opened = open_with(&k, &sealed);
         k.zeroize();
         let mut bytes = opened.map_err(|_| KeyError::WrongPassword)?;
-        let key = MasterKey::from_bytes(&bytes).ok_or_else(|| KeyError::Unsupported("master key length".into()));
+        let key = MasterKey::from_bytes(&bytes)
+            .ok_or_else(|| KeyError::Unsupported("master key length".into()));
         bytes.zeroize();
         key
     }
@@ -214,14 +240,21 @@ impl KeyFile {
 mod tests {
     use super::*;
 
-    const FAST: KdfParams = KdfParams { memory_kib: 1024, iterations: 1, parallelism: 1 };
+    const FAST: KdfParams = KdfParams {
+        memory_kib: 1024,
+        iterations: 1,
+        parallelism: 1,
+    };
 
     #[test]
     fn seal_open_and_tamper() {
         let k = MasterKey::generate();
         let s = k.seal(b"secret value");
         assert_eq!(k.open(&s).unwrap(), b"secret value");
-        assert!(!s.windows(6).any(|w| w == b"secret"), "ciphertext must not contain the plaintext");
+        assert!(
+            !s.windows(6).any(|w| w == b"secret"),
+            "ciphertext must not contain the plaintext"
+        );
         for i in [0, NONCE_LEN, s.len() - 1] {
             let mut t = s.clone();
             t[i] ^= 1;

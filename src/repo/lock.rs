@@ -35,13 +35,18 @@ impl LockFile {
         if age > STALE_AFTER.as_secs() {
             return true;
         }
-        self.hostname == hostname() && !std::path::Path::new(&format!("/proc/{}", self.pid)).exists()
+        self.hostname == hostname()
+            && !std::path::Path::new(&format!("/proc/{}", self.pid)).exists()
     }
 
     pub fn describe(&self) -> String {
         format!(
             "{} lock by {} on {} (pid {}), refreshed {}",
-            if self.exclusive { "exclusive" } else { "shared" },
+            if self.exclusive {
+                "exclusive"
+            } else {
+                "shared"
+            },
             self.operation,
             self.hostname,
             self.pid,
@@ -60,7 +65,9 @@ pub struct Lock {
 async fn others(repo: &Repository, mine: &str) -> Result<Vec<(String, LockFile)>, RepoError> {
     let mut out = Vec::new();
     for f in repo.list(layout::LOCKS).await? {
-        let Some(id) = layout::id_of(layout::LOCKS, &f.key) else { continue };
+        let Some(id) = layout::id_of(layout::LOCKS, &f.key) else {
+            continue;
+        };
         if id == mine {
             continue;
         }
@@ -74,7 +81,11 @@ async fn others(repo: &Repository, mine: &str) -> Result<Vec<(String, LockFile)>
 }
 
 impl Lock {
-    pub async fn acquire(repo: Arc<Repository>, exclusive: bool, operation: &str) -> Result<Lock, RepoError> {
+    pub async fn acquire(
+        repo: Arc<Repository>,
+        exclusive: bool,
+        operation: &str,
+    ) -> Result<Lock, RepoError> {
         let id = new_id();
         let check = |locks: &[(String, LockFile)]| -> Result<(), RepoError> {
             for (_, l) in locks {
@@ -123,7 +134,11 @@ impl Lock {
                 }
             }
         });
-        Ok(Lock { repo, id, refresher })
+        Ok(Lock {
+            repo,
+            id,
+            refresher,
+        })
     }
 
     pub async fn release(self) -> Result<(), RepoError> {

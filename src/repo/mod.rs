@@ -131,7 +131,9 @@ pub fn now() -> String {
 }
 
 pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "unknown".into())
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 pub struct Repository {
@@ -145,12 +147,17 @@ pub struct Repository {
 
 impl std::fmt::Debug for Repository {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Repository").field("location", &self.store.location()).finish()
+        f.debug_struct("Repository")
+            .field("location", &self.store.location())
+            .finish()
     }
 }
 
 fn store_err(store: &DynStore) -> impl Fn(StoreError) -> RepoError + '_ {
-    move |source| RepoError::Store { location: store.location(), source }
+    move |source| RepoError::Store {
+        location: store.location(),
+        source,
+    }
 }
 
 impl Repository {
@@ -163,9 +170,17 @@ impl Repository {
     }
 
     /// Create a repository. Fails if one exists.
-    pub async fn init(store: DynStore, password: &[u8], kdf: KdfParams) -> Result<Repository, RepoError> {
+    pub async fn init(
+        store: DynStore,
+        password: &[u8],
+        kdf: KdfParams,
+    ) -> Result<Repository, RepoError> {
         match store.get(layout::CONFIG).await {
-            Ok(_) => return Err(RepoError::AlreadyInitialized { location: store.location() }),
+            Ok(_) => {
+                return Err(RepoError::AlreadyInitialized {
+                    location: store.location(),
+                });
+            }
             Err(e) if e.is_not_found() => {}
             Err(e) => return Err(store_err(&store)(e)),
         }
@@ -174,32 +189,58 @@ impl Repository {
             version: FORMAT_VERSION,
             id: new_id(),
             created: now(),
-            chunker: ChunkerParams { min_size: 512 * 1024, avg_size: 1024 * 1024, max_size: 8 * 1024 * 1024 },
+            chunker: ChunkerParams {
+                min_size: 512 * 1024,
+                avg_size: 1024 * 1024,
+                max_size: 8 * 1024 * 1024,
+            },
         };
-        let kf = KeyFile::seal(&key, password, kdf, now(), hostname()).map_err(|e| RepoError::Unsupported(e.to_string()))?;
+        let kf = KeyFile::seal(&key, password, kdf, now(), hostname())
+            .map_err(|e| RepoError::Unsupported(e.to_string()))?;
         let kf_json = serde_json::to_vec_pretty(&kf).expect("serializable");
         let kid = hex::encode(&sha2_256(&kf_json)[..16]);
-        store.put(&layout::key_file(&kid), Bytes::from(kf_json)).await.map_err(store_err(&store))?;
+        store
+            .put(&layout::key_file(&kid), Bytes::from(kf_json))
+            .await
+            .map_err(store_err(&store))?;
         // The config is written last: a repository exists once it is there.
         let sealed = key.seal(&compress_json(&config));
-        store.put(layout::CONFIG, Bytes::from(sealed)).await.map_err(store_err(&store))?;
-        Ok(Repository { store, key, config, index: RwLock::new(HashMap::new()), index_files: RwLock::new(HashMap::new()) })
+        store
+            .put(layout::CONFIG, Bytes::from(sealed))
+            .await
+            .map_err(store_err(&store))?;
+        Ok(Repository {
+            store,
+            key,
+            config,
+            index: RwLock::new(HashMap::new()),
+            index_files: RwLock::new(HashMap::new()),
+        })
     }
 
     /// Open a repository: find a key file the password opens, read the config, load the index.
     pub async fn open(store: DynStore, password: &[u8]) -> Result<Repository, RepoError> {
         let sealed_config = match store.get(layout::CONFIG).await {
             Ok(c) => c,
-            Err(e) if e.is_not_found() => return Err(RepoError::NotInitialized { location: store.location() }),
+            Err(e) if e.is_not_found() => {
+                return Err(RepoError::NotInitialized {
+                    location: store.location(),
+                });
+            }
             Err(e) => return Err(store_err(&store)(e)),
         };
         let keys = store.list(layout::KEYS).await.map_err(store_err(&store))?;
         let mut master = None;
         for k in &keys {
             let raw = store.get(&k.key).await.map_err(store_err(&store))?;
-            let kf: KeyFile = serde_json::from_slice(&raw).map_err(|_| RepoError::Corrupt { what: "key file".into(), key: k.key.clone() })?;
+            let kf: KeyFile = serde_json::from_slice(&raw).map_err(|_| RepoError::Corrupt {
+                what: "key file".into(),
+                key: k.key.clone(),
+            })?;
             let pw = password.to_vec();
-            let opened = tokio::task::spawn_blocking(move || kf.open(&pw)).await.expect("kdf task");
+            let opened = tokio::task::spawn_blocking(move || kf.open(&pw))
+                .await
+                .expect("kdf task");
             match opened {
                 Ok(m) => {
                     master = Some(m);
@@ -209,17 +250,37 @@ impl Repository {
                 Err(e) => return Err(RepoError::Unsupported(e.to_string())),
             }
         }
-        let Some(key) = master else { return Err(RepoError::WrongPassword { location: store.location() }) };
+        let Some(key) = master else {
+            return Err(RepoError::WrongPassword {
+                location: store.location(),
+            });
+        };
         let config_bytes = key
             .open(&sealed_config)
             .ok()
             .and_then(|c| zstd::stream::decode_all(&c[..]).ok())
-            .ok_or_else(|| RepoError::Corrupt { what: "repository config".into(), key: layout::CONFIG.into() })?;
-        let config: Config = serde_json::from_slice(&config_bytes).map_err(|_| RepoError::Corrupt { what: "repository config".into(), key: layout::CONFIG.into() })?;
+            .ok_or_else(|| RepoError::Corrupt {
+                what: "repository config".into(),
+                key: layout::CONFIG.into(),
+            })?;
+        let config: Config =
+            serde_json::from_slice(&config_bytes).map_err(|_| RepoError::Corrupt {
+                what: "repository config".into(),
+                key: layout::CONFIG.into(),
+            })?;
         if config.version != FORMAT_VERSION {
-            return Err(RepoError::Unsupported(format!("format version {} (this lifeboat reads {FORMAT_VERSION})", config.version)));
+            return Err(RepoError::Unsupported(format!(
+                "format version {} (this lifeboat reads {FORMAT_VERSION})",
+                config.version
+            )));
         }
-        let repo = Repository { store, key, config, index: RwLock::new(HashMap::new()), index_files: RwLock::new(HashMap::new()) };
+        let repo = Repository {
+            store,
+            key,
+            config,
+            index: RwLock::new(HashMap::new()),
+            index_files: RwLock::new(HashMap::new()),
+        };
         repo.load_index().await?;
         Ok(repo)
     }
@@ -227,11 +288,20 @@ impl Repository {
     /// (Re)load every index file.
     pub async fn load_index(&self) -> Result<(), RepoError> {
         use futures::{StreamExt, TryStreamExt};
-        let files = self.store.list(layout::INDEX).await.map_err(store_err(&self.store))?;
+        let files = self
+            .store
+            .list(layout::INDEX)
+            .await
+            .map_err(store_err(&self.store))?;
         let loaded: Vec<(String, IndexFile)> = futures::stream::iter(files)
             .map(|f| async move {
                 let idx: IndexFile = self.read_json(&f.key, "index file").await?;
-                Ok::<_, RepoError>((layout::id_of(layout::INDEX, &f.key).unwrap_or_default().to_string(), idx))
+                Ok::<_, RepoError>((
+                    layout::id_of(layout::INDEX, &f.key)
+                        .unwrap_or_default()
+                        .to_string(),
+                    idx,
+                ))
             })
             .buffer_unordered(8)
             .try_collect()
@@ -241,10 +311,22 @@ impl Repository {
         for (id, file) in loaded {
             let mut packs = Vec::new();
             for p in file.packs {
-                let pack = PackId::from_hex(&p.id).ok_or_else(|| RepoError::Corrupt { what: "index file".into(), key: layout::index(&id) })?;
+                let pack = PackId::from_hex(&p.id).ok_or_else(|| RepoError::Corrupt {
+                    what: "index file".into(),
+                    key: layout::index(&id),
+                })?;
                 packs.push(pack);
                 for b in p.blobs {
-                    index.insert(b.id, Location { pack, kind: b.kind, offset: b.offset, length: b.length, raw_length: b.raw_length });
+                    index.insert(
+                        b.id,
+                        Location {
+                            pack,
+                            kind: b.kind,
+                            offset: b.offset,
+                            length: b.length,
+                            raw_length: b.raw_length,
+                        },
+                    );
                 }
             }
             index_files.insert(id, packs);
@@ -279,18 +361,34 @@ impl Repository {
     }
 
     /// Read a sealed JSON file.
-    pub async fn read_json<T: DeserializeOwned>(&self, key: &str, what: &str) -> Result<T, RepoError> {
+    pub async fn read_json<T: DeserializeOwned>(
+        &self,
+        key: &str,
+        what: &str,
+    ) -> Result<T, RepoError> {
         let raw = self.store.get(key).await.map_err(store_err(&self.store))?;
-        let sealed = self.key.open(&raw).map_err(|_| RepoError::Corrupt { what: what.into(), key: key.into() })?;
-        let plain = zstd::stream::decode_all(&sealed[..]).map_err(|_| RepoError::Corrupt { what: what.into(), key: key.into() })?;
-        serde_json::from_slice(&plain).map_err(|_| RepoError::Corrupt { what: what.into(), key: key.into() })
+        let sealed = self.key.open(&raw).map_err(|_| RepoError::Corrupt {
+            what: what.into(),
+            key: key.into(),
+        })?;
+        let plain = zstd::stream::decode_all(&sealed[..]).map_err(|_| RepoError::Corrupt {
+            what: what.into(),
+            key: key.into(),
+        })?;
+        serde_json::from_slice(&plain).map_err(|_| RepoError::Corrupt {
+            what: what.into(),
+            key: key.into(),
+        })
     }
 
     /// Write a sealed JSON file (zstd-compressed JSON, sealed).
     pub async fn write_json<T: Serialize>(&self, key: &str, value: &T) -> Result<u64, RepoError> {
         let sealed = self.key.seal(&compress_json(value));
         let n = sealed.len() as u64;
-        self.store.put(key, Bytes::from(sealed)).await.map_err(store_err(&self.store))?;
+        self.store
+            .put(key, Bytes::from(sealed))
+            .await
+            .map_err(store_err(&self.store))?;
         Ok(n)
     }
 
@@ -299,19 +397,40 @@ impl Repository {
     }
 
     pub async fn list(&self, prefix: &str) -> Result<Vec<crate::store::ObjectInfo>, RepoError> {
-        self.store.list(prefix).await.map_err(store_err(&self.store))
+        self.store
+            .list(prefix)
+            .await
+            .map_err(store_err(&self.store))
     }
 
     /// Read one blob: range-read from its pack, open, decompress, check its id.
     pub async fn read_blob(&self, id: &BlobId) -> Result<Vec<u8>, RepoError> {
-        let loc = *self.index.read().expect("index lock").get(id).ok_or_else(|| RepoError::MissingBlob { id: id.to_hex() })?;
+        let loc = *self
+            .index
+            .read()
+            .expect("index lock")
+            .get(id)
+            .ok_or_else(|| RepoError::MissingBlob { id: id.to_hex() })?;
         let key = layout::pack(&loc.pack.to_hex());
-        let sealed = self.store.get_range(&key, loc.offset as u64, loc.length as u64).await.map_err(store_err(&self.store))?;
+        let sealed = self
+            .store
+            .get_range(&key, loc.offset as u64, loc.length as u64)
+            .await
+            .map_err(store_err(&self.store))?;
         self.decode_blob(id, &loc, &sealed, &key)
     }
 
-    pub fn decode_blob(&self, id: &BlobId, loc: &Location, sealed: &[u8], key: &str) -> Result<Vec<u8>, RepoError> {
-        let corrupt = || RepoError::Corrupt { what: format!("blob {}", id.to_hex()), key: key.to_string() };
+    pub fn decode_blob(
+        &self,
+        id: &BlobId,
+        loc: &Location,
+        sealed: &[u8],
+        key: &str,
+    ) -> Result<Vec<u8>, RepoError> {
+        let corrupt = || RepoError::Corrupt {
+            what: format!("blob {}", id.to_hex()),
+            key: key.to_string(),
+        };
         let compressed = self.key.open(sealed).map_err(|_| corrupt())?;
         let plain = decompress_blob(&compressed, loc.raw_length as usize).map_err(|_| corrupt())?;
         if self.key.blob_id(&plain) != *id {
@@ -323,7 +442,10 @@ impl Repository {
     /// Read and parse a blob as JSON.
     pub async fn read_blob_json<T: DeserializeOwned>(&self, id: &BlobId) -> Result<T, RepoError> {
         let plain = self.read_blob(id).await?;
-        serde_json::from_slice(&plain).map_err(|_| RepoError::Corrupt { what: format!("blob {}", id.to_hex()), key: "(json)".into() })
+        serde_json::from_slice(&plain).map_err(|_| RepoError::Corrupt {
+            what: format!("blob {}", id.to_hex()),
+            key: "(json)".into(),
+        })
     }
 }
 
@@ -344,14 +466,18 @@ pub fn compress_blob(plaintext: &[u8]) -> Vec<u8> {
 pub fn decompress_blob(compressed: &[u8], raw_length: usize) -> std::io::Result<Vec<u8>> {
     let out = DECOMPRESSOR.with(|d| d.borrow_mut().decompress(compressed, raw_length))?;
     if out.len() != raw_length {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "length mismatch"));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "length mismatch",
+        ));
     }
     Ok(out)
 }
 
 /// The plaintext of a sealed JSON file: zstd-compressed JSON.
 pub fn compress_json<T: Serialize>(value: &T) -> Vec<u8> {
-    zstd::bulk::compress(&serde_json::to_vec(value).expect("serializable"), 3).expect("zstd compresses")
+    zstd::bulk::compress(&serde_json::to_vec(value).expect("serializable"), 3)
+        .expect("zstd compresses")
 }
 
 pub fn sha2_256(data: &[u8]) -> [u8; 32] {
@@ -395,7 +521,12 @@ impl Packer {
     pub fn with_pack_size(repo: Arc<Repository>, pack_size: usize) -> Packer {
         Packer {
             repo,
-            state: Mutex::new(PackerState { builder: PackBuilder::default(), seen: HashSet::new(), written: Vec::new(), stats: PackStats::default() }),
+            state: Mutex::new(PackerState {
+                builder: PackBuilder::default(),
+                seen: HashSet::new(),
+                written: Vec::new(),
+                stats: PackStats::default(),
+            }),
             deduplicated: AtomicU64::new(0),
             pack_size,
         }
@@ -420,7 +551,11 @@ impl Packer {
             }
             st.builder.add(kind, id, &sealed, plaintext.len() as u32);
             st.stats.blobs_added += 1;
-            if st.builder.len() >= self.pack_size { Some(std::mem::take(&mut st.builder)) } else { None }
+            if st.builder.len() >= self.pack_size {
+                Some(std::mem::take(&mut st.builder))
+            } else {
+                None
+            }
         };
         if let Some(b) = full {
             self.upload(b).await?;
@@ -435,9 +570,16 @@ impl Packer {
         let (bytes, entries) = builder.finish(&self.repo.key);
         let pid = PackId(sha2_256(&bytes));
         let size = bytes.len() as u64;
-        self.repo.store.put(&layout::pack(&pid.to_hex()), Bytes::from(bytes)).await.map_err(store_err(&self.repo.store))?;
+        self.repo
+            .store
+            .put(&layout::pack(&pid.to_hex()), Bytes::from(bytes))
+            .await
+            .map_err(store_err(&self.repo.store))?;
         let mut st = self.state.lock().await;
-        st.written.push(IndexPack { id: pid.to_hex(), blobs: entries });
+        st.written.push(IndexPack {
+            id: pid.to_hex(),
+            blobs: entries,
+        });
         st.stats.pack_bytes += size;
         st.stats.packs += 1;
         Ok(())
@@ -458,7 +600,11 @@ impl Packer {
             let sealed = self.repo.key.seal(&compress_json(&file));
             stats.pack_bytes += sealed.len() as u64;
             let id = new_id();
-            self.repo.store.put(&layout::index(&id), Bytes::from(sealed)).await.map_err(store_err(&self.repo.store))?;
+            self.repo
+                .store
+                .put(&layout::index(&id), Bytes::from(sealed))
+                .await
+                .map_err(store_err(&self.repo.store))?;
             // Make the new blobs readable through this repository handle.
             let mut idx = self.repo.index.write().expect("index lock");
             let mut packs = Vec::new();
@@ -466,11 +612,24 @@ impl Packer {
                 let pack = PackId::from_hex(&p.id).expect("we wrote it");
                 packs.push(pack);
                 for b in &p.blobs {
-                    idx.insert(b.id, Location { pack, kind: b.kind, offset: b.offset, length: b.length, raw_length: b.raw_length });
+                    idx.insert(
+                        b.id,
+                        Location {
+                            pack,
+                            kind: b.kind,
+                            offset: b.offset,
+                            length: b.length,
+                            raw_length: b.raw_length,
+                        },
+                    );
                 }
             }
             drop(idx);
-            self.repo.index_files.write().expect("index lock").insert(id, packs);
+            self.repo
+                .index_files
+                .write()
+                .expect("index lock")
+                .insert(id, packs);
         }
         Ok(stats)
     }

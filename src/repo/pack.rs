@@ -37,7 +37,13 @@ pub struct PackBuilder {
 
 impl PackBuilder {
     pub fn add(&mut self, kind: BlobType, id: BlobId, sealed: &[u8], raw_length: u32) {
-        self.entries.push(PackEntry { kind, id, offset: self.data.len() as u32, length: sealed.len() as u32, raw_length });
+        self.entries.push(PackEntry {
+            kind,
+            id,
+            offset: self.data.len() as u32,
+            length: sealed.len() as u32,
+            raw_length,
+        });
         self.data.extend_from_slice(sealed);
     }
     pub fn len(&self) -> usize {
@@ -49,7 +55,8 @@ impl PackBuilder {
     pub fn finish(mut self, key: &MasterKey) -> (Vec<u8>, Vec<PackEntry>) {
         let header = key.seal(&serde_json::to_vec(&self.entries).expect("serializable"));
         self.data.extend_from_slice(&header);
-        self.data.extend_from_slice(&(header.len() as u32).to_le_bytes());
+        self.data
+            .extend_from_slice(&(header.len() as u32).to_le_bytes());
         (self.data, self.entries)
     }
 }

@@ -67,10 +67,18 @@ pub struct TreeEntry {
 
 impl TreeEntry {
     pub fn group_resource(&self) -> String {
-        if self.group.is_empty() { self.resource.clone() } else { format!("{}/{}", self.group, self.resource) }
+        if self.group.is_empty() {
+            self.resource.clone()
+        } else {
+            format!("{}/{}", self.group, self.resource)
+        }
     }
     pub fn api_version(&self) -> String {
-        if self.group.is_empty() { self.version.clone() } else { format!("{}/{}", self.group, self.version) }
+        if self.group.is_empty() {
+            self.version.clone()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
     }
     /// kind/namespace/name (or kind/name), for messages.
     pub fn display(&self) -> String {
@@ -96,7 +104,9 @@ impl Repository {
         let files = self.list(layout::SNAPSHOTS).await?;
         let mut all: Vec<(String, Snapshot)> = futures::stream::iter(files)
             .map(|f| async move {
-                let id = layout::id_of(layout::SNAPSHOTS, &f.key).unwrap_or_default().to_string();
+                let id = layout::id_of(layout::SNAPSHOTS, &f.key)
+                    .unwrap_or_default()
+                    .to_string();
                 let s: Snapshot = self.read_json(&f.key, "snapshot").await?;
                 Ok::<_, RepoError>((id, s))
             })
@@ -111,9 +121,15 @@ impl Repository {
     pub async fn find_snapshot(&self, spec: &str) -> Result<(String, Snapshot), RepoError> {
         let all = self.snapshots().await?;
         if spec == "latest" {
-            return all.into_iter().last().ok_or_else(|| RepoError::NoSuchSnapshot(spec.into()));
+            return all
+                .into_iter()
+                .last()
+                .ok_or_else(|| RepoError::NoSuchSnapshot(spec.into()));
         }
-        let mut m: Vec<_> = all.into_iter().filter(|(id, _)| id.starts_with(spec)).collect();
+        let mut m: Vec<_> = all
+            .into_iter()
+            .filter(|(id, _)| id.starts_with(spec))
+            .collect();
         match m.len() {
             0 => Err(RepoError::NoSuchSnapshot(spec.into())),
             1 => Ok(m.remove(0)),

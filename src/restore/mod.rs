@@ -113,9 +113,16 @@ pub struct RestoreReport {
 
 /// Where the objects come from.
 pub enum Source {
-    Repository { repo: Arc<Repository>, backup_id: String, entries: Vec<TreeEntry> },
+    Repository {
+        repo: Arc<Repository>,
+        backup_id: String,
+        entries: Vec<TreeEntry>,
+    },
     /// (entry, object) pairs from an export archive.
-    Archive { name: String, objects: Vec<(TreeEntry, Value)> },
+    Archive {
+        name: String,
+        objects: Vec<(TreeEntry, Value)>,
+    },
 }
 
 impl Source {
@@ -150,41 +157,60 @@ impl Source {
             }
             Source::Repository { repo, .. } => {
                 let index = repo.index_snapshot().await;
-                let mut by_pack: BTreeMap<crate::repo::PackId, Vec<(usize, &TreeEntry)>> = BTreeMap::new();
+                let mut by_pack: BTreeMap<crate::repo::PackId, Vec<(usize, &TreeEntry)>> =
+                    BTreeMap::new();
                 for (idx, e) in items {
                     match index.get(&e.blob) {
                         Some(l) => by_pack.entry(l.pack).or_default().push((*idx, e)),
                         None => {
-                            out.insert(*idx, Err(format!("blob {} is not in the repository index", e.blob)));
+                            out.insert(
+                                *idx,
+                                Err(format!("blob {} is not in the repository index", e.blob)),
+                            );
                         }
                     }
                 }
-                let results: Vec<Vec<(usize, Result<Value, String>)>> = futures::stream::iter(by_pack)
-                    .map(|(pack, entries)| {
-                        let index = &index;
-                        async move {
-                            let key = crate::store::layout::pack(&pack.to_hex());
-                            let bytes = match repo.store().get(&key).await {
-                                Ok(b) => b,
-                                Err(err) => return entries.iter().map(|(i, _)| (*i, Err(err.to_string()))).collect::<Vec<_>>(),
-                            };
-                            entries
-                                .iter()
-                                .map(|(i, e)| {
-                                    let l = index[&e.blob];
-                                    let r = bytes
-                                        .get(l.offset as usize..(l.offset as usize + l.length as usize))
-                                        .ok_or_else(|| "pack is truncated".to_string())
-                                        .and_then(|sealed| repo.decode_blob(&e.blob, &l, sealed, &key).map_err(|err| err.to_string()))
-                                        .and_then(|plain| serde_json::from_slice::<Value>(&plain).map_err(|err| err.to_string()));
-                                    (*i, r)
-                                })
-                                .collect()
-                        }
-                    })
-                    .buffer_unordered(4)
-                    .collect()
-                    .await;
+                let results: Vec<Vec<(usize, Result<Value, String>)>> =
+                    futures::stream::iter(by_pack)
+                        .map(|(pack, entries)| {
+                            let index = &index;
+                            async move {
+                                let key = crate::store::layout::pack(&pack.to_hex());
+                                let bytes = match repo.store().get(&key).await {
+                                    Ok(b) => b,
+                                    Err(err) => {
+                                        return entries
+                                            .iter()
+                                            .map(|(i, _)| (*i, Err(err.to_string())))
+                                            .collect::<Vec<_>>();
+                                    }
+                                };
+                                entries
+                                    .iter()
+                                    .map(|(i, e)| {
+                                        let l = index[&e.blob];
+                                        let r = bytes
+                                            .get(
+                                                l.offset as usize
+                                                    ..(l.offset as usize + l.length as usize),
+                                            )
+                                            .ok_or_else(|| "pack is truncated".to_string())
+                                            .and_then(|sealed| {
+                                                repo.decode_blob(&e.blob, &l, sealed, &key)
+                                                    .map_err(|err| err.to_string())
+                                            })
+                                            .and_then(|plain| {
+                                                serde_json::from_slice::<Value>(&plain)
+                                                    .map_err(|err| err.to_string())
+                                            });
+                                        (*i, r)
+                                    })
+                                    .collect()
+                            }
+                        })
+                        .buffer_unordered(4)
+                        .collect()
+                        .await;
                 out.extend(results.into_iter().flatten());
             }
         }
@@ -216,7 +242,10 @@ struct Target {
 }
 
 async fn discover_target(client: &kube::Client) -> Result<Target, Error> {
-    let d = kube::discovery::Discovery::new(client.clone()).run_aggregated().await.map_err(|source| Error::Discovery { source })?;
+    let d = kube::discovery::Discovery::new(client.clone())
+        .run_aggregated()
+        .await
+        .map_err(|source| Error::Discovery { source })?;
     let mut by_gvk = HashMap::new();
     for g in d.groups() {
         for v in g.versions() {
@@ -224,7 +253,10 @@ async fn discover_target(client: &kube::Client) -> Result<Target, Error> {
                 if ar.plural.contains('/') {
                     continue;
                 }
-                by_gvk.insert((ar.group.clone(), ar.version.clone(), ar.kind.clone()), (ar, caps));
+                by_gvk.insert(
+                    (ar.group.clone(), ar.version.clone(), ar.kind.clone()),
+                    (ar, caps),
+                );
             }
         }
     }
@@ -235,30 +267,57 @@ fn is_not_found_namespace(s: &kube::core::Status) -> bool {
     s.code == 404 && s.message.contains("namespaces")
 }
 
-pub async fn restore(client: &kube::Client, source: Source, opts: &RestoreOptions) -> Result<RestoreReport, Error> {
+pub async fn restore(
+    client: &kube::Client,
+    source: Source,
+    opts: &RestoreOptions,
+) -> Result<RestoreReport, Error> {
     let start = Instant::now();
-    let restore_id = if opts.restore_id.is_empty() { new_restore_id() } else { opts.restore_id.clone() };
+    let restore_id = if opts.restore_id.is_empty() {
+        new_restore_id()
+    } else {
+        opts.restore_id.clone()
+    };
     let selector = match &opts.selector {
         Some(s) => Some(Selector::parse(s).map_err(Error::Usage)?),
         None => None,
     };
-    let rw = RewriteOptions { namespace_map: opts.namespace_map.clone(), preserve_nodeports: opts.preserve_nodeports, restore_id: restore_id.clone() };
+    let rw = RewriteOptions {
+        namespace_map: opts.namespace_map.clone(),
+        preserve_nodeports: opts.preserve_nodeports,
+        restore_id: restore_id.clone(),
+    };
 
     // 1. Candidates: namespace and resource filters on the entries.
     let all = source.entries();
     for ns in &opts.namespaces {
-        if !all.iter().any(|e| e.namespace.as_deref() == Some(ns.as_str()) || (e.group.is_empty() && e.resource == "namespaces" && &e.name == ns)) {
-            return Err(Error::Usage(format!("namespace {ns} is not in backup {}", source.name())));
+        if !all.iter().any(|e| {
+            e.namespace.as_deref() == Some(ns.as_str())
+                || (e.group.is_empty() && e.resource == "namespaces" && &e.name == ns)
+        }) {
+            return Err(Error::Usage(format!(
+                "namespace {ns} is not in backup {}",
+                source.name()
+            )));
         }
     }
     let filtered_ns = !opts.namespaces.is_empty();
-    let ns_ok = |e: &TreeEntry| e.namespace.as_ref().is_none_or(|ns| !filtered_ns || opts.namespaces.contains(ns));
+    let ns_ok = |e: &TreeEntry| {
+        e.namespace
+            .as_ref()
+            .is_none_or(|ns| !filtered_ns || opts.namespaces.contains(ns))
+    };
     let res_ok = |e: &TreeEntry| {
-        (opts.include_resources.is_empty() || opts.include_resources.iter().any(|p| pattern_matches(p, e)))
+        (opts.include_resources.is_empty()
+            || opts.include_resources.iter().any(|p| pattern_matches(p, e)))
             && !opts.exclude_resources.iter().any(|p| pattern_matches(p, e))
     };
-    let mut candidates: Vec<(usize, TreeEntry)> =
-        all.iter().cloned().enumerate().filter(|(_, e)| e.namespace.is_some() && ns_ok(e) && res_ok(e)).collect();
+    let mut candidates: Vec<(usize, TreeEntry)> = all
+        .iter()
+        .cloned()
+        .enumerate()
+        .filter(|(_, e)| e.namespace.is_some() && ns_ok(e) && res_ok(e))
+        .collect();
 
     // Cluster-scoped objects: all, none, or (auto with -n) what the selected namespaces use.
     let cluster_policy = match opts.include_cluster_resources {
@@ -268,7 +327,10 @@ pub async fn restore(client: &kube::Client, source: Source, opts: &RestoreOption
         ClusterResources::Auto => None,
     };
     // Namespaces needed by the candidates (and those selected with -n) are always restored.
-    let mut needed_ns: BTreeSet<String> = candidates.iter().filter_map(|(_, e)| e.namespace.clone()).collect();
+    let mut needed_ns: BTreeSet<String> = candidates
+        .iter()
+        .filter_map(|(_, e)| e.namespace.clone())
+        .collect();
     needed_ns.extend(opts.namespaces.iter().cloned());
     let mut wanted: BTreeSet<(String, String, String)> = BTreeSet::new(); // (group, resource, name)
     if cluster_policy.is_none() {
@@ -287,12 +349,20 @@ pub async fn restore(client: &kube::Client, source: Source, opts: &RestoreOption
                     let o = source.load(e, *idx).await?;
                     if o["roleRef"]["kind"] == "ClusterRole" {
                         if let Some(n) = o["roleRef"]["name"].as_str() {
-                            wanted.insert(("rbac.authorization.k8s.io".into(), "clusterroles".into(), n.into()));
+                            wanted.insert((
+                                "rbac.authorization.k8s.io".into(),
+                                "clusterroles".into(),
+                                n.into(),
+                            ));
                         }
                     }
                 }
                 (g, r) if !rules::is_builtin_group(g) => {
-                    wanted.insert(("apiextensions.k8s.io".into(), "customresourcedefinitions".into(), format!("{r}.{g}")));
+                    wanted.insert((
+                        "apiextensions.k8s.io".into(),
+                        "customresourcedefinitions".into(),
+                        format!("{r}.{g}"),
+                    ));
                 }
                 _ => {}
             }
@@ -303,7 +373,9 @@ pub async fn restore(client: &kube::Client, source: Source, opts: &RestoreOption
             continue;
         }
         let take = if e.group.is_empty() && e.resource == "namespaces" {
-            opts.restore_namespaces && (needed_ns.contains(&e.name) || (cluster_policy == Some(true) && !filtered_ns && res_ok(e)))
+            opts.restore_namespaces
+                && (needed_ns.contains(&e.name)
+                    || (cluster_policy == Some(true) && !filtered_ns && res_ok(e)))
         } else {
             match cluster_policy {
                 Some(true) => res_ok(e),
@@ -316,8 +388,20 @@ pub async fn restore(client: &kube::Client, source: Source, opts: &RestoreOption
         }
     }
     candidates.sort_by(|a, b| {
-        let ka = (rules::phase(&a.1.group, &a.1.resource), &a.1.group, &a.1.resource, &a.1.namespace, &a.1.name);
-        let kb = (rules::phase(&b.1.group, &b.1.resource), &b.1.group, &b.1.resource, &b.1.namespace, &b.1.name);
+        let ka = (
+            rules::phase(&a.1.group, &a.1.resource),
+            &a.1.group,
+            &a.1.resource,
+            &a.1.namespace,
+            &a.1.name,
+        );
+        let kb = (
+            rules::phase(&b.1.group, &b.1.resource),
+            &b.1.group,
+            &b.1.resource,
+            &b.1.namespace,
+            &b.1.name,
+        );
         ka.cmp(&kb)
     });
 
@@ -328,16 +412,31 @@ pub async fn restore(client: &kube::Client, source: Source, opts: &RestoreOption
     let mut dry_new_types: BTreeSet<(String, String)> = BTreeSet::new(); // (group, kind) of CRDs created in dry run
     let mut phases: BTreeMap<u8, Vec<(usize, TreeEntry)>> = BTreeMap::new();
     for c in candidates {
-        phases.entry(rules::phase(&c.1.group, &c.1.resource)).or_default().push(c);
+        phases
+            .entry(rules::phase(&c.1.group, &c.1.resource))
+            .or_default()
+            .push(c);
     }
     for (phase, batch) in phases {
-        let ctx = Ctx { client, source: &source, opts, rw: &rw, selector: selector.as_ref(), target: &target, dry_new_namespaces: &dry_new_namespaces, dry_new_types: &dry_new_types };
+        let ctx = Ctx {
+            client,
+            source: &source,
+            opts,
+            rw: &rw,
+            selector: selector.as_ref(),
+            target: &target,
+            dry_new_namespaces: &dry_new_namespaces,
+            dry_new_types: &dry_new_types,
+        };
         // Bounded memory: objects are loaded a chunk at a time (each chunk reads its packs once).
         let mut results: Vec<Option<(Item, Option<Value>)>> = Vec::with_capacity(batch.len());
         for chunk in batch.chunks(2000) {
             let pre = source.preload(chunk).await;
-            let part: Vec<Option<(Item, Option<Value>)>> =
-                futures::stream::iter(chunk.iter()).map(|(idx, e)| ctx.one(*idx, e, &pre)).buffered(opts.concurrency.max(1)).collect().await;
+            let part: Vec<Option<(Item, Option<Value>)>> = futures::stream::iter(chunk.iter())
+                .map(|(idx, e)| ctx.one(*idx, e, &pre))
+                .buffered(opts.concurrency.max(1))
+                .collect()
+                .await;
             results.extend(part);
         }
         let mut created_crds = Vec::new();
@@ -349,11 +448,23 @@ pub async fn restore(client: &kube::Client, source: Source, opts: &RestoreOption
                 }
                 if item.kind == "CustomResourceDefinition" {
                     if let Some(o) = &obj {
-                        dry_new_types.insert((o["spec"]["group"].as_str().unwrap_or_default().into(), o["spec"]["names"]["kind"].as_str().unwrap_or_default().into()));
+                        dry_new_types.insert((
+                            o["spec"]["group"].as_str().unwrap_or_default().into(),
+                            o["spec"]["names"]["kind"]
+                                .as_str()
+                                .unwrap_or_default()
+                                .into(),
+                        ));
                     }
                 }
             }
-            if phase == 0 && !opts.dry_run && matches!(item.outcome, Outcome::Created | Outcome::Updated | Outcome::Skipped) {
+            if phase == 0
+                && !opts.dry_run
+                && matches!(
+                    item.outcome,
+                    Outcome::Created | Outcome::Updated | Outcome::Skipped
+                )
+            {
                 created_crds.push(item.name.clone());
             }
             items.push(item);
@@ -379,7 +490,12 @@ pub async fn restore(client: &kube::Client, source: Source, opts: &RestoreOption
     })
 }
 
-async fn wait_established(client: &kube::Client, names: &[String], timeout: Duration, items: &mut [Item]) {
+async fn wait_established(
+    client: &kube::Client,
+    names: &[String],
+    timeout: Duration,
+    items: &mut [Item],
+) {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     let deadline = Instant::now() + timeout;
@@ -392,12 +508,18 @@ async fn wait_established(client: &kube::Client, names: &[String], timeout: Dura
                 .flatten()
                 .and_then(|c| c.status)
                 .and_then(|s| s.conditions)
-                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Established" && c.status == "True"));
+                .is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c.type_ == "Established" && c.status == "True")
+                });
             if ok {
                 break;
             }
             if Instant::now() > deadline {
-                if let Some(i) = items.iter_mut().find(|i| i.kind == "CustomResourceDefinition" && &i.name == name) {
+                if let Some(i) = items
+                    .iter_mut()
+                    .find(|i| i.kind == "CustomResourceDefinition" && &i.name == name)
+                {
                     i.outcome = Outcome::Failed;
                     i.message = Some(format!("not Established within {}s", timeout.as_secs()));
                 }
@@ -421,12 +543,21 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     /// Restore one object. `None`: filtered out by the label selector.
-    async fn one(&self, idx: usize, e: &TreeEntry, pre: &HashMap<usize, Result<Value, String>>) -> Option<(Item, Option<Value>)> {
+    async fn one(
+        &self,
+        idx: usize,
+        e: &TreeEntry,
+        pre: &HashMap<usize, Result<Value, String>>,
+    ) -> Option<(Item, Option<Value>)> {
         let mut item = Item {
             kind: e.kind.clone(),
             api_version: e.api_version(),
             namespace: e.namespace.as_ref().map(|n| self.rw.map_ns(n).to_string()),
-            name: if e.group.is_empty() && e.resource == "namespaces" { self.rw.map_ns(&e.name).to_string() } else { e.name.clone() },
+            name: if e.group.is_empty() && e.resource == "namespaces" {
+                self.rw.map_ns(&e.name).to_string()
+            } else {
+                e.name.clone()
+            },
             outcome: Outcome::Failed,
             message: None,
         };
@@ -439,14 +570,19 @@ impl Ctx<'_> {
             None => match self.source.load(e, idx).await {
                 Ok(o) => o,
                 Err(err) => {
-                    item.message = Some(format!("cannot read from the backup: {}", crate::error::display_chain(&err)));
+                    item.message = Some(format!(
+                        "cannot read from the backup: {}",
+                        crate::error::display_chain(&err)
+                    ));
                     return Some((item, None));
                 }
             },
         };
         if let Some(sel) = self.selector {
             // Namespaces selected by -n are restored whatever their labels.
-            let is_selected_ns = e.group.is_empty() && e.resource == "namespaces" && self.opts.namespaces.contains(&e.name);
+            let is_selected_ns = e.group.is_empty()
+                && e.resource == "namespaces"
+                && self.opts.namespaces.contains(&e.name);
             if !is_selected_ns && !sel.matches_object(&obj) {
                 return None;
             }
@@ -457,12 +593,24 @@ impl Ctx<'_> {
             return Some((item, None));
         }
         let obj = rules::rewrite(&e.group, &e.resource, obj, self.rw);
-        let Some((ar, caps)) = self.target.by_gvk.get(&(e.group.clone(), e.version.clone(), e.kind.clone())) else {
-            if self.opts.dry_run && self.dry_new_types.contains(&(e.group.clone(), e.kind.clone())) {
+        let Some((ar, caps)) =
+            self.target
+                .by_gvk
+                .get(&(e.group.clone(), e.version.clone(), e.kind.clone()))
+        else {
+            if self.opts.dry_run
+                && self
+                    .dry_new_types
+                    .contains(&(e.group.clone(), e.kind.clone()))
+            {
                 item.outcome = Outcome::Unvalidated;
                 item.message = Some("dry run: its CRD is only created by this restore".into());
             } else {
-                item.message = Some(format!("{} {} is not served by the target cluster", e.api_version(), e.kind));
+                item.message = Some(format!(
+                    "{} {} is not served by the target cluster",
+                    e.api_version(),
+                    e.kind
+                ));
             }
             return Some((item, Some(obj)));
         };
@@ -477,10 +625,16 @@ impl Ctx<'_> {
                 return Some((item, Some(obj)));
             }
         };
-        let pp = PostParams { dry_run: self.opts.dry_run, field_manager: Some("lifeboat".into()) };
+        let pp = PostParams {
+            dry_run: self.opts.dry_run,
+            field_manager: Some("lifeboat".into()),
+        };
         match api.create(&pp, &dobj).await {
             Ok(_) => item.outcome = Outcome::Created,
-            Err(kube::Error::Api(s)) if s.code == 409 && s.reason == "AlreadyExists" => match self.opts.existing {
+            Err(kube::Error::Api(s)) if s.code == 409 && s.reason == "AlreadyExists" => match self
+                .opts
+                .existing
+            {
                 Existing::Skip => {
                     item.outcome = Outcome::Skipped;
                     item.message = Some("already exists".into());
@@ -491,14 +645,29 @@ impl Ctx<'_> {
                     pp.dry_run = self.opts.dry_run;
                     match api.patch(&item.name, &pp, &Patch::Apply(&dobj)).await {
                         Ok(_) => item.outcome = Outcome::Updated,
-                        Err(kube::Error::Api(s)) => item.message = Some(format!("update: {} ({})", s.message, s.code)),
-                        Err(err) => item.message = Some(format!("update: {}", crate::error::display_chain(&err))),
+                        Err(kube::Error::Api(s)) => {
+                            item.message = Some(format!("update: {} ({})", s.message, s.code))
+                        }
+                        Err(err) => {
+                            item.message =
+                                Some(format!("update: {}", crate::error::display_chain(&err)))
+                        }
                     }
                 }
             },
-            Err(kube::Error::Api(s)) if self.opts.dry_run && is_not_found_namespace(&s) && item.namespace.as_ref().is_some_and(|n| self.dry_new_namespaces.contains(n)) => {
+            Err(kube::Error::Api(s))
+                if self.opts.dry_run
+                    && is_not_found_namespace(&s)
+                    && item
+                        .namespace
+                        .as_ref()
+                        .is_some_and(|n| self.dry_new_namespaces.contains(n)) =>
+            {
                 item.outcome = Outcome::Unvalidated;
-                item.message = Some(format!("dry run: namespace {} is only created by this restore", item.namespace.clone().unwrap_or_default()));
+                item.message = Some(format!(
+                    "dry run: namespace {} is only created by this restore",
+                    item.namespace.clone().unwrap_or_default()
+                ));
             }
             Err(kube::Error::Api(s)) => item.message = Some(format!("{} ({})", s.message, s.code)),
             Err(err) => item.message = Some(crate::error::display_chain(&err)),
@@ -511,15 +680,32 @@ impl Ctx<'_> {
 pub async fn repository_source(repo: Arc<Repository>, spec: &str) -> Result<Source, Error> {
     let (id, snap) = repo.find_snapshot(spec).await?;
     let entries = repo.snapshot_entries(&snap).await?;
-    Ok(Source::Repository { repo, backup_id: id, entries })
+    Ok(Source::Repository {
+        repo,
+        backup_id: id,
+        entries,
+    })
 }
 
 impl crate::output::Render for RestoreReport {
     fn table(&self, w: &mut dyn std::io::Write) -> std::io::Result<()> {
-        let verb = if self.dry_run { "dry-run restore" } else { "restore" };
-        let created = if self.dry_run { "would be created" } else { "created" };
-        let updated = if self.dry_run { "would be updated" } else { "updated" };
-        let from = if self.backup.len() == 64 && self.backup.bytes().all(|b| b.is_ascii_hexdigit()) {
+        let verb = if self.dry_run {
+            "dry-run restore"
+        } else {
+            "restore"
+        };
+        let created = if self.dry_run {
+            "would be created"
+        } else {
+            "created"
+        };
+        let updated = if self.dry_run {
+            "would be updated"
+        } else {
+            "updated"
+        };
+        let from = if self.backup.len() == 64 && self.backup.bytes().all(|b| b.is_ascii_hexdigit())
+        {
             format!("backup {}", &self.backup[..8])
         } else {
             self.backup.clone()
@@ -532,8 +718,15 @@ impl crate::output::Render for RestoreReport {
                 Some(ns) => format!("{}/{}/{}", i.kind, ns, i.name),
                 None => format!("{}/{}", i.kind, i.name),
             };
-            let outcome = serde_json::to_value(i.outcome).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
-            writeln!(w, "{outcome:<11} {what}: {}", i.message.as_deref().unwrap_or(""))?;
+            let outcome = serde_json::to_value(i.outcome)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default();
+            writeln!(
+                w,
+                "{outcome:<11} {what}: {}",
+                i.message.as_deref().unwrap_or("")
+            )?;
         }
         writeln!(
             w,
@@ -543,7 +736,11 @@ impl crate::output::Render for RestoreReport {
             self.updated,
             self.skipped,
             self.failed,
-            if self.unvalidated > 0 { format!(", {} unvalidated", self.unvalidated) } else { String::new() },
+            if self.unvalidated > 0 {
+                format!(", {} unvalidated", self.unvalidated)
+            } else {
+                String::new()
+            },
             self.duration_seconds
         )
     }

@@ -13,7 +13,10 @@ pub fn phase(group: &str, resource: &str) -> u8 {
         ("", "persistentvolumes") => 3,
         ("", "persistentvolumeclaims") => 4,
         ("", "serviceaccounts" | "secrets" | "configmaps" | "limitranges" | "resourcequotas") => 5,
-        ("rbac.authorization.k8s.io", "clusterroles" | "clusterrolebindings" | "roles" | "rolebindings") => 6,
+        (
+            "rbac.authorization.k8s.io",
+            "clusterroles" | "clusterrolebindings" | "roles" | "rolebindings",
+        ) => 6,
         ("", "services") => 7,
         ("apps", "deployments" | "statefulsets" | "daemonsets" | "replicasets")
         | ("batch", "jobs" | "cronjobs")
@@ -27,7 +30,10 @@ pub fn phase(group: &str, resource: &str) -> u8 {
 pub fn is_builtin_group(group: &str) -> bool {
     group.is_empty()
         || group.ends_with(".k8s.io")
-        || matches!(group, "apps" | "batch" | "autoscaling" | "policy" | "extensions")
+        || matches!(
+            group,
+            "apps" | "batch" | "autoscaling" | "policy" | "extensions"
+        )
 }
 
 /// Options that change how objects are rewritten.
@@ -60,10 +66,14 @@ const STRIP_METADATA: &[&str] = &[
 
 /// Why an object is not restored at all (None: restore it).
 pub fn skip_reason(group: &str, resource: &str, obj: &Value) -> Option<String> {
-    if group.is_empty() && resource == "secrets" && obj["type"] == "kubernetes.io/service-account-token" {
+    if group.is_empty()
+        && resource == "secrets"
+        && obj["type"] == "kubernetes.io/service-account-token"
+    {
         return Some("service-account token secrets are recreated by the cluster".into());
     }
-    if group.is_empty() && resource == "configmaps" && obj["metadata"]["name"] == "kube-root-ca.crt" {
+    if group.is_empty() && resource == "configmaps" && obj["metadata"]["name"] == "kube-root-ca.crt"
+    {
         return Some("kube-root-ca.crt is published by the cluster (its own CA)".into());
     }
     None
@@ -79,11 +89,20 @@ fn obj_mut(v: &mut Value) -> &mut Map<String, Value> {
 /// Rewrite a backed-up object for restore. Returns the object to create.
 pub fn rewrite(group: &str, resource: &str, mut obj: Value, o: &RewriteOptions) -> Value {
     // Metadata: server-populated fields go; the namespace is mapped; the restore label is added.
-    let meta = obj_mut(obj.as_object_mut().expect("objects are JSON objects").entry("metadata").or_insert(Value::Null));
+    let meta = obj_mut(
+        obj.as_object_mut()
+            .expect("objects are JSON objects")
+            .entry("metadata")
+            .or_insert(Value::Null),
+    );
     for k in STRIP_METADATA {
         meta.remove(*k);
     }
-    if let Some(ns) = meta.get("namespace").and_then(Value::as_str).map(str::to_string) {
+    if let Some(ns) = meta
+        .get("namespace")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+    {
         meta.insert("namespace".into(), Value::String(o.map_ns(&ns).to_string()));
     }
     let labels = obj_mut(meta.entry("labels").or_insert(Value::Null));
@@ -97,7 +116,10 @@ pub fn rewrite(group: &str, resource: &str, mut obj: Value, o: &RewriteOptions) 
 
     match (group, resource) {
         ("", "namespaces") => {
-            let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
+            let name = obj["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
             let mapped = o.map_ns(&name).to_string();
             obj["metadata"]["name"] = Value::String(mapped.clone());
             if let Some(l) = obj["metadata"]["labels"].as_object_mut() {
@@ -144,7 +166,11 @@ pub fn rewrite(group: &str, resource: &str, mut obj: Value, o: &RewriteOptions) 
             if let Some(c) = obj["spec"]["claimRef"].as_object_mut() {
                 c.remove("uid");
                 c.remove("resourceVersion");
-                if let Some(ns) = c.get("namespace").and_then(Value::as_str).map(str::to_string) {
+                if let Some(ns) = c
+                    .get("namespace")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+                {
                     c.insert("namespace".into(), Value::String(o.map_ns(&ns).to_string()));
                 }
             }
@@ -180,7 +206,9 @@ fn strip_job_labels(meta: &mut Value) {
 
 /// Pods: the node binding and the service-account token volume that admission injected.
 fn strip_pod_spec(spec: &mut Value, unbind: bool) {
-    let Some(spec) = spec.as_object_mut() else { return };
+    let Some(spec) = spec.as_object_mut() else {
+        return;
+    };
     if unbind {
         spec.remove("nodeName");
     }
@@ -221,7 +249,11 @@ mod tests {
     use serde_json::json;
 
     fn opts() -> RewriteOptions {
-        RewriteOptions { namespace_map: [("old".to_string(), "new".to_string())].into(), preserve_nodeports: false, restore_id: "r1".into() }
+        RewriteOptions {
+            namespace_map: [("old".to_string(), "new".to_string())].into(),
+            preserve_nodeports: false,
+            restore_id: "r1".into(),
+        }
     }
 
     #[test]
@@ -237,10 +269,18 @@ mod tests {
             ("", "services"),
             ("apps", "deployments"),
             ("networking.k8s.io", "ingresses"),
-            ("admissionregistration.k8s.io", "validatingwebhookconfigurations"),
+            (
+                "admissionregistration.k8s.io",
+                "validatingwebhookconfigurations",
+            ),
         ];
         for w in order.windows(2) {
-            assert!(phase(w[0].0, w[0].1) < phase(w[1].0, w[1].1), "{:?} before {:?}", w[0], w[1]);
+            assert!(
+                phase(w[0].0, w[0].1) < phase(w[1].0, w[1].1),
+                "{:?} before {:?}",
+                w[0],
+                w[1]
+            );
         }
         assert_eq!(phase("apiregistration.k8s.io", "apiservices"), 10);
         assert_eq!(phase("example.com", "widgets"), 9);
@@ -268,9 +308,19 @@ mod tests {
 
     #[test]
     fn status_is_dropped_for_builtin_types_kept_for_custom_resources() {
-        let d = rewrite("apps", "deployments", json!({"metadata": {"name": "d"}, "status": {"replicas": 1}}), &opts());
+        let d = rewrite(
+            "apps",
+            "deployments",
+            json!({"metadata": {"name": "d"}, "status": {"replicas": 1}}),
+            &opts(),
+        );
         assert!(d.get("status").is_none());
-        let cr = rewrite("example.com", "widgets", json!({"metadata": {"name": "w"}, "status": {"phase": "Ready"}}), &opts());
+        let cr = rewrite(
+            "example.com",
+            "widgets",
+            json!({"metadata": {"name": "w"}, "status": {"phase": "Ready"}}),
+            &opts(),
+        );
         assert_eq!(cr["status"]["phase"], "Ready");
     }
 
@@ -282,11 +332,22 @@ mod tests {
         assert!(o["spec"].get("clusterIP").is_none() && o["spec"].get("clusterIPs").is_none());
         assert!(o["spec"]["ports"][0].get("nodePort").is_none());
         assert!(o["spec"].get("healthCheckNodePort").is_none());
-        let keep = RewriteOptions { preserve_nodeports: true, ..opts() };
+        let keep = RewriteOptions {
+            preserve_nodeports: true,
+            ..opts()
+        };
         let o = rewrite("", "services", svc, &keep);
         assert_eq!(o["spec"]["ports"][0]["nodePort"], 30080);
-        let headless = rewrite("", "services", json!({"metadata": {"name": "h"}, "spec": {"clusterIP": "None", "clusterIPs": ["None"]}}), &opts());
-        assert_eq!(headless["spec"]["clusterIP"], "None", "headless stays headless");
+        let headless = rewrite(
+            "",
+            "services",
+            json!({"metadata": {"name": "h"}, "spec": {"clusterIP": "None", "clusterIPs": ["None"]}}),
+            &opts(),
+        );
+        assert_eq!(
+            headless["spec"]["clusterIP"], "None",
+            "headless stays headless"
+        );
     }
 
     #[test]
@@ -301,14 +362,20 @@ mod tests {
         );
         let a = pvc["metadata"]["annotations"].as_object().unwrap();
         assert_eq!(a.keys().collect::<Vec<_>>(), ["keep"]);
-        assert_eq!(pvc["spec"]["volumeName"], "pv-1", "binds to the restored PV again");
+        assert_eq!(
+            pvc["spec"]["volumeName"], "pv-1",
+            "binds to the restored PV again"
+        );
         let pv = rewrite(
             "",
             "persistentvolumes",
             json!({"metadata": {"name": "pv-1"}, "spec": {"claimRef": {"namespace": "old", "name": "data", "uid": "u", "resourceVersion": "9"}}, "status": {"phase": "Bound"}}),
             &opts(),
         );
-        assert_eq!(pv["spec"]["claimRef"], json!({"namespace": "new", "name": "data"}));
+        assert_eq!(
+            pv["spec"]["claimRef"],
+            json!({"namespace": "new", "name": "data"})
+        );
         assert!(pv.get("status").is_none());
     }
 
@@ -324,15 +391,28 @@ mod tests {
         assert_eq!(rb["subjects"][0]["namespace"], "new");
         assert_eq!(rb["subjects"][1]["namespace"], "other");
         assert!(rb["subjects"][2].get("namespace").is_none());
-        let crb = rewrite("rbac.authorization.k8s.io", "clusterrolebindings", json!({"metadata": {"name": "c"}, "subjects": [{"kind": "ServiceAccount", "name": "a", "namespace": "old"}]}), &opts());
+        let crb = rewrite(
+            "rbac.authorization.k8s.io",
+            "clusterrolebindings",
+            json!({"metadata": {"name": "c"}, "subjects": [{"kind": "ServiceAccount", "name": "a", "namespace": "old"}]}),
+            &opts(),
+        );
         assert_eq!(crb["subjects"][0]["namespace"], "new");
     }
 
     #[test]
     fn namespaces_are_renamed() {
-        let ns = rewrite("", "namespaces", json!({"metadata": {"name": "old", "labels": {"kubernetes.io/metadata.name": "old"}}, "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}}), &opts());
+        let ns = rewrite(
+            "",
+            "namespaces",
+            json!({"metadata": {"name": "old", "labels": {"kubernetes.io/metadata.name": "old"}}, "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}}),
+            &opts(),
+        );
         assert_eq!(ns["metadata"]["name"], "new");
-        assert_eq!(ns["metadata"]["labels"]["kubernetes.io/metadata.name"], "new");
+        assert_eq!(
+            ns["metadata"]["labels"]["kubernetes.io/metadata.name"],
+            "new"
+        );
         assert!(ns.get("status").is_none());
     }
 
@@ -348,7 +428,10 @@ mod tests {
         );
         assert!(pod["spec"].get("nodeName").is_none());
         assert_eq!(pod["spec"]["volumes"], json!([{"name": "data"}]));
-        assert_eq!(pod["spec"]["containers"][0]["volumeMounts"], json!([{"name": "data"}]));
+        assert_eq!(
+            pod["spec"]["containers"][0]["volumeMounts"],
+            json!([{"name": "data"}])
+        );
     }
 
     #[test]
@@ -362,16 +445,33 @@ mod tests {
             &opts(),
         );
         assert!(job["spec"].get("selector").is_none());
-        assert_eq!(job["spec"]["template"]["metadata"]["labels"], json!({"job-name": "j"}));
+        assert_eq!(
+            job["spec"]["template"]["metadata"]["labels"],
+            json!({"job-name": "j"})
+        );
         assert_eq!(job["metadata"]["labels"]["app"], "a");
         assert!(job["metadata"]["labels"].get("controller-uid").is_none());
     }
 
     #[test]
     fn service_account_token_secrets_are_skipped() {
-        assert!(skip_reason("", "secrets", &json!({"type": "kubernetes.io/service-account-token"})).is_some());
+        assert!(
+            skip_reason(
+                "",
+                "secrets",
+                &json!({"type": "kubernetes.io/service-account-token"})
+            )
+            .is_some()
+        );
         assert!(skip_reason("", "secrets", &json!({"type": "Opaque"})).is_none());
-        assert!(skip_reason("", "configmaps", &json!({"metadata": {"name": "kube-root-ca.crt"}})).is_some());
+        assert!(
+            skip_reason(
+                "",
+                "configmaps",
+                &json!({"metadata": {"name": "kube-root-ca.crt"}})
+            )
+            .is_some()
+        );
         assert!(skip_reason("", "configmaps", &json!({"metadata": {"name": "app"}})).is_none());
     }
 }

@@ -23,27 +23,53 @@ impl LocalStore {
 
 fn io_err(op: &'static str, key: &str, e: std::io::Error) -> StoreError {
     if e.kind() == std::io::ErrorKind::NotFound {
-        StoreError::NotFound { key: key.to_string() }
-    } else if matches!(e.kind(), std::io::ErrorKind::Interrupted | std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock) {
-        StoreError::Transient { op, key: key.to_string(), message: e.to_string() }
+        StoreError::NotFound {
+            key: key.to_string(),
+        }
+    } else if matches!(
+        e.kind(),
+        std::io::ErrorKind::Interrupted
+            | std::io::ErrorKind::TimedOut
+            | std::io::ErrorKind::WouldBlock
+    ) {
+        StoreError::Transient {
+            op,
+            key: key.to_string(),
+            message: e.to_string(),
+        }
     } else {
-        StoreError::Permanent { op, key: key.to_string(), message: e.to_string() }
+        StoreError::Permanent {
+            op,
+            key: key.to_string(),
+            message: e.to_string(),
+        }
     }
 }
 
 /// Repository files are private to their owner: 0700 directories, 0600 files.
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
 }
 
 fn put_sync(path: &Path, data: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().expect("keys have a parent");
     create_private_dir(dir)?;
-    let tmp = dir.join(format!(".tmp-{}-{}", std::process::id(), hex::encode(rand_bytes())));
+    let tmp = dir.join(format!(
+        ".tmp-{}-{}",
+        std::process::id(),
+        hex::encode(rand_bytes())
+    ));
     let result = (|| {
-        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
         f.write_all(data)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)?;
@@ -88,9 +114,17 @@ fn list_sync(root: &Path, prefix: &str) -> std::io::Result<Vec<ObjectInfo>> {
             if ft.is_dir() {
                 stack.push(entry.path());
             } else if ft.is_file() {
-                let rel = entry.path().strip_prefix(root).expect("under root").to_string_lossy().replace('\\', "/");
+                let rel = entry
+                    .path()
+                    .strip_prefix(root)
+                    .expect("under root")
+                    .to_string_lossy()
+                    .replace('\\', "/");
                 if rel.starts_with(prefix) {
-                    out.push(ObjectInfo { key: rel, size: entry.metadata()?.len() });
+                    out.push(ObjectInfo {
+                        key: rel,
+                        size: entry.metadata()?.len(),
+                    });
                 }
             }
         }
@@ -113,15 +147,24 @@ impl ObjectStore for LocalStore {
     }
 
     async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
-        tokio::fs::read(self.path(key)).await.map(Bytes::from).map_err(|e| io_err("get", key, e))
+        tokio::fs::read(self.path(key))
+            .await
+            .map(Bytes::from)
+            .map_err(|e| io_err("get", key, e))
     }
 
     async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Bytes, StoreError> {
         use tokio::io::{AsyncReadExt, AsyncSeekExt};
-        let mut f = tokio::fs::File::open(self.path(key)).await.map_err(|e| io_err("get", key, e))?;
-        f.seek(std::io::SeekFrom::Start(offset)).await.map_err(|e| io_err("get", key, e))?;
+        let mut f = tokio::fs::File::open(self.path(key))
+            .await
+            .map_err(|e| io_err("get", key, e))?;
+        f.seek(std::io::SeekFrom::Start(offset))
+            .await
+            .map_err(|e| io_err("get", key, e))?;
         let mut buf = vec![0u8; len as usize];
-        f.read_exact(&mut buf).await.map_err(|e| io_err("get", key, e))?;
+        f.read_exact(&mut buf)
+            .await
+            .map_err(|e| io_err("get", key, e))?;
         Ok(Bytes::from(buf))
     }
 

@@ -35,9 +35,17 @@ pub enum StoreError {
     #[error("{key}: not found")]
     NotFound { key: String },
     #[error("{op} {key}: {message}")]
-    Transient { op: &'static str, key: String, message: String },
+    Transient {
+        op: &'static str,
+        key: String,
+        message: String,
+    },
     #[error("{op} {key}: {message}")]
-    Permanent { op: &'static str, key: String, message: String },
+    Permanent {
+        op: &'static str,
+        key: String,
+        message: String,
+    },
 }
 
 impl StoreError {
@@ -84,15 +92,22 @@ impl RepoUrl {
             if bucket.is_empty() {
                 return Err(format!("{url}: s3:// URL without a bucket"));
             }
-            return Ok(RepoUrl::S3 { bucket: bucket.into(), prefix: prefix.trim_matches('/').into() });
+            return Ok(RepoUrl::S3 {
+                bucket: bucket.into(),
+                prefix: prefix.trim_matches('/').into(),
+            });
         }
         if let Some((scheme, _)) = url.split_once("://") {
-            return Err(format!("unsupported repository URL scheme {scheme:?} in {url:?} (use file:///path or s3://bucket/prefix)"));
+            return Err(format!(
+                "unsupported repository URL scheme {scheme:?} in {url:?} (use file:///path or s3://bucket/prefix)"
+            ));
         }
         if url.starts_with('/') {
             return Ok(RepoUrl::Local(url.into()));
         }
-        Err(format!("repository URL {url:?} is neither file:///absolute/path nor s3://bucket/prefix"))
+        Err(format!(
+            "repository URL {url:?} is neither file:///absolute/path nor s3://bucket/prefix"
+        ))
     }
 }
 
@@ -120,14 +135,33 @@ mod tests {
 
     #[test]
     fn repository_urls() {
-        assert_eq!(RepoUrl::parse("file:///var/backups/x").unwrap(), RepoUrl::Local("/var/backups/x".into()));
-        assert_eq!(RepoUrl::parse("/var/b").unwrap(), RepoUrl::Local("/var/b".into()));
+        assert_eq!(
+            RepoUrl::parse("file:///var/backups/x").unwrap(),
+            RepoUrl::Local("/var/backups/x".into())
+        );
+        assert_eq!(
+            RepoUrl::parse("/var/b").unwrap(),
+            RepoUrl::Local("/var/b".into())
+        );
         assert_eq!(
             RepoUrl::parse("s3://bucket/a/b/").unwrap(),
-            RepoUrl::S3 { bucket: "bucket".into(), prefix: "a/b".into() }
+            RepoUrl::S3 {
+                bucket: "bucket".into(),
+                prefix: "a/b".into()
+            }
         );
-        assert_eq!(RepoUrl::parse("s3://bucket").unwrap(), RepoUrl::S3 { bucket: "bucket".into(), prefix: "".into() });
-        assert!(RepoUrl::parse("gs://bucket").unwrap_err().contains("unsupported"));
+        assert_eq!(
+            RepoUrl::parse("s3://bucket").unwrap(),
+            RepoUrl::S3 {
+                bucket: "bucket".into(),
+                prefix: "".into()
+            }
+        );
+        assert!(
+            RepoUrl::parse("gs://bucket")
+                .unwrap_err()
+                .contains("unsupported")
+        );
         assert!(RepoUrl::parse("s3:///x").is_err());
         assert!(RepoUrl::parse("relative/dir").is_err());
     }

@@ -16,15 +16,33 @@ pub struct RetryStore {
 
 impl RetryStore {
     pub fn new(inner: DynStore) -> RetryStore {
-        RetryStore { inner, attempts: 6, base: Duration::from_millis(100), max: Duration::from_secs(10) }
+        RetryStore {
+            inner,
+            attempts: 6,
+            base: Duration::from_millis(100),
+            max: Duration::from_secs(10),
+        }
     }
 
-    pub fn with_policy(inner: DynStore, attempts: u32, base: Duration, max: Duration) -> RetryStore {
-        RetryStore { inner, attempts: attempts.max(1), base, max }
+    pub fn with_policy(
+        inner: DynStore,
+        attempts: u32,
+        base: Duration,
+        max: Duration,
+    ) -> RetryStore {
+        RetryStore {
+            inner,
+            attempts: attempts.max(1),
+            base,
+            max,
+        }
     }
 
     fn delay(&self, attempt: u32) -> Duration {
-        let exp = self.base.saturating_mul(1u32 << attempt.min(16)).min(self.max);
+        let exp = self
+            .base
+            .saturating_mul(1u32 << attempt.min(16))
+            .min(self.max);
         let mut b = [0u8; 2];
         let _ = getrandom::getrandom(&mut b);
         let jitter = u16::from_le_bytes(b) as f64 / u16::MAX as f64; // 0..1
@@ -99,9 +117,17 @@ mod tests {
             let n = self.calls.fetch_add(1, Ordering::SeqCst);
             if n < self.fail {
                 return Err(if self.transient {
-                    StoreError::Transient { op: "get", key: key.into(), message: "503 SlowDown".into() }
+                    StoreError::Transient {
+                        op: "get",
+                        key: key.into(),
+                        message: "503 SlowDown".into(),
+                    }
                 } else {
-                    StoreError::Permanent { op: "get", key: key.into(), message: "403 AccessDenied".into() }
+                    StoreError::Permanent {
+                        op: "get",
+                        key: key.into(),
+                        message: "403 AccessDenied".into(),
+                    }
                 });
             }
             Ok(Bytes::from_static(b"ok"))
@@ -119,19 +145,54 @@ mod tests {
 
     #[tokio::test]
     async fn retries_transient_errors_only() {
-        let flaky = Arc::new(Flaky { fail: 3, calls: AtomicU32::new(0), transient: true });
-        let s = RetryStore::with_policy(flaky.clone(), 5, Duration::from_millis(1), Duration::from_millis(5));
+        let flaky = Arc::new(Flaky {
+            fail: 3,
+            calls: AtomicU32::new(0),
+            transient: true,
+        });
+        let s = RetryStore::with_policy(
+            flaky.clone(),
+            5,
+            Duration::from_millis(1),
+            Duration::from_millis(5),
+        );
         assert_eq!(s.get("k").await.unwrap().as_ref(), b"ok");
         assert_eq!(flaky.calls.load(Ordering::SeqCst), 4);
 
-        let denied = Arc::new(Flaky { fail: 3, calls: AtomicU32::new(0), transient: false });
-        let s = RetryStore::with_policy(denied.clone(), 5, Duration::from_millis(1), Duration::from_millis(5));
+        let denied = Arc::new(Flaky {
+            fail: 3,
+            calls: AtomicU32::new(0),
+            transient: false,
+        });
+        let s = RetryStore::with_policy(
+            denied.clone(),
+            5,
+            Duration::from_millis(1),
+            Duration::from_millis(5),
+        );
         assert!(s.get("k").await.is_err());
-        assert_eq!(denied.calls.load(Ordering::SeqCst), 1, "permanent errors are not retried");
+        assert_eq!(
+            denied.calls.load(Ordering::SeqCst),
+            1,
+            "permanent errors are not retried"
+        );
 
-        let always = Arc::new(Flaky { fail: 100, calls: AtomicU32::new(0), transient: true });
-        let s = RetryStore::with_policy(always.clone(), 3, Duration::from_millis(1), Duration::from_millis(5));
+        let always = Arc::new(Flaky {
+            fail: 100,
+            calls: AtomicU32::new(0),
+            transient: true,
+        });
+        let s = RetryStore::with_policy(
+            always.clone(),
+            3,
+            Duration::from_millis(1),
+            Duration::from_millis(5),
+        );
         assert!(s.get("k").await.unwrap_err().is_transient());
-        assert_eq!(always.calls.load(Ordering::SeqCst), 3, "gives up after the attempts");
+        assert_eq!(
+            always.calls.load(Ordering::SeqCst),
+            3,
+            "gives up after the attempts"
+        );
     }
 }

@@ -50,11 +50,20 @@ impl S3Store {
 
     /// A store over an already configured client (library users with their own SDK setup).
     pub fn from_client(client: aws_sdk_s3::Client, bucket: &str, prefix: &str) -> S3Store {
-        S3Store { client, bucket: bucket.to_string(), prefix: prefix.trim_matches('/').to_string(), endpoint: None }
+        S3Store {
+            client,
+            bucket: bucket.to_string(),
+            prefix: prefix.trim_matches('/').to_string(),
+            endpoint: None,
+        }
     }
 
     fn full(&self, key: &str) -> String {
-        if self.prefix.is_empty() { key.to_string() } else { format!("{}/{key}", self.prefix) }
+        if self.prefix.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}/{key}", self.prefix)
+        }
     }
 }
 
@@ -85,15 +94,29 @@ where
         _ => None,
     };
     match (&err, status, code.as_deref()) {
-        (_, _, Some("NoSuchBucket")) => StoreError::Permanent { op, key, message: "the bucket does not exist (create it first)".into() },
+        (_, _, Some("NoSuchBucket")) => StoreError::Permanent {
+            op,
+            key,
+            message: "the bucket does not exist (create it first)".into(),
+        },
         (_, Some(404), _) | (_, _, Some("NoSuchKey" | "NotFound")) => StoreError::NotFound { key },
-        (SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_), _, _) => {
-            StoreError::Transient { op, key, message }
-        }
+        (
+            SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_),
+            _,
+            _,
+        ) => StoreError::Transient { op, key, message },
         (_, Some(s), _) if s == 429 || s >= 500 => StoreError::Transient { op, key, message },
-        (_, _, Some("SlowDown" | "Throttling" | "ThrottlingException" | "RequestTimeout" | "InternalError")) => {
-            StoreError::Transient { op, key, message }
-        }
+        (
+            _,
+            _,
+            Some(
+                "SlowDown"
+                | "Throttling"
+                | "ThrottlingException"
+                | "RequestTimeout"
+                | "InternalError",
+            ),
+        ) => StoreError::Transient { op, key, message },
         _ => StoreError::Permanent { op, key, message },
     }
 }
@@ -121,12 +144,23 @@ impl ObjectStore for S3Store {
     }
 
     async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
-        let out = self.client.get_object().bucket(&self.bucket).key(self.full(key)).send().await.map_err(|e| classify("get", key, e))?;
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.full(key))
+            .send()
+            .await
+            .map_err(|e| classify("get", key, e))?;
         out.body
             .collect()
             .await
             .map(|b| b.into_bytes())
-            .map_err(|e| StoreError::Transient { op: "get", key: key.to_string(), message: e.to_string() })
+            .map_err(|e| StoreError::Transient {
+                op: "get",
+                key: key.to_string(),
+                message: e.to_string(),
+            })
     }
 
     async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Bytes, StoreError> {
@@ -147,24 +181,45 @@ impl ObjectStore for S3Store {
             .collect()
             .await
             .map(|b| b.into_bytes())
-            .map_err(|e| StoreError::Transient { op: "get", key: key.to_string(), message: e.to_string() })?;
+            .map_err(|e| StoreError::Transient {
+                op: "get",
+                key: key.to_string(),
+                message: e.to_string(),
+            })?;
         if b.len() as u64 != len {
-            return Err(StoreError::Permanent { op: "get", key: key.to_string(), message: format!("short range read: {} of {len} bytes", b.len()) });
+            return Err(StoreError::Permanent {
+                op: "get",
+                key: key.to_string(),
+                message: format!("short range read: {} of {len} bytes", b.len()),
+            });
         }
         Ok(b)
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
         let full_prefix = self.full(prefix);
-        let strip = if self.prefix.is_empty() { 0 } else { self.prefix.len() + 1 };
+        let strip = if self.prefix.is_empty() {
+            0
+        } else {
+            self.prefix.len() + 1
+        };
         let mut out = Vec::new();
-        let mut pages = self.client.list_objects_v2().bucket(&self.bucket).prefix(&full_prefix).into_paginator().send();
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(&full_prefix)
+            .into_paginator()
+            .send();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| classify("list", prefix, e))?;
             for o in page.contents() {
                 if let Some(k) = o.key() {
                     if k.len() > strip {
-                        out.push(ObjectInfo { key: k[strip..].to_string(), size: o.size().unwrap_or(0).max(0) as u64 });
+                        out.push(ObjectInfo {
+                            key: k[strip..].to_string(),
+                            size: o.size().unwrap_or(0).max(0) as u64,
+                        });
                     }
                 }
             }

@@ -63,20 +63,36 @@ fn parse_exports(text: &str) -> HashMap<String, String> {
 
 fn testenv_up(dir: &Path, extra: &[&str]) -> HashMap<String, String> {
     let pid = std::process::id().to_string();
-    let mut args = vec!["up", "--dir", dir.to_str().unwrap(), "--owner-pid", pid.as_str()];
+    let mut args = vec![
+        "up",
+        "--dir",
+        dir.to_str().unwrap(),
+        "--owner-pid",
+        pid.as_str(),
+    ];
     args.extend_from_slice(extra);
     let status = Command::new(testenv_script())
         .args(&args)
         .stdin(Stdio::null())
         .status()
         .expect("cannot run scripts/testenv");
-    assert!(status.success(), "scripts/testenv {args:?} failed ({status}); see its output above");
+    assert!(
+        status.success(),
+        "scripts/testenv {args:?} failed ({status}); see its output above"
+    );
     testenv_env(dir)
 }
 
 fn testenv_env(dir: &Path) -> HashMap<String, String> {
-    let out = Command::new(testenv_script()).args(["env", "--dir", dir.to_str().unwrap()]).output().unwrap();
-    assert!(out.status.success(), "scripts/testenv env failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(testenv_script())
+        .args(["env", "--dir", dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "scripts/testenv env failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     parse_exports(&String::from_utf8_lossy(&out.stdout))
 }
 
@@ -85,7 +101,10 @@ fn s3_from(vars: &HashMap<String, String>) -> S3Env {
         endpoint: vars["LIFEBOAT_S3_ENDPOINT"].clone(),
         access_key: vars["AWS_ACCESS_KEY_ID"].clone(),
         secret_key: vars["AWS_SECRET_ACCESS_KEY"].clone(),
-        region: vars.get("AWS_REGION").cloned().unwrap_or_else(|| "us-east-1".into()),
+        region: vars
+            .get("AWS_REGION")
+            .cloned()
+            .unwrap_or_else(|| "us-east-1".into()),
     }
 }
 
@@ -97,21 +116,32 @@ pub fn env() -> &'static Env {
                     S3Env {
                         endpoint,
                         access_key: std::env::var("AWS_ACCESS_KEY_ID").expect("AWS_ACCESS_KEY_ID"),
-                        secret_key: std::env::var("AWS_SECRET_ACCESS_KEY").expect("AWS_SECRET_ACCESS_KEY"),
+                        secret_key: std::env::var("AWS_SECRET_ACCESS_KEY")
+                            .expect("AWS_SECRET_ACCESS_KEY"),
                         region: std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into()),
                     },
                     None,
                     None,
                 ),
                 Err(_) => {
-                    let tmp = tempfile::Builder::new().prefix("lifeboat-s3-").tempdir().unwrap();
+                    let tmp = tempfile::Builder::new()
+                        .prefix("lifeboat-s3-")
+                        .tempdir()
+                        .unwrap();
                     let dir = tmp.path().join("env");
                     let vars = testenv_up(&dir, &["--s3-only"]);
                     (s3_from(&vars), Some(dir), Some(tmp))
                 }
             };
             eprintln!("harness: using external cluster from LIFEBOAT_TEST_KUBECONFIG={kc}");
-            return Env { kubeconfig: kc.into(), s3, testenv_dir: None, s3_dir, external: true, _tmp: tmp };
+            return Env {
+                kubeconfig: kc.into(),
+                s3,
+                testenv_dir: None,
+                s3_dir,
+                external: true,
+                _tmp: tmp,
+            };
         }
         if let Ok(dir) = std::env::var("LIFEBOAT_TESTENV_DIR") {
             let dir = PathBuf::from(dir);
@@ -125,9 +155,15 @@ pub fn env() -> &'static Env {
                 _tmp: None,
             };
         }
-        let tmp = tempfile::Builder::new().prefix("lifeboat-testenv-").tempdir().unwrap();
+        let tmp = tempfile::Builder::new()
+            .prefix("lifeboat-testenv-")
+            .tempdir()
+            .unwrap();
         let dir = tmp.path().join("env");
-        eprintln!("harness: starting a private test environment in {}", dir.display());
+        eprintln!(
+            "harness: starting a private test environment in {}",
+            dir.display()
+        );
         let vars = testenv_up(&dir, &[]);
         Env {
             kubeconfig: vars["KUBECONFIG"].clone().into(),
@@ -147,14 +183,21 @@ impl Env {
 
     /// The last lines of every control-plane log (for failure messages).
     pub fn server_logs(&self) -> String {
-        let Some(dir) = &self.testenv_dir else { return "(external cluster: no server logs)".into() };
+        let Some(dir) = &self.testenv_dir else {
+            return "(external cluster: no server logs)".into();
+        };
         let mut out = String::new();
         if let Ok(rd) = std::fs::read_dir(dir.join("logs")) {
             for e in rd.flatten() {
                 let text = std::fs::read_to_string(e.path()).unwrap_or_default();
                 let lines: Vec<&str> = text.lines().collect();
                 let tail = &lines[lines.len().saturating_sub(15)..];
-                out.push_str(&format!("--- {} (last {} lines)\n{}\n", e.path().display(), tail.len(), tail.join("\n")));
+                out.push_str(&format!(
+                    "--- {} (last {} lines)\n{}\n",
+                    e.path().display(),
+                    tail.len(),
+                    tail.join("\n")
+                ));
             }
         }
         out
@@ -162,23 +205,37 @@ impl Env {
 
     /// The Kubernetes version pinned for the local environment.
     pub fn pinned_k8s_version() -> String {
-        let text = std::fs::read_to_string(repo_root().join("scripts/testenv-go/versions.env")).unwrap();
-        text.lines().find_map(|l| l.strip_prefix("K8S_VERSION=")).unwrap().trim().to_string()
+        let text =
+            std::fs::read_to_string(repo_root().join("scripts/testenv-go/versions.env")).unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("K8S_VERSION="))
+            .unwrap()
+            .trim()
+            .to_string()
     }
 }
 
 pub async fn client_for(kubeconfig: &Path) -> kube::Client {
     lifeboat::cluster::install_crypto_provider();
     let kc = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
-    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .unwrap();
     kube::Client::try_from(config).unwrap()
 }
 
 pub fn unique(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-    format!("{prefix}-{:x}{:x}", std::process::id() % 4096, (nanos ^ N.fetch_add(1, Ordering::Relaxed)) % 65536)
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "{prefix}-{:x}{:x}",
+        std::process::id() % 4096,
+        (nanos ^ N.fetch_add(1, Ordering::Relaxed)) % 65536
+    )
 }
 
 /// A namespace of the test's own, labelled `lifeboat.io/test=true`.
@@ -195,13 +252,19 @@ impl TestNs {
             "metadata": {"name": name, "labels": {"lifeboat.io/test": "true"}}
         }))
         .unwrap();
-        Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.unwrap();
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .unwrap();
         TestNs { name, client }
     }
 
     pub fn api<K>(&self) -> Api<K>
     where
-        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
         K::DynamicType: Default,
     {
         Api::namespaced(self.client.clone(), &self.name)
@@ -210,7 +273,9 @@ impl TestNs {
     /// Delete the namespace (call at the end of a passing test; a failing test leaves it for
     /// inspection, and the environment is thrown away anyway).
     pub async fn cleanup(self) {
-        let _ = Api::<Namespace>::all(self.client.clone()).delete(&self.name, &DeleteParams::default()).await;
+        let _ = Api::<Namespace>::all(self.client.clone())
+            .delete(&self.name, &DeleteParams::default())
+            .await;
     }
 }
 
@@ -226,7 +291,10 @@ where
             return v;
         }
         if start.elapsed() > timeout {
-            panic!("timed out after {timeout:?} waiting for {what}\n{}", env().server_logs());
+            panic!(
+                "timed out after {timeout:?} waiting for {what}\n{}",
+                env().server_logs()
+            );
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -269,12 +337,21 @@ impl Run {
     }
     #[track_caller]
     pub fn success(&self) -> &Self {
-        assert!(self.output.status.success(), "command failed\n{}", self.describe());
+        assert!(
+            self.output.status.success(),
+            "command failed\n{}",
+            self.describe()
+        );
         self
     }
     #[track_caller]
     pub fn code_is(&self, code: i32) -> &Self {
-        assert_eq!(self.code(), code, "unexpected exit code\n{}", self.describe());
+        assert_eq!(
+            self.code(),
+            code,
+            "unexpected exit code\n{}",
+            self.describe()
+        );
         self
     }
     pub fn json(&self) -> serde_json::Value {
@@ -286,7 +363,14 @@ impl Run {
 impl Lifeboat {
     /// Without a cluster: KUBECONFIG points nowhere.
     pub fn offline() -> Lifeboat {
-        Lifeboat { home: tempfile::Builder::new().prefix("lifeboat-home-").tempdir().unwrap(), envs: vec![], kubeconfig: None }
+        Lifeboat {
+            home: tempfile::Builder::new()
+                .prefix("lifeboat-home-")
+                .tempdir()
+                .unwrap(),
+            envs: vec![],
+            kubeconfig: None,
+        }
     }
 
     /// Against the test environment's cluster.
@@ -327,32 +411,56 @@ impl Lifeboat {
         }
         cmd.args(args);
         let output = cmd.output().expect("cannot run lifeboat");
-        Run { cmd: format!("lifeboat {}", args.join(" ")), dir: h.to_owned(), output }
+        Run {
+            cmd: format!("lifeboat {}", args.join(" ")),
+            dir: h.to_owned(),
+            output,
+        }
     }
 }
 
 /// A kubeconfig for a ServiceAccount of `ns` bound to a new ClusterRole with exactly `rules`
 /// (cluster-wide). Returns the kubeconfig and the ClusterRole's name (delete it when done).
-pub async fn cluster_identity(ns: &TestNs, name: &str, rules: serde_json::Value) -> (PathBuf, String) {
+pub async fn cluster_identity(
+    ns: &TestNs,
+    name: &str,
+    rules: serde_json::Value,
+) -> (PathBuf, String) {
     use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
     let role_name = unique(&format!("lbt-{name}"));
     let pp = PostParams::default();
-    let cr: ClusterRole = serde_json::from_value(serde_json::json!({"metadata": {"name": role_name}, "rules": rules})).unwrap();
-    Api::<ClusterRole>::all(ns.client.clone()).create(&pp, &cr).await.unwrap();
+    let cr: ClusterRole = serde_json::from_value(
+        serde_json::json!({"metadata": {"name": role_name}, "rules": rules}),
+    )
+    .unwrap();
+    Api::<ClusterRole>::all(ns.client.clone())
+        .create(&pp, &cr)
+        .await
+        .unwrap();
     let crb: ClusterRoleBinding = serde_json::from_value(serde_json::json!({
         "metadata": {"name": role_name},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role_name},
         "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": ns.name}]
     }))
     .unwrap();
-    Api::<ClusterRoleBinding>::all(ns.client.clone()).create(&pp, &crb).await.unwrap();
-    (limited_identity(ns, name, serde_json::json!([])).await, role_name)
+    Api::<ClusterRoleBinding>::all(ns.client.clone())
+        .create(&pp, &crb)
+        .await
+        .unwrap();
+    (
+        limited_identity(ns, name, serde_json::json!([])).await,
+        role_name,
+    )
 }
 
 pub async fn delete_cluster_identity(client: &kube::Client, role_name: &str) {
     use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
-    let _ = Api::<ClusterRoleBinding>::all(client.clone()).delete(role_name, &DeleteParams::default()).await;
-    let _ = Api::<ClusterRole>::all(client.clone()).delete(role_name, &DeleteParams::default()).await;
+    let _ = Api::<ClusterRoleBinding>::all(client.clone())
+        .delete(role_name, &DeleteParams::default())
+        .await;
+    let _ = Api::<ClusterRole>::all(client.clone())
+        .delete(role_name, &DeleteParams::default())
+        .await;
 }
 
 /// A kubeconfig for a ServiceAccount of `ns` that has exactly the given RBAC rules (a Role in
@@ -363,9 +471,12 @@ pub async fn limited_identity(ns: &TestNs, name: &str, rules: serde_json::Value)
     use k8s_openapi::api::core::v1::ServiceAccount;
     use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
     let pp = PostParams::default();
-    let sa: ServiceAccount = serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
+    let sa: ServiceAccount =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
     ns.api::<ServiceAccount>().create(&pp, &sa).await.unwrap();
-    let role: Role = serde_json::from_value(serde_json::json!({"metadata": {"name": name}, "rules": rules})).unwrap();
+    let role: Role =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": name}, "rules": rules}))
+            .unwrap();
     ns.api::<Role>().create(&pp, &role).await.unwrap();
     let rb: RoleBinding = serde_json::from_value(serde_json::json!({
         "metadata": {"name": name},
@@ -374,15 +485,33 @@ pub async fn limited_identity(ns: &TestNs, name: &str, rules: serde_json::Value)
     }))
     .unwrap();
     ns.api::<RoleBinding>().create(&pp, &rb).await.unwrap();
-    let tr: TokenRequest =
-        serde_json::from_value(serde_json::json!({"spec": {"audiences": [], "expirationSeconds": 3600}})).unwrap();
-    let tr = ns.api::<ServiceAccount>().create_token_request(name, &pp, &tr).await.unwrap();
+    let tr: TokenRequest = serde_json::from_value(
+        serde_json::json!({"spec": {"audiences": [], "expirationSeconds": 3600}}),
+    )
+    .unwrap();
+    let tr = ns
+        .api::<ServiceAccount>()
+        .create_token_request(name, &pp, &tr)
+        .await
+        .unwrap();
     let token = tr.status.unwrap().token;
 
     let admin = kube::config::Kubeconfig::read_from(&env().kubeconfig).unwrap();
     let ctx_name = admin.current_context.clone().unwrap();
-    let ctx = admin.contexts.iter().find(|c| c.name == ctx_name).unwrap().context.clone().unwrap();
-    let cluster = admin.clusters.iter().find(|c| c.name == ctx.cluster).unwrap().clone();
+    let ctx = admin
+        .contexts
+        .iter()
+        .find(|c| c.name == ctx_name)
+        .unwrap()
+        .context
+        .clone()
+        .unwrap();
+    let cluster = admin
+        .clusters
+        .iter()
+        .find(|c| c.name == ctx.cluster)
+        .unwrap()
+        .clone();
     let kc = serde_json::json!({
         "apiVersion": "v1", "kind": "Config",
         "clusters": [serde_json::to_value(&cluster).unwrap()],
@@ -401,7 +530,13 @@ pub async fn limited_identity(ns: &TestNs, name: &str, rules: serde_json::Value)
 /// the secret key (to test refusals).
 pub fn s3_client_with(secret: Option<&str>) -> aws_sdk_s3::Client {
     let s3 = &env().s3;
-    let creds = aws_sdk_s3::config::Credentials::new(&s3.access_key, secret.unwrap_or(&s3.secret_key), None, None, "lifeboat-test");
+    let creds = aws_sdk_s3::config::Credentials::new(
+        &s3.access_key,
+        secret.unwrap_or(&s3.secret_key),
+        None,
+        None,
+        "lifeboat-test",
+    );
     let conf = aws_sdk_s3::Config::builder()
         .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
         .region(aws_sdk_s3::config::Region::new(s3.region.clone()))
