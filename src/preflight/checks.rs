@@ -347,6 +347,44 @@ pub fn selects(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> b
     true
 }
 
+/// "Kind ns/name" of the workloads of type `K` in `ns` whose pod template `selector` selects.
+async fn selected_workloads<K>(
+    client: &kube::Client,
+    ns: &str,
+    selector: &LabelSelector,
+    template: impl Fn(&K) -> Option<&k8s_openapi::api::core::v1::PodTemplateSpec>,
+) -> Vec<String>
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let items = api
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default();
+    items
+        .iter()
+        .filter(|w| {
+            let labels = template(w)
+                .and_then(|t| t.metadata.as_ref())
+                .and_then(|m| m.labels.clone())
+                .unwrap_or_default();
+            selects(selector, &labels)
+        })
+        .map(|w| {
+            format!(
+                "{} {ns}/{}",
+                K::kind(&()),
+                w.meta().name.clone().unwrap_or_default()
+            )
+        })
+        .collect()
+}
+
 async fn pdb_check(client: &kube::Client, pdbs: &[PodDisruptionBudget]) -> Result<Check, Error> {
     let mut bad = Vec::new();
     for p in pdbs {
@@ -362,66 +400,24 @@ async fn pdb_check(client: &kube::Client, pdbs: &[PodDisruptionBudget]) -> Resul
             .and_then(|s| s.selector.clone())
             .unwrap_or_default();
         let mut owners = Vec::new();
-        let deps: Api<Deployment> = Api::namespaced(client.clone(), &ns);
-        for d in deps
-            .list(&ListParams::default())
-            .await
-            .map(|l| l.items)
-            .unwrap_or_default()
-        {
-            let labels = d
-                .spec
-                .as_ref()
-                .and_then(|s| s.template.metadata.as_ref())
-                .and_then(|m| m.labels.clone())
-                .unwrap_or_default();
-            if selects(&selector, &labels) {
-                owners.push(format!(
-                    "Deployment {ns}/{}",
-                    d.metadata.name.unwrap_or_default()
-                ));
-            }
-        }
-        let sts: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
-        for d in sts
-            .list(&ListParams::default())
-            .await
-            .map(|l| l.items)
-            .unwrap_or_default()
-        {
-            let labels = d
-                .spec
-                .as_ref()
-                .and_then(|s| s.template.metadata.as_ref())
-                .and_then(|m| m.labels.clone())
-                .unwrap_or_default();
-            if selects(&selector, &labels) {
-                owners.push(format!(
-                    "StatefulSet {ns}/{}",
-                    d.metadata.name.unwrap_or_default()
-                ));
-            }
-        }
-        let dss: Api<DaemonSet> = Api::namespaced(client.clone(), &ns);
-        for d in dss
-            .list(&ListParams::default())
-            .await
-            .map(|l| l.items)
-            .unwrap_or_default()
-        {
-            let labels = d
-                .spec
-                .as_ref()
-                .and_then(|s| s.template.metadata.as_ref())
-                .and_then(|m| m.labels.clone())
-                .unwrap_or_default();
-            if selects(&selector, &labels) {
-                owners.push(format!(
-                    "DaemonSet {ns}/{}",
-                    d.metadata.name.unwrap_or_default()
-                ));
-            }
-        }
+        owners.extend(
+            selected_workloads::<Deployment>(client, &ns, &selector, |d| {
+                d.spec.as_ref().map(|s| &s.template)
+            })
+            .await,
+        );
+        owners.extend(
+            selected_workloads::<StatefulSet>(client, &ns, &selector, |d| {
+                d.spec.as_ref().map(|s| &s.template)
+            })
+            .await,
+        );
+        owners.extend(
+            selected_workloads::<DaemonSet>(client, &ns, &selector, |d| {
+                d.spec.as_ref().map(|s| &s.template)
+            })
+            .await,
+        );
         let workload = if owners.is_empty() {
             "no workload found for its selector".to_string()
         } else {

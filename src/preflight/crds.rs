@@ -33,27 +33,20 @@ fn finding(
 ) -> Finding {
     let spec = &crd.spec;
     Finding {
-        source: Source::Crd,
-        file: None,
-        line: None,
-        release: None,
-        chart: None,
-        namespace: None,
         name: crd.metadata.name.clone(),
-        kind: spec.names.kind.clone(),
-        api_version: format!("{}/{}", spec.group, version),
-        deprecated_in: None,
-        removed_in: None,
-        replacement: crd
-            .spec
+        replacement: spec
             .versions
             .iter()
             .find(|v| v.storage)
             .filter(|v| v.name != version)
             .map(|v| format!("{}/{}", spec.group, v.name)),
-        replacement_available_in: None,
-        severity,
         message,
+        ..Finding::new(
+            Source::Crd,
+            spec.names.kind.clone(),
+            format!("{}/{}", spec.group, version),
+            severity,
+        )
     }
 }
 

@@ -116,21 +116,8 @@ pub async fn scan(
                     _ => Severity::Warning,
                 };
                 let f = Finding {
-                    source: Source::Metrics,
-                    file: None,
-                    line: None,
-                    release: None,
-                    chart: None,
-                    namespace: None,
-                    name: None,
-                    kind: resource.clone(),
-                    api_version: api_version.clone(),
-                    deprecated_in: None,
                     removed_in: removed,
-                    replacement: None,
-                    replacement_available_in: None,
-                    severity: sev,
-                    message: String::new(),
+                    ..Finding::new(Source::Metrics, resource.clone(), api_version.clone(), sev)
                 };
                 (sev, f)
             }

@@ -75,8 +75,8 @@ pub struct Finding {
 }
 
 impl Finding {
-    /// A finding for an object that uses a database entry's API version.
-    pub fn for_entry(source: Source, e: &Entry, severity: Severity, message: String) -> Finding {
+    /// A finding with only its source, type and severity set; callers fill in the rest.
+    pub fn new(source: Source, kind: String, api_version: String, severity: Severity) -> Finding {
         Finding {
             source,
             file: None,
@@ -85,14 +85,26 @@ impl Finding {
             chart: None,
             namespace: None,
             name: None,
-            kind: e.kind.clone(),
-            api_version: e.api_version(),
+            kind,
+            api_version,
+            deprecated_in: None,
+            removed_in: None,
+            replacement: None,
+            replacement_available_in: None,
+            severity,
+            message: String::new(),
+        }
+    }
+
+    /// A finding for an object that uses a database entry's API version.
+    pub fn for_entry(source: Source, e: &Entry, severity: Severity, message: String) -> Finding {
+        Finding {
             deprecated_in: Some(e.deprecated_in),
             removed_in: e.removed_in,
             replacement: e.replacement.clone(),
             replacement_available_in: e.replacement_available_in,
-            severity,
             message,
+            ..Finding::new(source, e.kind.clone(), e.api_version(), severity)
         }
     }
 }
