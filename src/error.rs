@@ -15,6 +15,8 @@ pub enum Exit {
     /// Blocking findings: preflight found APIs removed by the target or a failed blocker check
     /// (pluto-compatible); a runbook stopped at a step that needs approval (resumable).
     Blocked = 3,
+    /// A runbook rollback could not finish: what is left to undo by hand is printed.
+    RollbackFailed = 4,
     /// The command line itself was wrong (unknown flag, missing argument).
     Usage = 64,
     /// Interrupted by Ctrl-C / SIGTERM after cleaning up.
@@ -111,6 +113,10 @@ pub enum Error {
     #[error("{0}")]
     Usage(String),
 
+    /// A runbook run could not start or continue (plan changed, wrong cluster, plan in use).
+    #[error("{0}")]
+    Runbook(String),
+
     #[error("interrupted")]
     Interrupted,
 
@@ -169,6 +175,7 @@ impl Error {
             | Error::RepoUrl(_)
             | Error::Unauthorized { .. }
             | Error::NothingBackedUp(_)
+            | Error::Runbook(_)
             | Error::Aborted => Exit::Failure,
             Error::Usage(_) => Exit::Usage,
             Error::Interrupted => Exit::Interrupted,

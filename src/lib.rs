@@ -17,6 +17,7 @@ pub mod output;
 pub mod preflight;
 pub mod repo;
 pub mod restore;
+pub mod runbook;
 pub mod selector;
 pub mod store;
 pub mod version;
@@ -97,7 +98,7 @@ pub async fn run(cli: Cli, settings: Settings) -> Result<Exit, Error> {
             output::emit(out, &report)?;
             Ok(report.exit(opts.fail_on))
         }
-        Command::Runbook(c) => not_implemented(c.name(), 6),
+        Command::Runbook(c) => runbook_command(c, &cli.global, &settings).await,
         Command::Drill(c) => drill_command(c, &cli.global, &settings).await,
         Command::Repo(RepoCommand::Init) => {
             let opts = settings.repo_options(&cli.global);
@@ -134,12 +135,108 @@ pub async fn run(cli: Cli, settings: Settings) -> Result<Exit, Error> {
     }
 }
 
-fn not_implemented(command: &str, issue: u32) -> Result<Exit, Error> {
-    tracing::debug!(issue, "command not implemented yet");
-    Err(Error::NotImplemented {
-        command: format!("lifeboat {command}"),
-        issue,
-    })
+/// Resolves on Ctrl-C or SIGTERM.
+pub(crate) async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        let mut t = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("signal handler");
+        tokio::select! { _ = tokio::signal::ctrl_c() => {}, _ = t.recv() => {} }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+async fn runbook_command(
+    c: cli::runbook::RunbookCommand,
+    g: &cli::GlobalArgs,
+    settings: &Settings,
+) -> Result<Exit, Error> {
+    use cli::runbook::RunbookCommand;
+    let out = settings.output.value;
+    let exec = |e: &cli::runbook::ExecArgs| runbook::ExecOptions {
+        yes: e.yes,
+        approve: e.approve.clone(),
+        force: e.force,
+        lease_namespace: e.lease_namespace.clone(),
+        quiet: g.quiet,
+        ..Default::default()
+    };
+    let cluster_options = settings.cluster_options();
+    let repo = settings.repo_options(g);
+    match c {
+        RunbookCommand::Validate { file, set } => {
+            output::emit(out, &runbook::validate(&file, &set)?)?;
+            Ok(Exit::Success)
+        }
+        RunbookCommand::List => {
+            output::emit(out, &runbook::list(None)?)?;
+            Ok(Exit::Success)
+        }
+        RunbookCommand::Status { run } => {
+            output::emit(out, &runbook::status(run.as_deref(), None)?)?;
+            Ok(Exit::Success)
+        }
+        RunbookCommand::Plan {
+            runbook: rb,
+            set,
+            file,
+        } => {
+            // Check the file before connecting: a typo is reported without a cluster.
+            runbook::spec::load(&rb)?;
+            let cluster = cluster::connect(&cluster_options).await?;
+            let planned =
+                runbook::plan_command(&rb, &set, file, &cluster, &cluster_options, &repo).await?;
+            output::emit(out, &planned)?;
+            Ok(Exit::Success)
+        }
+        RunbookCommand::Run {
+            plan,
+            exec: e,
+            dry_run,
+        } => {
+            let mut opts = exec(&e);
+            opts.dry_run = dry_run;
+            let cluster = cluster::connect(&cluster_options).await?;
+            let env = runbook::Env {
+                cluster: &cluster,
+                cluster_options: &cluster_options,
+                repo: &repo,
+            };
+            let report = runbook::run_plan(&env, &plan, &opts).await?;
+            output::emit(out, &report)?;
+            Ok(report.exit_code())
+        }
+        RunbookCommand::Resume {
+            run,
+            exec: e,
+            in_doubt,
+        } => {
+            let mut opts = exec(&e);
+            opts.in_doubt = in_doubt;
+            let cluster = cluster::connect(&cluster_options).await?;
+            let env = runbook::Env {
+                cluster: &cluster,
+                cluster_options: &cluster_options,
+                repo: &repo,
+            };
+            let report = runbook::continue_run(&env, &run, &opts, None).await?;
+            output::emit(out, &report)?;
+            Ok(report.exit_code())
+        }
+        RunbookCommand::Rollback { run, to, exec: e } => {
+            let opts = exec(&e);
+            let cluster = cluster::connect(&cluster_options).await?;
+            let env = runbook::Env {
+                cluster: &cluster,
+                cluster_options: &cluster_options,
+                repo: &repo,
+            };
+            let report = runbook::continue_run(&env, &run, &opts, Some(&to)).await?;
+            output::emit(out, &report)?;
+            Ok(report.exit_code())
+        }
+    }
 }
 
 impl output::Render for Settings {

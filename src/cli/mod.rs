@@ -6,8 +6,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 pub mod backup;
 pub mod drill;
-pub mod placeholder;
 pub mod preflight;
+pub mod runbook;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -136,7 +136,7 @@ pub enum Command {
 
     /// Plan and run runbooks with rollback points, approvals and a crash-safe journal
     #[command(subcommand)]
-    Runbook(placeholder::RunbookCommand),
+    Runbook(runbook::RunbookCommand),
 
     /// Restore drills: prove backups restore, on a schedule
     #[command(subcommand)]

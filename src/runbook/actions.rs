@@ -1,0 +1,1484 @@
+//! What each runbook action does against the cluster: capture the state undo needs, execute,
+//! undo from the captured state, and preview at plan time. Step failures are plain messages
+//! (they are data of the run, shown and journaled), not program errors.
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{
+    Api, DeleteParams, DynamicObject, EvictParams, GroupVersionKind, ListParams, Patch,
+    PatchParams, PostParams,
+};
+use kube::discovery::ApiResource;
+use serde_json::{Value, json};
+
+use super::spec::*;
+use super::template::Redactor;
+use crate::cluster::{Cluster, ClusterOptions};
+use crate::repo::access::RepoOptions;
+
+pub type R<T> = Result<T, String>;
+
+/// Everything an action may use.
+pub struct Ctx<'a> {
+    pub cluster: &'a Cluster,
+    pub cluster_options: &'a ClusterOptions,
+    pub repo: &'a RepoOptions,
+    pub run_id: &'a str,
+    pub step_id: &'a str,
+    /// Files referenced by `apply.file`, embedded in the plan.
+    pub files: &'a BTreeMap<String, String>,
+    pub redactor: &'a Redactor,
+    pub dry_run: bool,
+}
+
+/// What a step produced.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub outputs: BTreeMap<String, Value>,
+    pub summary: String,
+}
+
+const FIELD_MANAGER: &str = "lifeboat";
+
+fn kerr(e: kube::Error) -> String {
+    crate::error::display_chain(&e)
+}
+
+fn status_code(e: &kube::Error) -> Option<u16> {
+    match e {
+        kube::Error::Api(s) => Some(s.code),
+        _ => None,
+    }
+}
+
+pub async fn resolve(
+    client: &kube::Client,
+    api_version: &str,
+    kind: &str,
+) -> R<(ApiResource, bool)> {
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+    let gvk = GroupVersionKind::gvk(group, version, kind);
+    let (ar, caps) = kube::discovery::pinned_kind(client, &gvk)
+        .await
+        .map_err(|e| format!("{api_version} {kind}: {}", kerr(e)))?;
+    Ok((ar, caps.scope == kube::discovery::Scope::Namespaced))
+}
+
+async fn dyn_api(
+    client: &kube::Client,
+    api_version: &str,
+    kind: &str,
+    namespace: Option<&str>,
+) -> R<Api<DynamicObject>> {
+    let (ar, namespaced) = resolve(client, api_version, kind).await?;
+    Ok(if namespaced {
+        Api::namespaced_with(client.clone(), namespace.unwrap_or("default"), &ar)
+    } else {
+        Api::all_with(client.clone(), &ar)
+    })
+}
+
+fn describe_ref(kind: &str, ns: Option<&str>, name: &str) -> String {
+    match ns {
+        Some(ns) => format!("{kind} {ns}/{name}"),
+        None => format!("{kind} {name}"),
+    }
+}
+
+fn pp(ctx: &Ctx) -> PatchParams {
+    let mut p = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    };
+    p.dry_run = ctx.dry_run;
+    p
+}
+
+fn workload_api(client: &kube::Client, kind: &str, ns: &str) -> R<Api<DynamicObject>> {
+    let plural = match kind {
+        "Deployment" => "deployments",
+        "StatefulSet" => "statefulsets",
+        "ReplicaSet" => "replicasets",
+        "DaemonSet" => "daemonsets",
+        other => {
+            return Err(format!(
+                "kind {other} is not a workload (Deployment, StatefulSet, ReplicaSet, DaemonSet)"
+            ));
+        }
+    };
+    let ar = ApiResource {
+        group: "apps".into(),
+        version: "v1".into(),
+        api_version: "apps/v1".into(),
+        kind: kind.into(),
+        plural: plural.into(),
+    };
+    Ok(Api::namespaced_with(client.clone(), ns, &ar))
+}
+
+fn containers(obj: &Value) -> Vec<(String, String)> {
+    obj.pointer("/spec/template/spec/containers")
+        .and_then(Value::as_array)
+        .map(|cs| {
+            cs.iter()
+                .map(|c| {
+                    (
+                        c["name"].as_str().unwrap_or_default().to_string(),
+                        c["image"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn pick_container(obj: &Value, wanted: Option<&str>, what: &str) -> R<(String, String)> {
+    let cs = containers(obj);
+    match wanted {
+        Some(w) => cs.into_iter().find(|(n, _)| n == w).ok_or_else(|| {
+            format!(
+                "{what} has no container {w:?} (it has: {})",
+                containers(obj)
+                    .into_iter()
+                    .map(|c| c.0)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        }),
+        None if cs.len() == 1 => Ok(cs.into_iter().next().expect("one")),
+        None => Err(format!(
+            "{what} has {} containers; name one with `container`",
+            cs.len()
+        )),
+    }
+}
+
+/// Objects of an `apply` action, with the namespace default applied.
+pub fn apply_objects(a: &ApplyAction, files: &BTreeMap<String, String>) -> R<Vec<Value>> {
+    let mut docs = Vec::new();
+    if let Some(f) = &a.file {
+        let text = files
+            .get(f)
+            .ok_or_else(|| format!("file {f} is not embedded in the plan"))?;
+        for d in serde_norway::Deserializer::from_str(text) {
+            let v: Value = serde::Deserialize::deserialize(d).map_err(|e| format!("{f}: {e}"))?;
+            if !v.is_null() {
+                docs.push(v);
+            }
+        }
+    }
+    if let Some(m) = &a.manifest {
+        match m {
+            Value::Array(items) => docs.extend(items.iter().cloned()),
+            other => docs.push(other.clone()),
+        }
+    }
+    let mut out = Vec::new();
+    for mut d in docs {
+        if d["kind"] == "List" {
+            if let Some(items) = d["items"].as_array() {
+                out.extend(items.iter().cloned());
+            }
+            continue;
+        }
+        if d.pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .is_none()
+        {
+            return Err(format!(
+                "an object of kind {} has no metadata.name",
+                d["kind"].as_str().unwrap_or("?")
+            ));
+        }
+        if let (Some(ns), Some(meta)) = (&a.namespace, d.get_mut("metadata"))
+            && meta.get("namespace").is_none()
+        {
+            meta["namespace"] = json!(ns);
+        }
+        out.push(d);
+    }
+    Ok(out)
+}
+
+fn obj_ref(o: &Value) -> (String, String, String, Option<String>) {
+    (
+        o["apiVersion"].as_str().unwrap_or_default().to_string(),
+        o["kind"].as_str().unwrap_or_default().to_string(),
+        o.pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
+        o.pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+    )
+}
+
+fn undo_secret_name(run: &str, step: &str, obj: &str) -> String {
+    let h = blake3::hash(format!("{run}\0{step}\0{obj}").as_bytes());
+    format!("lifeboat-undo-{}", &h.to_hex()[..20])
+}
+
+/// The prior state of one object for undo: absent, the object itself, or (for Secrets, whose
+/// data must never be written to the journal) a reference to a copy kept in the cluster.
+async fn capture_object(
+    ctx: &Ctx<'_>,
+    api_version: &str,
+    kind: &str,
+    name: &str,
+    ns: Option<&str>,
+) -> R<Value> {
+    let api = dyn_api(&ctx.cluster.client, api_version, kind, ns).await?;
+    let r = json!({"apiVersion": api_version, "kind": kind, "name": name, "namespace": ns});
+    let Some(obj) = api.get_opt(name).await.map_err(kerr)? else {
+        return Ok(json!({"ref": r, "absent": true}));
+    };
+    let mut obj = serde_json::to_value(obj).expect("objects serialize");
+    clean_for_restore(&mut obj);
+    if kind == "Secret" && api_version == "v1" {
+        let ns = ns.unwrap_or("default");
+        let copy_name = undo_secret_name(ctx.run_id, ctx.step_id, name);
+        if !ctx.dry_run {
+            let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+                Api::namespaced(ctx.cluster.client.clone(), ns);
+            let copy: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": copy_name, "namespace": ns,
+                    "labels": {"app.kubernetes.io/managed-by": "lifeboat", "lifeboat.io/undo": "true"},
+                    "annotations": {"lifeboat.io/run": ctx.run_id, "lifeboat.io/step": ctx.step_id, "lifeboat.io/of": name}},
+                "type": "Opaque",
+                "data": {"object": base64_encode(&serde_json::to_vec(&obj).expect("serializes"))}
+            }))
+            .expect("a valid Secret");
+            let ssa = PatchParams::apply(FIELD_MANAGER).force();
+            secrets
+                .patch(&copy_name, &ssa, &Patch::Apply(&copy))
+                .await
+                .map_err(|e| {
+                    format!(
+                        "cannot keep the prior state of Secret {ns}/{name} for undo: {}",
+                        kerr(e)
+                    )
+                })?;
+        }
+        return Ok(json!({"ref": r, "storedIn": {"namespace": ns, "name": copy_name}}));
+    }
+    Ok(json!({"ref": r, "object": obj}))
+}
+
+fn base64_encode(b: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+/// Strip what the server owns so the object can be written back.
+fn clean_for_restore(obj: &mut Value) {
+    if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        for k in [
+            "resourceVersion",
+            "managedFields",
+            "generation",
+            "creationTimestamp",
+            "uid",
+            "selfLink",
+        ] {
+            m.remove(k);
+        }
+    }
+    if let Some(o) = obj.as_object_mut() {
+        o.remove("status");
+    }
+}
+
+/// Put an object back to its captured state.
+async fn restore_object(ctx: &Ctx<'_>, before: &Value) -> R<String> {
+    let r = &before["ref"];
+    let (av, kind, name) = (
+        r["apiVersion"].as_str().unwrap_or_default(),
+        r["kind"].as_str().unwrap_or_default(),
+        r["name"].as_str().unwrap_or_default(),
+    );
+    let ns = r["namespace"].as_str();
+    let what = describe_ref(kind, ns, name);
+    let api = dyn_api(&ctx.cluster.client, av, kind, ns).await?;
+    if before["absent"] == true {
+        return match api.delete(name, &DeleteParams::default()).await {
+            Ok(_) => Ok(format!("deleted {what} (it did not exist before)")),
+            Err(e) if status_code(&e) == Some(404) => Ok(format!("{what} is already gone")),
+            Err(e) => Err(format!("cannot delete {what}: {}", kerr(e))),
+        };
+    }
+    let mut prior = if let Some(o) = before.get("object") {
+        o.clone()
+    } else if let Some(s) = before.get("storedIn") {
+        let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(
+            ctx.cluster.client.clone(),
+            s["namespace"].as_str().unwrap_or("default"),
+        );
+        let copy_name = s["name"].as_str().unwrap_or_default();
+        let copy = secrets.get(copy_name).await.map_err(|e| {
+            format!(
+                "the saved prior state of {what} ({copy_name}) is unavailable: {}",
+                kerr(e)
+            )
+        })?;
+        let bytes = copy
+            .data
+            .and_then(|d| d.get("object").cloned())
+            .ok_or_else(|| format!("the saved prior state of {what} ({copy_name}) is empty"))?;
+        serde_json::from_slice(&bytes.0)
+            .map_err(|e| format!("the saved prior state of {what} is damaged: {e}"))?
+    } else {
+        return Err(format!("no prior state of {what} was recorded"));
+    };
+    match api.get_opt(name).await.map_err(kerr)? {
+        Some(cur) => {
+            prior["metadata"]["resourceVersion"] = json!(cur.metadata.resource_version);
+            let obj: DynamicObject =
+                serde_json::from_value(prior).map_err(|e| format!("{what}: {e}"))?;
+            api.replace(name, &PostParams::default(), &obj)
+                .await
+                .map_err(|e| format!("cannot restore {what}: {}", kerr(e)))?;
+            Ok(format!("restored {what} to its prior state"))
+        }
+        None => {
+            let obj: DynamicObject =
+                serde_json::from_value(prior).map_err(|e| format!("{what}: {e}"))?;
+            api.create(&PostParams::default(), &obj)
+                .await
+                .map_err(|e| format!("cannot re-create {what}: {}", kerr(e)))?;
+            Ok(format!("re-created {what}"))
+        }
+    }
+}
+
+/// Remove the in-cluster copies of prior Secret states (after a successful undo).
+async fn drop_secret_copy(ctx: &Ctx<'_>, before: &Value) {
+    if let Some(s) = before.get("storedIn") {
+        let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(
+            ctx.cluster.client.clone(),
+            s["namespace"].as_str().unwrap_or("default"),
+        );
+        let _ = secrets
+            .delete(
+                s["name"].as_str().unwrap_or_default(),
+                &DeleteParams::default(),
+            )
+            .await;
+    }
+}
+
+async fn node_unschedulable(client: &kube::Client, node: &str) -> R<bool> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let n = nodes
+        .get(node)
+        .await
+        .map_err(|e| format!("node {node}: {}", kerr(e)))?;
+    Ok(n.spec.and_then(|s| s.unschedulable).unwrap_or(false))
+}
+
+async fn set_unschedulable(ctx: &Ctx<'_>, node: &str, value: bool) -> R<()> {
+    let nodes: Api<Node> = Api::all(ctx.cluster.client.clone());
+    nodes
+        .patch(
+            node,
+            &pp(ctx),
+            &Patch::Merge(
+                json!({"spec": {"unschedulable": if value { json!(true) } else { Value::Null }}}),
+            ),
+        )
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot {} node {node}: {}",
+                if value { "cordon" } else { "uncordon" },
+                kerr(e)
+            )
+        })?;
+    Ok(())
+}
+
+/// The state undo needs, captured before the action runs. `None`: the action has no state.
+pub async fn capture_before(ctx: &Ctx<'_>, action: &Action) -> R<Option<Value>> {
+    let client = &ctx.cluster.client;
+    Ok(match action {
+        Action::Scale(a) => {
+            let api = workload_api(client, &a.kind, &a.namespace)?;
+            let s = api.get_scale(&a.name).await.map_err(|e| {
+                format!(
+                    "{}: {}",
+                    describe_ref(&a.kind, Some(&a.namespace), &a.name),
+                    kerr(e)
+                )
+            })?;
+            Some(json!({"replicas": s.spec.and_then(|s| s.replicas).unwrap_or(0)}))
+        }
+        Action::SetImage(a) => {
+            let api = workload_api(client, &a.kind, &a.namespace)?;
+            let what = describe_ref(&a.kind, Some(&a.namespace), &a.name);
+            let obj = api
+                .get(&a.name)
+                .await
+                .map_err(|e| format!("{what}: {}", kerr(e)))?;
+            let obj = serde_json::to_value(obj).expect("serializes");
+            let (name, image) = pick_container(&obj, a.container.as_deref(), &what)?;
+            Some(json!({"container": name, "image": image}))
+        }
+        Action::Cordon(a) | Action::Uncordon(a) => {
+            Some(json!({"unschedulable": node_unschedulable(client, &a.node).await?}))
+        }
+        Action::Drain(a) => {
+            Some(json!({"unschedulable": node_unschedulable(client, &a.node).await?}))
+        }
+        Action::Patch(a) => Some(json!({"objects": [
+            capture_object(ctx, &a.api_version, &a.kind, &a.name, a.namespace.as_deref()).await?
+        ]})),
+        Action::Apply(a) => {
+            let mut objs = Vec::new();
+            for o in apply_objects(a, ctx.files)? {
+                let (av, kind, name, ns) = obj_ref(&o);
+                objs.push(capture_object(ctx, &av, &kind, &name, ns.as_deref()).await?);
+            }
+            Some(json!({"objects": objs}))
+        }
+        _ => None,
+    })
+}
+
+/// Undo an auto-reversible action from its captured state.
+pub async fn undo_auto(ctx: &Ctx<'_>, action: &Action, before: &Value) -> R<String> {
+    let client = &ctx.cluster.client;
+    match action {
+        Action::Scale(a) => {
+            let n = before["replicas"]
+                .as_i64()
+                .ok_or("no prior replica count recorded")?;
+            let api = workload_api(client, &a.kind, &a.namespace)?;
+            api.patch_scale(
+                &a.name,
+                &pp(ctx),
+                &Patch::Merge(json!({"spec": {"replicas": n}})),
+            )
+            .await
+            .map_err(kerr)?;
+            Ok(format!(
+                "{} scaled back to {n}",
+                describe_ref(&a.kind, Some(&a.namespace), &a.name)
+            ))
+        }
+        Action::SetImage(a) => {
+            let (c, image) = (
+                before["container"]
+                    .as_str()
+                    .ok_or("no prior image recorded")?,
+                before["image"].as_str().ok_or("no prior image recorded")?,
+            );
+            let api = workload_api(client, &a.kind, &a.namespace)?;
+            api.patch(
+                &a.name,
+                &pp(ctx),
+                &Patch::Strategic(json!({"spec": {"template": {"spec": {"containers": [{"name": c, "image": image}]}}}})),
+            )
+            .await
+            .map_err(kerr)?;
+            Ok(format!(
+                "{} container {c} set back to {image}",
+                describe_ref(&a.kind, Some(&a.namespace), &a.name)
+            ))
+        }
+        Action::Cordon(NodeAction { node })
+        | Action::Uncordon(NodeAction { node })
+        | Action::Drain(DrainAction { node, .. }) => {
+            let v = before["unschedulable"].as_bool().unwrap_or(false);
+            set_unschedulable(ctx, node, v).await?;
+            Ok(format!(
+                "node {node} {}",
+                if v { "cordoned again" } else { "uncordoned" }
+            ))
+        }
+        Action::Patch(_) | Action::Apply(_) => {
+            let objs = before["objects"].as_array().cloned().unwrap_or_default();
+            let mut done = Vec::new();
+            for o in objs.iter().rev() {
+                done.push(restore_object(ctx, o).await?);
+            }
+            for o in &objs {
+                drop_secret_copy(ctx, o).await;
+            }
+            Ok(done.join("; "))
+        }
+        other => Err(format!(
+            "a {} step cannot be undone automatically",
+            other.name()
+        )),
+    }
+}
+
+/// Run an action. `timeout` bounds waits and drains (the engine also bounds the whole step).
+pub async fn execute(ctx: &Ctx<'_>, action: &Action, timeout: Duration) -> R<Outcome> {
+    let client = &ctx.cluster.client;
+    let mut out = Outcome::default();
+    let dry = if ctx.dry_run { " (server dry-run)" } else { "" };
+    match action {
+        Action::Scale(a) => {
+            let n = a.replicas.get()?;
+            let api = workload_api(client, &a.kind, &a.namespace)?;
+            let what = describe_ref(&a.kind, Some(&a.namespace), &a.name);
+            let before = api
+                .get_scale(&a.name)
+                .await
+                .map_err(|e| format!("{what}: {}", kerr(e)))?;
+            let prev = before.spec.and_then(|s| s.replicas).unwrap_or(0);
+            api.patch_scale(
+                &a.name,
+                &pp(ctx),
+                &Patch::Merge(json!({"spec": {"replicas": n}})),
+            )
+            .await
+            .map_err(|e| format!("cannot scale {what}: {}", kerr(e)))?;
+            out.outputs.insert("previousReplicas".into(), json!(prev));
+            out.summary = format!("{what} scaled {prev} → {n}{dry}");
+        }
+        Action::SetImage(a) => {
+            let api = workload_api(client, &a.kind, &a.namespace)?;
+            let what = describe_ref(&a.kind, Some(&a.namespace), &a.name);
+            let obj = api
+                .get(&a.name)
+                .await
+                .map_err(|e| format!("{what}: {}", kerr(e)))?;
+            let obj = serde_json::to_value(obj).expect("serializes");
+            let (c, prev) = pick_container(&obj, a.container.as_deref(), &what)?;
+            api.patch(
+                &a.name,
+                &pp(ctx),
+                &Patch::Strategic(json!({"spec": {"template": {"spec": {"containers": [{"name": c, "image": a.image}]}}}})),
+            )
+            .await
+            .map_err(|e| format!("cannot set the image of {what}: {}", kerr(e)))?;
+            out.outputs.insert("previousImage".into(), json!(prev));
+            out.summary = format!("{what} container {c}: {prev} → {}{dry}", a.image);
+        }
+        Action::RolloutRestart(a) => {
+            let api = workload_api(client, &a.kind, &a.namespace)?;
+            let what = describe_ref(&a.kind, Some(&a.namespace), &a.name);
+            let now = jiff::Timestamp::now().to_string();
+            api.patch(
+                &a.name,
+                &pp(ctx),
+                &Patch::Merge(json!({"spec": {"template": {"metadata": {"annotations": {"kubectl.kubernetes.io/restartedAt": now}}}}})),
+            )
+            .await
+            .map_err(|e| format!("cannot restart {what}: {}", kerr(e)))?;
+            out.summary = format!("{what} restarted{dry}");
+        }
+        Action::Cordon(a) => {
+            set_unschedulable(ctx, &a.node, true).await?;
+            out.summary = format!("node {} cordoned{dry}", a.node);
+        }
+        Action::Uncordon(a) => {
+            set_unschedulable(ctx, &a.node, false).await?;
+            out.summary = format!("node {} uncordoned{dry}", a.node);
+        }
+        Action::Drain(a) => {
+            out.summary = drain(ctx, a, timeout).await?;
+        }
+        Action::Apply(a) => {
+            let mut done = Vec::new();
+            for o in apply_objects(a, ctx.files)? {
+                let (av, kind, name, ns) = obj_ref(&o);
+                let what = describe_ref(&kind, ns.as_deref(), &name);
+                let api = dyn_api(client, &av, &kind, ns.as_deref()).await?;
+                let mut p = PatchParams::apply(FIELD_MANAGER).force();
+                p.dry_run = ctx.dry_run;
+                api.patch(&name, &p, &Patch::Apply(&o))
+                    .await
+                    .map_err(|e| format!("cannot apply {what}: {}", kerr(e)))?;
+                done.push(what);
+            }
+            out.outputs.insert("applied".into(), json!(done.len()));
+            out.summary = format!("applied {}{dry}", done.join(", "));
+        }
+        Action::Patch(a) => {
+            let what = describe_ref(&a.kind, a.namespace.as_deref(), &a.name);
+            let api = dyn_api(client, &a.api_version, &a.kind, a.namespace.as_deref()).await?;
+            let patch = match a.patch_type {
+                PatchType::Merge => Patch::Merge(&a.patch),
+                PatchType::Strategic => Patch::Strategic(&a.patch),
+            };
+            api.patch(&a.name, &pp(ctx), &patch)
+                .await
+                .map_err(|e| format!("cannot patch {what}: {}", kerr(e)))?;
+            out.summary = format!("patched {what}{dry}");
+        }
+        Action::Delete(a) => {
+            let what = describe_ref(&a.kind, a.namespace.as_deref(), &a.name);
+            let api = dyn_api(client, &a.api_version, &a.kind, a.namespace.as_deref()).await?;
+            let dp = DeleteParams {
+                dry_run: ctx.dry_run,
+                ..DeleteParams::background()
+            };
+            match api.delete(&a.name, &dp).await {
+                Ok(_) => out.summary = format!("deleted {what}{dry}"),
+                Err(e) if status_code(&e) == Some(404) => {
+                    out.summary = format!("{what} did not exist")
+                }
+                Err(e) => return Err(format!("cannot delete {what}: {}", kerr(e))),
+            }
+        }
+        Action::Wait(w) => {
+            out.summary = wait(ctx, w, timeout).await?;
+        }
+        Action::Run(r) => {
+            if ctx.dry_run {
+                out.summary = format!("would run: {}", ctx.redactor.redact(&r.command));
+            } else {
+                out = run_command(ctx, r, timeout).await?;
+            }
+        }
+        Action::Http(h) => {
+            out = http(h, timeout).await?;
+        }
+        Action::Approve(_) => {
+            out.summary = "approved".into();
+        }
+        Action::Backup(b) => {
+            if ctx.dry_run {
+                out.summary = "would take a backup".into();
+            } else {
+                out = backup(ctx, b).await?;
+            }
+        }
+        Action::Restore(r) => {
+            out = restore(ctx, r).await?;
+        }
+        Action::Preflight(p) => {
+            out = preflight(ctx, p).await?;
+        }
+        Action::Drill(d) => {
+            if ctx.dry_run {
+                out.summary = format!("would drill backup {}", d.backup);
+            } else {
+                out = drill(ctx, d).await?;
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn pod_label_match(
+    selector: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
+    labels: &BTreeMap<String, String>,
+) -> bool {
+    let ml_ok = selector
+        .match_labels
+        .as_ref()
+        .is_none_or(|m| m.iter().all(|(k, v)| labels.get(k) == Some(v)));
+    let me_ok = selector.match_expressions.as_ref().is_none_or(|es| {
+        es.iter().all(|e| {
+            let vals = e.values.clone().unwrap_or_default();
+            match e.operator.as_str() {
+                "In" => labels.get(&e.key).is_some_and(|v| vals.contains(v)),
+                "NotIn" => labels.get(&e.key).is_none_or(|v| !vals.contains(v)),
+                "Exists" => labels.contains_key(&e.key),
+                "DoesNotExist" => !labels.contains_key(&e.key),
+                _ => false,
+            }
+        })
+    });
+    (selector.match_labels.is_some() || selector.match_expressions.is_some()) && ml_ok && me_ok
+}
+
+/// The PodDisruptionBudgets that cover a pod, described with their current allowance.
+async fn pdbs_for(client: &kube::Client, pod: &Pod) -> Vec<String> {
+    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+    let labels = pod.metadata.labels.clone().unwrap_or_default();
+    let api: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &ns);
+    let Ok(list) = api.list(&ListParams::default()).await else {
+        return vec![];
+    };
+    list.items
+        .into_iter()
+        .filter(|p| {
+            p.spec
+                .as_ref()
+                .and_then(|s| s.selector.as_ref())
+                .is_some_and(|sel| pod_label_match(sel, &labels))
+        })
+        .map(|p| {
+            let st = p.status.unwrap_or_default();
+            format!(
+                "PodDisruptionBudget {ns}/{} allows {} disruptions ({} healthy, {} desired)",
+                p.metadata.name.unwrap_or_default(),
+                st.disruptions_allowed,
+                st.current_healthy,
+                st.desired_healthy
+            )
+        })
+        .collect()
+}
+
+fn evictable(p: &Pod) -> bool {
+    let mirror = p
+        .metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key("kubernetes.io/config.mirror"));
+    let daemon = p
+        .metadata
+        .owner_references
+        .as_ref()
+        .is_some_and(|o| o.iter().any(|o| o.kind == "DaemonSet"));
+    let done = matches!(
+        p.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded") | Some("Failed")
+    );
+    !mirror && !daemon && !done && p.metadata.deletion_timestamp.is_none()
+}
+
+async fn drain(ctx: &Ctx<'_>, a: &DrainAction, timeout: Duration) -> R<String> {
+    let client = &ctx.cluster.client;
+    let deadline = Instant::now() + timeout;
+    set_unschedulable(ctx, &a.node, true).await?;
+    let pods: Api<Pod> = Api::all(client.clone());
+    let lp = ListParams::default().fields(&format!("spec.nodeName={}", a.node));
+    let list = pods
+        .list(&lp)
+        .await
+        .map_err(|e| format!("cannot list the pods on node {}: {}", a.node, kerr(e)))?;
+    let targets: Vec<Pod> = list.items.into_iter().filter(evictable).collect();
+    if ctx.dry_run {
+        return Ok(format!(
+            "node {} cordoned (server dry-run); would evict {} pods",
+            a.node,
+            targets.len()
+        ));
+    }
+    let mut pending: Vec<Pod> = targets.clone();
+    let mut last_refusal: BTreeMap<String, String> = BTreeMap::new();
+    while !pending.is_empty() {
+        let mut still = Vec::new();
+        for p in pending {
+            let ns = p.metadata.namespace.clone().unwrap_or_default();
+            let name = p.metadata.name.clone().unwrap_or_default();
+            let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+            let ep = EvictParams {
+                delete_options: a.grace_period_seconds.map(|g| DeleteParams {
+                    grace_period_seconds: Some(g as u32),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            match api.evict(&name, &ep).await {
+                Ok(_) => {}
+                Err(e) if status_code(&e) == Some(404) => {}
+                Err(e) if status_code(&e) == Some(429) => {
+                    let pdbs = pdbs_for(client, &p).await;
+                    let why = if pdbs.is_empty() {
+                        kerr(e)
+                    } else {
+                        pdbs.join("; ")
+                    };
+                    last_refusal.insert(format!("{ns}/{name}"), why);
+                    still.push(p);
+                }
+                Err(e) => return Err(format!("cannot evict pod {ns}/{name}: {}", kerr(e))),
+            }
+        }
+        pending = still;
+        if pending.is_empty() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            let names: Vec<String> = pending
+                .iter()
+                .map(|p| {
+                    let k = format!(
+                        "{}/{}",
+                        p.metadata.namespace.clone().unwrap_or_default(),
+                        p.metadata.name.clone().unwrap_or_default()
+                    );
+                    match last_refusal.get(&k) {
+                        Some(w) => format!("pod {k}: {w}"),
+                        None => format!("pod {k}"),
+                    }
+                })
+                .collect();
+            return Err(format!(
+                "drain of node {} timed out after {}s; eviction refused for {}",
+                a.node,
+                timeout.as_secs(),
+                names.join("; ")
+            ));
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    // Wait for the evicted pods to be gone (like kubectl drain).
+    loop {
+        let left: Vec<String> = pods
+            .list(&lp)
+            .await
+            .map_err(kerr)?
+            .items
+            .into_iter()
+            .filter(|p| {
+                targets
+                    .iter()
+                    .any(|t| t.metadata.uid.is_some() && t.metadata.uid == p.metadata.uid)
+            })
+            .map(|p| p.metadata.name.unwrap_or_default())
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "drain of node {}: evicted pods still terminating after {}s: {}",
+                a.node,
+                timeout.as_secs(),
+                left.join(", ")
+            ));
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    Ok(format!(
+        "node {} drained ({} pods evicted)",
+        a.node,
+        targets.len()
+    ))
+}
+
+fn condition_status(obj: &Value, ty: &str) -> Option<String> {
+    obj.pointer("/status/conditions")?
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == ty)
+        .and_then(|c| c["status"].as_str().map(str::to_string))
+}
+
+fn rollout_done(kind: &str, o: &Value) -> (bool, String) {
+    let n = |p: &str| o.pointer(p).and_then(Value::as_i64).unwrap_or(0);
+    let gen_ok = n("/status/observedGeneration") >= n("/metadata/generation");
+    match kind {
+        "Deployment" => {
+            let want = o
+                .pointer("/spec/replicas")
+                .and_then(Value::as_i64)
+                .unwrap_or(1);
+            let (upd, total, avail) = (
+                n("/status/updatedReplicas"),
+                n("/status/replicas"),
+                n("/status/availableReplicas"),
+            );
+            (
+                gen_ok && upd == want && total == want && avail == want,
+                format!("{upd}/{want} updated, {avail} available, {total} total"),
+            )
+        }
+        "StatefulSet" => {
+            let want = o
+                .pointer("/spec/replicas")
+                .and_then(Value::as_i64)
+                .unwrap_or(1);
+            let (upd, ready) = (n("/status/updatedReplicas"), n("/status/readyReplicas"));
+            let same_rev =
+                o.pointer("/status/updateRevision") == o.pointer("/status/currentRevision");
+            (
+                gen_ok && ready == want && (upd == want || same_rev),
+                format!("{upd}/{want} updated, {ready} ready"),
+            )
+        }
+        "DaemonSet" => {
+            let want = n("/status/desiredNumberScheduled");
+            let (upd, avail) = (
+                n("/status/updatedNumberScheduled"),
+                n("/status/numberAvailable"),
+            );
+            (
+                gen_ok && upd == want && avail == want,
+                format!("{upd}/{want} updated, {avail} available"),
+            )
+        }
+        other => (
+            false,
+            format!("rollout waits work for Deployment, StatefulSet and DaemonSet, not {other}"),
+        ),
+    }
+}
+
+async fn wait(ctx: &Ctx<'_>, w: &WaitAction, timeout: Duration) -> R<String> {
+    let what = describe_ref(&w.kind, w.namespace.as_deref(), &w.name);
+    let api = dyn_api(
+        &ctx.cluster.client,
+        &w.api_version,
+        &w.kind,
+        w.namespace.as_deref(),
+    )
+    .await?;
+    let deadline = Instant::now() + timeout;
+    let goal = if let Some(c) = &w.condition {
+        format!("condition {c}={}", w.status.as_deref().unwrap_or("True"))
+    } else if let Some(p) = &w.json_path {
+        match &w.value {
+            Some(v) => format!("{p} = {v}"),
+            None => format!("{p} to exist"),
+        }
+    } else {
+        "rollout to complete".to_string()
+    };
+    let mut last = String::from("not found yet");
+    loop {
+        if let Some(obj) = api
+            .get_opt(&w.name)
+            .await
+            .map_err(|e| format!("{what}: {}", kerr(e)))?
+        {
+            let o = serde_json::to_value(obj).expect("serializes");
+            let (ok, now) = if let Some(c) = &w.condition {
+                let want = w.status.as_deref().unwrap_or("True");
+                let got = condition_status(&o, c);
+                (
+                    got.as_deref() == Some(want),
+                    format!("{c} is {}", got.as_deref().unwrap_or("absent")),
+                )
+            } else if let Some(p) = &w.json_path {
+                let got = crate::drill::spec::json_path(&o, p).map(|v| {
+                    v.as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| v.to_string())
+                });
+                let ok = match (&got, &w.value) {
+                    (Some(g), Some(want)) => g == want,
+                    (Some(_), None) => true,
+                    (None, _) => false,
+                };
+                (ok, format!("{p} is {}", got.as_deref().unwrap_or("absent")))
+            } else {
+                rollout_done(&w.kind, &o)
+            };
+            if ok {
+                return Ok(format!("{what}: {goal}"));
+            }
+            last = now;
+        }
+        if ctx.dry_run {
+            return Ok(format!("{what}: would wait for {goal} (now: {last})"));
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "timed out after {}s waiting for {what}: {goal} (last seen: {last})",
+                timeout.as_secs()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+    }
+}
+
+async fn run_command(ctx: &Ctx<'_>, r: &RunAction, timeout: Duration) -> R<Outcome> {
+    let dir = tempfile_dir()?;
+    let out_file = dir.join("output");
+    std::fs::write(&out_file, b"").map_err(|e| e.to_string())?;
+    let mut cmd = tokio::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg(&r.command)
+        .envs(&r.env)
+        .env("LIFEBOAT_OUTPUT", &out_file)
+        .env("LIFEBOAT_RUN_ID", ctx.run_id)
+        .env("LIFEBOAT_STEP_ID", ctx.step_id)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    #[cfg(unix)]
+    cmd.process_group(0);
+    let child = cmd.spawn().map_err(|e| format!("cannot start sh: {e}"))?;
+    let pid = child.id();
+    let res = tokio::time::timeout(timeout, child.wait_with_output()).await;
+    let output = match res {
+        Ok(o) => o.map_err(|e| e.to_string())?,
+        Err(_) => {
+            #[cfg(unix)]
+            if let Some(pid) = pid {
+                // The whole process group: the shell and whatever it started.
+                let _ = std::process::Command::new("kill")
+                    .args(["-KILL", &format!("-{pid}")])
+                    .status();
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(format!("command timed out after {}s", timeout.as_secs()));
+        }
+    };
+    let mut o = Outcome::default();
+    let text = std::fs::read_to_string(&out_file).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&dir);
+    for line in text.lines() {
+        if let Some((k, v)) = line.split_once('=') {
+            o.outputs.insert(k.trim().to_string(), json!(v));
+        }
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let tail = |s: &str| -> String {
+        let lines: Vec<&str> = s.trim_end().lines().collect();
+        lines[lines.len().saturating_sub(5)..].join("\n")
+    };
+    let trimmed: String = stdout.trim().chars().take(4096).collect();
+    o.outputs.insert("stdout".into(), json!(trimmed));
+    let code = output.status.code().unwrap_or(-1);
+    o.outputs.insert("exitCode".into(), json!(code));
+    if !output.status.success() {
+        let detail = tail(&stderr);
+        let detail = if detail.is_empty() {
+            tail(&stdout)
+        } else {
+            detail
+        };
+        return Err(format!(
+            "command exited with status {code}{}",
+            if detail.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", detail.replace('\n', " | "))
+            }
+        ));
+    }
+    o.summary = if trimmed.is_empty() {
+        "command succeeded".into()
+    } else {
+        format!("command succeeded: {}", tail(&trimmed).replace('\n', " | "))
+    };
+    Ok(o)
+}
+
+fn tempfile_dir() -> R<std::path::PathBuf> {
+    let mut b = [0u8; 8];
+    getrandom::getrandom(&mut b).map_err(|e| e.to_string())?;
+    let d = std::env::temp_dir().join(format!("lifeboat-step-{}", hex::encode(b)));
+    std::fs::create_dir(&d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
+    Ok(d)
+}
+
+async fn http(h: &HttpAction, timeout: Duration) -> R<Outcome> {
+    use http_body_util::BodyExt;
+    crate::cluster::install_crypto_provider();
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_native_roots()
+        .map_err(|e| format!("no TLS root certificates: {e}"))?
+        .https_or_http()
+        .enable_http1()
+        .build();
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(https);
+    let mut req = http::Request::builder()
+        .method(h.method.as_str())
+        .uri(&h.url);
+    for (k, v) in &h.headers {
+        req = req.header(k, v);
+    }
+    let req = req
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            h.body.clone().unwrap_or_default(),
+        )))
+        .map_err(|e| format!("invalid request to {}: {e}", h.url))?;
+    let fut = async {
+        let resp = client.request(req).await.map_err(|e| {
+            format!(
+                "{} {}: {}",
+                h.method,
+                h.url,
+                crate::error::display_chain(&e)
+            )
+        })?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("{}: {e}", h.url))?
+            .to_bytes();
+        Ok::<_, String>((status, String::from_utf8_lossy(&body).into_owned()))
+    };
+    let (status, body) = tokio::time::timeout(timeout, fut).await.map_err(|_| {
+        format!(
+            "{} {} timed out after {}s",
+            h.method,
+            h.url,
+            timeout.as_secs()
+        )
+    })??;
+    let mut o = Outcome::default();
+    o.outputs.insert("status".into(), json!(status));
+    o.outputs.insert(
+        "body".into(),
+        json!(body.chars().take(1024).collect::<String>()),
+    );
+    if status != h.expect_status {
+        return Err(format!(
+            "{} {} answered {status}, expected {}",
+            h.method, h.url, h.expect_status
+        ));
+    }
+    if let Some(want) = &h.body_contains
+        && !body.contains(want.as_str())
+    {
+        return Err(format!(
+            "{} {}: the body does not contain {want:?}",
+            h.method, h.url
+        ));
+    }
+    o.summary = format!("{} {} → {status}", h.method, h.url);
+    Ok(o)
+}
+
+async fn backup(ctx: &Ctx<'_>, b: &BackupAction) -> R<Outcome> {
+    let repo = crate::repo::access::open(ctx.repo);
+    let repository = async { repo.await.map(|r| (r, false)) };
+    let opts = crate::backup::BackupOptions {
+        namespaces: b.namespaces.clone(),
+        selector: b.selector.clone(),
+        tags: {
+            let mut t = b.tags.clone();
+            t.insert("lifeboat.io/run".into(), ctx.run_id.to_string());
+            t
+        },
+        context: ctx.cluster_options.context.clone(),
+        ..Default::default()
+    };
+    let s = crate::backup::create(
+        repository,
+        ctx.cluster,
+        &opts,
+        Arc::new(crate::backup::NoProgress),
+    )
+    .await
+    .map_err(|e| crate::error::display_chain(&e))?;
+    let mut o = Outcome::default();
+    o.outputs.insert("backupId".into(), json!(s.id));
+    o.outputs.insert("objects".into(), json!(s.objects));
+    o.summary = format!(
+        "backup {} ({} objects)",
+        &s.id[..s.id.len().min(12)],
+        s.objects
+    );
+    if !s.warnings.is_empty() {
+        o.summary
+            .push_str(&format!("; warnings: {}", s.warnings.join("; ")));
+    }
+    Ok(o)
+}
+
+async fn restore(ctx: &Ctx<'_>, r: &RestoreAction) -> R<Outcome> {
+    let repo = crate::repo::access::open(ctx.repo)
+        .await
+        .map_err(|e| crate::error::display_chain(&e))?;
+    let source = crate::restore::repository_source(repo, &r.backup)
+        .await
+        .map_err(|e| crate::error::display_chain(&e))?;
+    let existing = match r.existing.as_deref() {
+        None | Some("skip") => crate::restore::Existing::Skip,
+        Some("update") => crate::restore::Existing::Update,
+        Some("fail") => crate::restore::Existing::Fail,
+        Some(other) => return Err(format!("existing: {other:?} is not skip, update or fail")),
+    };
+    let opts = crate::restore::RestoreOptions {
+        namespaces: r.namespaces.clone(),
+        namespace_map: r.namespace_map.clone().into_iter().collect(),
+        existing,
+        dry_run: r.dry_run || ctx.dry_run,
+        ..Default::default()
+    };
+    let rep = crate::restore::restore(&ctx.cluster.client, source, &opts)
+        .await
+        .map_err(|e| crate::error::display_chain(&e))?;
+    let mut o = Outcome::default();
+    o.outputs.insert("restoreId".into(), json!(rep.id));
+    o.outputs.insert("created".into(), json!(rep.created));
+    o.outputs.insert("failed".into(), json!(rep.failed));
+    if rep.failed > 0 {
+        let first: Vec<String> = rep
+            .items
+            .iter()
+            .filter(|i| i.outcome == crate::restore::Outcome::Failed)
+            .take(3)
+            .map(|i| {
+                format!(
+                    "{} {}: {}",
+                    i.kind,
+                    i.name,
+                    i.message.clone().unwrap_or_default()
+                )
+            })
+            .collect();
+        return Err(format!(
+            "restore: {} objects failed ({})",
+            rep.failed,
+            first.join("; ")
+        ));
+    }
+    o.summary = format!(
+        "restore{}: {} created, {} skipped",
+        if opts.dry_run {
+            " (server dry-run)"
+        } else {
+            ""
+        },
+        rep.created,
+        rep.skipped
+    );
+    Ok(o)
+}
+
+async fn preflight(ctx: &Ctx<'_>, p: &PreflightAction) -> R<Outcome> {
+    use crate::preflight::{FailOn, PreflightOptions};
+    let fail_on = match p.fail_on.as_deref() {
+        None | Some("removed") => FailOn::Removed,
+        Some("deprecated") => FailOn::Deprecated,
+        Some("none") => FailOn::None,
+        Some(o) => return Err(format!("failOn: {o:?} is not removed, deprecated or none")),
+    };
+    let target = p
+        .target
+        .as_deref()
+        .map(|t| {
+            t.parse::<crate::preflight::version::Minor>()
+                .map_err(|e| format!("target: {e}"))
+        })
+        .transpose()?;
+    let opts = PreflightOptions {
+        target,
+        manifests: vec![],
+        helm: None,
+        no_cluster: false,
+        fail_on,
+        api_data: vec![],
+    };
+    let rep = crate::preflight::preflight(&opts, ctx.cluster_options)
+        .await
+        .map_err(|e| crate::error::display_chain(&e))?;
+    let s = &rep.summary;
+    let mut o = Outcome::default();
+    o.outputs.insert("target".into(), json!(rep.target));
+    o.outputs.insert("removed".into(), json!(s.errors));
+    o.outputs.insert("deprecated".into(), json!(s.warnings));
+    o.outputs
+        .insert("failedChecks".into(), json!(s.checks_failed));
+    let line = format!(
+        "preflight for {}: {} removed APIs, {} deprecated, {} failed checks",
+        rep.target, s.errors, s.warnings, s.checks_failed
+    );
+    if rep.exit(fail_on) != crate::error::Exit::Success {
+        let why: Vec<String> = rep
+            .checks
+            .iter()
+            .filter(|c| c.status == crate::preflight::CheckStatus::Fail)
+            .map(|c| format!("{}: {}", c.name, c.message))
+            .chain(
+                rep.findings
+                    .iter()
+                    .filter(|f| f.severity == crate::preflight::db::Severity::Error)
+                    .take(3)
+                    .map(|f| f.message.clone()),
+            )
+            .take(5)
+            .collect();
+        return Err(format!("{line} ({})", why.join("; ")));
+    }
+    o.summary = line;
+    Ok(o)
+}
+
+async fn drill(ctx: &Ctx<'_>, d: &DrillAction) -> R<Outcome> {
+    let repo = crate::repo::access::open(ctx.repo)
+        .await
+        .map_err(|e| crate::error::display_chain(&e))?;
+    let opts = crate::drill::DrillOptions {
+        backup: d.backup.clone(),
+        namespaces: d.namespaces.clone(),
+        spec: None,
+        timeout: Duration::from_secs(600),
+        keep: false,
+        cluster_label: String::new(),
+        on_wait: None,
+    };
+    let rep = crate::drill::run(
+        &ctx.cluster.client,
+        &ctx.cluster.server,
+        repo,
+        &opts,
+        std::future::pending::<()>(),
+    )
+    .await
+    .map_err(|e| crate::error::display_chain(&e))?;
+    let mut o = Outcome::default();
+    o.outputs.insert("drillId".into(), json!(rep.drill_id));
+    o.outputs.insert("passed".into(), json!(rep.passed));
+    if !rep.passed {
+        return Err(format!(
+            "drill {} failed {} checks",
+            rep.drill_id,
+            rep.failed_checks()
+        ));
+    }
+    o.summary = format!("drill {} passed", rep.drill_id);
+    Ok(o)
+}
+
+/// Plan-time preview of an action: what would change, without changing anything.
+pub async fn preview(ctx: &Ctx<'_>, action: &Action) -> R<String> {
+    let client = &ctx.cluster.client;
+    Ok(match action {
+        Action::Scale(a) => {
+            let api = workload_api(client, &a.kind, &a.namespace)?;
+            let what = describe_ref(&a.kind, Some(&a.namespace), &a.name);
+            let cur = api
+                .get_scale(&a.name)
+                .await
+                .map_err(|e| format!("{what}: {}", kerr(e)))?
+                .spec
+                .and_then(|s| s.replicas)
+                .unwrap_or(0);
+            format!("{what} replicas {cur} → {}", a.replicas.get()?)
+        }
+        Action::SetImage(a) => {
+            let api = workload_api(client, &a.kind, &a.namespace)?;
+            let what = describe_ref(&a.kind, Some(&a.namespace), &a.name);
+            let obj = api
+                .get(&a.name)
+                .await
+                .map_err(|e| format!("{what}: {}", kerr(e)))?;
+            let obj = serde_json::to_value(obj).expect("serializes");
+            let (c, cur) = pick_container(&obj, a.container.as_deref(), &what)?;
+            format!("{what} container {c} image {cur} → {}", a.image)
+        }
+        Action::Apply(_)
+        | Action::Patch(_)
+        | Action::Delete(_)
+        | Action::Cordon(_)
+        | Action::Uncordon(_) => {
+            let before = capture_before(
+                &Ctx {
+                    dry_run: true,
+                    ..*ctx
+                },
+                action,
+            )
+            .await?;
+            let dry = Ctx {
+                dry_run: true,
+                ..*ctx
+            };
+            let o = execute(&dry, action, Duration::from_secs(30)).await?;
+            match (action, before) {
+                (Action::Apply(_) | Action::Patch(_), Some(b)) => {
+                    let n_new = b["objects"]
+                        .as_array()
+                        .map(|a| a.iter().filter(|o| o["absent"] == true).count())
+                        .unwrap_or(0);
+                    if n_new > 0 {
+                        format!("{} ({n_new} new)", o.summary)
+                    } else {
+                        o.summary
+                    }
+                }
+                _ => o.summary,
+            }
+        }
+        Action::Drain(a) => {
+            let pods: Api<Pod> = Api::all(client.clone());
+            let lp = ListParams::default().fields(&format!("spec.nodeName={}", a.node));
+            let list = pods.list(&lp).await.map_err(kerr)?;
+            let n = list.items.iter().filter(|p| evictable(p)).count();
+            let cordoned = node_unschedulable(client, &a.node).await?;
+            format!(
+                "node {} ({}): cordon and evict {n} pods",
+                a.node,
+                if cordoned {
+                    "already cordoned"
+                } else {
+                    "schedulable"
+                }
+            )
+        }
+        Action::Wait(w) => format!(
+            "wait for {} {}",
+            describe_ref(&w.kind, w.namespace.as_deref(), &w.name),
+            if w.rollout {
+                "rollout".to_string()
+            } else if let Some(c) = &w.condition {
+                format!("condition {c}")
+            } else {
+                w.json_path.clone().unwrap_or_default()
+            }
+        ),
+        Action::RolloutRestart(a) => format!(
+            "restart {}",
+            describe_ref(&a.kind, Some(&a.namespace), &a.name)
+        ),
+        Action::Run(r) => format!("run: {}", ctx.redactor.redact(&r.command)),
+        Action::Http(h) => format!("{} {} (expect {})", h.method, h.url, h.expect_status),
+        Action::Approve(a) => format!("ask for approval: {}", a.message),
+        Action::Backup(b) => format!(
+            "back up {}",
+            if b.namespaces.is_empty() {
+                "the whole cluster".to_string()
+            } else {
+                format!("namespaces {}", b.namespaces.join(", "))
+            }
+        ),
+        Action::Restore(r) => format!(
+            "restore backup {}{}",
+            r.backup,
+            if r.dry_run { " (server dry-run)" } else { "" }
+        ),
+        Action::Preflight(p) => format!(
+            "preflight for {}",
+            p.target.as_deref().unwrap_or("the next minor version")
+        ),
+        Action::Drill(d) => format!("drill backup {}", d.backup),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rollout_rules() {
+        let done = json!({"metadata": {"generation": 2}, "spec": {"replicas": 2},
+            "status": {"observedGeneration": 2, "updatedReplicas": 2, "replicas": 2, "availableReplicas": 2}});
+        assert!(rollout_done("Deployment", &done).0);
+        let old_pods = json!({"metadata": {"generation": 2}, "spec": {"replicas": 2},
+            "status": {"observedGeneration": 2, "updatedReplicas": 2, "replicas": 3, "availableReplicas": 2}});
+        assert!(!rollout_done("Deployment", &old_pods).0);
+        let stale = json!({"metadata": {"generation": 3}, "spec": {"replicas": 2},
+            "status": {"observedGeneration": 2, "updatedReplicas": 2, "replicas": 2, "availableReplicas": 2}});
+        assert!(!rollout_done("Deployment", &stale).0);
+    }
+
+    #[test]
+    fn apply_objects_default_namespace_and_lists() {
+        let a = ApplyAction {
+            file: None,
+            manifest: Some(json!([
+                {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a"}},
+                {"apiVersion": "v1", "kind": "List", "items": [
+                    {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "b", "namespace": "x"}}]}
+            ])),
+            namespace: Some("shop".into()),
+        };
+        let objs = apply_objects(&a, &BTreeMap::new()).unwrap();
+        assert_eq!(objs.len(), 2);
+        assert_eq!(objs[0]["metadata"]["namespace"], "shop");
+        assert_eq!(objs[1]["metadata"]["namespace"], "x");
+    }
+
+    #[test]
+    fn restore_strips_server_fields() {
+        let mut o = json!({"metadata": {"name": "a", "resourceVersion": "5", "uid": "u", "managedFields": []}, "status": {}});
+        clean_for_restore(&mut o);
+        assert_eq!(o, json!({"metadata": {"name": "a"}}));
+    }
+}

@@ -1,0 +1,785 @@
+//! Executing a plan: steps in order, each journaled (intent, then result), approvals, retries,
+//! failure handling, rollback to checkpoints, `finally` steps, resume from the journal.
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::actions::{self, Ctx};
+use super::journal::{self, Actor, Event, Journal, Record, Replay, StepStatus};
+use super::plan::{self, Plan};
+use super::spec::{self, Action, Loaded, Step, Undo};
+use super::template::{self, Redactor};
+use crate::cluster::{Cluster, ClusterOptions};
+use crate::error::Error;
+use crate::repo::access::RepoOptions;
+
+/// How a run ended (or paused). Decides the exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunStatus {
+    Succeeded,
+    Failed,
+    RolledBack,
+    AwaitingApproval,
+    RollbackFailed,
+    /// Stopped by the operator at a prompt; resumable.
+    Stopped,
+    Interrupted,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::RolledBack => "rolled-back",
+            RunStatus::AwaitingApproval => "awaiting-approval",
+            RunStatus::RollbackFailed => "rollback-failed",
+            RunStatus::Stopped => "stopped",
+            RunStatus::Interrupted => "interrupted",
+        }
+    }
+
+    pub fn exit(self) -> crate::error::Exit {
+        use crate::error::Exit;
+        match self {
+            RunStatus::Succeeded => Exit::Success,
+            RunStatus::Failed | RunStatus::Stopped => Exit::Failure,
+            RunStatus::RolledBack => Exit::Findings,
+            RunStatus::AwaitingApproval => Exit::Blocked,
+            RunStatus::RollbackFailed => Exit::RollbackFailed,
+            RunStatus::Interrupted => Exit::Interrupted,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum InDoubt {
+    /// Run the step again
+    Rerun,
+    /// Treat the step as done and go on
+    Skip,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureChoice {
+    Retry,
+    Skip,
+    Rollback,
+    Abort,
+}
+
+/// The person at the keyboard (or the flags standing in for them). One implementation asks on
+/// the terminal, the other answers from the command line; the engine does not know which.
+pub trait Prompter: Send + Sync {
+    /// Before a step that changes the cluster. `false` stops the run (resumable).
+    fn confirm_step(
+        &self,
+        index: usize,
+        total: usize,
+        step: &Step,
+        preview: &str,
+    ) -> Result<bool, Error>;
+    /// An `approve` step: `Some(true)` approved, `Some(false)` declined, `None` nobody can
+    /// answer (unattended without a pre-approval).
+    fn approve(&self, step: &Step, message: &str, next: &[String]) -> Result<Option<bool>, Error>;
+    /// A step failed after its retries. `None`: decide without asking (roll back).
+    fn on_failure(
+        &self,
+        step: &Step,
+        error: &str,
+        rollback_to: &str,
+    ) -> Result<Option<FailureChoice>, Error>;
+    /// A step was started by a run that died before recording its result.
+    fn in_doubt(&self, step: &Step) -> Result<Option<InDoubt>, Error>;
+}
+
+/// Everything fixed for one execution.
+pub struct Runner<'a> {
+    pub plan: &'a Plan,
+    pub loaded: &'a Loaded,
+    pub cluster: &'a Cluster,
+    pub cluster_options: &'a ClusterOptions,
+    pub repo: &'a RepoOptions,
+    pub redactor: Redactor,
+    pub actor: Actor,
+    pub prompter: &'a dyn Prompter,
+    pub pre_approved: Vec<String>,
+    pub in_doubt: Option<InDoubt>,
+    pub force: bool,
+    pub dry_run: bool,
+    pub quiet: bool,
+}
+
+pub struct Progress<'a> {
+    pub journal: Option<&'a mut Journal>,
+    /// Every record of the run so far (read from the journal on resume).
+    pub records: Vec<Record>,
+    pub replay: Replay,
+    pub run_id: String,
+    /// Dry runs keep their own step states (nothing is journaled).
+    pub outputs: BTreeMap<String, BTreeMap<String, Value>>,
+}
+
+fn step_timeout(s: &Step) -> Duration {
+    s.timeout
+        .as_deref()
+        .and_then(|t| spec::duration(t).ok())
+        .unwrap_or(Duration::from_secs(300))
+}
+
+impl Runner<'_> {
+    fn say(&self, line: &str) {
+        if !self.quiet {
+            eprintln!("{}", self.redactor.redact(line));
+        }
+    }
+
+    fn ctx<'b>(&'b self, run_id: &'b str, step_id: &'b str, dry_run: bool) -> Ctx<'b> {
+        Ctx {
+            cluster: self.cluster,
+            cluster_options: self.cluster_options,
+            repo: self.repo,
+            run_id,
+            step_id,
+            files: &self.plan.runbook.files,
+            redactor: &self.redactor,
+            dry_run,
+        }
+    }
+
+    fn template_ctx(&self, p: &Progress) -> Value {
+        let mut steps = BTreeMap::new();
+        for (id, st) in &p.replay.steps {
+            steps.insert(
+                id.clone(),
+                json!({"outputs": st.outputs, "status": format!("{:?}", st.status).to_lowercase()}),
+            );
+        }
+        for (id, o) in &p.outputs {
+            steps.insert(id.clone(), json!({"outputs": o, "status": "succeeded"}));
+        }
+        plan::template_context(&self.plan.params, &steps, &p.run_id, self.dry_run)
+    }
+
+    fn record(&self, p: &mut Progress, rec: Record) -> Result<(), Error> {
+        if let Some(j) = p.journal.as_deref_mut() {
+            j.append(rec.clone())?;
+        }
+        // Keep the in-memory state in step with the file.
+        p.records.push(rec);
+        p.replay = journal::replay(&p.records);
+        Ok(())
+    }
+
+    pub fn finish(
+        &self,
+        p: &mut Progress,
+        status: RunStatus,
+        message: Option<String>,
+    ) -> Result<RunStatus, Error> {
+        let mut rec = Record::new(&p.run_id, Event::RunFinished).status(status.as_str());
+        rec.message = message;
+        self.record(p, rec)?;
+        Ok(status)
+    }
+
+    /// Run (or continue) the main steps, then the `finally` steps.
+    pub async fn execute(&self, p: &mut Progress<'_>) -> Result<RunStatus, Error> {
+        let (status, message) = self.main_steps(p).await?;
+        if matches!(status, RunStatus::AwaitingApproval | RunStatus::Stopped) {
+            return self.finish(p, status, message);
+        }
+        let fin_ok = self.finally_steps(p).await?;
+        let (status, message) = if !fin_ok && status == RunStatus::Succeeded {
+            (RunStatus::Failed, Some("a finally step failed".to_string()))
+        } else {
+            (status, message)
+        };
+        self.finish(p, status, message)
+    }
+
+    async fn main_steps(&self, p: &mut Progress<'_>) -> Result<(RunStatus, Option<String>), Error> {
+        let steps = &self.loaded.runbook.steps;
+        let total = steps.len();
+        let mut i = 0;
+        while i < total {
+            let step = &steps[i];
+            let state = p.replay.steps.get(&step.id).map(|s| s.status);
+            if matches!(state, Some(StepStatus::Succeeded | StepStatus::Skipped)) {
+                i += 1;
+                continue;
+            }
+            if state == Some(StepStatus::InDoubt) && !self.dry_run {
+                if let Action::Run(_) = step.action {
+                    let choice = match self.in_doubt {
+                        Some(c) => c,
+                        None => match self.prompter.in_doubt(step)? {
+                            Some(c) => c,
+                            None => {
+                                return Err(Error::Usage(format!(
+                                    "step {} (a `run` command) was started by a run that stopped before it finished; \
+                                     it may have half-run. Give --in-doubt rerun or --in-doubt skip",
+                                    step.id
+                                )));
+                            }
+                        },
+                    };
+                    if choice == InDoubt::Skip {
+                        self.record(
+                            p,
+                            Record::new(&p.run_id, Event::Result)
+                                .step(&step.id)
+                                .status("skipped")
+                                .message(
+                                    "in doubt after an interrupted run; skipped (--in-doubt skip)",
+                                ),
+                        )?;
+                        self.say(&format!("  - {}: skipped (in doubt)", step.id));
+                        i += 1;
+                        continue;
+                    }
+                } else {
+                    self.say(&format!(
+                        "  {} was interrupted last time; running it again ({} is safe to repeat)",
+                        step.id,
+                        step.action.name()
+                    ));
+                }
+            }
+            match self.run_step(p, step, i, total, false).await? {
+                StepEnd::Done => i += 1,
+                StepEnd::Paused(s, m) => return Ok((s, Some(m))),
+                StepEnd::Failed(err) => {
+                    let target = self.rollback_target(p, step);
+                    let target_label = target.clone().unwrap_or_else(|| "start".into());
+                    let choice = if self.dry_run {
+                        Some(FailureChoice::Abort)
+                    } else {
+                        self.prompter.on_failure(step, &err, &target_label)?
+                    };
+                    match choice {
+                        Some(FailureChoice::Retry) => continue,
+                        Some(FailureChoice::Skip) => {
+                            self.record(
+                                p,
+                                Record::new(&p.run_id, Event::Result)
+                                    .step(&step.id)
+                                    .status("skipped")
+                                    .message(format!(
+                                        "skipped by {} after it failed: {err}",
+                                        self.actor.user
+                                    )),
+                            )?;
+                            i += 1;
+                        }
+                        Some(FailureChoice::Abort) => {
+                            return Ok((
+                                RunStatus::Failed,
+                                Some(format!("step {} failed: {err}", step.id)),
+                            ));
+                        }
+                        Some(FailureChoice::Rollback) | None => {
+                            return self.rollback(p, target.as_deref(), Some(step)).await;
+                        }
+                    }
+                }
+            }
+        }
+        Ok((RunStatus::Succeeded, None))
+    }
+
+    async fn finally_steps(&self, p: &mut Progress<'_>) -> Result<bool, Error> {
+        let steps = &self.loaded.runbook.finally;
+        let mut ok = true;
+        for (i, step) in steps.iter().enumerate() {
+            if matches!(
+                p.replay.steps.get(&step.id).map(|s| s.status),
+                Some(StepStatus::Succeeded | StepStatus::Skipped)
+            ) {
+                continue;
+            }
+            match self.run_step(p, step, i, steps.len(), true).await? {
+                StepEnd::Done => {}
+                StepEnd::Failed(_) | StepEnd::Paused(..) => ok = false,
+            }
+        }
+        Ok(ok)
+    }
+
+    /// The checkpoint a failure of `step` rolls back to (None: the start).
+    fn rollback_target(&self, p: &Progress, step: &Step) -> Option<String> {
+        if let Some(t) = &step.rollback_to {
+            return Some(t.clone());
+        }
+        let steps = &self.loaded.runbook.steps;
+        let idx = steps.iter().position(|s| s.id == step.id).unwrap_or(0);
+        steps[..idx]
+            .iter()
+            .rev()
+            .find(|s| {
+                s.checkpoint
+                    && p.replay.steps.get(&s.id).map(|x| x.status) == Some(StepStatus::Succeeded)
+            })
+            .map(|s| s.id.clone())
+    }
+
+    async fn run_step(
+        &self,
+        p: &mut Progress<'_>,
+        step: &Step,
+        index: usize,
+        total: usize,
+        is_finally: bool,
+    ) -> Result<StepEnd, Error> {
+        let label = if is_finally {
+            format!("finally {}/{}", index + 1, total)
+        } else {
+            format!("{}/{}", index + 1, total)
+        };
+        let tctx = self.template_ctx(p);
+        let engine = template::Engine::with_redactor(self.redactor.clone());
+        if let Some(w) = &step.when {
+            match engine.condition(w, &tctx) {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.record(
+                        p,
+                        Record::new(&p.run_id, Event::Result)
+                            .step(&step.id)
+                            .status("skipped")
+                            .message(format!("when: {w} is false")),
+                    )?;
+                    self.say(&format!(
+                        "[{label}] {}: skipped (when {w} is false)",
+                        step.id
+                    ));
+                    return Ok(StepEnd::Done);
+                }
+                Err(e) => return self.fail_without_intent(p, step, e),
+            }
+        }
+        let action = match plan::render_action(&engine, &step.action, &tctx) {
+            Ok(a) => a,
+            Err(e) => return self.fail_without_intent(p, step, e),
+        };
+        let headline = match &step.description {
+            Some(d) => format!("[{label}] {}: {d}", step.id),
+            None => format!("[{label}] {} ({})", step.id, action.name()),
+        };
+
+        if let Action::Approve(a) = &action {
+            self.say(&headline);
+            if self.dry_run {
+                self.say("  would ask for approval");
+                return Ok(StepEnd::Done);
+            }
+            let pre = self.pre_approved.iter().any(|s| s == &step.id);
+            let already = p
+                .replay
+                .steps
+                .get(&step.id)
+                .and_then(|s| s.approved_by.clone())
+                .is_some();
+            let verdict = if pre || already {
+                Some(true)
+            } else {
+                let next = self.next_steps(&step.id);
+                self.prompter.approve(step, &a.message, &next)?
+            };
+            match verdict {
+                Some(true) => {
+                    if !already {
+                        let mut rec = Record::new(&p.run_id, Event::Approval).step(&step.id);
+                        rec.actor = Some(self.actor.clone());
+                        rec.details = Some(
+                            json!({"via": if pre { "--approve" } else { "prompt" }, "message": a.message}),
+                        );
+                        self.record(p, rec)?;
+                    }
+                    self.record(
+                        p,
+                        Record::new(&p.run_id, Event::Result)
+                            .step(&step.id)
+                            .status("succeeded")
+                            .message(format!("approved by {}", self.actor.user)),
+                    )?;
+                    self.say(&format!("  ✓ approved by {}", describe_actor(&self.actor)));
+                    return Ok(StepEnd::Done);
+                }
+                Some(false) => {
+                    let msg = format!("approval declined by {}", self.actor.user);
+                    self.record(
+                        p,
+                        Record::new(&p.run_id, Event::Result)
+                            .step(&step.id)
+                            .status("failed")
+                            .message(&msg),
+                    )?;
+                    self.say(&format!("  ✗ {msg}"));
+                    return Ok(StepEnd::Failed(msg));
+                }
+                None => {
+                    self.record(
+                        p,
+                        Record::new(&p.run_id, Event::AwaitingApproval)
+                            .step(&step.id)
+                            .message(&a.message),
+                    )?;
+                    self.say(&format!(
+                        "  ⏸ needs approval: {}\n  continue with: lifeboat runbook resume {} --approve {}",
+                        a.message, p.run_id, step.id
+                    ));
+                    return Ok(StepEnd::Paused(
+                        RunStatus::AwaitingApproval,
+                        format!("step {} needs approval: {}", step.id, a.message),
+                    ));
+                }
+            }
+        }
+
+        let run_id = p.run_id.clone();
+        let ctx = self.ctx(&run_id, &step.id, self.dry_run);
+        if action.mutates() && !self.dry_run {
+            let preview = actions::preview(&ctx, &action)
+                .await
+                .unwrap_or_else(|e| format!("(no preview: {e})"));
+            if !self.prompter.confirm_step(index, total, step, &preview)? {
+                self.say(&headline);
+                return Ok(StepEnd::Paused(
+                    RunStatus::Stopped,
+                    format!("stopped by {} before step {}", self.actor.user, step.id),
+                ));
+            }
+        }
+        self.say(&headline);
+        let attempts = step.retry.as_ref().map(|r| r.attempts).unwrap_or(1).max(1);
+        let mut backoff = step
+            .retry
+            .as_ref()
+            .and_then(|r| spec::duration(&r.backoff).ok())
+            .unwrap_or(Duration::from_secs(5));
+        let timeout = step_timeout(step);
+        let prior_attempts = p
+            .replay
+            .steps
+            .get(&step.id)
+            .map(|s| s.attempts)
+            .unwrap_or(0);
+        let mut last_err = String::new();
+        for attempt in 1..=attempts {
+            let n = prior_attempts + attempt;
+            let before = if self.dry_run {
+                None
+            } else {
+                match actions::capture_before(&ctx, &action).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        last_err = format!("cannot record the state before the step: {e}");
+                        self.say(&format!("  ✗ attempt {attempt}/{attempts}: {last_err}"));
+                        if attempt < attempts {
+                            tokio::time::sleep(backoff).await;
+                            backoff *= 2;
+                        }
+                        continue;
+                    }
+                }
+            };
+            let mut intent = Record::new(&p.run_id, Event::Intent).step(&step.id);
+            intent.attempt = Some(n);
+            intent.action = Some(action.name().into());
+            intent.actor = Some(self.actor.clone());
+            intent.before = before;
+            self.record(p, intent)?;
+            let res = tokio::time::timeout(
+                timeout + Duration::from_secs(5),
+                actions::execute(&ctx, &action, timeout),
+            )
+            .await
+            .unwrap_or_else(|_| Err(format!("step timed out after {}s", timeout.as_secs())));
+            match res {
+                Ok(out) => {
+                    let mut rec = Record::new(&p.run_id, Event::Result)
+                        .step(&step.id)
+                        .status("succeeded")
+                        .message(&out.summary);
+                    rec.attempt = Some(n);
+                    rec.outputs = Some(out.outputs.clone());
+                    self.record(p, rec)?;
+                    if self.dry_run {
+                        p.outputs.insert(step.id.clone(), out.outputs);
+                    }
+                    self.say(&format!("  ✓ {}", out.summary));
+                    return Ok(StepEnd::Done);
+                }
+                Err(e) => {
+                    last_err = e;
+                    let mut rec = Record::new(&p.run_id, Event::Result)
+                        .step(&step.id)
+                        .status("failed")
+                        .message(&last_err);
+                    rec.attempt = Some(n);
+                    self.record(p, rec)?;
+                    self.say(&format!("  ✗ attempt {attempt}/{attempts}: {last_err}"));
+                    if attempt < attempts {
+                        tokio::time::sleep(backoff).await;
+                        backoff *= 2;
+                    }
+                }
+            }
+        }
+        Ok(StepEnd::Failed(last_err))
+    }
+
+    fn fail_without_intent(
+        &self,
+        p: &mut Progress,
+        step: &Step,
+        e: String,
+    ) -> Result<StepEnd, Error> {
+        self.record(
+            p,
+            Record::new(&p.run_id, Event::Result)
+                .step(&step.id)
+                .status("failed")
+                .message(&e),
+        )?;
+        self.say(&format!("  ✗ {}: {e}", step.id));
+        Ok(StepEnd::Failed(e))
+    }
+
+    fn next_steps(&self, after: &str) -> Vec<String> {
+        let steps = &self.loaded.runbook.steps;
+        let idx = steps
+            .iter()
+            .position(|s| s.id == after)
+            .map(|i| i + 1)
+            .unwrap_or(0);
+        steps[idx..]
+            .iter()
+            .map(|s| {
+                let preview = self
+                    .plan
+                    .preview
+                    .iter()
+                    .find(|x| x.id == s.id)
+                    .map(|x| x.preview.clone())
+                    .unwrap_or_default();
+                format!("{} ({}): {}", s.id, s.action.name(), preview)
+            })
+            .collect()
+    }
+
+    /// Undo completed steps in reverse order back to `to` (a checkpoint; None: the start).
+    /// `failed` is the step whose failure triggered this (it is undone too when its action
+    /// records its prior state).
+    pub async fn rollback(
+        &self,
+        p: &mut Progress<'_>,
+        to: Option<&str>,
+        failed: Option<&Step>,
+    ) -> Result<(RunStatus, Option<String>), Error> {
+        let steps = &self.loaded.runbook.steps;
+        let start = match to {
+            Some(cp) => {
+                let i = steps
+                    .iter()
+                    .position(|s| s.id == cp)
+                    .ok_or_else(|| Error::Usage(format!("{cp} is not a step of this runbook")))?;
+                if !steps[i].checkpoint {
+                    return Err(Error::Usage(format!("step {cp} is not a checkpoint")));
+                }
+                i + 1
+            }
+            None => 0,
+        };
+        let mut rec = Record::new(&p.run_id, Event::RollbackStarted)
+            .message(format!("rolling back to {}", to.unwrap_or("start")));
+        rec.actor = Some(self.actor.clone());
+        rec.step = failed.map(|s| s.id.clone());
+        self.record(p, rec)?;
+        self.say(&format!("↩ rolling back to {}", to.unwrap_or("the start")));
+        let todo: Vec<&Step> = steps[start..]
+            .iter()
+            .filter(|s| match p.replay.steps.get(&s.id) {
+                Some(x) => match x.status {
+                    StepStatus::Succeeded | StepStatus::UndoFailed => true,
+                    // Started but not completed: undone only if it got as far as its intent.
+                    StepStatus::Failed | StepStatus::InDoubt => x.attempts > 0,
+                    _ => false,
+                },
+                None => false,
+            })
+            .collect();
+        for (k, s) in todo.iter().enumerate().rev() {
+            let st = p.replay.steps.get(&s.id).cloned().unwrap_or_default();
+            let completed = matches!(st.status, StepStatus::Succeeded | StepStatus::UndoFailed);
+            let left =
+                || -> Vec<String> { todo[..=k].iter().rev().map(|s| s.id.clone()).collect() };
+            let undo = s.effective_undo();
+            let skip = |p: &mut Progress, why: String| -> Result<(), Error> {
+                self.record(
+                    p,
+                    Record::new(&p.run_id, Event::UndoResult)
+                        .step(&s.id)
+                        .status("skipped")
+                        .message(&why),
+                )?;
+                self.say(&format!("  - {}: {why}", s.id));
+                Ok(())
+            };
+            match undo {
+                Undo::Skip => {
+                    skip(p, "nothing to undo".into())?;
+                    continue;
+                }
+                Undo::None if !completed => {
+                    skip(
+                        p,
+                        "did not complete and cannot be undone automatically; check it by hand"
+                            .into(),
+                    )?;
+                    continue;
+                }
+                Undo::None if self.force => {
+                    skip(
+                        p,
+                        "irreversible (undo: none); passed over because of --force".into(),
+                    )?;
+                    continue;
+                }
+                Undo::None => {
+                    let msg = format!(
+                        "step {} cannot be undone (undo: none); the rollback stopped there. Left to undo by hand: {}. \
+                         Or run `lifeboat runbook rollback {} --to {} --force` to pass over it",
+                        s.id,
+                        left().join(", "),
+                        p.run_id,
+                        to.unwrap_or("start")
+                    );
+                    self.say(&format!("  ✗ {msg}"));
+                    return Ok((RunStatus::RollbackFailed, Some(msg)));
+                }
+                Undo::Auto if st.before.is_none() => {
+                    skip(
+                        p,
+                        "nothing was changed (no prior state was recorded)".into(),
+                    )?;
+                    continue;
+                }
+                _ => {}
+            }
+            let mut intent = Record::new(&p.run_id, Event::UndoIntent).step(&s.id);
+            intent.actor = Some(self.actor.clone());
+            self.record(p, intent)?;
+            let run_id = p.run_id.clone();
+            let ctx = self.ctx(&run_id, &s.id, false);
+            let result = match &undo {
+                Undo::Auto => {
+                    // Undo what the step did, rendered as it ran.
+                    let engine = template::Engine::with_redactor(self.redactor.clone());
+                    match plan::render_action(&engine, &s.action, &self.template_ctx(p)) {
+                        Ok(a) => {
+                            actions::undo_auto(&ctx, &a, st.before.as_ref().expect("checked")).await
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+                Undo::Action(a) => {
+                    let engine = template::Engine::with_redactor(self.redactor.clone());
+                    match plan::render_action(&engine, a, &self.template_ctx(p)) {
+                        Ok(a) => actions::execute(&ctx, &a, step_timeout(s))
+                            .await
+                            .map(|o| o.summary),
+                        Err(e) => Err(e),
+                    }
+                }
+                _ => unreachable!("handled above"),
+            };
+            match result {
+                Ok(summary) => {
+                    self.record(
+                        p,
+                        Record::new(&p.run_id, Event::UndoResult)
+                            .step(&s.id)
+                            .status("undone")
+                            .message(&summary),
+                    )?;
+                    self.say(&format!("  ↩ {}: {summary}", s.id));
+                }
+                Err(e) => {
+                    self.record(
+                        p,
+                        Record::new(&p.run_id, Event::UndoResult)
+                            .step(&s.id)
+                            .status("failed")
+                            .message(&e),
+                    )?;
+                    let msg = format!(
+                        "undoing step {} failed: {e}. Left to undo by hand: {}",
+                        s.id,
+                        left().join(", ")
+                    );
+                    self.say(&format!("  ✗ {msg}"));
+                    return Ok((RunStatus::RollbackFailed, Some(msg)));
+                }
+            }
+        }
+        Ok((
+            RunStatus::RolledBack,
+            Some(format!("rolled back to {}", to.unwrap_or("start"))),
+        ))
+    }
+}
+
+fn describe_actor(a: &Actor) -> String {
+    match &a.kubernetes {
+        Some(k) => format!("{} (Kubernetes: {k})", a.user),
+        None => a.user.clone(),
+    }
+}
+
+enum StepEnd {
+    Done,
+    Failed(String),
+    Paused(RunStatus, String),
+}
+
+/// The OS user running lifeboat.
+pub fn os_user() -> String {
+    if let Ok(u) = std::env::var("USER").or_else(|_| std::env::var("LOGNAME"))
+        && !u.is_empty()
+    {
+        return u;
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        if let Ok(m) = std::fs::metadata("/proc/self") {
+            let uid = m.uid();
+            let name = std::fs::read_to_string("/etc/passwd").ok().and_then(|t| {
+                t.lines().find_map(|l| {
+                    let f: Vec<&str> = l.split(':').collect();
+                    (f.len() > 2 && f[2] == uid.to_string()).then(|| f[0].to_string())
+                })
+            });
+            return name.unwrap_or_else(|| format!("uid:{uid}"));
+        }
+    }
+    "unknown".into()
+}
+
+/// Who the cluster says we are (SelfSubjectReview); None when the API is not allowed.
+pub async fn kubernetes_identity(client: &kube::Client) -> Option<String> {
+    use k8s_openapi::api::authentication::v1::SelfSubjectReview;
+    let api: kube::Api<SelfSubjectReview> = kube::Api::all(client.clone());
+    let review: SelfSubjectReview = serde_json::from_value(json!({
+        "apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview", "metadata": {}
+    }))
+    .ok()?;
+    let r = api
+        .create(&kube::api::PostParams::default(), &review)
+        .await
+        .ok()?;
+    r.status?.user_info?.username
+}

@@ -1,0 +1,153 @@
+//! One run of a plan at a time: a `coordination.k8s.io/v1` Lease per plan (named after the plan's
+//! content hash) held while a run, resume or rollback executes, renewed in the background. A
+//! crashed run's lease expires after [`LEASE_SECONDS`]; the same run may take its own lease back
+//! at once (resume after kill -9).
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+
+use crate::error::Error;
+
+pub const LEASE_SECONDS: i64 = 60;
+const RENEW_EVERY: Duration = Duration::from_secs(15);
+
+pub struct LeaseGuard {
+    api: Api<Lease>,
+    name: String,
+    renew: tokio::task::JoinHandle<()>,
+}
+
+fn micro_time(t: jiff::Timestamp) -> String {
+    format!(
+        "{}.{:06}Z",
+        t.strftime("%Y-%m-%dT%H:%M:%S"),
+        t.subsec_microsecond()
+    )
+}
+
+pub fn lease_name(plan_hash: &str) -> String {
+    let hex: String = plan_hash
+        .trim_start_matches("sha256:")
+        .chars()
+        .take(16)
+        .collect();
+    format!("lifeboat-plan-{hex}")
+}
+
+fn busy(msg: String) -> Error {
+    Error::Runbook(msg)
+}
+
+/// Take the plan's lease for `run` (holder identity `run=<id> user=<who>`).
+pub async fn acquire(
+    client: &kube::Client,
+    namespace: &str,
+    plan_hash: &str,
+    run: &str,
+    who: &str,
+) -> Result<LeaseGuard, Error> {
+    let api: Api<Lease> = Api::namespaced(client.clone(), namespace);
+    let name = lease_name(plan_hash);
+    let holder = format!("run={run} user={who}");
+    let now = jiff::Timestamp::now();
+    let body = |rv: Option<String>| -> Lease {
+        serde_json::from_value(json!({
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": name, "namespace": namespace, "resourceVersion": rv,
+                "labels": {"app.kubernetes.io/managed-by": "lifeboat"}},
+            "spec": {"holderIdentity": holder, "leaseDurationSeconds": LEASE_SECONDS,
+                "acquireTime": micro_time(now), "renewTime": micro_time(now)}
+        }))
+        .expect("a valid Lease")
+    };
+    let ctx = |e: kube::Error| Error::Kube {
+        action: format!("take the lease {namespace}/{name} for this plan"),
+        source: e,
+    };
+    match api.get_opt(&name).await.map_err(ctx)? {
+        None => {
+            api.create(&PostParams::default(), &body(None))
+                .await
+                .map_err(|e| match e {
+                    kube::Error::Api(s) if s.code == 409 => busy(format!(
+                        "another run of this plan started just now (lease {namespace}/{name})"
+                    )),
+                    e => ctx(e),
+                })?;
+        }
+        Some(l) => {
+            let v: Value = serde_json::to_value(&l).expect("serializes");
+            let cur = v["spec"]["holderIdentity"].as_str().unwrap_or_default();
+            let renewed = v["spec"]["renewTime"]
+                .as_str()
+                .and_then(|s| s.parse::<jiff::Timestamp>().ok());
+            let dur = v["spec"]["leaseDurationSeconds"]
+                .as_i64()
+                .unwrap_or(LEASE_SECONDS);
+            let expired = renewed.is_none_or(|r| now.duration_since(r).as_secs() > dur);
+            let ours = cur.split_whitespace().next() == Some(&format!("run={run}"));
+            if !(cur.is_empty() || expired || ours) {
+                let ago = renewed
+                    .map(|r| format!("{}s ago", now.duration_since(r).as_secs()))
+                    .unwrap_or_else(|| "at an unknown time".into());
+                return Err(busy(format!(
+                    "this plan is being run by {cur} (lease {namespace}/{name}, renewed {ago}); \
+                     wait for it to finish, or for the lease to expire {dur}s after its holder stopped"
+                )));
+            }
+            api.replace(
+                &name,
+                &PostParams::default(),
+                &body(l.metadata.resource_version),
+            )
+            .await
+            .map_err(|e| match e {
+                kube::Error::Api(s) if s.code == 409 => busy(format!(
+                    "another run of this plan took the lease {namespace}/{name} just now"
+                )),
+                e => ctx(e),
+            })?;
+        }
+    }
+    let renew_api = api.clone();
+    let renew_name = name.clone();
+    let renew = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(RENEW_EVERY).await;
+            let patch = json!({"spec": {"renewTime": micro_time(jiff::Timestamp::now())}});
+            if let Err(e) = renew_api
+                .patch(&renew_name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                tracing::warn!(error = %crate::error::display_chain(&e), "cannot renew the plan lease");
+            }
+        }
+    });
+    Ok(LeaseGuard { api, name, renew })
+}
+
+impl LeaseGuard {
+    /// Give the lease up (best effort: an unreleased lease expires by itself).
+    pub async fn release(self) {
+        self.renew.abort();
+        if let Err(e) = self.api.delete(&self.name, &DeleteParams::default()).await {
+            tracing::warn!(error = %crate::error::display_chain(&e), "cannot release the plan lease");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn micro_time_has_six_digits() {
+        let t: jiff::Timestamp = "2026-11-27T04:05:06.123456789Z".parse().unwrap();
+        assert_eq!(super::micro_time(t), "2026-11-27T04:05:06.123456Z");
+        assert_eq!(
+            super::lease_name("sha256:0123456789abcdef0123"),
+            "lifeboat-plan-0123456789abcdef"
+        );
+    }
+}

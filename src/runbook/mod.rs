@@ -1,0 +1,999 @@
+//! Runbooks and plans (docs/runbooks.md): validate, plan, run, resume, roll back, report.
+//!
+//! - [`spec`]: the runbook format and its checks;
+//! - [`template`]: parameters and step outputs in templates, secret redaction;
+//! - [`plan`]: plans with previews and a content hash;
+//! - [`actions`]: what each action does, its prior state and its undo;
+//! - [`engine`]: execution, approvals, failures, rollback;
+//! - [`journal`]: the crash-safe JSONL journal and its replay;
+//! - [`lease`]: one run per plan at a time.
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+pub mod actions;
+pub mod engine;
+pub mod journal;
+pub mod lease;
+pub mod plan;
+pub mod spec;
+pub mod template;
+
+use crate::cluster::{Cluster, ClusterOptions};
+use crate::error::Error;
+use crate::repo::access::RepoOptions;
+use engine::{FailureChoice, InDoubt, Progress, Prompter, RunStatus, Runner};
+use journal::{Actor, Event, Journal, Record, StepStatus};
+use spec::Step;
+use template::Redactor;
+
+/// Options shared by run, resume and rollback.
+#[derive(Debug, Clone, Default)]
+pub struct ExecOptions {
+    pub yes: bool,
+    pub approve: Vec<String>,
+    pub force: bool,
+    pub lease_namespace: String,
+    pub dry_run: bool,
+    pub in_doubt: Option<InDoubt>,
+    pub quiet: bool,
+    /// Override of the state directory (tests); default `$LIFEBOAT_STATE_DIR` / XDG state.
+    pub state_dir: Option<PathBuf>,
+}
+
+/// What `validate` found.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Validation {
+    pub file: String,
+    pub name: String,
+    pub params: usize,
+    pub steps: usize,
+    pub finally: usize,
+    pub checkpoints: Vec<String>,
+}
+
+impl crate::output::Render for Validation {
+    fn table(&self, w: &mut dyn std::io::Write) -> std::io::Result<()> {
+        writeln!(
+            w,
+            "{}: runbook {} is valid ({} parameters, {} steps, {} finally steps, checkpoints: {})",
+            self.file,
+            self.name,
+            self.params,
+            self.steps,
+            self.finally,
+            if self.checkpoints.is_empty() {
+                "none".to_string()
+            } else {
+                self.checkpoints.join(", ")
+            }
+        )
+    }
+}
+
+pub fn validate(file: &Path, set: &[(String, String)]) -> Result<Validation, Error> {
+    let l = spec::load(file)?;
+    // Required parameters are only checked when some are given (a runbook on its own is valid
+    // without values).
+    if !set.is_empty() {
+        spec::resolve_params(&l, set)?;
+    }
+    Ok(Validation {
+        file: file.display().to_string(),
+        name: l.runbook.metadata.name.clone(),
+        params: l.runbook.params.len(),
+        steps: l.runbook.steps.len(),
+        finally: l.runbook.finally.len(),
+        checkpoints: l
+            .runbook
+            .steps
+            .iter()
+            .filter(|s| s.checkpoint)
+            .map(|s| s.id.clone())
+            .collect(),
+    })
+}
+
+async fn actor(client: &kube::Client) -> Actor {
+    Actor {
+        user: engine::os_user(),
+        kubernetes: engine::kubernetes_identity(client).await,
+    }
+}
+
+/// The result of `plan`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Planned {
+    pub file: String,
+    pub content_hash: String,
+    pub plan: plan::Plan,
+    pub warnings: Vec<String>,
+}
+
+impl crate::output::Render for Planned {
+    fn table(&self, w: &mut dyn std::io::Write) -> std::io::Result<()> {
+        let p = &self.plan;
+        writeln!(
+            w,
+            "Plan for runbook {} on {} ({}{})",
+            p.runbook.name,
+            p.cluster.server,
+            p.cluster.server_version,
+            p.cluster
+                .context
+                .as_deref()
+                .map(|c| format!(", context {c}"))
+                .unwrap_or_default()
+        )?;
+        if !p.params.is_empty() {
+            let ps: Vec<String> = p.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            writeln!(w, "Parameters: {}", ps.join(" "))?;
+        }
+        writeln!(w)?;
+        let idw = p
+            .preview
+            .iter()
+            .map(|s| s.id.len())
+            .max()
+            .unwrap_or(4)
+            .max(4);
+        writeln!(
+            w,
+            "  {:<3} {:<idw$}  {:<14} {:<6} PREVIEW",
+            "#", "STEP", "ACTION", "UNDO"
+        )?;
+        for (i, s) in p.preview.iter().enumerate() {
+            let mark = if s.checkpoint { " ⚑" } else { "" };
+            let n = if s.finally {
+                "f".to_string()
+            } else {
+                format!("{}", i + 1)
+            };
+            writeln!(
+                w,
+                "  {:<3} {:<idw$}  {:<14} {:<6} {}{mark}",
+                n, s.id, s.action, s.undo, s.preview
+            )?;
+        }
+        for warn in &self.warnings {
+            writeln!(w, "warning: {warn}")?;
+        }
+        writeln!(w)?;
+        writeln!(
+            w,
+            "Wrote {} ({})",
+            self.file,
+            &self.content_hash[..19.min(self.content_hash.len())]
+        )?;
+        writeln!(w, "Run it with: lifeboat runbook run {}", self.file)
+    }
+}
+
+pub async fn plan_command(
+    runbook: &Path,
+    set: &[(String, String)],
+    file: Option<PathBuf>,
+    cluster: &Cluster,
+    cluster_options: &ClusterOptions,
+    repo: &RepoOptions,
+) -> Result<Planned, Error> {
+    let actor = actor(&cluster.client).await;
+    let (p, warnings) = plan::make(plan::PlanInput {
+        runbook,
+        set,
+        cluster,
+        cluster_options,
+        repo,
+        actor,
+    })
+    .await?;
+    let file =
+        file.unwrap_or_else(|| PathBuf::from("plans").join(format!("{}.yaml", p.runbook.name)));
+    plan::write(&p, &file)?;
+    Ok(Planned {
+        file: file.display().to_string(),
+        content_hash: p.content_hash.clone(),
+        plan: p,
+        warnings,
+    })
+}
+
+/// A run as reported by run / resume / rollback / status.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunReport {
+    pub run: String,
+    pub runbook: String,
+    pub plan: String,
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    pub journal: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub updated: Option<String>,
+    pub dry_run: bool,
+    pub steps: Vec<StepReport>,
+    #[serde(skip)]
+    pub exit: Option<RunStatus>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StepReport {
+    pub id: String,
+    pub action: String,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub finally: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub checkpoint: bool,
+    #[serde(flatten)]
+    pub state: journal::StepState,
+}
+
+impl crate::output::Render for RunReport {
+    fn table(&self, w: &mut dyn std::io::Write) -> std::io::Result<()> {
+        writeln!(
+            w,
+            "Run {}{}: {}",
+            self.run,
+            if self.dry_run { " (dry run)" } else { "" },
+            self.status
+        )?;
+        if let Some(m) = &self.message {
+            writeln!(w, "  {m}")?;
+        }
+        let idw = self
+            .steps
+            .iter()
+            .map(|s| s.id.len())
+            .max()
+            .unwrap_or(4)
+            .max(4);
+        writeln!(
+            w,
+            "  {:<idw$}  {:<14} {:<12} {:<3} MESSAGE",
+            "STEP", "ACTION", "STATUS", "TRY"
+        )?;
+        for s in &self.steps {
+            let status = serde_json::to_value(s.state.status)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            let mut msg = s.state.message.clone().unwrap_or_default();
+            if let Some(a) = &s.state.approved_by {
+                msg = format!(
+                    "approved by {}{}",
+                    a.user,
+                    a.kubernetes
+                        .as_deref()
+                        .map(|k| format!(" ({k})"))
+                        .unwrap_or_default()
+                );
+            }
+            let id = if s.finally {
+                format!("{} (finally)", s.id)
+            } else {
+                s.id.clone()
+            };
+            writeln!(
+                w,
+                "  {:<idw$}  {:<14} {:<12} {:<3} {}{}",
+                id,
+                s.action,
+                status,
+                s.state.attempts,
+                msg.lines().next().unwrap_or(""),
+                if s.checkpoint { " ⚑" } else { "" }
+            )?;
+        }
+        writeln!(w, "Journal: {}", self.journal)?;
+        match self.status.as_str() {
+            "awaiting-approval" | "stopped" | "interrupted" | "incomplete" | "failed" => {
+                writeln!(w, "Continue with: lifeboat runbook resume {}", self.run)
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+fn report(
+    run: &str,
+    plan_file: &str,
+    journal_path: &Path,
+    loaded: &spec::Loaded,
+    records: &[Record],
+    dry_run: bool,
+    exit: Option<RunStatus>,
+) -> RunReport {
+    let r = journal::replay(records);
+    let steps = |list: &[Step], finally: bool| -> Vec<StepReport> {
+        list.iter()
+            .map(|s| StepReport {
+                id: s.id.clone(),
+                action: s.action.name().to_string(),
+                finally,
+                checkpoint: s.checkpoint,
+                state: r.steps.get(&s.id).cloned().unwrap_or_default(),
+            })
+            .collect()
+    };
+    let mut all = steps(&loaded.runbook.steps, false);
+    all.extend(steps(&loaded.runbook.finally, true));
+    RunReport {
+        run: run.to_string(),
+        runbook: loaded.runbook.metadata.name.clone(),
+        plan: plan_file.to_string(),
+        status: r.finished.clone().unwrap_or_else(|| "incomplete".into()),
+        message: r.finished_message.clone(),
+        journal: journal_path.display().to_string(),
+        started: r.started.as_ref().map(|s| s.time.clone()),
+        updated: r.last_time.clone(),
+        dry_run,
+        steps: all,
+        exit,
+    }
+}
+
+impl RunReport {
+    pub fn exit_code(&self) -> crate::error::Exit {
+        match self.exit {
+            Some(s) => s.exit(),
+            None => crate::error::Exit::Success,
+        }
+    }
+}
+
+/// Asks on the terminal (dialoguer).
+pub struct TerminalPrompter {
+    pub pre_approved: Vec<String>,
+}
+
+fn term_err(e: dialoguer::Error) -> Error {
+    match e {
+        dialoguer::Error::IO(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+            Error::Interrupted
+        }
+        dialoguer::Error::IO(source) => Error::Output { source },
+    }
+}
+
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+impl Prompter for TerminalPrompter {
+    fn confirm_step(
+        &self,
+        index: usize,
+        total: usize,
+        step: &Step,
+        preview: &str,
+    ) -> Result<bool, Error> {
+        blocking(|| {
+            eprintln!();
+            eprintln!(
+                "Step {}/{}: {} ({}){}",
+                index + 1,
+                total,
+                step.id,
+                step.action.name(),
+                step.description
+                    .as_deref()
+                    .map(|d| format!(" — {d}"))
+                    .unwrap_or_default()
+            );
+            eprintln!("  {preview}");
+            dialoguer::Confirm::new()
+                .with_prompt("Run this step?")
+                .default(true)
+                .wait_for_newline(true)
+                .interact()
+                .map_err(term_err)
+        })
+    }
+
+    fn approve(&self, step: &Step, message: &str, next: &[String]) -> Result<Option<bool>, Error> {
+        blocking(|| {
+            eprintln!();
+            eprintln!("Approval needed ({}): {message}", step.id);
+            if !next.is_empty() {
+                eprintln!("Next steps:");
+                for n in next.iter().take(8) {
+                    eprintln!("  - {n}");
+                }
+                if next.len() > 8 {
+                    eprintln!("  … and {} more", next.len() - 8);
+                }
+            }
+            dialoguer::Confirm::new()
+                .with_prompt("Approve?")
+                .default(false)
+                .wait_for_newline(true)
+                .interact()
+                .map(Some)
+                .map_err(term_err)
+        })
+    }
+
+    fn on_failure(
+        &self,
+        step: &Step,
+        error: &str,
+        rollback_to: &str,
+    ) -> Result<Option<FailureChoice>, Error> {
+        blocking(|| {
+            eprintln!();
+            eprintln!("Step {} failed: {error}", step.id);
+            let items = [
+                "retry the step".to_string(),
+                "skip it and go on".to_string(),
+                format!("roll back to {rollback_to}"),
+                "abort (the run stays resumable)".to_string(),
+            ];
+            let i = dialoguer::Select::new()
+                .with_prompt("What now?")
+                .items(&items)
+                .default(2)
+                .interact()
+                .map_err(term_err)?;
+            Ok(Some(match i {
+                0 => FailureChoice::Retry,
+                1 => FailureChoice::Skip,
+                2 => FailureChoice::Rollback,
+                _ => FailureChoice::Abort,
+            }))
+        })
+    }
+
+    fn in_doubt(&self, step: &Step) -> Result<Option<InDoubt>, Error> {
+        blocking(|| {
+            eprintln!();
+            eprintln!(
+                "Step {} was started by a run that stopped before it finished; the command may have half-run.",
+                step.id
+            );
+            let i = dialoguer::Select::new()
+                .with_prompt("What now?")
+                .items(["run it again", "treat it as done and go on"])
+                .default(0)
+                .interact()
+                .map_err(term_err)?;
+            Ok(Some(if i == 0 {
+                InDoubt::Rerun
+            } else {
+                InDoubt::Skip
+            }))
+        })
+    }
+}
+
+/// Answers from the command line (`--yes`, `--approve`).
+pub struct Unattended {
+    pub pre_approved: Vec<String>,
+}
+
+impl Prompter for Unattended {
+    fn confirm_step(&self, _: usize, _: usize, _: &Step, _: &str) -> Result<bool, Error> {
+        Ok(true)
+    }
+    fn approve(&self, step: &Step, _: &str, _: &[String]) -> Result<Option<bool>, Error> {
+        Ok(self
+            .pre_approved
+            .iter()
+            .any(|s| s == &step.id)
+            .then_some(true))
+    }
+    fn on_failure(&self, _: &Step, _: &str, _: &str) -> Result<Option<FailureChoice>, Error> {
+        Ok(None)
+    }
+    fn in_doubt(&self, _: &Step) -> Result<Option<InDoubt>, Error> {
+        Ok(None)
+    }
+}
+
+fn interactive(yes: bool) -> bool {
+    use std::io::IsTerminal;
+    !yes && std::io::stdin().is_terminal() && std::io::stderr().is_terminal()
+}
+
+fn new_run_id(name: &str) -> String {
+    let now = jiff::Timestamp::now();
+    let mut b = [0u8; 2];
+    getrandom::getrandom(&mut b).expect("system random source");
+    let short: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .take(40)
+        .collect();
+    format!(
+        "{short}-{}-{}",
+        now.strftime("%Y%m%d-%H%M%S"),
+        hex::encode(b)
+    )
+}
+
+/// Everything a run needs from the command line and settings.
+pub struct Env<'a> {
+    pub cluster: &'a Cluster,
+    pub cluster_options: &'a ClusterOptions,
+    pub repo: &'a RepoOptions,
+}
+
+fn check_cluster(p: &plan::Plan, plan_file: &str, cluster: &Cluster) -> Result<(), Error> {
+    if p.cluster.server != cluster.server {
+        return Err(Error::Runbook(format!(
+            "{plan_file} was planned for the cluster at {} but the current context points at {}; \
+             switch context (--context) or make a new plan",
+            p.cluster.server, cluster.server
+        )));
+    }
+    Ok(())
+}
+
+async fn exec_with_lease(
+    env: &Env<'_>,
+    opts: &ExecOptions,
+    plan: &plan::Plan,
+    loaded: &spec::Loaded,
+    run: &str,
+    plan_file: &str,
+    journal_path: &Path,
+    mut journal: Option<Journal>,
+    records: Vec<Record>,
+    actor: Actor,
+    redactor: Redactor,
+    what: Work<'_>,
+) -> Result<RunReport, Error> {
+    let lease = if opts.dry_run {
+        None
+    } else {
+        Some(
+            lease::acquire(
+                &env.cluster.client,
+                &opts.lease_namespace,
+                &plan.content_hash,
+                run,
+                &actor.user,
+            )
+            .await?,
+        )
+    };
+    let prompter: Box<dyn Prompter> = if interactive(opts.yes) {
+        Box::new(TerminalPrompter {
+            pre_approved: opts.approve.clone(),
+        })
+    } else {
+        Box::new(Unattended {
+            pre_approved: opts.approve.clone(),
+        })
+    };
+    let runner = Runner {
+        plan,
+        loaded,
+        cluster: env.cluster,
+        cluster_options: env.cluster_options,
+        repo: env.repo,
+        redactor: redactor.clone(),
+        actor,
+        prompter: prompter.as_ref(),
+        pre_approved: opts.approve.clone(),
+        in_doubt: opts.in_doubt,
+        force: opts.force,
+        dry_run: opts.dry_run,
+        quiet: opts.quiet,
+    };
+    let replay = journal::replay(&records);
+    let mut progress = Progress {
+        journal: journal.as_mut(),
+        records,
+        replay,
+        run_id: run.to_string(),
+        outputs: Default::default(),
+    };
+    let work = async {
+        match what {
+            Work::Execute => runner.execute(&mut progress).await,
+            Work::Rollback(to) => {
+                let (st, msg) = runner.rollback(&mut progress, to, None).await?;
+                runner.finish(&mut progress, st, msg)
+            }
+        }
+    };
+    let result = tokio::select! {
+        r = work => r,
+        _ = crate::wait_for_signal() => Err(Error::Interrupted),
+    };
+    let status = match result {
+        Ok(s) => s,
+        Err(Error::Interrupted) => {
+            // The step in flight has an intent and no result: `resume` treats it as in doubt.
+            if let Some(j) = journal.as_mut() {
+                let _ = j.append(
+                    Record::new(run, Event::RunFinished)
+                        .status(RunStatus::Interrupted.as_str())
+                        .message("interrupted (Ctrl-C / SIGTERM)"),
+                );
+            }
+            if let Some(l) = lease {
+                l.release().await;
+            }
+            eprintln!("interrupted; continue with: lifeboat runbook resume {run}");
+            return Err(Error::Interrupted);
+        }
+        Err(e) => {
+            if let Some(l) = lease {
+                l.release().await;
+            }
+            return Err(e);
+        }
+    };
+    if let Some(l) = lease {
+        l.release().await;
+    }
+    let records = if opts.dry_run {
+        progress.records
+    } else {
+        journal::read(journal_path)?
+    };
+    let _ = redactor;
+    Ok(report(
+        run,
+        plan_file,
+        journal_path,
+        loaded,
+        &records,
+        opts.dry_run,
+        Some(status),
+    ))
+}
+
+enum Work<'a> {
+    Execute,
+    Rollback(Option<&'a str>),
+}
+
+fn run_files(dir: &Path, run: &str) -> (PathBuf, PathBuf) {
+    (
+        dir.join(format!("{run}.jsonl")),
+        dir.join(format!("{run}.plan.yaml")),
+    )
+}
+
+/// `runbook run PLAN`.
+pub async fn run_plan(
+    env: &Env<'_>,
+    plan_path: &Path,
+    opts: &ExecOptions,
+) -> Result<RunReport, Error> {
+    let (plan, loaded) = plan::load(plan_path)?;
+    let plan_file = plan_path.display().to_string();
+    check_cluster(&plan, &plan_file, env.cluster)?;
+    env.cluster
+        .client
+        .apiserver_version()
+        .await
+        .map_err(|source| crate::error::cluster_error(&env.cluster.server, source))?;
+    let actor = actor(&env.cluster.client).await;
+    let redactor = Redactor::default();
+    let run = new_run_id(&plan.runbook.name);
+    let dir = journal::runs_dir(opts.state_dir.as_deref())?;
+    let (journal_path, plan_copy) = run_files(&dir, &run);
+    let mut journal = None;
+    let mut records = Vec::new();
+    if !opts.dry_run {
+        let mut j = Journal::create(&dir, &run, redactor.clone())?;
+        crate::drill::report::write_atomic(
+            &plan_copy,
+            &std::fs::read_to_string(plan_path).map_err(|source| Error::ReadFile {
+                path: plan_path.to_owned(),
+                source,
+            })?,
+        )?;
+        let mut rec = Record::new(&run, Event::RunStarted);
+        rec.actor = Some(actor.clone());
+        rec.details = Some(serde_json::json!({
+            "plan": plan_file, "planHash": plan.content_hash, "runbook": plan.runbook.name,
+            "server": env.cluster.server, "context": plan.cluster.context,
+        }));
+        j.append(rec.clone())?;
+        records.push(rec);
+        journal = Some(j);
+        if !opts.quiet {
+            eprintln!("run {run} (journal {})", journal_path.display());
+        }
+    }
+    exec_with_lease(
+        env,
+        opts,
+        &plan,
+        &loaded,
+        &run,
+        &plan_file,
+        &journal_path,
+        journal,
+        records,
+        actor,
+        redactor,
+        Work::Execute,
+    )
+    .await
+}
+
+fn open_run(opts: &ExecOptions, run: &str) -> Result<(PathBuf, PathBuf, PathBuf), Error> {
+    let dir = journal::runs_dir(opts.state_dir.as_deref())?;
+    let (journal_path, plan_copy) = run_files(&dir, run);
+    if !journal_path.exists() {
+        return Err(Error::Usage(format!(
+            "no run {run} in {} (see `lifeboat runbook list`)",
+            dir.display()
+        )));
+    }
+    Ok((dir, journal_path, plan_copy))
+}
+
+/// `runbook resume RUN` and `runbook rollback RUN --to …`.
+pub async fn continue_run(
+    env: &Env<'_>,
+    run: &str,
+    opts: &ExecOptions,
+    rollback_to: Option<&str>,
+) -> Result<RunReport, Error> {
+    let (dir, journal_path, plan_copy) = open_run(opts, run)?;
+    let (plan, loaded) = plan::load(&plan_copy)?;
+    check_cluster(&plan, &plan_copy.display().to_string(), env.cluster)?;
+    let records = journal::read(&journal_path)?;
+    let state = journal::replay(&records);
+    let plan_file = state
+        .started
+        .as_ref()
+        .and_then(|r| r.details.as_ref())
+        .and_then(|d| d["plan"].as_str().map(str::to_string))
+        .unwrap_or_else(|| plan_copy.display().to_string());
+    if rollback_to.is_none() && state.finished.as_deref() == Some("succeeded") {
+        return Err(Error::Usage(format!(
+            "run {run} already succeeded; nothing to resume"
+        )));
+    }
+    let to = match rollback_to {
+        Some("start") => Some(None),
+        Some(cp) => {
+            let Some(s) = loaded.runbook.steps.iter().find(|s| s.id == cp) else {
+                return Err(Error::Usage(format!(
+                    "--to {cp}: no such step in runbook {} (checkpoints: {})",
+                    loaded.runbook.metadata.name,
+                    checkpoints(&loaded)
+                )));
+            };
+            if !s.checkpoint {
+                return Err(Error::Usage(format!(
+                    "--to {cp}: step {cp} is not a checkpoint (checkpoints: {})",
+                    checkpoints(&loaded)
+                )));
+            }
+            if state.steps.get(cp).map(|x| x.status) != Some(StepStatus::Succeeded) {
+                return Err(Error::Usage(format!(
+                    "--to {cp}: the run never reached checkpoint {cp}; use --to start or an earlier checkpoint"
+                )));
+            }
+            Some(Some(cp))
+        }
+        None => None,
+    };
+    env.cluster
+        .client
+        .apiserver_version()
+        .await
+        .map_err(|source| crate::error::cluster_error(&env.cluster.server, source))?;
+    let actor = actor(&env.cluster.client).await;
+    if let Some(target) = to
+        && interactive(opts.yes)
+    {
+        let n = loaded
+            .runbook
+            .steps
+            .iter()
+            .filter(|s| state.steps.get(&s.id).map(|x| x.status) == Some(StepStatus::Succeeded))
+            .count();
+        let ok = blocking(|| {
+            dialoguer::Confirm::new()
+                .with_prompt(format!(
+                    "Roll run {run} back to {} (up to {n} completed steps are undone)?",
+                    target.unwrap_or("the start")
+                ))
+                .default(false)
+                .wait_for_newline(true)
+                .interact()
+                .map_err(term_err)
+        })?;
+        if !ok {
+            return Err(Error::Runbook(
+                "rollback not confirmed; nothing was changed".into(),
+            ));
+        }
+    }
+    let redactor = Redactor::default();
+    let mut j = Journal::open(&dir, run, redactor.clone())?;
+    let mut rec = Record::new(run, Event::RunResumed);
+    rec.actor = Some(actor.clone());
+    rec.message = Some(match to {
+        Some(t) => format!("rollback to {}", t.unwrap_or("start")),
+        None => "resume".into(),
+    });
+    j.append(rec.clone())?;
+    let mut records = records;
+    records.push(rec);
+    if !opts.quiet {
+        eprintln!(
+            "{} run {run} (journal {})",
+            if to.is_some() {
+                "rolling back"
+            } else {
+                "resuming"
+            },
+            journal_path.display()
+        );
+    }
+    exec_with_lease(
+        env,
+        opts,
+        &plan,
+        &loaded,
+        run,
+        &plan_file,
+        &journal_path,
+        Some(j),
+        records,
+        actor,
+        redactor,
+        match to {
+            Some(t) => Work::Rollback(t),
+            None => Work::Execute,
+        },
+    )
+    .await
+}
+
+fn checkpoints(l: &spec::Loaded) -> String {
+    let c: Vec<&str> = l
+        .runbook
+        .steps
+        .iter()
+        .filter(|s| s.checkpoint)
+        .map(|s| s.id.as_str())
+        .collect();
+    if c.is_empty() {
+        "none".into()
+    } else {
+        c.join(", ")
+    }
+}
+
+/// `runbook status [RUN]`.
+pub fn status(run: Option<&str>, state_dir: Option<&Path>) -> Result<RunReport, Error> {
+    let opts = ExecOptions {
+        state_dir: state_dir.map(Path::to_path_buf),
+        ..Default::default()
+    };
+    let run = match run {
+        Some(r) => r.to_string(),
+        None => {
+            let dir = journal::runs_dir(state_dir)?;
+            journal::list_runs(&dir)?
+                .into_iter()
+                .next()
+                .map(|(id, _)| id)
+                .ok_or_else(|| Error::Usage(format!("no runs in {}", dir.display())))?
+        }
+    };
+    let (_, journal_path, plan_copy) = open_run(&opts, &run)?;
+    let (_, loaded) = plan::load(&plan_copy)?;
+    let records = journal::read(&journal_path)?;
+    let plan_file = journal::replay(&records)
+        .started
+        .and_then(|r| r.details)
+        .and_then(|d| d["plan"].as_str().map(str::to_string))
+        .unwrap_or_else(|| plan_copy.display().to_string());
+    Ok(report(
+        &run,
+        &plan_file,
+        &journal_path,
+        &loaded,
+        &records,
+        false,
+        None,
+    ))
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunList {
+    pub runs: Vec<RunSummary>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunSummary {
+    pub run: String,
+    pub runbook: String,
+    pub status: String,
+    pub started: Option<String>,
+    pub updated: Option<String>,
+    pub steps_done: usize,
+    pub steps: usize,
+}
+
+impl crate::output::Render for RunList {
+    fn table(&self, w: &mut dyn std::io::Write) -> std::io::Result<()> {
+        if self.runs.is_empty() {
+            return writeln!(w, "no runs yet");
+        }
+        let rw = self
+            .runs
+            .iter()
+            .map(|r| r.run.len())
+            .max()
+            .unwrap_or(3)
+            .max(3);
+        writeln!(w, "{:<rw$}  {:<18} {:<6} STARTED", "RUN", "STATUS", "STEPS")?;
+        for r in &self.runs {
+            writeln!(
+                w,
+                "{:<rw$}  {:<18} {:<6} {}",
+                r.run,
+                r.status,
+                format!("{}/{}", r.steps_done, r.steps),
+                r.started.as_deref().unwrap_or("-")
+            )?;
+        }
+        Ok(())
+    }
+}
+
+pub fn list(state_dir: Option<&Path>) -> Result<RunList, Error> {
+    let dir = journal::runs_dir(state_dir)?;
+    let mut runs = Vec::new();
+    for (id, path) in journal::list_runs(&dir)? {
+        let records = match journal::read(&path) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(run = %id, error = %e, "unreadable journal");
+                continue;
+            }
+        };
+        let r = journal::replay(&records);
+        let runbook = r
+            .started
+            .as_ref()
+            .and_then(|s| s.details.as_ref())
+            .and_then(|d| d["runbook"].as_str().map(str::to_string))
+            .unwrap_or_default();
+        let (_, plan_copy) = run_files(&dir, &id);
+        let total = plan::load(&plan_copy)
+            .map(|(_, l)| l.runbook.steps.len() + l.runbook.finally.len())
+            .unwrap_or(r.steps.len());
+        runs.push(RunSummary {
+            run: id,
+            runbook,
+            status: r.finished.clone().unwrap_or_else(|| "incomplete".into()),
+            started: r.started.as_ref().map(|s| s.time.clone()),
+            updated: r.last_time.clone(),
+            steps_done: r
+                .steps
+                .values()
+                .filter(|s| matches!(s.status, StepStatus::Succeeded | StepStatus::Skipped))
+                .count(),
+            steps: total,
+        });
+    }
+    Ok(RunList { runs })
+}

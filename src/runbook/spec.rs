@@ -1,0 +1,952 @@
+//! The runbook file format (`apiVersion: lifeboat.io/v1`, `kind: Runbook`, docs/runbooks.md).
+//!
+//! Parsing is strict: unknown fields and unknown actions are rejected by serde with the
+//! line:column of the offending key; the checks that need the whole document (duplicate ids,
+//! `rollbackTo` targets, durations, template syntax, parameter references) report the
+//! line:column of the node they are about, found with a span-keeping YAML parser.
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::Error;
+
+pub const API_VERSION: &str = "lifeboat.io/v1";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Runbook {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: Metadata,
+    #[serde(default)]
+    pub params: BTreeMap<String, Param>,
+    pub steps: Vec<Step>,
+    /// Steps that run after the main steps whatever happened (success, failure, rollback).
+    #[serde(default)]
+    pub finally: Vec<Step>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metadata {
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ParamType {
+    String,
+    Int,
+    Number,
+    Bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Param {
+    #[serde(rename = "type", default = "string_type")]
+    pub ty: ParamType,
+    #[serde(default)]
+    pub default: Option<Value>,
+    #[serde(default)]
+    pub required: bool,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+fn string_type() -> ParamType {
+    ParamType::String
+}
+
+impl Param {
+    /// Convert a `--set` string or a YAML default into this parameter's type.
+    pub fn coerce(&self, v: &Value) -> Result<Value, String> {
+        let s = match v {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        match self.ty {
+            ParamType::String => Ok(Value::String(match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })),
+            ParamType::Int => s
+                .trim()
+                .parse::<i64>()
+                .map(Value::from)
+                .map_err(|_| format!("{s:?} is not an integer")),
+            ParamType::Number => s
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .and_then(serde_json::Number::from_f64)
+                .map(Value::Number)
+                .ok_or_else(|| format!("{s:?} is not a number")),
+            ParamType::Bool => match s.trim() {
+                "true" => Ok(Value::Bool(true)),
+                "false" => Ok(Value::Bool(false)),
+                _ => Err(format!("{s:?} is not true or false")),
+            },
+        }
+    }
+}
+
+/// A whole number written literally or as a template that renders to one.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum IntOrTemplate {
+    Int(i64),
+    Template(String),
+}
+
+impl IntOrTemplate {
+    /// The value after rendering.
+    pub fn get(&self) -> Result<i64, String> {
+        match self {
+            IntOrTemplate::Int(i) => Ok(*i),
+            IntOrTemplate::Template(s) => s
+                .trim()
+                .parse()
+                .map_err(|_| format!("{s:?} is not a whole number")),
+        }
+    }
+}
+
+/// How a step is undone when a rollback passes it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Undo {
+    /// Restore the state recorded before the step ran (scale, setImage, patch, apply, cordon,
+    /// uncordon, drain).
+    Auto,
+    /// Irreversible: a rollback stops here unless `--force` is given.
+    None,
+    /// Nothing to undo (the step changed nothing); a rollback passes it.
+    Skip,
+    /// Run this action to undo the step.
+    Action(Box<Action>),
+}
+
+impl<'de> Deserialize<'de> for Undo {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Undo;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("`auto`, `none`, `skip` or an action such as `scale: {...}`")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Undo, E> {
+                match s {
+                    "auto" => Ok(Undo::Auto),
+                    "none" => Ok(Undo::None),
+                    "skip" => Ok(Undo::Skip),
+                    other => Err(E::invalid_value(de::Unexpected::Str(other), &self)),
+                }
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Undo, A::Error> {
+                let a = Action::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(Undo::Action(Box::new(a)))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retry {
+    /// Total attempts, the first included.
+    pub attempts: u32,
+    /// Wait between attempts (doubles after each failure).
+    #[serde(default = "default_backoff")]
+    pub backoff: String,
+}
+
+fn default_backoff() -> String {
+    "5s".into()
+}
+
+/// One step: common fields plus exactly one action.
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub id: String,
+    pub description: Option<String>,
+    pub timeout: Option<String>,
+    pub retry: Option<Retry>,
+    pub when: Option<String>,
+    pub undo: Option<Undo>,
+    pub checkpoint: bool,
+    pub rollback_to: Option<String>,
+    pub action: Action,
+}
+
+/// Reference to a namespaced or cluster-scoped object.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ObjectRef {
+    #[serde(default = "apps_v1")]
+    pub api_version: String,
+    pub kind: String,
+    pub name: String,
+    #[serde(default)]
+    pub namespace: Option<String>,
+}
+
+fn apps_v1() -> String {
+    "apps/v1".into()
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ScaleAction {
+    pub kind: String,
+    pub name: String,
+    pub namespace: String,
+    pub replicas: IntOrTemplate,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SetImageAction {
+    pub kind: String,
+    pub name: String,
+    pub namespace: String,
+    /// Container name; may be left out when the pod template has one container.
+    #[serde(default)]
+    pub container: Option<String>,
+    pub image: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RolloutRestartAction {
+    pub kind: String,
+    pub name: String,
+    pub namespace: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct NodeAction {
+    pub node: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DrainAction {
+    pub node: String,
+    /// Grace period given to evicted pods (default: each pod's own).
+    #[serde(default)]
+    pub grace_period_seconds: Option<i64>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ApplyAction {
+    /// A YAML/JSON file with one or more objects, relative to the runbook. Its content is
+    /// embedded in the plan.
+    #[serde(default)]
+    pub file: Option<String>,
+    /// Inline objects (one mapping or a list).
+    #[serde(default)]
+    pub manifest: Option<Value>,
+    /// Namespace for objects that do not name one.
+    #[serde(default)]
+    pub namespace: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PatchType {
+    Merge,
+    Strategic,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PatchAction {
+    pub api_version: String,
+    pub kind: String,
+    pub name: String,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(rename = "type", default = "merge")]
+    pub patch_type: PatchType,
+    pub patch: Value,
+}
+
+fn merge() -> PatchType {
+    PatchType::Merge
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct WaitAction {
+    pub api_version: String,
+    pub kind: String,
+    pub name: String,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// A condition type that must have `status` (default "True").
+    #[serde(default)]
+    pub condition: Option<String>,
+    #[serde(default)]
+    pub status: Option<String>,
+    /// A JSONPath-style path (`.status.readyReplicas`) that must equal `value` (or exist).
+    #[serde(default)]
+    pub json_path: Option<String>,
+    #[serde(default)]
+    pub value: Option<String>,
+    /// Wait until a Deployment/StatefulSet/DaemonSet rollout has completed.
+    #[serde(default)]
+    pub rollout: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RunAction {
+    /// Run with `sh -c`. Write `key=value` lines to the file named by $LIFEBOAT_OUTPUT to set
+    /// step outputs; stdout's last line is the output `stdout`.
+    pub command: String,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpAction {
+    pub url: String,
+    #[serde(default = "get")]
+    pub method: String,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub body: Option<String>,
+    #[serde(default = "ok200")]
+    pub expect_status: u16,
+    #[serde(default)]
+    pub body_contains: Option<String>,
+}
+
+fn get() -> String {
+    "GET".into()
+}
+fn ok200() -> u16 {
+    200
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ApproveAction {
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct BackupAction {
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+    #[serde(default)]
+    pub selector: Option<String>,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RestoreAction {
+    /// Backup id, unique prefix or `latest`.
+    pub backup: String,
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+    #[serde(default)]
+    pub namespace_map: BTreeMap<String, String>,
+    /// skip | update | fail (default skip).
+    #[serde(default)]
+    pub existing: Option<String>,
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PreflightAction {
+    /// Target minor version ("1.35"); default: the next minor.
+    #[serde(default)]
+    pub target: Option<String>,
+    /// removed | deprecated | none (default removed).
+    #[serde(default)]
+    pub fail_on: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DrillAction {
+    #[serde(default = "latest")]
+    pub backup: String,
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+}
+
+fn latest() -> String {
+    "latest".into()
+}
+
+/// The actions a step can take. Serialized externally tagged (`{scale: {...}}`), which is also
+/// how they are written in a runbook.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub enum Action {
+    Backup(BackupAction),
+    Restore(RestoreAction),
+    Preflight(PreflightAction),
+    Drill(DrillAction),
+    Apply(ApplyAction),
+    Patch(PatchAction),
+    Scale(ScaleAction),
+    SetImage(SetImageAction),
+    RolloutRestart(RolloutRestartAction),
+    Cordon(NodeAction),
+    Uncordon(NodeAction),
+    Drain(DrainAction),
+    Delete(ObjectRef),
+    Wait(WaitAction),
+    Run(RunAction),
+    Http(HttpAction),
+    Approve(ApproveAction),
+}
+
+pub const ACTIONS: &[&str] = &[
+    "backup",
+    "restore",
+    "preflight",
+    "drill",
+    "apply",
+    "patch",
+    "scale",
+    "setImage",
+    "rolloutRestart",
+    "cordon",
+    "uncordon",
+    "drain",
+    "delete",
+    "wait",
+    "run",
+    "http",
+    "approve",
+];
+
+const STEP_FIELDS: &[&str] = &[
+    "id",
+    "description",
+    "timeout",
+    "retry",
+    "when",
+    "undo",
+    "checkpoint",
+    "rollbackTo",
+];
+
+/// What undoing an action means when the step does not say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reversibility {
+    /// The action records its prior state and can restore it (`undo: auto` is the default).
+    Auto,
+    /// The action changes nothing in the cluster (`undo: skip` is the default).
+    ReadOnly,
+    /// The action cannot be undone automatically (`undo: none` is the default).
+    Irreversible,
+}
+
+impl Action {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::Backup(_) => "backup",
+            Action::Restore(_) => "restore",
+            Action::Preflight(_) => "preflight",
+            Action::Drill(_) => "drill",
+            Action::Apply(_) => "apply",
+            Action::Patch(_) => "patch",
+            Action::Scale(_) => "scale",
+            Action::SetImage(_) => "setImage",
+            Action::RolloutRestart(_) => "rolloutRestart",
+            Action::Cordon(_) => "cordon",
+            Action::Uncordon(_) => "uncordon",
+            Action::Drain(_) => "drain",
+            Action::Delete(_) => "delete",
+            Action::Wait(_) => "wait",
+            Action::Run(_) => "run",
+            Action::Http(_) => "http",
+            Action::Approve(_) => "approve",
+        }
+    }
+
+    pub fn reversibility(&self) -> Reversibility {
+        match self {
+            Action::Scale(_)
+            | Action::SetImage(_)
+            | Action::Patch(_)
+            | Action::Apply(_)
+            | Action::Cordon(_)
+            | Action::Uncordon(_)
+            | Action::Drain(_) => Reversibility::Auto,
+            Action::Backup(_)
+            | Action::Preflight(_)
+            | Action::Drill(_)
+            | Action::Wait(_)
+            | Action::Http(_)
+            | Action::Approve(_) => Reversibility::ReadOnly,
+            Action::Restore(r) if r.dry_run => Reversibility::ReadOnly,
+            Action::Restore(_) | Action::RolloutRestart(_) | Action::Delete(_) | Action::Run(_) => {
+                Reversibility::Irreversible
+            }
+        }
+    }
+
+    /// Whether the step changes the cluster (an interactive run asks before it).
+    pub fn mutates(&self) -> bool {
+        !matches!(self.reversibility(), Reversibility::ReadOnly)
+    }
+}
+
+impl Step {
+    /// The undo in effect: the step's own or the action's default.
+    pub fn effective_undo(&self) -> Undo {
+        match &self.undo {
+            Some(u) => u.clone(),
+            None => match self.action.reversibility() {
+                Reversibility::Auto => Undo::Auto,
+                Reversibility::ReadOnly => Undo::Skip,
+                Reversibility::Irreversible => Undo::None,
+            },
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Step {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Step;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a step: id, optional fields and exactly one action")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Step, A::Error> {
+                let mut id = None;
+                let mut description = None;
+                let mut timeout = None;
+                let mut retry = None;
+                let mut when = None;
+                let mut undo = None;
+                let mut checkpoint = false;
+                let mut rollback_to = None;
+                let mut action: Option<Action> = None;
+                while let Some(key) = map.next_key::<String>()? {
+                    macro_rules! act {
+                        ($variant:ident) => {{
+                            if let Some(prev) = &action {
+                                return Err(de::Error::custom(format!(
+                                    "a step has exactly one action, this one has `{}` and `{}`",
+                                    prev.name(),
+                                    key
+                                )));
+                            }
+                            action = Some(Action::$variant(map.next_value()?));
+                        }};
+                    }
+                    match key.as_str() {
+                        "id" => id = Some(map.next_value::<String>()?),
+                        "description" => description = Some(map.next_value::<String>()?),
+                        "timeout" => timeout = Some(map.next_value::<String>()?),
+                        "retry" => retry = Some(map.next_value::<Retry>()?),
+                        "when" => when = Some(map.next_value::<String>()?),
+                        "undo" => undo = Some(map.next_value::<Undo>()?),
+                        "checkpoint" => checkpoint = map.next_value::<bool>()?,
+                        "rollbackTo" => rollback_to = Some(map.next_value::<String>()?),
+                        "backup" => act!(Backup),
+                        "restore" => act!(Restore),
+                        "preflight" => act!(Preflight),
+                        "drill" => act!(Drill),
+                        "apply" => act!(Apply),
+                        "patch" => act!(Patch),
+                        "scale" => act!(Scale),
+                        "setImage" => act!(SetImage),
+                        "rolloutRestart" => act!(RolloutRestart),
+                        "cordon" => act!(Cordon),
+                        "uncordon" => act!(Uncordon),
+                        "drain" => act!(Drain),
+                        "delete" => act!(Delete),
+                        "wait" => act!(Wait),
+                        "run" => act!(Run),
+                        "http" => act!(Http),
+                        "approve" => act!(Approve),
+                        other => {
+                            return Err(de::Error::custom(format!(
+                                "unknown step field or action `{other}` (fields: {}; actions: {})",
+                                STEP_FIELDS.join(", "),
+                                ACTIONS.join(", ")
+                            )));
+                        }
+                    }
+                }
+                let id = id.ok_or_else(|| de::Error::missing_field("id"))?;
+                let action = action.ok_or_else(|| {
+                    de::Error::custom(format!(
+                        "step `{id}` has no action (one of: {})",
+                        ACTIONS.join(", ")
+                    ))
+                })?;
+                Ok(Step {
+                    id,
+                    description,
+                    timeout,
+                    retry,
+                    when,
+                    undo,
+                    checkpoint,
+                    rollback_to,
+                    action,
+                })
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// Locate a node of `text` by a path of mapping keys and sequence indexes (1-based line:col).
+pub fn locate(text: &str, path: &[PathElem]) -> String {
+    fn go<'a>(node: &'a marked_yaml::Node, path: &[PathElem]) -> Option<&'a marked_yaml::Node> {
+        let Some((first, rest)) = path.split_first() else {
+            return Some(node);
+        };
+        let next = match (node, first) {
+            (marked_yaml::Node::Mapping(m), PathElem::Key(k)) => m.get_node(k)?,
+            (marked_yaml::Node::Sequence(s), PathElem::Index(i)) => s.get(*i)?,
+            _ => return None,
+        };
+        go(next, rest).or(Some(next))
+    }
+    let Ok(root) = marked_yaml::parse_yaml(0, text) else {
+        return "1:1".into();
+    };
+    // Prefer the key's position for a mapping entry (where the user's eye goes).
+    if let Some((PathElem::Key(k), parent_path)) = path.split_last()
+        && let Some(marked_yaml::Node::Mapping(m)) = go(&root, parent_path)
+        && let Some((key, _)) = m.iter().find(|(key, _)| key.as_str() == k)
+        && let Some(start) = key.span().start()
+    {
+        return format!("{}:{}", start.line(), start.column());
+    }
+    go(&root, path)
+        .and_then(|n| n.span().start().copied())
+        .map(|m| format!("{}:{}", m.line(), m.column()))
+        .unwrap_or_else(|| "1:1".into())
+}
+
+#[derive(Debug, Clone)]
+pub enum PathElem {
+    Key(String),
+    Index(usize),
+}
+
+fn key(s: &str) -> PathElem {
+    PathElem::Key(s.into())
+}
+
+/// A runbook with where it came from (for error locations and relative files).
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub path: std::path::PathBuf,
+    pub text: String,
+    pub runbook: Runbook,
+}
+
+impl Loaded {
+    pub fn error_at(&self, path: &[PathElem], message: impl Into<String>) -> Error {
+        Error::DataFile {
+            path: self.path.clone(),
+            location: locate(&self.text, path),
+            message: message.into(),
+        }
+    }
+
+    /// Every step, main steps first, with the YAML path of each.
+    pub fn all_steps(&self) -> impl Iterator<Item = (Vec<PathElem>, &Step)> {
+        let main = self
+            .runbook
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (vec![key("steps"), PathElem::Index(i)], s));
+        let fin = self
+            .runbook
+            .finally
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (vec![key("finally"), PathElem::Index(i)], s));
+        main.chain(fin)
+    }
+}
+
+fn with(path: &[PathElem], more: &[&str]) -> Vec<PathElem> {
+    let mut p = path.to_vec();
+    p.extend(more.iter().map(|k| key(k)));
+    p
+}
+
+/// Parse and check a runbook. Errors are `file:line:col: message`.
+pub fn parse(path: &Path, text: &str) -> Result<Loaded, Error> {
+    let runbook: Runbook = crate::yaml::parse(path, text)?;
+    let loaded = Loaded {
+        path: path.to_owned(),
+        text: text.to_owned(),
+        runbook,
+    };
+    check(&loaded)?;
+    Ok(loaded)
+}
+
+pub fn load(path: &Path) -> Result<Loaded, Error> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::ReadFile {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse(path, &text)
+}
+
+/// "90s", "10m", "1h30m" is not accepted; "1.5h" is.
+pub fn duration(s: &str) -> Result<Duration, String> {
+    crate::cli::drill::parse_duration(s)
+}
+
+fn check(l: &Loaded) -> Result<(), Error> {
+    let rb = &l.runbook;
+    if rb.api_version != API_VERSION {
+        return Err(l.error_at(
+            &[key("apiVersion")],
+            format!("apiVersion must be {API_VERSION}, not {:?}", rb.api_version),
+        ));
+    }
+    if rb.kind != "Runbook" {
+        return Err(l.error_at(
+            &[key("kind")],
+            format!("kind must be Runbook, not {:?}", rb.kind),
+        ));
+    }
+    if rb.steps.is_empty() {
+        return Err(l.error_at(&[key("steps")], "a runbook needs at least one step"));
+    }
+    for (name, p) in &rb.params {
+        let at = [key("params"), key(name)];
+        if !is_identifier(name) {
+            return Err(l.error_at(
+                &at,
+                format!("parameter name {name:?} must be letters, digits and _ (templates use params.{name})"),
+            ));
+        }
+        if let Some(d) = &p.default {
+            p.coerce(d).map_err(|e| {
+                l.error_at(
+                    &[key("params"), key(name), key("default")],
+                    format!("default of parameter {name}: {e}"),
+                )
+            })?;
+        }
+    }
+    let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut checkpoints: BTreeSet<&str> = BTreeSet::new();
+    let env = super::template::Engine::new();
+    for (index, (at, step)) in l.all_steps().enumerate() {
+        if step.id.is_empty()
+            || !step
+                .id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(l.error_at(
+                &with(&at, &["id"]),
+                format!("step id {:?} must be letters, digits, - and _", step.id),
+            ));
+        }
+        if seen.insert(&step.id, index).is_some() {
+            return Err(l.error_at(
+                &with(&at, &["id"]),
+                format!("duplicate step id {:?}", step.id),
+            ));
+        }
+        if let Some(t) = &step.timeout {
+            duration(t).map_err(|e| l.error_at(&with(&at, &["timeout"]), e))?;
+        }
+        if let Some(r) = &step.retry {
+            if r.attempts == 0 {
+                return Err(l.error_at(
+                    &with(&at, &["retry", "attempts"]),
+                    "retry.attempts must be at least 1",
+                ));
+            }
+            duration(&r.backoff).map_err(|e| l.error_at(&with(&at, &["retry", "backoff"]), e))?;
+        }
+        if let Some(Undo::Auto) = &step.undo
+            && step.action.reversibility() != Reversibility::Auto
+        {
+            return Err(l.error_at(
+                &with(&at, &["undo"]),
+                format!(
+                    "`undo: auto` is not possible for a {} step (auto works for scale, setImage, patch, apply, cordon, uncordon, drain); give an undo action, `none` or `skip`",
+                    step.action.name()
+                ),
+            ));
+        }
+        if let Some(target) = &step.rollback_to
+            && !checkpoints.contains(target.as_str())
+        {
+            let why = if seen.contains_key(target.as_str()) {
+                "is not a checkpoint (add `checkpoint: true` to it)"
+            } else {
+                "is not an earlier step"
+            };
+            return Err(l.error_at(
+                &with(&at, &["rollbackTo"]),
+                format!("rollbackTo {target:?} {why}"),
+            ));
+        }
+        if step.checkpoint {
+            checkpoints.insert(&step.id);
+        }
+        if let Action::Apply(a) = &step.action
+            && a.file.is_some() == a.manifest.is_some()
+        {
+            return Err(l.error_at(
+                &with(&at, &["apply"]),
+                "apply needs exactly one of `file` and `manifest`",
+            ));
+        }
+        if let Action::Wait(w) = &step.action {
+            let n = w.condition.is_some() as u8 + w.json_path.is_some() as u8 + w.rollout as u8;
+            if n != 1 {
+                return Err(l.error_at(
+                    &with(&at, &["wait"]),
+                    "wait needs exactly one of `condition`, `jsonPath` and `rollout: true`",
+                ));
+            }
+        }
+        // Templates: syntax, parameters that exist, outputs of earlier steps.
+        let mut strings = Vec::new();
+        let body = serde_json::to_value(&step.action).expect("actions serialize");
+        collect_strings(&body, &mut strings);
+        if let Some(Undo::Action(u)) = &step.undo {
+            collect_strings(
+                &serde_json::to_value(u).expect("actions serialize"),
+                &mut strings,
+            );
+        }
+        if let Some(w) = &step.when {
+            env.check_expression(w)
+                .map_err(|e| l.error_at(&with(&at, &["when"]), format!("when: {e}")))?;
+            strings.push(format!("{{{{ {w} }}}}"));
+        }
+        for s in &strings {
+            let refs = env
+                .check_template(s)
+                .map_err(|e| l.error_at(&at, format!("step {}: {e}", step.id)))?;
+            for p in &refs.params {
+                if !rb.params.contains_key(p) {
+                    return Err(l.error_at(
+                        &at,
+                        format!(
+                            "step {} uses params.{p}, which is not declared under params",
+                            step.id
+                        ),
+                    ));
+                }
+            }
+            for s2 in &refs.steps {
+                match seen.get(s2.as_str()) {
+                    Some(&i) if i < index => {}
+                    _ => {
+                        return Err(l.error_at(
+                            &at,
+                            format!(
+                                "step {} uses the outputs of step {s2:?}, which is not an earlier step",
+                                step.id
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn is_identifier(s: &str) -> bool {
+    !s.is_empty()
+        && !s.starts_with(|c: char| c.is_ascii_digit())
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+pub fn collect_strings(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::String(s) => out.push(s.clone()),
+        Value::Array(a) => a.iter().for_each(|v| collect_strings(v, out)),
+        Value::Object(m) => m.iter().for_each(|(k, v)| {
+            out.push(k.clone());
+            collect_strings(v, out)
+        }),
+        _ => {}
+    }
+}
+
+/// Resolve parameter values: `--set` values, then defaults; a missing required parameter is an
+/// error located at its declaration.
+pub fn resolve_params(
+    l: &Loaded,
+    set: &[(String, String)],
+) -> Result<BTreeMap<String, Value>, Error> {
+    let rb = &l.runbook;
+    let mut out = BTreeMap::new();
+    for (k, v) in set {
+        let Some(p) = rb.params.get(k) else {
+            return Err(Error::Usage(format!(
+                "--set {k}: the runbook {} has no parameter {k:?} (it has: {})",
+                l.path.display(),
+                if rb.params.is_empty() {
+                    "none".to_string()
+                } else {
+                    rb.params.keys().cloned().collect::<Vec<_>>().join(", ")
+                }
+            )));
+        };
+        let v = p
+            .coerce(&Value::String(v.clone()))
+            .map_err(|e| Error::Usage(format!("--set {k}: {e}")))?;
+        out.insert(k.clone(), v);
+    }
+    for (k, p) in &rb.params {
+        if out.contains_key(k) {
+            continue;
+        }
+        match &p.default {
+            Some(d) => {
+                out.insert(k.clone(), p.coerce(d).expect("checked when parsing"));
+            }
+            None if p.required => {
+                return Err(l.error_at(
+                    &[key("params"), key(k)],
+                    format!("required parameter {k} is missing (give it with --set {k}=VALUE)"),
+                ));
+            }
+            None => {
+                out.insert(k.clone(), Value::Null);
+            }
+        }
+    }
+    Ok(out)
+}
