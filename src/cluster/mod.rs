@@ -19,6 +19,9 @@ pub struct ClusterOptions {
 /// A client plus the address it talks to (for messages).
 pub struct Cluster {
     pub client: kube::Client,
+    /// The same, without kube's automatic retries of 429/503/504: for requests whose refusal
+    /// is the answer (an eviction refused by a PodDisruptionBudget is a 429).
+    pub client_no_retry: kube::Client,
     pub server: String,
 }
 
@@ -72,6 +75,14 @@ pub async fn connect(opts: &ClusterOptions) -> Result<Cluster, Error> {
         .to_string()
         .trim_end_matches('/')
         .to_string();
+    let mut no_retry = config.clone();
+    no_retry.default_retry = false;
     let client = kube::Client::try_from(config).map_err(|source| Error::Client { source })?;
-    Ok(Cluster { client, server })
+    let client_no_retry =
+        kube::Client::try_from(no_retry).map_err(|source| Error::Client { source })?;
+    Ok(Cluster {
+        client,
+        client_no_retry,
+        server,
+    })
 }

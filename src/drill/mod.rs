@@ -441,7 +441,7 @@ async fn drill_body(
 }
 
 /// Workloads in `ns` that are not ready, as "Kind/name (why)".
-async fn readiness(client: &kube::Client, ns: &str) -> Result<Vec<String>, Error> {
+pub async fn readiness(client: &kube::Client, ns: &str) -> Result<Vec<String>, Error> {
     use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
     use k8s_openapi::api::batch::v1::Job;
     use k8s_openapi::api::core::v1::PersistentVolumeClaim;

@@ -631,6 +631,9 @@ pub async fn execute(ctx: &Ctx<'_>, action: &Action, timeout: Duration) -> R<Out
         Action::Wait(w) => {
             out.summary = wait(ctx, w, timeout).await?;
         }
+        Action::WaitWorkloads(w) => {
+            out.summary = wait_workloads(ctx, &w.namespace, timeout).await?;
+        }
         Action::Run(r) => {
             if ctx.dry_run {
                 out.summary = format!("would run: {}", ctx.redactor.redact(&r.command));
@@ -763,7 +766,7 @@ async fn drain(ctx: &Ctx<'_>, a: &DrainAction, timeout: Duration) -> R<String> {
         for p in pending {
             let ns = p.metadata.namespace.clone().unwrap_or_default();
             let name = p.metadata.name.clone().unwrap_or_default();
-            let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+            let api: Api<Pod> = Api::namespaced(ctx.cluster.client_no_retry.clone(), &ns);
             let ep = EvictParams {
                 delete_options: a.grace_period_seconds.map(|g| DeleteParams {
                     grace_period_seconds: Some(g as u32),
@@ -848,6 +851,63 @@ async fn drain(ctx: &Ctx<'_>, a: &DrainAction, timeout: Duration) -> R<String> {
         a.node,
         targets.len()
     ))
+}
+
+/// Paths whose value differs between two versions of an object (server-owned metadata and
+/// status left out). Values are not shown: they may be secret.
+pub fn changed_paths(before: &Value, after: &Value) -> Vec<String> {
+    fn walk(path: &str, a: &Value, b: &Value, out: &mut Vec<String>) {
+        match (a, b) {
+            (Value::Object(x), Value::Object(y)) => {
+                let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+                for k in keys {
+                    let p = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    if matches!(
+                        p.as_str(),
+                        "metadata.managedFields"
+                            | "metadata.resourceVersion"
+                            | "metadata.generation"
+                            | "metadata.creationTimestamp"
+                            | "metadata.uid"
+                            | "status"
+                    ) {
+                        continue;
+                    }
+                    walk(
+                        &p,
+                        x.get(k).unwrap_or(&Value::Null),
+                        y.get(k).unwrap_or(&Value::Null),
+                        out,
+                    );
+                }
+            }
+            (a, b) if a != b => out.push(if path.is_empty() {
+                ".".into()
+            } else {
+                path.to_string()
+            }),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk("", before, after, &mut out);
+    out
+}
+
+fn changes_line<T: serde::Serialize>(what: &str, cur: &T, new: &T) -> String {
+    let paths = changed_paths(
+        &serde_json::to_value(cur).expect("serializes"),
+        &serde_json::to_value(new).expect("serializes"),
+    );
+    if paths.is_empty() {
+        format!("{what}: no change (server dry-run)")
+    } else {
+        format!("{what}: changes {} (server dry-run)", paths.join(", "))
+    }
 }
 
 fn condition_status(obj: &Value, ty: &str) -> Option<String> {
@@ -973,6 +1033,29 @@ async fn wait(ctx: &Ctx<'_>, w: &WaitAction, timeout: Duration) -> R<String> {
             ));
         }
         tokio::time::sleep(Duration::from_millis(1000)).await;
+    }
+}
+
+async fn wait_workloads(ctx: &Ctx<'_>, ns: &str, timeout: Duration) -> R<String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let unready = crate::drill::readiness(&ctx.cluster.client, ns)
+            .await
+            .map_err(|e| crate::error::display_chain(&e))?;
+        if unready.is_empty() {
+            return Ok(format!("every workload in namespace {ns} is ready"));
+        }
+        if ctx.dry_run {
+            return Ok(format!("would wait for {}", unready.join(", ")));
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "timed out after {}s; not ready in {ns}: {}",
+                timeout.as_secs(),
+                unready.join(", ")
+            ));
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
     }
 }
 
@@ -1353,38 +1436,65 @@ pub async fn preview(ctx: &Ctx<'_>, action: &Action) -> R<String> {
             let (c, cur) = pick_container(&obj, a.container.as_deref(), &what)?;
             format!("{what} container {c} image {cur} → {}", a.image)
         }
-        Action::Apply(_)
-        | Action::Patch(_)
-        | Action::Delete(_)
-        | Action::Cordon(_)
-        | Action::Uncordon(_) => {
-            let before = capture_before(
-                &Ctx {
-                    dry_run: true,
-                    ..*ctx
-                },
-                action,
-            )
-            .await?;
-            let dry = Ctx {
-                dry_run: true,
-                ..*ctx
-            };
-            let o = execute(&dry, action, Duration::from_secs(30)).await?;
-            match (action, before) {
-                (Action::Apply(_) | Action::Patch(_), Some(b)) => {
-                    let n_new = b["objects"]
-                        .as_array()
-                        .map(|a| a.iter().filter(|o| o["absent"] == true).count())
-                        .unwrap_or(0);
-                    if n_new > 0 {
-                        format!("{} ({n_new} new)", o.summary)
-                    } else {
-                        o.summary
-                    }
-                }
-                _ => o.summary,
+        Action::Cordon(a) | Action::Uncordon(a) => {
+            let now = node_unschedulable(client, &a.node).await?;
+            let state = |c: bool| if c { "cordoned" } else { "schedulable" };
+            let want = matches!(action, Action::Cordon(_));
+            if now == want {
+                format!("node {} is already {}", a.node, state(now))
+            } else {
+                format!("node {}: {} → {}", a.node, state(now), state(want))
             }
+        }
+        Action::Delete(d) => {
+            let what = describe_ref(&d.kind, d.namespace.as_deref(), &d.name);
+            let api = dyn_api(client, &d.api_version, &d.kind, d.namespace.as_deref()).await?;
+            match api.get_opt(&d.name).await.map_err(kerr)? {
+                Some(_) => format!("delete {what}"),
+                None => format!("{what} does not exist (nothing to delete)"),
+            }
+        }
+        Action::Patch(a) => {
+            let what = describe_ref(&a.kind, a.namespace.as_deref(), &a.name);
+            let api = dyn_api(client, &a.api_version, &a.kind, a.namespace.as_deref()).await?;
+            let cur = api
+                .get(&a.name)
+                .await
+                .map_err(|e| format!("{what}: {}", kerr(e)))?;
+            let patch = match a.patch_type {
+                PatchType::Merge => Patch::Merge(&a.patch),
+                PatchType::Strategic => Patch::Strategic(&a.patch),
+            };
+            let p = PatchParams {
+                dry_run: true,
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..Default::default()
+            };
+            let new = api
+                .patch(&a.name, &p, &patch)
+                .await
+                .map_err(|e| format!("server dry-run of the patch of {what}: {}", kerr(e)))?;
+            changes_line(&what, &cur, &new)
+        }
+        Action::Apply(a) => {
+            let mut lines = Vec::new();
+            for o in apply_objects(a, ctx.files)? {
+                let (av, kind, name, ns) = obj_ref(&o);
+                let what = describe_ref(&kind, ns.as_deref(), &name);
+                let api = dyn_api(client, &av, &kind, ns.as_deref()).await?;
+                let cur = api.get_opt(&name).await.map_err(kerr)?;
+                let mut p = PatchParams::apply(FIELD_MANAGER).force();
+                p.dry_run = true;
+                let new = api
+                    .patch(&name, &p, &Patch::Apply(&o))
+                    .await
+                    .map_err(|e| format!("server dry-run of {what}: {}", kerr(e)))?;
+                lines.push(match cur {
+                    None => format!("create {what}"),
+                    Some(cur) => changes_line(&what, &cur, &new),
+                });
+            }
+            lines.join("; ")
         }
         Action::Drain(a) => {
             let pods: Api<Pod> = Api::all(client.clone());
@@ -1412,6 +1522,10 @@ pub async fn preview(ctx: &Ctx<'_>, action: &Action) -> R<String> {
             } else {
                 w.json_path.clone().unwrap_or_default()
             }
+        ),
+        Action::WaitWorkloads(w) => format!(
+            "wait until every workload in namespace {} is ready",
+            w.namespace
         ),
         Action::RolloutRestart(a) => format!(
             "restart {}",
@@ -1473,6 +1587,13 @@ mod tests {
         assert_eq!(objs.len(), 2);
         assert_eq!(objs[0]["metadata"]["namespace"], "shop");
         assert_eq!(objs[1]["metadata"]["namespace"], "x");
+    }
+
+    #[test]
+    fn changed_paths_skip_server_fields() {
+        let a = json!({"metadata": {"name": "a", "resourceVersion": "1"}, "data": {"k": "x", "same": "y"}});
+        let b = json!({"metadata": {"name": "a", "resourceVersion": "2"}, "data": {"k": "z", "same": "y", "new": "n"}});
+        assert_eq!(changed_paths(&a, &b), ["data.k", "data.new"]);
     }
 
     #[test]

@@ -153,7 +153,7 @@ impl Runner<'_> {
         for (id, st) in &p.replay.steps {
             steps.insert(
                 id.clone(),
-                json!({"outputs": st.outputs, "status": format!("{:?}", st.status).to_lowercase()}),
+                json!({"outputs": st.outputs, "status": st.status}),
             );
         }
         for (id, o) in &p.outputs {
@@ -200,7 +200,7 @@ impl Runner<'_> {
     }
 
     async fn main_steps(&self, p: &mut Progress<'_>) -> Result<(RunStatus, Option<String>), Error> {
-        let steps = &self.loaded.runbook.steps;
+        let steps = &self.loaded.steps;
         let total = steps.len();
         let mut i = 0;
         while i < total {
@@ -312,7 +312,7 @@ impl Runner<'_> {
         if let Some(t) = &step.rollback_to {
             return Some(t.clone());
         }
-        let steps = &self.loaded.runbook.steps;
+        let steps = &self.loaded.steps;
         let idx = steps.iter().position(|s| s.id == step.id).unwrap_or(0);
         steps[..idx]
             .iter()
@@ -337,7 +337,7 @@ impl Runner<'_> {
         } else {
             format!("{}/{}", index + 1, total)
         };
-        let tctx = self.template_ctx(p);
+        let tctx = plan::with_vars(self.template_ctx(p), step);
         let engine = template::Engine::with_redactor(self.redactor.clone());
         if let Some(w) = &step.when {
             match engine.condition(w, &tctx) {
@@ -549,7 +549,7 @@ impl Runner<'_> {
     }
 
     fn next_steps(&self, after: &str) -> Vec<String> {
-        let steps = &self.loaded.runbook.steps;
+        let steps = &self.loaded.steps;
         let idx = steps
             .iter()
             .position(|s| s.id == after)
@@ -579,7 +579,7 @@ impl Runner<'_> {
         to: Option<&str>,
         failed: Option<&Step>,
     ) -> Result<(RunStatus, Option<String>), Error> {
-        let steps = &self.loaded.runbook.steps;
+        let steps = &self.loaded.steps;
         let start = match to {
             Some(cp) => {
                 let i = steps
@@ -678,7 +678,11 @@ impl Runner<'_> {
                 Undo::Auto => {
                     // Undo what the step did, rendered as it ran.
                     let engine = template::Engine::with_redactor(self.redactor.clone());
-                    match plan::render_action(&engine, &s.action, &self.template_ctx(p)) {
+                    match plan::render_action(
+                        &engine,
+                        &s.action,
+                        &plan::with_vars(self.template_ctx(p), s),
+                    ) {
                         Ok(a) => {
                             actions::undo_auto(&ctx, &a, st.before.as_ref().expect("checked")).await
                         }
@@ -687,7 +691,8 @@ impl Runner<'_> {
                 }
                 Undo::Action(a) => {
                     let engine = template::Engine::with_redactor(self.redactor.clone());
-                    match plan::render_action(&engine, a, &self.template_ctx(p)) {
+                    match plan::render_action(&engine, a, &plan::with_vars(self.template_ctx(p), s))
+                    {
                         Ok(a) => actions::execute(&ctx, &a, step_timeout(s))
                             .await
                             .map(|o| o.summary),

@@ -239,6 +239,9 @@ pub struct StepState {
     pub finished: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub approved_by: Option<Actor>,
+    /// What the last rollback did with this step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub undo: Option<String>,
 }
 
 impl Default for StepState {
@@ -252,6 +255,7 @@ impl Default for StepState {
             started: None,
             finished: None,
             approved_by: None,
+            undo: None,
         }
     }
 }
@@ -337,7 +341,7 @@ pub fn replay(records: &[Record]) -> Replay {
                     // but is no longer in the undo list.
                     _ => s.status = StepStatus::RolledBack,
                 }
-                s.message = rec.message.clone().or(s.message.take());
+                s.undo = rec.message.clone();
             }
         }
     }

@@ -83,10 +83,9 @@ pub fn validate(file: &Path, set: &[(String, String)]) -> Result<Validation, Err
         file: file.display().to_string(),
         name: l.runbook.metadata.name.clone(),
         params: l.runbook.params.len(),
-        steps: l.runbook.steps.len(),
+        steps: l.steps.len(),
         finally: l.runbook.finally.len(),
         checkpoints: l
-            .runbook
             .steps
             .iter()
             .filter(|s| s.checkpoint)
@@ -264,6 +263,9 @@ impl crate::output::Render for RunReport {
                 .and_then(|v| v.as_str().map(str::to_string))
                 .unwrap_or_default();
             let mut msg = s.state.message.clone().unwrap_or_default();
+            if let Some(u) = &s.state.undo {
+                msg = format!("{msg} [undo: {u}]");
+            }
             if let Some(a) = &s.state.approved_by {
                 msg = format!(
                     "approved by {}{}",
@@ -321,7 +323,7 @@ fn report(
             })
             .collect()
     };
-    let mut all = steps(&loaded.runbook.steps, false);
+    let mut all = steps(&loaded.steps, false);
     all.extend(steps(&loaded.runbook.finally, true));
     RunReport {
         run: run.to_string(),
@@ -767,7 +769,7 @@ pub async fn continue_run(
     let to = match rollback_to {
         Some("start") => Some(None),
         Some(cp) => {
-            let Some(s) = loaded.runbook.steps.iter().find(|s| s.id == cp) else {
+            let Some(s) = loaded.steps.iter().find(|s| s.id == cp) else {
                 return Err(Error::Usage(format!(
                     "--to {cp}: no such step in runbook {} (checkpoints: {})",
                     loaded.runbook.metadata.name,
@@ -799,7 +801,6 @@ pub async fn continue_run(
         && interactive(opts.yes)
     {
         let n = loaded
-            .runbook
             .steps
             .iter()
             .filter(|s| state.steps.get(&s.id).map(|x| x.status) == Some(StepStatus::Succeeded))
@@ -865,7 +866,6 @@ pub async fn continue_run(
 
 fn checkpoints(l: &spec::Loaded) -> String {
     let c: Vec<&str> = l
-        .runbook
         .steps
         .iter()
         .filter(|s| s.checkpoint)
@@ -979,7 +979,7 @@ pub fn list(state_dir: Option<&Path>) -> Result<RunList, Error> {
             .unwrap_or_default();
         let (_, plan_copy) = run_files(&dir, &id);
         let total = plan::load(&plan_copy)
-            .map(|(_, l)| l.runbook.steps.len() + l.runbook.finally.len())
+            .map(|(_, l)| l.steps.len() + l.runbook.finally.len())
             .unwrap_or(r.steps.len());
         runs.push(RunSummary {
             run: id,

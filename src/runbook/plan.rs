@@ -112,6 +112,14 @@ pub fn template_context(
     json!({"params": params, "steps": steps, "run": {"id": run, "dryRun": dry_run}})
 }
 
+/// Add a step's own variables (`item` of a group) to a template context.
+pub fn with_vars(mut ctx: Value, step: &spec::Step) -> Value {
+    for (k, v) in &step.vars {
+        ctx[k.as_str()] = v.clone();
+    }
+    ctx
+}
+
 /// Render a step's action with the given context.
 pub fn render_action(
     engine: &template::Engine,
@@ -135,8 +143,9 @@ pub struct PlanInput<'a> {
 /// Make a plan: resolve parameters, embed files, record the cluster, preview each step.
 /// Returns the plan and warnings (steps that could not be previewed).
 pub async fn make(input: PlanInput<'_>) -> Result<(Plan, Vec<String>), Error> {
-    let loaded = spec::load(input.runbook)?;
+    let mut loaded = spec::load(input.runbook)?;
     let params = spec::resolve_params(&loaded, input.set)?;
+    loaded.expand(&params)?;
     let files = embed_files(&loaded)?;
     let info = input
         .cluster
@@ -148,25 +157,22 @@ pub async fn make(input: PlanInput<'_>) -> Result<(Plan, Vec<String>), Error> {
     let engine = template::Engine::with_redactor(redactor.clone());
     let mut preview = Vec::new();
     let mut warnings = Vec::new();
-    let ctx_value = template_context(&params, &BTreeMap::new(), "plan", true);
     let finally_ids: Vec<&str> = loaded
         .runbook
         .finally
         .iter()
         .map(|s| s.id.as_str())
         .collect();
-    for (_, step) in loaded.all_steps() {
+    for step in loaded.steps.iter().chain(loaded.runbook.finally.iter()) {
+        let ctx_value = with_vars(
+            template_context(&params, &BTreeMap::new(), "plan", true),
+            step,
+        );
         let text = match render_action(&engine, &step.action, &ctx_value) {
             Err(e) if e.contains("steps") => {
                 "rendered at run time (uses outputs of earlier steps)".to_string()
             }
-            Err(e) => {
-                return Err(Error::Runbook(format!(
-                    "{}: step {}: {e}",
-                    input.runbook.display(),
-                    step.id
-                )));
-            }
+            Err(e) => format!("rendered at run time ({})", redactor.redact(&e)),
             Ok(action) => {
                 let ctx = Ctx {
                     cluster: input.cluster,
@@ -228,7 +234,7 @@ pub async fn make(input: PlanInput<'_>) -> Result<(Plan, Vec<String>), Error> {
 fn embed_files(l: &Loaded) -> Result<BTreeMap<String, String>, Error> {
     let base = l.path.parent().unwrap_or(Path::new("."));
     let mut files = BTreeMap::new();
-    for (at, step) in l.all_steps() {
+    for (at, step, _) in l.all_steps() {
         let mut actions = vec![&step.action];
         if let Some(spec::Undo::Action(a)) = &step.undo {
             actions.push(a);
@@ -300,7 +306,8 @@ pub fn load(path: &Path) -> Result<(Plan, Loaded), Error> {
             path.display()
         )));
     }
-    let loaded = spec::parse(&PathBuf::from(&plan.runbook.path), &plan.runbook.source)?;
+    let mut loaded = spec::parse(&PathBuf::from(&plan.runbook.path), &plan.runbook.source)?;
+    loaded.expand(&plan.params)?;
     Ok((plan, loaded))
 }
 

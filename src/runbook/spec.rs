@@ -25,7 +25,7 @@ pub struct Runbook {
     pub metadata: Metadata,
     #[serde(default)]
     pub params: BTreeMap<String, Param>,
-    pub steps: Vec<Step>,
+    pub steps: Vec<Entry>,
     /// Steps that run after the main steps whatever happened (success, failure, rollback).
     #[serde(default)]
     pub finally: Vec<Step>,
@@ -173,6 +173,24 @@ fn default_backoff() -> String {
     "5s".into()
 }
 
+/// An entry of `steps`: a step, or a group of steps repeated for each item of a list.
+#[derive(Debug, Clone)]
+pub enum Entry {
+    Step(Step),
+    Group(Group),
+}
+
+/// `forEach`: the group's steps run once per item (all of them for the first item, then for
+/// the next), with `item` in their templates. Expanded ids are `GROUP-ITEM-STEP`.
+#[derive(Debug, Clone)]
+pub struct Group {
+    pub id: String,
+    pub description: Option<String>,
+    /// A list, or a template rendering to a list or a comma/space separated string.
+    pub for_each: Value,
+    pub steps: Vec<Step>,
+}
+
 /// One step: common fields plus exactly one action.
 #[derive(Debug, Clone)]
 pub struct Step {
@@ -185,6 +203,8 @@ pub struct Step {
     pub checkpoint: bool,
     pub rollback_to: Option<String>,
     pub action: Action,
+    /// Template variables of an expanded group step (`item`).
+    pub vars: BTreeMap<String, Value>,
 }
 
 /// Reference to a namespaced or cluster-scoped object.
@@ -309,6 +329,13 @@ pub struct WaitAction {
     pub rollout: bool,
 }
 
+/// Wait until every Deployment, StatefulSet, DaemonSet, Job and PVC in a namespace is ready.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct WaitWorkloadsAction {
+    pub namespace: String,
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RunAction {
@@ -418,6 +445,7 @@ pub enum Action {
     Drain(DrainAction),
     Delete(ObjectRef),
     Wait(WaitAction),
+    WaitWorkloads(WaitWorkloadsAction),
     Run(RunAction),
     Http(HttpAction),
     Approve(ApproveAction),
@@ -438,6 +466,7 @@ pub const ACTIONS: &[&str] = &[
     "drain",
     "delete",
     "wait",
+    "waitWorkloads",
     "run",
     "http",
     "approve",
@@ -452,6 +481,8 @@ const STEP_FIELDS: &[&str] = &[
     "undo",
     "checkpoint",
     "rollbackTo",
+    "forEach",
+    "steps",
 ];
 
 /// What undoing an action means when the step does not say.
@@ -482,6 +513,7 @@ impl Action {
             Action::Drain(_) => "drain",
             Action::Delete(_) => "delete",
             Action::Wait(_) => "wait",
+            Action::WaitWorkloads(_) => "waitWorkloads",
             Action::Run(_) => "run",
             Action::Http(_) => "http",
             Action::Approve(_) => "approve",
@@ -501,6 +533,7 @@ impl Action {
             | Action::Preflight(_)
             | Action::Drill(_)
             | Action::Wait(_)
+            | Action::WaitWorkloads(_)
             | Action::Http(_)
             | Action::Approve(_) => Reversibility::ReadOnly,
             Action::Restore(r) if r.dry_run => Reversibility::ReadOnly,
@@ -530,93 +563,145 @@ impl Step {
     }
 }
 
-impl<'de> Deserialize<'de> for Step {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Step;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a step: id, optional fields and exactly one action")
+struct EntryVisitor {
+    allow_group: bool,
+}
+
+impl<'de> Visitor<'de> for EntryVisitor {
+    type Value = Entry;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a step: id, optional fields and exactly one action")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Entry, A::Error> {
+        let mut id = None;
+        let mut description = None;
+        let mut timeout = None;
+        let mut retry = None;
+        let mut when = None;
+        let mut undo = None;
+        let mut checkpoint = false;
+        let mut rollback_to = None;
+        let mut action: Option<Action> = None;
+        let mut for_each: Option<Value> = None;
+        let mut group: Option<Vec<Step>> = None;
+        while let Some(key) = map.next_key::<String>()? {
+            macro_rules! act {
+                ($variant:ident) => {{
+                    if let Some(prev) = &action {
+                        return Err(de::Error::custom(format!(
+                            "a step has exactly one action, this one has `{}` and `{}`",
+                            prev.name(),
+                            key
+                        )));
+                    }
+                    action = Some(Action::$variant(map.next_value()?));
+                }};
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Step, A::Error> {
-                let mut id = None;
-                let mut description = None;
-                let mut timeout = None;
-                let mut retry = None;
-                let mut when = None;
-                let mut undo = None;
-                let mut checkpoint = false;
-                let mut rollback_to = None;
-                let mut action: Option<Action> = None;
-                while let Some(key) = map.next_key::<String>()? {
-                    macro_rules! act {
-                        ($variant:ident) => {{
-                            if let Some(prev) = &action {
-                                return Err(de::Error::custom(format!(
-                                    "a step has exactly one action, this one has `{}` and `{}`",
-                                    prev.name(),
-                                    key
-                                )));
-                            }
-                            action = Some(Action::$variant(map.next_value()?));
-                        }};
-                    }
-                    match key.as_str() {
-                        "id" => id = Some(map.next_value::<String>()?),
-                        "description" => description = Some(map.next_value::<String>()?),
-                        "timeout" => timeout = Some(map.next_value::<String>()?),
-                        "retry" => retry = Some(map.next_value::<Retry>()?),
-                        "when" => when = Some(map.next_value::<String>()?),
-                        "undo" => undo = Some(map.next_value::<Undo>()?),
-                        "checkpoint" => checkpoint = map.next_value::<bool>()?,
-                        "rollbackTo" => rollback_to = Some(map.next_value::<String>()?),
-                        "backup" => act!(Backup),
-                        "restore" => act!(Restore),
-                        "preflight" => act!(Preflight),
-                        "drill" => act!(Drill),
-                        "apply" => act!(Apply),
-                        "patch" => act!(Patch),
-                        "scale" => act!(Scale),
-                        "setImage" => act!(SetImage),
-                        "rolloutRestart" => act!(RolloutRestart),
-                        "cordon" => act!(Cordon),
-                        "uncordon" => act!(Uncordon),
-                        "drain" => act!(Drain),
-                        "delete" => act!(Delete),
-                        "wait" => act!(Wait),
-                        "run" => act!(Run),
-                        "http" => act!(Http),
-                        "approve" => act!(Approve),
-                        other => {
-                            return Err(de::Error::custom(format!(
-                                "unknown step field or action `{other}` (fields: {}; actions: {})",
-                                STEP_FIELDS.join(", "),
-                                ACTIONS.join(", ")
-                            )));
-                        }
-                    }
+            match key.as_str() {
+                "id" => id = Some(map.next_value::<String>()?),
+                "description" => description = Some(map.next_value::<String>()?),
+                "timeout" => timeout = Some(map.next_value::<String>()?),
+                "retry" => retry = Some(map.next_value::<Retry>()?),
+                "when" => when = Some(map.next_value::<String>()?),
+                "undo" => undo = Some(map.next_value::<Undo>()?),
+                "checkpoint" => checkpoint = map.next_value::<bool>()?,
+                "rollbackTo" => rollback_to = Some(map.next_value::<String>()?),
+                "forEach" | "steps" if !self.allow_group => {
+                    return Err(de::Error::custom(format!(
+                        "`{key}`: groups (forEach) are only allowed directly under `steps`"
+                    )));
                 }
-                let id = id.ok_or_else(|| de::Error::missing_field("id"))?;
-                let action = action.ok_or_else(|| {
-                    de::Error::custom(format!(
-                        "step `{id}` has no action (one of: {})",
+                "forEach" => for_each = Some(map.next_value::<Value>()?),
+                "steps" => group = Some(map.next_value::<Vec<Step>>()?),
+                "backup" => act!(Backup),
+                "restore" => act!(Restore),
+                "preflight" => act!(Preflight),
+                "drill" => act!(Drill),
+                "apply" => act!(Apply),
+                "patch" => act!(Patch),
+                "scale" => act!(Scale),
+                "setImage" => act!(SetImage),
+                "rolloutRestart" => act!(RolloutRestart),
+                "cordon" => act!(Cordon),
+                "uncordon" => act!(Uncordon),
+                "drain" => act!(Drain),
+                "delete" => act!(Delete),
+                "wait" => act!(Wait),
+                "waitWorkloads" => act!(WaitWorkloads),
+                "run" => act!(Run),
+                "http" => act!(Http),
+                "approve" => act!(Approve),
+                other => {
+                    return Err(de::Error::custom(format!(
+                        "unknown step field or action `{other}` (fields: {}; actions: {})",
+                        STEP_FIELDS.join(", "),
                         ACTIONS.join(", ")
-                    ))
-                })?;
-                Ok(Step {
-                    id,
-                    description,
-                    timeout,
-                    retry,
-                    when,
-                    undo,
-                    checkpoint,
-                    rollback_to,
-                    action,
-                })
+                    )));
+                }
             }
         }
-        d.deserialize_map(V)
+        let id = id.ok_or_else(|| de::Error::missing_field("id"))?;
+        if for_each.is_some() || group.is_some() {
+            let (Some(for_each), Some(steps)) = (for_each, group) else {
+                return Err(de::Error::custom(format!(
+                    "group `{id}` needs both `forEach` and `steps`"
+                )));
+            };
+            if action.is_some()
+                || timeout.is_some()
+                || retry.is_some()
+                || when.is_some()
+                || undo.is_some()
+                || checkpoint
+                || rollback_to.is_some()
+            {
+                return Err(de::Error::custom(format!(
+                    "group `{id}` has only id, description, forEach and steps; put actions and step fields on its steps"
+                )));
+            }
+            if steps.is_empty() {
+                return Err(de::Error::custom(format!("group `{id}` has no steps")));
+            }
+            return Ok(Entry::Group(Group {
+                id,
+                description,
+                for_each,
+                steps,
+            }));
+        }
+        let action = action.ok_or_else(|| {
+            de::Error::custom(format!(
+                "step `{id}` has no action (one of: {})",
+                ACTIONS.join(", ")
+            ))
+        })?;
+        Ok(Entry::Step(Step {
+            id,
+            description,
+            timeout,
+            retry,
+            when,
+            undo,
+            checkpoint,
+            rollback_to,
+            action,
+            vars: BTreeMap::new(),
+        }))
+    }
+}
+
+impl<'de> Deserialize<'de> for Entry {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(EntryVisitor { allow_group: true })
+    }
+}
+
+impl<'de> Deserialize<'de> for Step {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match d.deserialize_map(EntryVisitor { allow_group: false })? {
+            Entry::Step(s) => Ok(s),
+            Entry::Group(_) => unreachable!("groups are rejected by the visitor"),
+        }
     }
 }
 
@@ -666,6 +751,9 @@ pub struct Loaded {
     pub path: std::path::PathBuf,
     pub text: String,
     pub runbook: Runbook,
+    /// The main steps with groups expanded (see [`Loaded::expand`]); before expansion, each
+    /// group appears once with the placeholder item `ITEM`.
+    pub steps: Vec<Step>,
 }
 
 impl Loaded {
@@ -677,22 +765,120 @@ impl Loaded {
         }
     }
 
-    /// Every step, main steps first, with the YAML path of each.
-    pub fn all_steps(&self) -> impl Iterator<Item = (Vec<PathElem>, &Step)> {
-        let main = self
-            .runbook
-            .steps
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (vec![key("steps"), PathElem::Index(i)], s));
-        let fin = self
-            .runbook
-            .finally
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (vec![key("finally"), PathElem::Index(i)], s));
-        main.chain(fin)
+    /// Every step as written (group steps included), main steps first, with the YAML path of
+    /// each and its group.
+    pub fn all_steps(&self) -> Vec<(Vec<PathElem>, &Step, Option<&Group>)> {
+        let mut out = Vec::new();
+        for (i, e) in self.runbook.steps.iter().enumerate() {
+            match e {
+                Entry::Step(s) => out.push((vec![key("steps"), PathElem::Index(i)], s, None)),
+                Entry::Group(g) => {
+                    for (j, s) in g.steps.iter().enumerate() {
+                        out.push((
+                            vec![
+                                key("steps"),
+                                PathElem::Index(i),
+                                key("steps"),
+                                PathElem::Index(j),
+                            ],
+                            s,
+                            Some(g),
+                        ));
+                    }
+                }
+            }
+        }
+        for (i, s) in self.runbook.finally.iter().enumerate() {
+            out.push((vec![key("finally"), PathElem::Index(i)], s, None));
+        }
+        out
     }
+
+    /// Expand the groups for these parameter values.
+    pub fn expand(&mut self, params: &BTreeMap<String, Value>) -> Result<(), Error> {
+        let engine = super::template::Engine::new();
+        let ctx = serde_json::json!({"params": params});
+        let mut out = Vec::new();
+        for (i, e) in self.runbook.steps.iter().enumerate() {
+            match e {
+                Entry::Step(s) => out.push(s.clone()),
+                Entry::Group(g) => {
+                    let at = [key("steps"), PathElem::Index(i), key("forEach")];
+                    let items = engine
+                        .render_value(&g.for_each, &ctx)
+                        .map_err(|e| self.error_at(&at, format!("forEach: {e}")))?;
+                    let items = list_items(&items);
+                    if items.is_empty() {
+                        return Err(self
+                            .error_at(&at, format!("forEach of group {} is an empty list", g.id)));
+                    }
+                    out.extend(expand_group(g, &items));
+                }
+            }
+        }
+        let mut seen = BTreeSet::new();
+        for s in &out {
+            if !seen.insert(s.id.clone()) {
+                return Err(Error::Runbook(format!(
+                    "{}: expanding the groups gives the step id {} twice (forEach has the same item twice?)",
+                    self.path.display(),
+                    s.id
+                )));
+            }
+        }
+        self.steps = out;
+        Ok(())
+    }
+}
+
+/// Items of a rendered `forEach`: a list, or a string split on commas and whitespace.
+fn list_items(v: &Value) -> Vec<Value> {
+    match v {
+        Value::Array(a) => a.clone(),
+        Value::String(s) => s
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|x| !x.is_empty())
+            .map(|x| Value::String(x.to_string()))
+            .collect(),
+        Value::Null => vec![],
+        other => vec![other.clone()],
+    }
+}
+
+fn id_part(v: &Value) -> String {
+    let s = match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
+fn expand_group(g: &Group, items: &[Value]) -> Vec<Step> {
+    let mut out = Vec::new();
+    for item in items {
+        let prefix = format!("{}-{}-", g.id, id_part(item));
+        let inner: BTreeSet<&str> = g.steps.iter().map(|s| s.id.as_str()).collect();
+        for s in &g.steps {
+            let mut e = s.clone();
+            e.id = format!("{prefix}{}", s.id);
+            if let Some(t) = &s.rollback_to
+                && inner.contains(t.as_str())
+            {
+                e.rollback_to = Some(format!("{prefix}{t}"));
+            }
+            e.vars.insert("item".into(), item.clone());
+            out.push(e);
+        }
+    }
+    out
 }
 
 fn with(path: &[PathElem], more: &[&str]) -> Vec<PathElem> {
@@ -703,13 +889,23 @@ fn with(path: &[PathElem], more: &[&str]) -> Vec<PathElem> {
 
 /// Parse and check a runbook. Errors are `file:line:col: message`.
 pub fn parse(path: &Path, text: &str) -> Result<Loaded, Error> {
-    let runbook: Runbook = crate::yaml::parse(path, text)?;
-    let loaded = Loaded {
+    let runbook: Runbook = crate::yaml::parse(path, text).map_err(|e| refine(e, text))?;
+    let mut loaded = Loaded {
         path: path.to_owned(),
         text: text.to_owned(),
         runbook,
+        steps: vec![],
     };
     check(&loaded)?;
+    loaded.steps = loaded
+        .runbook
+        .steps
+        .iter()
+        .flat_map(|e| match e {
+            Entry::Step(s) => vec![s.clone()],
+            Entry::Group(g) => expand_group(g, &[Value::String("ITEM".into())]),
+        })
+        .collect();
     Ok(loaded)
 }
 
@@ -760,10 +956,50 @@ fn check(l: &Loaded) -> Result<(), Error> {
             })?;
         }
     }
-    let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
-    let mut checkpoints: BTreeSet<&str> = BTreeSet::new();
+    // Ids are scoped: a group's steps are "GROUP/STEP" here (expanded to GROUP-ITEM-STEP).
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    let mut checkpoints: BTreeSet<String> = BTreeSet::new();
     let env = super::template::Engine::new();
-    for (index, (at, step)) in l.all_steps().enumerate() {
+    for (i, e) in rb.steps.iter().enumerate() {
+        if let Entry::Group(g) = e {
+            let at = [key("steps"), PathElem::Index(i)];
+            if seen.insert(g.id.clone(), usize::MAX).is_some() {
+                return Err(
+                    l.error_at(&with(&at, &["id"]), format!("duplicate step id {:?}", g.id))
+                );
+            }
+            let strings = match &g.for_each {
+                Value::String(s) => vec![s.clone()],
+                other => {
+                    let mut v = Vec::new();
+                    collect_strings(other, &mut v);
+                    v
+                }
+            };
+            for s in strings {
+                let refs = env
+                    .check_template(&s)
+                    .map_err(|e| l.error_at(&with(&at, &["forEach"]), e))?;
+                if let Some(p) = refs.params.iter().find(|p| !rb.params.contains_key(*p)) {
+                    return Err(l.error_at(
+                        &with(&at, &["forEach"]),
+                        format!("forEach uses params.{p}, which is not declared under params"),
+                    ));
+                }
+                if !refs.steps.is_empty() {
+                    return Err(l.error_at(
+                        &with(&at, &["forEach"]),
+                        "forEach is expanded when planning: it can use params, not step outputs",
+                    ));
+                }
+            }
+        }
+    }
+    for (index, (at, step, group)) in l.all_steps().into_iter().enumerate() {
+        let scoped = |id: &str| match group {
+            Some(g) => format!("{}/{id}", g.id),
+            None => id.to_string(),
+        };
         if step.id.is_empty()
             || !step
                 .id
@@ -775,7 +1011,7 @@ fn check(l: &Loaded) -> Result<(), Error> {
                 format!("step id {:?} must be letters, digits, - and _", step.id),
             ));
         }
-        if seen.insert(&step.id, index).is_some() {
+        if seen.insert(scoped(&step.id), index).is_some() {
             return Err(l.error_at(
                 &with(&at, &["id"]),
                 format!("duplicate step id {:?}", step.id),
@@ -805,9 +1041,10 @@ fn check(l: &Loaded) -> Result<(), Error> {
             ));
         }
         if let Some(target) = &step.rollback_to
-            && !checkpoints.contains(target.as_str())
+            && !checkpoints.contains(&scoped(target))
+            && !checkpoints.contains(target)
         {
-            let why = if seen.contains_key(target.as_str()) {
+            let why = if seen.contains_key(&scoped(target)) || seen.contains_key(target) {
                 "is not a checkpoint (add `checkpoint: true` to it)"
             } else {
                 "is not an earlier step"
@@ -818,7 +1055,7 @@ fn check(l: &Loaded) -> Result<(), Error> {
             ));
         }
         if step.checkpoint {
-            checkpoints.insert(&step.id);
+            checkpoints.insert(scoped(&step.id));
         }
         if let Action::Apply(a) = &step.action
             && a.file.is_some() == a.manifest.is_some()
@@ -870,6 +1107,10 @@ fn check(l: &Loaded) -> Result<(), Error> {
             for s2 in &refs.steps {
                 match seen.get(s2.as_str()) {
                     Some(&i) if i < index => {}
+                    // A group (its expanded steps are named GROUP-ITEM-STEP).
+                    _ if rb.steps.iter().any(
+                        |e| matches!(e, Entry::Group(g) if s2.starts_with(&format!("{}-", g.id))),
+                    ) => {}
                     _ => {
                         return Err(l.error_at(
                             &at,
@@ -884,6 +1125,49 @@ fn check(l: &Loaded) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// serde reports an unknown key at the start of the mapping that holds it; point at the key
+/// itself (serde_norway prefixes the message with the path, e.g. `steps[0].scale: `).
+fn refine(e: Error, text: &str) -> Error {
+    let Error::DataFile {
+        path,
+        location,
+        message,
+    } = e
+    else {
+        return e;
+    };
+    let name = ["unknown field `", "unknown step field or action `"]
+        .iter()
+        .find_map(|m| message.split(m).nth(1))
+        .and_then(|r| r.split('`').next());
+    let prefix = message.split(": ").next().unwrap_or("");
+    let location = match name {
+        Some(name) if prefix != message && !prefix.contains(' ') => {
+            let mut at = Vec::new();
+            for part in prefix.split('.') {
+                let (k, rest) = part.split_once('[').unwrap_or((part, ""));
+                if !k.is_empty() {
+                    at.push(key(k));
+                }
+                for idx in rest.split('[') {
+                    if let Ok(i) = idx.trim_end_matches(']').parse() {
+                        at.push(PathElem::Index(i));
+                    }
+                }
+            }
+            at.push(key(name));
+            let l = locate(text, &at);
+            if l == "1:1" { location } else { l }
+        }
+        _ => location,
+    };
+    Error::DataFile {
+        path,
+        location,
+        message,
+    }
 }
 
 fn is_identifier(s: &str) -> bool {

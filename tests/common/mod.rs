@@ -385,7 +385,8 @@ impl Lifeboat {
         self
     }
 
-    pub fn run(&self, args: &[&str]) -> Run {
+    /// The command `run` runs (for spawning it yourself: a PTY, a kill -9).
+    pub fn command(&self, args: &[&str]) -> Command {
         let bin = env!("CARGO_BIN_EXE_lifeboat");
         let mut cmd = Command::new(bin);
         for (k, _) in std::env::vars() {
@@ -410,12 +411,26 @@ impl Lifeboat {
             cmd.env(k, v);
         }
         cmd.args(args);
-        let output = cmd.output().expect("cannot run lifeboat");
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        let output = self.command(args).output().expect("cannot run lifeboat");
         Run {
             cmd: format!("lifeboat {}", args.join(" ")),
-            dir: h.to_owned(),
+            dir: self.home.path().to_owned(),
             output,
         }
+    }
+
+    /// Start lifeboat in the background (output discarded).
+    #[allow(dead_code)]
+    pub fn spawn(&self, args: &[&str]) -> std::process::Child {
+        self.command(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot start lifeboat")
     }
 }
 

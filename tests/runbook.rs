@@ -1,0 +1,995 @@
+//! Runbooks and plans on the real control plane: rollback restores exactly, kill -9 and resume,
+//! approvals, drain against a PodDisruptionBudget, an interactive run in a pseudo-terminal,
+//! refused plans, the shipped runbooks, and file:line:col errors for malformed runbooks.
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{Lifeboat, Run, TestNs, eventually, unique};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Secret};
+use kube::api::{Api, DeleteParams, PostParams};
+use serde_json::{Value, json};
+
+const PASSWORD: &str = "runbook-test-password";
+
+fn obj<T: serde::de::DeserializeOwned>(v: Value) -> T {
+    serde_json::from_value(v).unwrap()
+}
+
+/// A temp dir for runbooks, plans and the run state, and a lifeboat that uses it.
+struct Work {
+    dir: tempfile::TempDir,
+    lb: Lifeboat,
+}
+
+impl Work {
+    fn new() -> Work {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let repo = dir.path().join("repo");
+        let lb = Lifeboat::new()
+            .env("LIFEBOAT_STATE_DIR", state.to_str().unwrap())
+            .env("LIFEBOAT_REPO", &format!("file://{}", repo.display()))
+            .env("LIFEBOAT_PASSWORD", PASSWORD)
+            .env("USER", "test-operator");
+        Work { dir, lb }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.path(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    /// Plan `runbook` with `sets`; returns the plan file.
+    fn plan(&self, runbook: &Path, sets: &[&str]) -> PathBuf {
+        let plan = self.path(&format!("{}.plan.yaml", unique("p")));
+        let mut args = vec![
+            "runbook",
+            "plan",
+            runbook.to_str().unwrap(),
+            "-f",
+            plan.to_str().unwrap(),
+        ];
+        for s in sets {
+            args.push("--set");
+            args.push(s);
+        }
+        self.lb.run(&args).success();
+        plan
+    }
+
+    fn run(&self, args: &[&str]) -> Run {
+        self.lb.run(args)
+    }
+
+    fn journal(&self, run: &str) -> Vec<Value> {
+        let p = self.path("state").join("runs").join(format!("{run}.jsonl"));
+        std::fs::read_to_string(&p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    fn journal_text(&self, run: &str) -> String {
+        std::fs::read_to_string(self.path("state").join("runs").join(format!("{run}.jsonl")))
+            .unwrap()
+    }
+}
+
+/// The run id printed on stderr ("run ID (journal …)") or in `-o json` output.
+fn run_id(r: &Run) -> String {
+    let out = r.stdout();
+    if let Ok(v) = serde_json::from_str::<Value>(&out) {
+        return v["run"].as_str().unwrap().to_string();
+    }
+    let err = r.stderr();
+    err.lines()
+        .find_map(|l| {
+            l.strip_prefix("run ")
+                .and_then(|r| r.split_whitespace().next())
+        })
+        .unwrap_or_else(|| panic!("no run id in\n{}", r.describe()))
+        .to_string()
+}
+
+fn events<'a>(j: &'a [Value], event: &str, step: &str) -> Vec<&'a Value> {
+    j.iter()
+        .filter(|r| r["event"] == event && r["step"] == step)
+        .collect()
+}
+
+async fn deployment(ns: &TestNs, name: &str, replicas: i32, image: &str, extra_spec: Value) {
+    let mut spec = json!({"containers": [{"name": "app", "image": image}]});
+    if let (Some(s), Some(e)) = (spec.as_object_mut(), extra_spec.as_object()) {
+        s.extend(e.clone());
+    }
+    let d: Deployment = obj(json!({
+        "metadata": {"name": name},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
+                 "template": {"metadata": {"labels": {"app": name}}, "spec": spec}}
+    }));
+    ns.api::<Deployment>()
+        .create(&PostParams::default(), &d)
+        .await
+        .unwrap();
+}
+
+async fn available(ns: &TestNs, name: &str) {
+    let api = ns.api::<Deployment>();
+    eventually(
+        &format!("deployment {name} available"),
+        Duration::from_secs(60),
+        || {
+            let api = api.clone();
+            async move {
+                let d = api.get(name).await.ok()?;
+                let want = d.spec.as_ref()?.replicas.unwrap_or(1);
+                let st = d.status?;
+                (st.available_replicas.unwrap_or(0) == want
+                    && st.updated_replicas.unwrap_or(0) == want)
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+}
+
+fn replicas_and_image(d: &Deployment) -> (i32, String) {
+    let spec = d.spec.as_ref().unwrap();
+    (
+        spec.replicas.unwrap(),
+        spec.template.spec.as_ref().unwrap().containers[0]
+            .image
+            .clone()
+            .unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn failure_rolls_back_replicas_and_image_exactly_and_journals_the_undo() {
+    let ns = TestNs::new("rb-rollback").await;
+    deployment(&ns, "web", 2, "nginx:1.26", json!({})).await;
+    available(&ns, "web").await;
+    let w = Work::new();
+    let rb = w.write(
+        "rb.yaml",
+        r#"apiVersion: lifeboat.io/v1
+kind: Runbook
+metadata: {name: scale-image-fail}
+params:
+  namespace: {type: string, required: true}
+steps:
+  - id: scale
+    scale: {kind: Deployment, name: web, namespace: "{{ params.namespace }}", replicas: 4}
+  - id: image
+    setImage: {kind: Deployment, name: web, namespace: "{{ params.namespace }}", container: app, image: "nginx:1.27"}
+  - id: rollout
+    wait: {apiVersion: apps/v1, kind: Deployment, name: web, namespace: "{{ params.namespace }}", rollout: true}
+    timeout: 90s
+  - id: smoke-test
+    run: {command: "echo 'smoke test failed' >&2; exit 7"}
+"#,
+    );
+    let plan = w.plan(&rb, &[&format!("namespace={}", ns.name)]);
+    let r = w.run(&[
+        "runbook",
+        "run",
+        plan.to_str().unwrap(),
+        "--yes",
+        "-o",
+        "json",
+    ]);
+    r.code_is(2);
+    let report = r.json();
+    assert_eq!(report["status"], "rolled-back", "{}", r.describe());
+    let d = ns.api::<Deployment>().get("web").await.unwrap();
+    assert_eq!(replicas_and_image(&d), (2, "nginx:1.26".to_string()));
+
+    let run = report["run"].as_str().unwrap();
+    let j = w.journal(run);
+    assert_eq!(
+        events(&j, "intent", "scale")[0]["before"],
+        json!({"replicas": 2})
+    );
+    assert_eq!(
+        events(&j, "intent", "image")[0]["before"],
+        json!({"container": "app", "image": "nginx:1.26"})
+    );
+    for step in ["scale", "image"] {
+        let undo = events(&j, "undo-result", step);
+        assert_eq!(undo.len(), 1, "{step}: {j:#?}");
+        assert_eq!(undo[0]["status"], "undone");
+    }
+    let failed = events(&j, "result", "smoke-test");
+    assert!(
+        failed[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("status 7: smoke test failed")
+    );
+    // The undo happened in reverse order: image before scale.
+    let pos = |step: &str| {
+        j.iter()
+            .position(|r| r["event"] == "undo-result" && r["step"] == step)
+            .unwrap()
+    };
+    assert!(pos("image") < pos("scale"));
+    // status reads the same journal
+    let s = w.run(&["runbook", "status", run, "-o", "json"]);
+    s.success();
+    assert_eq!(s.json()["status"], "rolled-back");
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn kill_dash_nine_in_step_three_then_resume_does_not_repeat_steps_one_and_two() {
+    let ns = TestNs::new("rb-resume").await;
+    deployment(&ns, "web", 1, "nginx:1.26", json!({})).await;
+    let cm: ConfigMap = obj(json!({"metadata": {"name": "settings"}, "data": {"mode": "a"}}));
+    ns.api::<ConfigMap>()
+        .create(&PostParams::default(), &cm)
+        .await
+        .unwrap();
+    let w = Work::new();
+    let marker = w.path("step3-started");
+    let rb = w.write(
+        "rb.yaml",
+        &format!(
+            r#"apiVersion: lifeboat.io/v1
+kind: Runbook
+metadata: {{name: five-steps}}
+steps:
+  - id: one
+    scale: {{kind: Deployment, name: web, namespace: {ns}, replicas: 2}}
+  - id: two
+    patch: {{apiVersion: v1, kind: ConfigMap, name: settings, namespace: {ns}, patch: {{data: {{mode: b}}}}}}
+  - id: three
+    run: {{command: "echo started > {marker}; sleep 30"}}
+  - id: four
+    run: {{command: "echo four"}}
+  - id: five
+    scale: {{kind: Deployment, name: web, namespace: {ns}, replicas: 3}}
+"#,
+            ns = ns.name,
+            marker = marker.display()
+        ),
+    );
+    let plan = w.plan(&rb, &[]);
+    let mut child =
+        w.lb.spawn(&["runbook", "run", plan.to_str().unwrap(), "--yes"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !marker.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "step three never started"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "lifeboat exited early");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+
+    let list = w.run(&["runbook", "list", "-o", "json"]);
+    list.success();
+    let runs = list.json()["runs"].as_array().unwrap().clone();
+    assert_eq!(runs.len(), 1);
+    let run = runs[0]["run"].as_str().unwrap().to_string();
+    assert_eq!(runs[0]["status"], "incomplete");
+
+    // Unattended, a half-run command needs a decision.
+    let r = w.run(&["runbook", "resume", &run, "--yes"]);
+    r.code_is(64);
+    assert!(r.stderr().contains("--in-doubt"), "{}", r.describe());
+
+    // The crashed run's lease belongs to this run id: resume takes it at once.
+    let r = w.run(&[
+        "runbook",
+        "resume",
+        &run,
+        "--yes",
+        "--in-doubt",
+        "skip",
+        "-o",
+        "json",
+    ]);
+    r.success();
+    assert_eq!(r.json()["status"], "succeeded");
+    let j = w.journal(&run);
+    assert_eq!(events(&j, "intent", "one").len(), 1, "step one repeated");
+    assert_eq!(events(&j, "intent", "two").len(), 1, "step two repeated");
+    assert_eq!(events(&j, "result", "three")[0]["status"], "skipped");
+    assert_eq!(events(&j, "result", "four")[0]["status"], "succeeded");
+    assert_eq!(events(&j, "result", "five")[0]["status"], "succeeded");
+    let d = ns.api::<Deployment>().get("web").await.unwrap();
+    assert_eq!(d.spec.unwrap().replicas, Some(3));
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn approve_under_yes_exits_3_and_resume_with_approve_records_who() {
+    let ns = TestNs::new("rb-approve").await;
+    deployment(&ns, "web", 1, "nginx:1.26", json!({})).await;
+    let w = Work::new();
+    let rb = w.write(
+        "rb.yaml",
+        &format!(
+            r#"apiVersion: lifeboat.io/v1
+kind: Runbook
+metadata: {{name: approve-then-scale}}
+steps:
+  - id: check
+    run: {{command: "echo ok"}}
+    undo: skip
+  - id: go
+    approve: {{message: "Scale web to 3?"}}
+  - id: scale
+    scale: {{kind: Deployment, name: web, namespace: {ns}, replicas: 3}}
+"#,
+            ns = ns.name
+        ),
+    );
+    let plan = w.plan(&rb, &[]);
+    let r = w.run(&["runbook", "run", plan.to_str().unwrap(), "--yes"]);
+    r.code_is(3);
+    let run = run_id(&r);
+    assert!(
+        r.stderr()
+            .contains(&format!("lifeboat runbook resume {run} --approve go")),
+        "{}",
+        r.describe()
+    );
+    let d = ns.api::<Deployment>().get("web").await.unwrap();
+    assert_eq!(
+        d.spec.unwrap().replicas,
+        Some(1),
+        "nothing ran past approve"
+    );
+
+    let r = w.run(&[
+        "runbook",
+        "resume",
+        &run,
+        "--yes",
+        "--approve",
+        "go",
+        "-o",
+        "json",
+    ]);
+    r.success();
+    let j = w.journal(&run);
+    let approval = events(&j, "approval", "go");
+    assert_eq!(approval.len(), 1);
+    assert_eq!(approval[0]["actor"]["user"], "test-operator");
+    assert!(
+        approval[0]["actor"]["kubernetes"]
+            .as_str()
+            .is_some_and(|k| !k.is_empty()),
+        "{:?}",
+        approval[0]
+    );
+    assert_eq!(approval[0]["details"]["via"], "--approve");
+    assert_eq!(events(&j, "intent", "check").len(), 1, "check not repeated");
+    let d = ns.api::<Deployment>().get("web").await.unwrap();
+    assert_eq!(d.spec.unwrap().replicas, Some(3));
+    let s = w.run(&["runbook", "status", &run, "-o", "json"]);
+    let steps = s.json()["steps"].as_array().unwrap().clone();
+    let go = steps.iter().find(|s| s["id"] == "go").unwrap();
+    assert_eq!(go["approvedBy"]["user"], "test-operator");
+    ns.cleanup().await;
+}
+
+/// A kwok node of the test's own: tainted so only the test's pods land on it.
+async fn own_node(client: &kube::Client, name: &str) {
+    let n: Node = obj(json!({
+        "metadata": {"name": name,
+            "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
+            "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "type": "kwok"}},
+        "spec": {"taints": [{"key": "lifeboat.io/test-node", "value": name, "effect": "NoSchedule"}]},
+        "status": {"nodeInfo": {"kubeletVersion": common::Env::pinned_k8s_version(), "kubeProxyVersion": common::Env::pinned_k8s_version(),
+                                "architecture": "amd64", "operatingSystem": "linux"},
+                   "allocatable": {"cpu": "32", "memory": "256Gi", "pods": "110"},
+                   "capacity": {"cpu": "32", "memory": "256Gi", "pods": "110"}}
+    }));
+    Api::<Node>::all(client.clone())
+        .create(&PostParams::default(), &n)
+        .await
+        .unwrap();
+}
+
+fn pinned_to(node: &str) -> Value {
+    json!({"nodeSelector": {"kubernetes.io/hostname": node},
+           "tolerations": [{"key": "lifeboat.io/test-node", "operator": "Exists", "effect": "NoSchedule"}]})
+}
+
+async fn unschedulable(client: &kube::Client, node: &str) -> bool {
+    Api::<Node>::all(client.clone())
+        .get(node)
+        .await
+        .unwrap()
+        .spec
+        .and_then(|s| s.unschedulable)
+        .unwrap_or(false)
+}
+
+#[tokio::test]
+async fn drain_against_a_pdb_allowing_no_disruption_times_out_naming_it_and_uncordons() {
+    let ns = TestNs::new("rb-drain").await;
+    let node = unique("lbt-node");
+    own_node(&ns.client, &node).await;
+    deployment(&ns, "db", 1, "postgres:16", pinned_to(&node)).await;
+    available(&ns, "db").await;
+    let pdb: k8s_openapi::api::policy::v1::PodDisruptionBudget = obj(json!({
+        "metadata": {"name": "db-pdb"},
+        "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "db"}}}
+    }));
+    let pdbs = ns.api::<k8s_openapi::api::policy::v1::PodDisruptionBudget>();
+    pdbs.create(&PostParams::default(), &pdb).await.unwrap();
+    eventually("the PDB to count the pod", Duration::from_secs(60), || {
+        let pdbs = pdbs.clone();
+        async move {
+            let st = pdbs.get("db-pdb").await.ok()?.status?;
+            (st.current_healthy == 1 && st.disruptions_allowed == 0).then_some(())
+        }
+    })
+    .await;
+    let w = Work::new();
+    let rb = w.write(
+        "rb.yaml",
+        &format!(
+            r#"apiVersion: lifeboat.io/v1
+kind: Runbook
+metadata: {{name: drain-one}}
+steps:
+  - id: drain
+    drain: {{node: {node}}}
+    timeout: 6s
+"#
+        ),
+    );
+    let plan = w.plan(&rb, &[]);
+    let r = w.run(&[
+        "runbook",
+        "run",
+        plan.to_str().unwrap(),
+        "--yes",
+        "-o",
+        "json",
+    ]);
+    r.code_is(2);
+    let report = r.json();
+    let step = &report["steps"][0];
+    let msg = w
+        .journal(report["run"].as_str().unwrap())
+        .into_iter()
+        .find(|r| r["event"] == "result" && r["step"] == "drain")
+        .unwrap()["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(msg.contains("timed out after 6s"), "{msg}");
+    assert!(
+        msg.contains(&format!(
+            "PodDisruptionBudget {}/db-pdb allows 0 disruptions",
+            ns.name
+        )),
+        "{msg}"
+    );
+    assert_eq!(step["status"], "rolled-back", "{report:#}");
+    assert!(
+        !unschedulable(&ns.client, &node).await,
+        "the undo uncordons"
+    );
+    let _ = Api::<Node>::all(ns.client.clone())
+        .delete(&node, &DeleteParams::default())
+        .await;
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn interactive_run_in_a_pseudo_terminal_asks_and_the_answers_take_effect() {
+    let ns = TestNs::new("rb-pty").await;
+    deployment(&ns, "web", 1, "nginx:1.26", json!({})).await;
+    let w = Work::new();
+    let rb = w.write(
+        "rb.yaml",
+        &format!(
+            r#"apiVersion: lifeboat.io/v1
+kind: Runbook
+metadata: {{name: interactive}}
+steps:
+  - id: scale
+    description: Scale web up
+    scale: {{kind: Deployment, name: web, namespace: {ns}, replicas: 5}}
+  - id: go
+    approve: {{message: "Really run the flaky step?"}}
+  - id: flaky
+    run: {{command: "exit 1"}}
+    undo: skip
+"#,
+            ns = ns.name
+        ),
+    );
+    let plan = w.plan(&rb, &[]);
+    let mut cmd = w.lb.command(&["runbook", "run", plan.to_str().unwrap()]);
+    cmd.env("TERM", "xterm")
+        .stdin(std::process::Stdio::inherit())
+        .stdout(std::process::Stdio::inherit())
+        .stderr(std::process::Stdio::inherit());
+    let mut p = rexpect::session::spawn_with_options(
+        cmd,
+        rexpect::reader::Options::new()
+            .timeout_ms(Some(60_000))
+            .strip_ansi_escape_codes(true),
+    )
+    .unwrap();
+    // (rexpect reads bytes as Latin-1: match ASCII fragments only)
+    p.exp_string("Step 1/3: scale (scale)").unwrap();
+    p.exp_string("Scale web up").unwrap();
+    p.exp_string(&format!("Deployment {}/web replicas 1 ", ns.name))
+        .unwrap();
+    p.exp_string("Run this step?").unwrap();
+    p.send_line("y").unwrap();
+    p.exp_string("Approval needed (go): Really run the flaky step?")
+        .unwrap();
+    p.exp_string("flaky (run)").unwrap(); // the prompt shows what comes next
+    p.exp_string("Approve?").unwrap();
+    p.send_line("y").unwrap();
+    p.exp_string("Run this step?").unwrap();
+    p.send_line("y").unwrap();
+    p.exp_string("Step flaky failed").unwrap();
+    p.exp_string("roll back to start").unwrap();
+    p.exp_string("abort (the run stays resumable)").unwrap();
+    // The default choice is the rollback: Enter picks it.
+    p.send("\r").unwrap();
+    p.flush().unwrap();
+    p.exp_string("rolled-back").unwrap();
+    p.exp_eof().unwrap();
+    match p.process().wait().unwrap() {
+        rexpect::process::WaitStatus::Exited(_, code) => assert_eq!(code, 2),
+        other => panic!("lifeboat ended with {other:?}"),
+    }
+    let d = ns.api::<Deployment>().get("web").await.unwrap();
+    assert_eq!(d.spec.unwrap().replicas, Some(1), "rolled back to 1");
+    let list = w.run(&["runbook", "list", "-o", "json"]);
+    let run = list.json()["runs"][0]["run"].as_str().unwrap().to_string();
+    let j = w.journal(&run);
+    assert_eq!(events(&j, "approval", "go")[0]["details"]["via"], "prompt");
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn edited_plans_wrong_clusters_and_busy_plans_are_refused() {
+    let ns = TestNs::new("rb-refuse").await;
+    deployment(&ns, "web", 1, "nginx:1.26", json!({})).await;
+    let w = Work::new();
+    let rb = w.write(
+        "rb.yaml",
+        &format!(
+            r#"apiVersion: lifeboat.io/v1
+kind: Runbook
+metadata: {{name: refused}}
+steps:
+  - id: scale
+    scale: {{kind: Deployment, name: web, namespace: {ns}, replicas: 2}}
+"#,
+            ns = ns.name
+        ),
+    );
+    let plan = w.plan(&rb, &[]);
+    let text = std::fs::read_to_string(&plan).unwrap();
+
+    let edited = w.write("edited.yaml", &text.replace("replicas: 2", "replicas: 20"));
+    let r = w.run(&["runbook", "run", edited.to_str().unwrap(), "--yes"]);
+    r.code_is(1);
+    assert!(
+        r.stderr().contains("was changed after it was planned"),
+        "{}",
+        r.describe()
+    );
+
+    // Someone else holds this plan's lease and renewed it just now.
+    let hash = text
+        .lines()
+        .find_map(|l| l.strip_prefix("contentHash: "))
+        .unwrap()
+        .trim()
+        .to_string();
+    let lease_name = lifeboat::runbook::lease::lease_name(&hash);
+    let now = jiff::Timestamp::now();
+    let micro = format!(
+        "{}.{:06}Z",
+        now.strftime("%Y-%m-%dT%H:%M:%S"),
+        now.subsec_microsecond()
+    );
+    let lease: k8s_openapi::api::coordination::v1::Lease = obj(json!({
+        "metadata": {"name": lease_name},
+        "spec": {"holderIdentity": "run=someone-else user=alice", "leaseDurationSeconds": 60, "renewTime": micro}
+    }));
+    ns.api::<k8s_openapi::api::coordination::v1::Lease>()
+        .create(&PostParams::default(), &lease)
+        .await
+        .unwrap();
+    let r = w.run(&[
+        "runbook",
+        "run",
+        plan.to_str().unwrap(),
+        "--yes",
+        "--lease-namespace",
+        &ns.name,
+    ]);
+    r.code_is(1);
+    assert!(
+        r.stderr()
+            .contains("this plan is being run by run=someone-else user=alice"),
+        "{}",
+        r.describe()
+    );
+    let d = ns.api::<Deployment>().get("web").await.unwrap();
+    assert_eq!(
+        d.spec.unwrap().replicas,
+        Some(1),
+        "a refused run changes nothing"
+    );
+
+    // The lease released, the same plan runs, and gives its lease back at the end.
+    ns.api::<k8s_openapi::api::coordination::v1::Lease>()
+        .delete(&lease_name, &DeleteParams::default())
+        .await
+        .unwrap();
+    w.run(&[
+        "runbook",
+        "run",
+        plan.to_str().unwrap(),
+        "--yes",
+        "--lease-namespace",
+        &ns.name,
+    ])
+    .success();
+    assert!(
+        ns.api::<k8s_openapi::api::coordination::v1::Lease>()
+            .get_opt(&lease_name)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn shipped_rotate_secret_rolls_back_to_the_old_value_and_never_journals_secrets() {
+    let ns = TestNs::new("rb-rotate").await;
+    let old = "original-database-password-4711";
+    let s: Secret = obj(json!({"metadata": {"name": "db"}, "stringData": {"password": old}}));
+    ns.api::<Secret>()
+        .create(&PostParams::default(), &s)
+        .await
+        .unwrap();
+    deployment(&ns, "api", 1, "example/api:1", json!({})).await;
+    available(&ns, "api").await;
+    let w = Work::new();
+    let rb = common::repo_root().join("runbooks/rotate-secret.yaml");
+    let nsv = format!("namespace={}", ns.name);
+    let value =
+        |s: &Secret| String::from_utf8(s.data.as_ref().unwrap()["password"].0.clone()).unwrap();
+
+    // The application check fails: the old value comes back, the pods are restarted again.
+    let plan = w.plan(&rb, &[&nsv, "secret=db", "deployment=api", "check=exit 1"]);
+    let r = w.run(&[
+        "runbook",
+        "run",
+        plan.to_str().unwrap(),
+        "--yes",
+        "-o",
+        "json",
+    ]);
+    r.code_is(2);
+    let report = r.json();
+    let run = report["run"].as_str().unwrap();
+    assert_eq!(value(&ns.api::<Secret>().get("db").await.unwrap()), old);
+    let steps = report["steps"].as_array().unwrap();
+    let restart_again = steps
+        .iter()
+        .find(|s| s["id"] == "restart-after-rollback")
+        .unwrap();
+    assert_eq!(restart_again["status"], "succeeded", "{report:#}");
+    let text = w.journal_text(run);
+    use base64::Engine as _;
+    let old_b64 = base64::engine::general_purpose::STANDARD.encode(old);
+    assert!(!text.contains(old) && !text.contains(&old_b64), "{text}");
+    // The in-cluster copy of the old value is removed once it has been restored.
+    let copies = ns
+        .api::<Secret>()
+        .list(&kube::api::ListParams::default().labels("lifeboat.io/undo=true"))
+        .await
+        .unwrap();
+    assert!(copies.items.is_empty());
+
+    // The check passes: a new value stays, and neither value is in the journal.
+    let plan = w.plan(&rb, &[&nsv, "secret=db", "deployment=api"]);
+    let r = w.run(&[
+        "runbook",
+        "run",
+        plan.to_str().unwrap(),
+        "--yes",
+        "-o",
+        "json",
+    ]);
+    r.success();
+    let new = value(&ns.api::<Secret>().get("db").await.unwrap());
+    assert_ne!(new, old);
+    assert_eq!(new.len(), 48, "24 random bytes, hex");
+    let text = w.journal_text(r.json()["run"].as_str().unwrap());
+    assert!(!text.contains(&new) && !text.contains(old), "{text}");
+    let plan_text = std::fs::read_to_string(&plan).unwrap();
+    assert!(!plan_text.contains(old));
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn shipped_namespace_restore_restores_after_approval_and_verifies_workloads() {
+    let ns = TestNs::new("rb-nsrestore").await;
+    deployment(&ns, "shop", 2, "example/shop:2", json!({})).await;
+    let cm: ConfigMap = obj(json!({"metadata": {"name": "settings"}, "data": {"currency": "EUR"}}));
+    ns.api::<ConfigMap>()
+        .create(&PostParams::default(), &cm)
+        .await
+        .unwrap();
+    available(&ns, "shop").await;
+    let w = Work::new();
+    w.run(&["repo", "init"]).success();
+    w.run(&["backup", "create", "-n", &ns.name]).success();
+    // The incident: the namespace is gone.
+    let namespaces = Api::<k8s_openapi::api::core::v1::Namespace>::all(ns.client.clone());
+    namespaces
+        .delete(&ns.name, &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("the namespace to be gone", Duration::from_secs(90), || {
+        let namespaces = namespaces.clone();
+        let name = ns.name.clone();
+        async move {
+            namespaces
+                .get_opt(&name)
+                .await
+                .unwrap()
+                .is_none()
+                .then_some(())
+        }
+    })
+    .await;
+
+    let rb = common::repo_root().join("runbooks/namespace-restore.yaml");
+    let plan = w.plan(&rb, &[&format!("namespace={}", ns.name)]);
+    let r = w.run(&["runbook", "run", plan.to_str().unwrap(), "--yes"]);
+    r.code_is(3);
+    let run = run_id(&r);
+    assert!(
+        namespaces.get_opt(&ns.name).await.unwrap().is_none(),
+        "the dry run wrote nothing"
+    );
+    let r = w.run(&[
+        "runbook",
+        "resume",
+        &run,
+        "--yes",
+        "--approve",
+        "approve-restore",
+        "-o",
+        "json",
+    ]);
+    r.success();
+    let report = r.json();
+    let verify = report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == "verify")
+        .unwrap()
+        .clone();
+    assert_eq!(verify["status"], "succeeded", "{report:#}");
+    let d = ns.api::<Deployment>().get("shop").await.unwrap();
+    assert_eq!(replicas_and_image(&d), (2, "example/shop:2".to_string()));
+    let cm = ns.api::<ConfigMap>().get("settings").await.unwrap();
+    assert_eq!(cm.data.unwrap()["currency"], "EUR");
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn shipped_cluster_upgrade_gates_backs_up_and_upgrades_node_by_node() {
+    let ns = TestNs::new("rb-upgrade").await;
+    let node = unique("lbt-node");
+    own_node(&ns.client, &node).await;
+    deployment(&ns, "worker", 1, "example/worker:1", pinned_to(&node)).await;
+    available(&ns, "worker").await;
+    let w = Work::new();
+    w.run(&["repo", "init"]).success();
+    let hook = w.path("hook.log");
+    let upgrade = format!("echo \"$NODE $TARGET\" >> {}", hook.display());
+    let rb = common::repo_root().join("runbooks/cluster-upgrade.yaml");
+    let minor: u32 = common::Env::pinned_k8s_version()
+        .trim_start_matches('v')
+        .split('.')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let target = format!("1.{}", minor + 1);
+    // Other tests run in the same cluster at the same time (their PDBs and webhooks would be
+    // blockers here): the gate reports but does not fail in this test.
+    let plan = w.plan(
+        &rb,
+        &[
+            &format!("target={target}"),
+            &format!("nodes={node}"),
+            &format!("upgradeCommand={upgrade}"),
+            "failOn=none",
+        ],
+    );
+    let plan_text = std::fs::read_to_string(&plan).unwrap();
+    assert!(
+        plan_text.contains(&format!("node-{node}-drain")),
+        "{plan_text}"
+    );
+    let r = w.run(&["runbook", "run", plan.to_str().unwrap(), "--yes"]);
+    r.code_is(3);
+    let run = run_id(&r);
+    let r = w.run(&[
+        "runbook",
+        "resume",
+        &run,
+        "--yes",
+        "--approve",
+        "go",
+        "-o",
+        "json",
+    ]);
+    r.success();
+    assert_eq!(
+        std::fs::read_to_string(&hook).unwrap().trim(),
+        format!("{node} {target}")
+    );
+    let j = w.journal(&run);
+    for s in ["cordon", "drain", "upgrade", "uncordon", "ready"] {
+        let id = format!("node-{node}-{s}");
+        assert_eq!(
+            events(&j, "result", &id).last().unwrap()["status"],
+            "succeeded",
+            "{id}"
+        );
+    }
+    let backup_id = events(&j, "result", "backup")[0]["outputs"]["backupId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    w.run(&["backup", "describe", &backup_id]).success();
+    assert!(!unschedulable(&ns.client, &node).await);
+    let _ = Api::<Node>::all(ns.client.clone())
+        .delete(&node, &DeleteParams::default())
+        .await;
+    ns.cleanup().await;
+}
+
+#[test]
+fn malformed_runbooks_get_one_error_with_file_line_col() {
+    let w = Work::new();
+    let cases: &[(&str, &str, &str, &[&str])] = &[
+        (
+            "unknown-action",
+            "apiVersion: lifeboat.io/v1\nkind: Runbook\nmetadata: {name: x}\nsteps:\n  - id: a\n    scael: {kind: Deployment, name: w, namespace: n, replicas: 1}\n",
+            ":6:",
+            &["unknown step field or action `scael`"],
+        ),
+        (
+            "bad-duration",
+            "apiVersion: lifeboat.io/v1\nkind: Runbook\nmetadata: {name: x}\nsteps:\n  - id: a\n    run: {command: 'true'}\n    timeout: 10 minutes\n",
+            ":7:5:",
+            &["invalid duration"],
+        ),
+        (
+            "rollback-to-non-checkpoint",
+            "apiVersion: lifeboat.io/v1\nkind: Runbook\nmetadata: {name: x}\nsteps:\n  - id: a\n    run: {command: 'true'}\n  - id: b\n    run: {command: 'true'}\n    rollbackTo: a\n",
+            ":9:5:",
+            &["rollbackTo \"a\" is not a checkpoint"],
+        ),
+        (
+            "duplicate-ids",
+            "apiVersion: lifeboat.io/v1\nkind: Runbook\nmetadata: {name: x}\nsteps:\n  - id: a\n    run: {command: 'true'}\n  - id: a\n    run: {command: 'true'}\n",
+            ":7:5:",
+            &["duplicate step id \"a\""],
+        ),
+        (
+            "undeclared-param",
+            "apiVersion: lifeboat.io/v1\nkind: Runbook\nmetadata: {name: x}\nsteps:\n  - id: a\n    run: {command: 'echo {{ params.nope }}'}\n",
+            ":5:",
+            &["params.nope, which is not declared"],
+        ),
+        (
+            "unknown-field",
+            "apiVersion: lifeboat.io/v1\nkind: Runbook\nmetadata: {name: x}\nsteps:\n  - id: a\n    scale: {kind: Deployment, name: w, namespace: n, replicas: 1, replica: 2}\n",
+            ":6:",
+            &["unknown field `replica`"],
+        ),
+    ];
+    for (name, text, location, needles) in cases {
+        let f = w.write(&format!("{name}.yaml"), text);
+        let r = Lifeboat::offline().run(&["runbook", "validate", f.to_str().unwrap()]);
+        r.code_is(1);
+        let err = r.stderr();
+        assert_eq!(err.trim().lines().count(), 1, "{name}: one line\n{err}");
+        assert!(
+            err.contains(&format!("{}{location}", f.display())),
+            "{name}: want {location}\n{err}"
+        );
+        for n in *needles {
+            assert!(err.contains(n), "{name}: want {n:?}\n{err}");
+        }
+    }
+    // A required parameter without a value: located at its declaration.
+    let f = w.write(
+        "required.yaml",
+        "apiVersion: lifeboat.io/v1\nkind: Runbook\nmetadata: {name: x}\nparams:\n  namespace: {type: string, required: true}\n  replicas: {type: int, default: 1}\nsteps:\n  - id: a\n    run: {command: 'echo {{ params.namespace }}'}\n",
+    );
+    let r = Lifeboat::offline().run(&[
+        "runbook",
+        "validate",
+        f.to_str().unwrap(),
+        "--set",
+        "replicas=2",
+    ]);
+    r.code_is(1);
+    assert!(
+        r.stderr().contains(&format!(
+            "{}:5:3: required parameter namespace is missing",
+            f.display()
+        )),
+        "{}",
+        r.describe()
+    );
+    let r = Lifeboat::offline().run(&[
+        "runbook",
+        "validate",
+        f.to_str().unwrap(),
+        "--set",
+        "replicas=many",
+    ]);
+    r.code_is(64);
+    assert!(r.stderr().contains("\"many\" is not an integer"));
+}
+
+#[test]
+fn shipped_runbooks_validate_and_example_plans_keep_their_hash() {
+    let root = common::repo_root();
+    let mut runbooks = 0;
+    for e in std::fs::read_dir(root.join("runbooks")).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "yaml") {
+            Lifeboat::offline()
+                .run(&["runbook", "validate", p.to_str().unwrap()])
+                .success();
+            runbooks += 1;
+        }
+    }
+    assert_eq!(runbooks, 3);
+    let mut plans = 0;
+    for e in std::fs::read_dir(root.join("plans")).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "yaml") {
+            let (plan, loaded) = lifeboat::runbook::plan::load(&p)
+                .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            assert_eq!(
+                plan.preview.len(),
+                loaded.steps.len() + loaded.runbook.finally.len()
+            );
+            plans += 1;
+        }
+    }
+    assert_eq!(plans, 3, "one example plan per shipped runbook");
+}
