@@ -197,6 +197,8 @@ async fn runbook_command(
         } => {
             let mut opts = exec(&e);
             opts.dry_run = dry_run;
+            // A missing or edited plan is reported before the cluster is contacted.
+            runbook::plan::load(&plan)?;
             let cluster = cluster::connect(&cluster_options).await?;
             let env = runbook::Env {
                 cluster: &cluster,
@@ -214,6 +216,7 @@ async fn runbook_command(
         } => {
             let mut opts = exec(&e);
             opts.in_doubt = in_doubt;
+            runbook::status(Some(&run), None)?; // an unknown run id fails before connecting
             let cluster = cluster::connect(&cluster_options).await?;
             let env = runbook::Env {
                 cluster: &cluster,
@@ -226,6 +229,7 @@ async fn runbook_command(
         }
         RunbookCommand::Rollback { run, to, exec: e } => {
             let opts = exec(&e);
+            runbook::status(Some(&run), None)?;
             let cluster = cluster::connect(&cluster_options).await?;
             let env = runbook::Env {
                 cluster: &cluster,

@@ -26,22 +26,26 @@ fn help_lists_every_command_group() {
 }
 
 #[test]
-fn unimplemented_commands_fail_with_a_clear_message() {
+fn runbook_commands_without_their_input_fail_with_one_clear_line() {
     let lb = Lifeboat::offline();
-    for args in [
-        &["runbook", "validate", "runbooks/x.yaml"][..],
-        &["runbook", "plan", "x.yaml", "--set", "a=b"],
-        &["runbook", "run", "plan.yaml"],
-        &["runbook", "rollback", "run-1", "--to", "start"],
-        &["runbook", "status"],
+    for (args, code, needle) in [
+        (
+            &["runbook", "validate", "runbooks/x.yaml"][..],
+            1,
+            "cannot read runbooks/x.yaml",
+        ),
+        (&["runbook", "run", "plan.yaml"], 1, "cannot read plan.yaml"),
+        (&["runbook", "status"], 64, "no runs in"),
+        (
+            &["runbook", "rollback", "run-1", "--to", "start"],
+            64,
+            "no run run-1",
+        ),
+        (&["runbook", "plan", "x.yaml", "--set", "a"], 64, "KEY=VALUE"),
     ] {
         let r = lb.run(args);
-        r.code_is(1);
-        assert!(
-            r.stderr().contains("not implemented yet"),
-            "{}",
-            r.describe()
-        );
+        r.code_is(code);
+        assert!(r.stderr().contains(needle), "{}", r.describe());
         assert!(
             r.stdout().is_empty(),
             "must not print anything that looks like a result\n{}",

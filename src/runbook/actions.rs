@@ -641,6 +641,9 @@ pub async fn execute(ctx: &Ctx<'_>, action: &Action, timeout: Duration) -> R<Out
                 out = run_command(ctx, r, timeout).await?;
             }
         }
+        Action::Http(h) if ctx.dry_run && !matches!(h.method.as_str(), "GET" | "HEAD") => {
+            out.summary = format!("would send {} {}", h.method, h.url);
+        }
         Action::Http(h) => {
             out = http(h, timeout).await?;
         }
