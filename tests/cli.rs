@@ -41,7 +41,11 @@ fn runbook_commands_without_their_input_fail_with_one_clear_line() {
             64,
             "no run run-1",
         ),
-        (&["runbook", "plan", "x.yaml", "--set", "a"], 64, "KEY=VALUE"),
+        (
+            &["runbook", "plan", "x.yaml", "--set", "a"],
+            64,
+            "KEY=VALUE",
+        ),
     ] {
         let r = lb.run(args);
         r.code_is(code);

@@ -908,7 +908,7 @@ fn malformed_runbooks_get_one_error_with_file_line_col() {
         (
             "undeclared-param",
             "apiVersion: lifeboat.io/v1\nkind: Runbook\nmetadata: {name: x}\nsteps:\n  - id: a\n    run: {command: 'echo {{ params.nope }}'}\n",
-            ":5:",
+            ":6:5:",
             &["params.nope, which is not declared"],
         ),
         (
@@ -992,4 +992,81 @@ fn shipped_runbooks_validate_and_example_plans_keep_their_hash() {
         }
     }
     assert_eq!(plans, 3, "one example plan per shipped runbook");
+}
+
+#[tokio::test]
+async fn ctrl_c_mid_step_records_interrupted_releases_the_lease_and_resumes() {
+    let ns = TestNs::new("rb-ctrlc").await;
+    deployment(&ns, "web", 1, "nginx:1.26", json!({})).await;
+    let w = Work::new();
+    let marker = w.path("started");
+    let rb = w.write(
+        "rb.yaml",
+        &format!(
+            r#"apiVersion: lifeboat.io/v1
+kind: Runbook
+metadata: {{name: ctrl-c}}
+steps:
+  - id: scale
+    scale: {{kind: Deployment, name: web, namespace: {ns}, replicas: 2}}
+  - id: slow
+    run: {{command: "touch {marker}; sleep 30"}}
+"#,
+            ns = ns.name,
+            marker = marker.display()
+        ),
+    );
+    let plan = w.plan(&rb, &[]);
+    let mut child = w.lb.spawn(&[
+        "runbook",
+        "run",
+        plan.to_str().unwrap(),
+        "--yes",
+        "--lease-namespace",
+        &ns.name,
+    ]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !marker.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "step slow never started"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let started = std::time::Instant::now();
+    std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert!(
+        started.elapsed() < Duration::from_secs(25),
+        "Ctrl-C did not stop the step"
+    );
+    let list = w.run(&["runbook", "list", "-o", "json"]);
+    let run = list.json()["runs"][0]["run"].as_str().unwrap().to_string();
+    let j = w.journal(&run);
+    let last = j.last().unwrap();
+    assert_eq!(last["event"], "run-finished");
+    assert_eq!(last["status"], "interrupted");
+    let leases = ns
+        .api::<k8s_openapi::api::coordination::v1::Lease>()
+        .list(&Default::default())
+        .await
+        .unwrap();
+    assert!(leases.items.is_empty(), "the lease is released");
+    let r = w.run(&[
+        "runbook",
+        "resume",
+        &run,
+        "--yes",
+        "--in-doubt",
+        "skip",
+        "--lease-namespace",
+        &ns.name,
+    ]);
+    r.success();
+    assert_eq!(events(&w.journal(&run), "intent", "scale").len(), 1);
+    ns.cleanup().await;
 }

@@ -1074,29 +1074,35 @@ fn check(l: &Loaded) -> Result<(), Error> {
                 ));
             }
         }
-        // Templates: syntax, parameters that exist, outputs of earlier steps.
-        let mut strings = Vec::new();
-        let body = serde_json::to_value(&step.action).expect("actions serialize");
-        collect_strings(&body, &mut strings);
+        // Templates: syntax, parameters that exist, outputs of earlier steps. Each error points
+        // at the field that holds the template (the action, `undo` or `when`).
+        let mut strings: Vec<(&str, String)> = Vec::new();
+        let mut push = |field: &'static str, v: &Value| {
+            let mut tmp = Vec::new();
+            collect_strings(v, &mut tmp);
+            strings.extend(tmp.into_iter().map(|s| (field, s)));
+        };
+        push(
+            step.action.name(),
+            &serde_json::to_value(&step.action).expect("actions serialize"),
+        );
         if let Some(Undo::Action(u)) = &step.undo {
-            collect_strings(
-                &serde_json::to_value(u).expect("actions serialize"),
-                &mut strings,
-            );
+            push("undo", &serde_json::to_value(u).expect("actions serialize"));
         }
         if let Some(w) = &step.when {
             env.check_expression(w)
                 .map_err(|e| l.error_at(&with(&at, &["when"]), format!("when: {e}")))?;
-            strings.push(format!("{{{{ {w} }}}}"));
+            strings.push(("when", format!("{{{{ {w} }}}}")));
         }
-        for s in &strings {
+        for (field, s) in &strings {
+            let here = with(&at, &[field]);
             let refs = env
                 .check_template(s)
-                .map_err(|e| l.error_at(&at, format!("step {}: {e}", step.id)))?;
+                .map_err(|e| l.error_at(&here, format!("step {}: {e}", step.id)))?;
             for p in &refs.params {
                 if !rb.params.contains_key(p) {
                     return Err(l.error_at(
-                        &at,
+                        &here,
                         format!(
                             "step {} uses params.{p}, which is not declared under params",
                             step.id
@@ -1113,7 +1119,7 @@ fn check(l: &Loaded) -> Result<(), Error> {
                     ) => {}
                     _ => {
                         return Err(l.error_at(
-                            &at,
+                            &here,
                             format!(
                                 "step {} uses the outputs of step {s2:?}, which is not an earlier step",
                                 step.id
@@ -1233,4 +1239,104 @@ pub fn resolve_params(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEAD: &str = "apiVersion: lifeboat.io/v1\nkind: Runbook\nmetadata: {name: t}\n";
+
+    fn parse_str(body: &str) -> Result<Loaded, Error> {
+        parse(Path::new("t.yaml"), &format!("{HEAD}{body}"))
+    }
+
+    #[test]
+    fn groups_expand_per_item_in_order_with_scoped_rollback_targets() {
+        let mut l = parse_str(
+            "params:\n  nodes: {required: true}\nsteps:\n  - id: first\n    run: {command: 'true'}\n  - id: node\n    forEach: \"{{ params.nodes }}\"\n    steps:\n      - id: cordon\n        cordon: {node: \"{{ item }}\"}\n        checkpoint: true\n      - id: hook\n        run: {command: 'true'}\n        rollbackTo: cordon\n",
+        )
+        .unwrap();
+        let params = BTreeMap::from([("nodes".to_string(), Value::from("a, b"))]);
+        l.expand(&params).unwrap();
+        let ids: Vec<&str> = l.steps.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            [
+                "first",
+                "node-a-cordon",
+                "node-a-hook",
+                "node-b-cordon",
+                "node-b-hook"
+            ]
+        );
+        assert_eq!(l.steps[4].rollback_to.as_deref(), Some("node-b-cordon"));
+        assert_eq!(l.steps[3].vars["item"], Value::from("b"));
+    }
+
+    #[test]
+    fn undo_defaults_follow_the_action() {
+        let l = parse_str(
+            "steps:\n  - id: s\n    scale: {kind: Deployment, name: w, namespace: n, replicas: 1}\n  - id: r\n    run: {command: 'true'}\n  - id: w\n    wait: {apiVersion: v1, kind: Node, name: n, condition: Ready}\n",
+        )
+        .unwrap();
+        assert!(matches!(l.steps[0].effective_undo(), Undo::Auto));
+        assert!(matches!(l.steps[1].effective_undo(), Undo::None));
+        assert!(matches!(l.steps[2].effective_undo(), Undo::Skip));
+    }
+
+    #[test]
+    fn semantic_errors_are_located() {
+        let cases = [
+            (
+                "steps:\n  - id: r\n    run: {command: 'true'}\n    undo: auto\n",
+                "7:5",
+                "`undo: auto` is not possible for a run step",
+            ),
+            (
+                "steps:\n  - id: a\n    run: {command: 'true'}\n    scale: {kind: Deployment, name: w, namespace: n, replicas: 1}\n",
+                "",
+                "exactly one action",
+            ),
+            (
+                "steps:\n  - id: a\n    run: {command: 'echo {{ steps.b.outputs.x }}'}\n  - id: b\n    run: {command: 'true'}\n",
+                "6:5",
+                "not an earlier step",
+            ),
+            (
+                "steps:\n  - id: g\n    forEach: [a]\n    steps: []\n",
+                "",
+                "group `g` has no steps",
+            ),
+            ("steps: []\n", "4:1", "at least one step"),
+        ];
+        for (body, loc, needle) in cases {
+            let e = parse_str(body).unwrap_err().to_string();
+            assert!(e.contains(needle), "{e}");
+            assert!(e.contains(&format!("t.yaml:{loc}")), "{loc}: {e}");
+        }
+    }
+
+    #[test]
+    fn params_are_coerced_and_required_ones_enforced() {
+        let l = parse_str(
+            "params:\n  n: {type: int, default: 2}\n  on: {type: bool, default: false}\n  ns: {required: true}\nsteps:\n  - id: a\n    run: {command: 'true'}\n",
+        )
+        .unwrap();
+        let e = resolve_params(&l, &[("n".into(), "3".into())])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("t.yaml:7:3: required parameter ns is missing"),
+            "{e}"
+        );
+        let p = resolve_params(
+            &l,
+            &[("n".into(), "3".into()), ("ns".into(), "shop".into())],
+        )
+        .unwrap();
+        assert_eq!(p["n"], Value::from(3));
+        assert_eq!(p["on"], Value::from(false));
+        assert!(resolve_params(&l, &[("on".into(), "maybe".into())]).is_err());
+    }
 }
