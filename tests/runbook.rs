@@ -195,13 +195,13 @@ steps:
 
     let run = report["run"].as_str().unwrap();
     let j = w.journal(run);
+    let before = &events(&j, "intent", "scale")[0]["before"];
+    assert_eq!(before["replicas"], 2);
+    assert_eq!(before["name"], "web");
+    let before = &events(&j, "intent", "image")[0]["before"];
     assert_eq!(
-        events(&j, "intent", "scale")[0]["before"],
-        json!({"replicas": 2})
-    );
-    assert_eq!(
-        events(&j, "intent", "image")[0]["before"],
-        json!({"container": "app", "image": "nginx:1.26"})
+        (&before["container"], &before["image"]),
+        (&json!("app"), &json!("nginx:1.26"))
     );
     for step in ["scale", "image"] {
         let undo = events(&j, "undo-result", step);
@@ -632,6 +632,8 @@ steps:
         "{}",
         r.describe()
     );
+    let runs = w.run(&["runbook", "list", "-o", "json"]).json();
+    assert_eq!(runs["runs"], json!([]), "a refused run leaves no journal");
     let d = ns.api::<Deployment>().get("web").await.unwrap();
     assert_eq!(
         d.spec.unwrap().replicas,
@@ -727,7 +729,17 @@ async fn shipped_rotate_secret_rolls_back_to_the_old_value_and_never_journals_se
     assert_ne!(new, old);
     assert_eq!(new.len(), 48, "24 random bytes, hex");
     let text = w.journal_text(r.json()["run"].as_str().unwrap());
-    assert!(!text.contains(&new) && !text.contains(old), "{text}");
+    let new_b64 = base64::engine::general_purpose::STANDARD.encode(&new);
+    for (what, t) in [
+        ("journal", &text),
+        ("stdout", &r.stdout()),
+        ("stderr", &r.stderr()),
+    ] {
+        assert!(
+            !t.contains(&new) && !t.contains(&new_b64) && !t.contains(old),
+            "{what} shows a secret:\n{t}"
+        );
+    }
     let plan_text = std::fs::read_to_string(&plan).unwrap();
     assert!(!plan_text.contains(old));
     ns.cleanup().await;
@@ -1068,5 +1080,187 @@ steps:
     ]);
     r.success();
     assert_eq!(events(&w.journal(&run), "intent", "scale").len(), 1);
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_second_run_of_a_running_plan_is_refused_by_the_lease() {
+    let ns = TestNs::new("rb-lease").await;
+    let w = Work::new();
+    let marker = w.path("first-started");
+    let rb = w.write(
+        "rb.yaml",
+        &format!(
+            "apiVersion: lifeboat.io/v1\nkind: Runbook\nmetadata: {{name: long}}\nsteps:\n  - id: long\n    run: {{command: \"touch {}; sleep 20\"}}\n",
+            marker.display()
+        ),
+    );
+    let plan = w.plan(&rb, &[]);
+    let args = [
+        "runbook",
+        "run",
+        plan.to_str().unwrap(),
+        "--yes",
+        "--lease-namespace",
+        &ns.name,
+    ];
+    let mut first = w.lb.spawn(&args);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !marker.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "first run never started"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let second = w.run(&args);
+    second.code_is(1);
+    assert!(
+        second
+            .stderr()
+            .contains("this plan is being run by run=long-")
+            && second.stderr().contains("user=test-operator"),
+        "{}",
+        second.describe()
+    );
+    let runs = w.run(&["runbook", "list", "-o", "json"]).json();
+    assert_eq!(runs["runs"].as_array().unwrap().len(), 1, "{runs:#}");
+    std::process::Command::new("kill")
+        .args(["-TERM", &first.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(first.wait().unwrap().code(), Some(130));
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn undo_none_stops_the_rollback_with_exit_4_and_force_passes_over_it() {
+    let ns = TestNs::new("rb-undonone").await;
+    deployment(&ns, "web", 1, "nginx:1.26", json!({})).await;
+    let cm: ConfigMap = obj(json!({"metadata": {"name": "flag"}, "data": {"v": "0"}}));
+    ns.api::<ConfigMap>()
+        .create(&PostParams::default(), &cm)
+        .await
+        .unwrap();
+    let w = Work::new();
+    let rb = w.write(
+        "rb.yaml",
+        &format!(
+            r#"apiVersion: lifeboat.io/v1
+kind: Runbook
+metadata: {{name: irreversible}}
+steps:
+  - id: scale
+    scale: {{kind: Deployment, name: web, namespace: {ns}, replicas: 3}}
+  - id: migrate
+    description: a schema migration nobody can undo
+    run: {{command: "echo migrated"}}
+  - id: flag
+    patch: {{apiVersion: v1, kind: ConfigMap, name: flag, namespace: {ns}, patch: {{data: {{v: "1"}}}}}}
+  - id: verify
+    run: {{command: "exit 1"}}
+    undo: skip
+"#,
+            ns = ns.name
+        ),
+    );
+    let plan = w.plan(&rb, &[]);
+    let r = w.run(&[
+        "runbook",
+        "run",
+        plan.to_str().unwrap(),
+        "--yes",
+        "-o",
+        "json",
+    ]);
+    r.code_is(4);
+    let report = r.json();
+    assert_eq!(report["status"], "rollback-failed");
+    let msg = report["message"].as_str().unwrap();
+    assert!(
+        msg.contains("step migrate cannot be undone")
+            && msg.contains("Left to undo by hand: migrate, scale"),
+        "{msg}"
+    );
+    // The rollback undid what came after the irreversible step, and stopped there.
+    let cm = ns.api::<ConfigMap>().get("flag").await.unwrap();
+    assert_eq!(cm.data.unwrap()["v"], "0");
+    let d = ns.api::<Deployment>().get("web").await.unwrap();
+    assert_eq!(d.spec.unwrap().replicas, Some(3));
+
+    let run = report["run"].as_str().unwrap();
+    let r = w.run(&[
+        "runbook", "rollback", run, "--to", "start", "--force", "--yes", "-o", "json",
+    ]);
+    r.code_is(2);
+    assert_eq!(r.json()["status"], "rolled-back");
+    let d = ns.api::<Deployment>().get("web").await.unwrap();
+    assert_eq!(d.spec.unwrap().replicas, Some(1));
+    let j = w.journal(run);
+    let migrate = events(&j, "undo-result", "migrate");
+    assert!(
+        migrate.last().unwrap()["message"]
+            .as_str()
+            .unwrap()
+            .contains("--force"),
+        "{migrate:?}"
+    );
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn dry_run_changes_nothing_and_writes_no_journal() {
+    let ns = TestNs::new("rb-dry").await;
+    deployment(&ns, "web", 1, "nginx:1.26", json!({})).await;
+    let w = Work::new();
+    let marker = w.path("ran");
+    let rb = w.write(
+        "rb.yaml",
+        &format!(
+            r#"apiVersion: lifeboat.io/v1
+kind: Runbook
+metadata: {{name: dry}}
+steps:
+  - id: scale
+    scale: {{kind: Deployment, name: web, namespace: {ns}, replicas: 4}}
+  - id: image
+    setImage: {{kind: Deployment, name: web, namespace: {ns}, image: "nginx:1.27"}}
+  - id: go
+    approve: {{message: "go?"}}
+  - id: cmd
+    run: {{command: "touch {marker}"}}
+  - id: cm
+    apply:
+      manifest: {{apiVersion: v1, kind: ConfigMap, metadata: {{name: new-cm, namespace: {ns}}}, data: {{a: b}}}}
+"#,
+            ns = ns.name,
+            marker = marker.display()
+        ),
+    );
+    let plan = w.plan(&rb, &[]);
+    let r = w.run(&[
+        "runbook",
+        "run",
+        plan.to_str().unwrap(),
+        "--dry-run",
+        "-o",
+        "json",
+    ]);
+    r.success();
+    let report = r.json();
+    assert_eq!(report["dryRun"], true);
+    assert_eq!(report["status"], "succeeded", "{report:#}");
+    let d = ns.api::<Deployment>().get("web").await.unwrap();
+    assert_eq!(replicas_and_image(&d), (1, "nginx:1.26".to_string()));
+    assert!(!marker.exists(), "run steps do not run in a dry run");
+    assert!(
+        ns.api::<ConfigMap>()
+            .get_opt("new-cm")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let runs = w.run(&["runbook", "list", "-o", "json"]).json();
+    assert_eq!(runs["runs"], json!([]));
     ns.cleanup().await;
 }

@@ -20,6 +20,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "h" => n * 3600.0,
         _ => return Err(format!("invalid duration unit in {s:?} (s, m or h)")),
     };
+    // At most a year: longer is a typo, and Instant arithmetic must not overflow.
+    if !(0.0..=366.0 * 86400.0).contains(&secs) {
+        return Err(format!("duration {s:?} is out of range (at most a year)"));
+    }
     Ok(Duration::from_secs_f64(secs))
 }
 
@@ -109,5 +113,6 @@ mod tests {
         assert_eq!(super::parse_duration("45").unwrap().as_secs(), 45);
         assert!(super::parse_duration("10d").is_err());
         assert!(super::parse_duration("soon").is_err());
+        assert!(super::parse_duration("99999999999999999999s").is_err());
     }
 }

@@ -253,10 +253,19 @@ async fn capture_object(
                 "data": {"object": base64_encode(&serde_json::to_vec(&obj).expect("serializes"))}
             }))
             .expect("a valid Secret");
-            let ssa = PatchParams::apply(FIELD_MANAGER).force();
+            // Created once per run, step and object: a retry or a resume after the change
+            // landed must not overwrite the state from before the first attempt.
             secrets
-                .patch(&copy_name, &ssa, &Patch::Apply(&copy))
+                .create(&PostParams::default(), &copy)
                 .await
+                .map(|_| ())
+                .or_else(|e| {
+                    if status_code(&e) == Some(409) {
+                        Ok(())
+                    } else {
+                        Err(e)
+                    }
+                })
                 .map_err(|e| {
                     format!(
                         "cannot keep the prior state of Secret {ns}/{name} for undo: {}",
@@ -414,7 +423,10 @@ pub async fn capture_before(ctx: &Ctx<'_>, action: &Action) -> R<Option<Value>> 
                     kerr(e)
                 )
             })?;
-            Some(json!({"replicas": s.spec.and_then(|s| s.replicas).unwrap_or(0)}))
+            Some(
+                json!({"kind": a.kind, "name": a.name, "namespace": a.namespace,
+                         "replicas": s.spec.and_then(|s| s.replicas).unwrap_or(0)}),
+            )
         }
         Action::SetImage(a) => {
             let api = workload_api(client, &a.kind, &a.namespace)?;
@@ -425,14 +437,17 @@ pub async fn capture_before(ctx: &Ctx<'_>, action: &Action) -> R<Option<Value>> 
                 .map_err(|e| format!("{what}: {}", kerr(e)))?;
             let obj = serde_json::to_value(obj).expect("serializes");
             let (name, image) = pick_container(&obj, a.container.as_deref(), &what)?;
-            Some(json!({"container": name, "image": image}))
+            Some(
+                json!({"kind": a.kind, "name": a.name, "namespace": a.namespace,
+                         "container": name, "image": image}),
+            )
         }
-        Action::Cordon(a) | Action::Uncordon(a) => {
-            Some(json!({"unschedulable": node_unschedulable(client, &a.node).await?}))
-        }
-        Action::Drain(a) => {
-            Some(json!({"unschedulable": node_unschedulable(client, &a.node).await?}))
-        }
+        Action::Cordon(a) | Action::Uncordon(a) => Some(
+            json!({"node": a.node, "unschedulable": node_unschedulable(client, &a.node).await?}),
+        ),
+        Action::Drain(a) => Some(
+            json!({"node": a.node, "unschedulable": node_unschedulable(client, &a.node).await?}),
+        ),
         Action::Patch(a) => Some(json!({"objects": [
             capture_object(ctx, &a.api_version, &a.kind, &a.name, a.namespace.as_deref()).await?
         ]})),
@@ -449,16 +464,25 @@ pub async fn capture_before(ctx: &Ctx<'_>, action: &Action) -> R<Option<Value>> 
 }
 
 /// Undo an auto-reversible action from its captured state.
+/// Undo an auto-reversible action from its captured state alone (what to restore and where
+/// is in `before`; `action` only says which kind of action it was).
 pub async fn undo_auto(ctx: &Ctx<'_>, action: &Action, before: &Value) -> R<String> {
     let client = &ctx.cluster.client;
+    let field = |k: &str| -> R<String> {
+        before[k]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| format!("the recorded prior state has no {k}"))
+    };
     match action {
-        Action::Scale(a) => {
+        Action::Scale(_) => {
+            let (kind, name, ns) = (field("kind")?, field("name")?, field("namespace")?);
             let n = before["replicas"]
                 .as_i64()
                 .ok_or("no prior replica count recorded")?;
-            let api = workload_api(client, &a.kind, &a.namespace)?;
+            let api = workload_api(client, &kind, &ns)?;
             api.patch_scale(
-                &a.name,
+                &name,
                 &pp(ctx),
                 &Patch::Merge(json!({"spec": {"replicas": n}})),
             )
@@ -466,19 +490,15 @@ pub async fn undo_auto(ctx: &Ctx<'_>, action: &Action, before: &Value) -> R<Stri
             .map_err(kerr)?;
             Ok(format!(
                 "{} scaled back to {n}",
-                describe_ref(&a.kind, Some(&a.namespace), &a.name)
+                describe_ref(&kind, Some(&ns), &name)
             ))
         }
-        Action::SetImage(a) => {
-            let (c, image) = (
-                before["container"]
-                    .as_str()
-                    .ok_or("no prior image recorded")?,
-                before["image"].as_str().ok_or("no prior image recorded")?,
-            );
-            let api = workload_api(client, &a.kind, &a.namespace)?;
+        Action::SetImage(_) => {
+            let (kind, name, ns) = (field("kind")?, field("name")?, field("namespace")?);
+            let (c, image) = (field("container")?, field("image")?);
+            let api = workload_api(client, &kind, &ns)?;
             api.patch(
-                &a.name,
+                &name,
                 &pp(ctx),
                 &Patch::Strategic(json!({"spec": {"template": {"spec": {"containers": [{"name": c, "image": image}]}}}})),
             )
@@ -486,14 +506,13 @@ pub async fn undo_auto(ctx: &Ctx<'_>, action: &Action, before: &Value) -> R<Stri
             .map_err(kerr)?;
             Ok(format!(
                 "{} container {c} set back to {image}",
-                describe_ref(&a.kind, Some(&a.namespace), &a.name)
+                describe_ref(&kind, Some(&ns), &name)
             ))
         }
-        Action::Cordon(NodeAction { node })
-        | Action::Uncordon(NodeAction { node })
-        | Action::Drain(DrainAction { node, .. }) => {
+        Action::Cordon(_) | Action::Uncordon(_) | Action::Drain(_) => {
+            let node = field("node")?;
             let v = before["unschedulable"].as_bool().unwrap_or(false);
-            set_unschedulable(ctx, node, v).await?;
+            set_unschedulable(ctx, &node, v).await?;
             Ok(format!(
                 "node {node} {}",
                 if v { "cordoned again" } else { "uncordoned" }

@@ -151,18 +151,16 @@ impl Runner<'_> {
     fn template_ctx(&self, p: &Progress) -> Value {
         let mut steps = BTreeMap::new();
         for (id, st) in &p.replay.steps {
-            steps.insert(
-                id.clone(),
-                json!({"outputs": st.outputs, "status": st.status}),
-            );
-        }
-        for (id, o) in &p.outputs {
-            steps.insert(id.clone(), json!({"outputs": o, "status": "succeeded"}));
+            // Outputs produced by this process are used as they are; those read back from the
+            // journal have their secrets redacted.
+            let outputs = p.outputs.get(id).unwrap_or(&st.outputs);
+            steps.insert(id.clone(), json!({"outputs": outputs, "status": st.status}));
         }
         plan::template_context(&self.plan.params, &steps, &p.run_id, self.dry_run)
     }
 
     fn record(&self, p: &mut Progress, rec: Record) -> Result<(), Error> {
+        let rec = journal::redact(&self.redactor, rec);
         if let Some(j) = p.journal.as_deref_mut() {
             j.append(rec.clone())?;
         }
@@ -256,7 +254,11 @@ impl Runner<'_> {
                     let choice = if self.dry_run {
                         Some(FailureChoice::Abort)
                     } else {
-                        self.prompter.on_failure(step, &err, &target_label)?
+                        self.prompter.on_failure(
+                            step,
+                            &self.redactor.redact(&err),
+                            &target_label,
+                        )?
                     };
                     match choice {
                         Some(FailureChoice::Retry) => continue,
@@ -289,16 +291,11 @@ impl Runner<'_> {
         Ok((RunStatus::Succeeded, None))
     }
 
-    async fn finally_steps(&self, p: &mut Progress<'_>) -> Result<bool, Error> {
+    pub async fn finally_steps(&self, p: &mut Progress<'_>) -> Result<bool, Error> {
         let steps = &self.loaded.runbook.finally;
         let mut ok = true;
+        // Every execution that ends runs them (again): after a resume, a rollback, …
         for (i, step) in steps.iter().enumerate() {
-            if matches!(
-                p.replay.steps.get(&step.id).map(|s| s.status),
-                Some(StepStatus::Succeeded | StepStatus::Skipped)
-            ) {
-                continue;
-            }
             match self.run_step(p, step, i, steps.len(), true).await? {
                 StepEnd::Done => {}
                 StepEnd::Failed(_) | StepEnd::Paused(..) => ok = false,
@@ -363,6 +360,18 @@ impl Runner<'_> {
             Ok(a) => a,
             Err(e) => return self.fail_without_intent(p, step, e),
         };
+        if serde_json::to_string(&action)
+            .map(|t| t.contains("[REDACTED]"))
+            .unwrap_or(false)
+        {
+            return self.fail_without_intent(
+                p,
+                step,
+                "this step uses a secret output of a step that ran before the run was resumed; \
+                 secrets are not kept in the journal, so it cannot be rendered now"
+                    .into(),
+            );
+        }
         let headline = match &step.description {
             Some(d) => format!("[{label}] {}: {d}", step.id),
             None => format!("[{label}] {} ({})", step.id, action.name()),
@@ -385,7 +394,8 @@ impl Runner<'_> {
                 Some(true)
             } else {
                 let next = self.next_steps(&step.id);
-                self.prompter.approve(step, &a.message, &next)?
+                self.prompter
+                    .approve(step, &self.redactor.redact(&a.message), &next)?
             };
             match verdict {
                 Some(true) => {
@@ -444,7 +454,10 @@ impl Runner<'_> {
             let preview = actions::preview(&ctx, &action)
                 .await
                 .unwrap_or_else(|e| format!("(no preview: {e})"));
-            if !self.prompter.confirm_step(index, total, step, &preview)? {
+            if !self
+                .prompter
+                .confirm_step(index, total, step, &self.redactor.redact(&preview))?
+            {
                 self.say(&headline);
                 return Ok(StepEnd::Paused(
                     RunStatus::Stopped,
@@ -476,6 +489,12 @@ impl Runner<'_> {
                     Ok(b) => b,
                     Err(e) => {
                         last_err = format!("cannot record the state before the step: {e}");
+                        let mut rec = Record::new(&p.run_id, Event::Result)
+                            .step(&step.id)
+                            .status("failed")
+                            .message(&last_err);
+                        rec.attempt = Some(n);
+                        self.record(p, rec)?;
                         self.say(&format!("  ✗ attempt {attempt}/{attempts}: {last_err}"));
                         if attempt < attempts {
                             tokio::time::sleep(backoff).await;
@@ -506,9 +525,7 @@ impl Runner<'_> {
                     rec.attempt = Some(n);
                     rec.outputs = Some(out.outputs.clone());
                     self.record(p, rec)?;
-                    if self.dry_run {
-                        p.outputs.insert(step.id.clone(), out.outputs);
-                    }
+                    p.outputs.insert(step.id.clone(), out.outputs);
                     self.say(&format!("  ✓ {}", out.summary));
                     return Ok(StepEnd::Done);
                 }
@@ -597,13 +614,15 @@ impl Runner<'_> {
             .message(format!("rolling back to {}", to.unwrap_or("start")));
         rec.actor = Some(self.actor.clone());
         rec.step = failed.map(|s| s.id.clone());
+        rec.details = Some(json!({"to": to}));
         self.record(p, rec)?;
         self.say(&format!("↩ rolling back to {}", to.unwrap_or("the start")));
         let todo: Vec<&Step> = steps[start..]
             .iter()
             .filter(|s| match p.replay.steps.get(&s.id) {
                 Some(x) => match x.status {
-                    StepStatus::Succeeded | StepStatus::UndoFailed => true,
+                    // Skipped steps too: behind the rollback point they are evaluated again.
+                    StepStatus::Succeeded | StepStatus::UndoFailed | StepStatus::Skipped => true,
                     // Started but not completed: undone only if it got as far as its intent.
                     StepStatus::Failed | StepStatus::InDoubt => x.attempts > 0,
                     _ => false,
@@ -629,6 +648,10 @@ impl Runner<'_> {
                 Ok(())
             };
             match undo {
+                _ if st.status == StepStatus::Skipped && st.before.is_none() => {
+                    skip(p, "was skipped; nothing to undo".into())?;
+                    continue;
+                }
                 Undo::Skip => {
                     skip(p, "nothing to undo".into())?;
                     continue;
@@ -675,19 +698,10 @@ impl Runner<'_> {
             let run_id = p.run_id.clone();
             let ctx = self.ctx(&run_id, &s.id, false);
             let result = match &undo {
+                // The prior state names what to restore: nothing is rendered again (a template
+                // may need what is gone now, such as an env() value).
                 Undo::Auto => {
-                    // Undo what the step did, rendered as it ran.
-                    let engine = template::Engine::with_redactor(self.redactor.clone());
-                    match plan::render_action(
-                        &engine,
-                        &s.action,
-                        &plan::with_vars(self.template_ctx(p), s),
-                    ) {
-                        Ok(a) => {
-                            actions::undo_auto(&ctx, &a, st.before.as_ref().expect("checked")).await
-                        }
-                        Err(e) => Err(e),
-                    }
+                    actions::undo_auto(&ctx, &s.action, st.before.as_ref().expect("checked")).await
                 }
                 Undo::Action(a) => {
                     let engine = template::Engine::with_redactor(self.redactor.clone());

@@ -117,7 +117,20 @@ pub struct Journal {
     pub run: String,
     pub path: PathBuf,
     file: std::fs::File,
+    /// Holds the exclusive lock: one process per run (a killed process releases it).
+    _lock: Option<std::fs::File>,
     redactor: Redactor,
+}
+
+fn lock(file: &std::fs::File, run: &str, path: &Path) -> Result<(), Error> {
+    match file.try_lock() {
+        Ok(()) => Ok(()),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Runbook(format!(
+            "run {run} is in progress in another lifeboat process (its journal {} is locked)",
+            path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(io_err(path, e)),
+    }
 }
 
 fn io_err(path: &Path, source: std::io::Error) -> Error {
@@ -137,6 +150,7 @@ impl Journal {
             .append(true)
             .open(&path)
             .map_err(|e| io_err(&path, e))?;
+        lock(&file, run, &path)?;
         // The new directory entry must survive a crash too.
         if let Ok(d) = std::fs::File::open(dir) {
             let _ = d.sync_all();
@@ -145,6 +159,7 @@ impl Journal {
             run: run.to_string(),
             path,
             file,
+            _lock: None,
             redactor,
         })
     }
@@ -152,28 +167,37 @@ impl Journal {
     /// Open an existing run's journal for appending.
     pub fn open(dir: &Path, run: &str, redactor: Redactor) -> Result<Journal, Error> {
         let path = dir.join(format!("{run}.jsonl"));
+        let locked = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| io_err(&path, e))?;
+        lock(&locked, run, &path)?;
+        // A crash in the middle of a write leaves a torn last line: cut it off, or the next
+        // record would be glued to it.
+        let text = std::fs::read(&path).map_err(|e| io_err(&path, e))?;
+        let keep = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        if keep < text.len() {
+            locked.set_len(keep as u64).map_err(|e| io_err(&path, e))?;
+            locked.sync_data().map_err(|e| io_err(&path, e))?;
+        }
         let file = std::fs::OpenOptions::new()
             .append(true)
             .open(&path)
             .map_err(|e| io_err(&path, e))?;
+        // The locked handle stays open as long as the journal.
         Ok(Journal {
             run: run.to_string(),
             path,
             file,
+            _lock: Some(locked),
             redactor,
         })
     }
 
     /// Append one record and fsync it. Secrets known to the redactor are replaced first.
-    pub fn append(&mut self, mut rec: Record) -> Result<(), Error> {
-        rec.message = rec.message.map(|m| self.redactor.redact(&m));
-        rec.outputs = rec.outputs.map(|o| {
-            o.into_iter()
-                .map(|(k, v)| (k, self.redactor.redact_value(&v)))
-                .collect()
-        });
-        rec.before = rec.before.map(|b| self.redactor.redact_value(&b));
-        rec.details = rec.details.map(|d| self.redactor.redact_value(&d));
+    pub fn append(&mut self, rec: Record) -> Result<(), Error> {
+        let rec = redact(&self.redactor, rec);
         let mut line = serde_json::to_vec(&rec).expect("records serialize");
         line.push(b'\n');
         self.file
@@ -181,6 +205,19 @@ impl Journal {
             .and_then(|_| self.file.sync_data())
             .map_err(|e| io_err(&self.path, e))
     }
+}
+
+/// The record with every secret the redactor knows replaced.
+pub fn redact(r: &Redactor, mut rec: Record) -> Record {
+    rec.message = rec.message.map(|m| r.redact(&m));
+    rec.outputs = rec.outputs.map(|o| {
+        o.into_iter()
+            .map(|(k, v)| (k, r.redact_value(&v)))
+            .collect()
+    });
+    rec.before = rec.before.map(|b| r.redact_value(&b));
+    rec.details = rec.details.map(|d| r.redact_value(&d));
+    rec
 }
 
 /// Read every record. A torn last line (a crash in the middle of a write) is ignored; a bad
@@ -269,6 +306,9 @@ pub struct Replay {
     pub finished_message: Option<String>,
     pub started: Option<Record>,
     pub last_time: Option<String>,
+    /// A rollback that started and did not finish (the process died): its target
+    /// (`Some(None)`: the start).
+    pub pending_rollback: Option<Option<String>>,
 }
 
 pub fn replay(records: &[Record]) -> Replay {
@@ -280,10 +320,19 @@ pub fn replay(records: &[Record]) -> Replay {
                 r.started = Some(rec.clone());
                 r.finished = None;
             }
-            Event::RunResumed | Event::RollbackStarted => r.finished = None,
+            Event::RunResumed => r.finished = None,
+            Event::RollbackStarted => {
+                r.finished = None;
+                r.pending_rollback = Some(
+                    rec.details
+                        .as_ref()
+                        .and_then(|d| d["to"].as_str().map(str::to_string)),
+                );
+            }
             Event::RunFinished => {
                 r.finished = rec.status.clone();
                 r.finished_message = rec.message.clone();
+                r.pending_rollback = None;
             }
             Event::Intent => {
                 let s = r
@@ -331,17 +380,19 @@ pub fn replay(records: &[Record]) -> Replay {
                     .entry(rec.step.clone().unwrap_or_default())
                     .or_default();
                 match rec.status.as_deref() {
-                    Some("undone") => {
-                        s.status = StepStatus::RolledBack;
-                        // A later re-run records a fresh prior state.
-                        s.before = None;
-                    }
                     Some("failed") => s.status = StepStatus::UndoFailed,
-                    // "skipped": nothing to undo, or crossed with --force; keeps its status
-                    // but is no longer in the undo list.
-                    _ => s.status = StepStatus::RolledBack,
+                    // "undone", or "skipped" (nothing to undo, or passed over with --force):
+                    // the step is behind the rollback point and runs again on resume, with a
+                    // freshly recorded prior state.
+                    _ => {
+                        s.status = StepStatus::RolledBack;
+                        s.before = None;
+                        s.attempts = 0;
+                    }
                 }
                 s.undo = rec.message.clone();
+                // A step passed by a rollback runs (and is approved) again.
+                s.approved_by = None;
             }
         }
     }
@@ -428,6 +479,52 @@ mod tests {
         std::fs::write(&p, format!("garbage\n{good}\n")).unwrap();
         let e = read(&p).unwrap_err().to_string();
         assert!(e.contains("x.jsonl:1:"), "{e}");
+    }
+
+    #[test]
+    fn reopening_cuts_a_torn_last_line_and_locks_the_run() {
+        let d = tempfile::tempdir().unwrap();
+        let good = serde_json::to_string(&Record::new("r2", Event::RunStarted)).unwrap();
+        let p = d.path().join("r2.jsonl");
+        std::fs::write(&p, format!("{good}\n{{\"time\":\"x\",\"ru")).unwrap();
+        let mut j = Journal::open(d.path(), "r2", Redactor::default()).unwrap();
+        let again = Journal::open(d.path(), "r2", Redactor::default());
+        assert!(
+            again.is_err_and(|e| e.to_string().contains("in progress in another")),
+            "one process per run"
+        );
+        j.append(Record::new("r2", Event::RunResumed)).unwrap();
+        let recs = read(&p).unwrap();
+        assert_eq!(recs.len(), 2);
+        assert_eq!(recs[1].event, Event::RunResumed);
+    }
+
+    #[test]
+    fn a_rollback_forgets_approvals_and_is_pending_until_finished() {
+        let recs = vec![
+            Record::new("r", Event::RunStarted),
+            Record {
+                actor: Some(Actor::default()),
+                ..Record::new("r", Event::Approval).step("go")
+            },
+            Record::new("r", Event::Result)
+                .step("go")
+                .status("succeeded"),
+            Record {
+                details: Some(serde_json::json!({"to": "cp"})),
+                ..Record::new("r", Event::RollbackStarted)
+            },
+            Record::new("r", Event::UndoResult)
+                .step("go")
+                .status("skipped"),
+        ];
+        let r = replay(&recs);
+        assert!(r.steps["go"].approved_by.is_none());
+        assert_eq!(r.steps["go"].status, StepStatus::RolledBack);
+        assert_eq!(r.pending_rollback, Some(Some("cp".to_string())));
+        let mut done = recs.clone();
+        done.push(Record::new("r", Event::RunFinished).status("rolled-back"));
+        assert_eq!(replay(&done).pending_rollback, None);
     }
 
     #[test]

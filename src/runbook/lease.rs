@@ -16,6 +16,7 @@ const RENEW_EVERY: Duration = Duration::from_secs(15);
 pub struct LeaseGuard {
     api: Api<Lease>,
     name: String,
+    holder: String,
     renew: tokio::task::JoinHandle<()>,
 }
 
@@ -114,10 +115,25 @@ pub async fn acquire(
     }
     let renew_api = api.clone();
     let renew_name = name.clone();
+    let renew_holder = holder.clone();
     let renew = tokio::spawn(async move {
         loop {
             tokio::time::sleep(RENEW_EVERY).await;
-            let patch = json!({"spec": {"renewTime": micro_time(jiff::Timestamp::now())}});
+            // Renew only while the lease is still ours (resourceVersion as precondition).
+            let cur = match renew_api.get(&renew_name).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(error = %crate::error::display_chain(&e), "cannot read the plan lease");
+                    continue;
+                }
+            };
+            let holder_now = cur.spec.as_ref().and_then(|s| s.holder_identity.clone());
+            if holder_now.as_deref() != Some(renew_holder.as_str()) {
+                tracing::warn!(holder = ?holder_now, "the plan lease was taken over; no longer renewing it");
+                return;
+            }
+            let patch = json!({"metadata": {"resourceVersion": cur.metadata.resource_version},
+                               "spec": {"renewTime": micro_time(jiff::Timestamp::now())}});
             if let Err(e) = renew_api
                 .patch(&renew_name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
@@ -126,14 +142,35 @@ pub async fn acquire(
             }
         }
     });
-    Ok(LeaseGuard { api, name, renew })
+    Ok(LeaseGuard {
+        api,
+        name,
+        holder,
+        renew,
+    })
 }
 
 impl LeaseGuard {
     /// Give the lease up (best effort: an unreleased lease expires by itself).
+    /// Only a lease this run still holds is deleted (with its resourceVersion as precondition).
     pub async fn release(self) {
         self.renew.abort();
-        if let Err(e) = self.api.delete(&self.name, &DeleteParams::default()).await {
+        let Ok(cur) = self.api.get(&self.name).await else {
+            return;
+        };
+        if cur.spec.as_ref().and_then(|s| s.holder_identity.as_deref())
+            != Some(self.holder.as_str())
+        {
+            return;
+        }
+        let dp = DeleteParams {
+            preconditions: Some(kube::api::Preconditions {
+                resource_version: cur.metadata.resource_version,
+                uid: None,
+            }),
+            ..Default::default()
+        };
+        if let Err(e) = self.api.delete(&self.name, &dp).await {
             tracing::warn!(error = %crate::error::display_chain(&e), "cannot release the plan lease");
         }
     }

@@ -554,22 +554,9 @@ async fn exec_with_lease(
     records: Vec<Record>,
     actor: Actor,
     redactor: Redactor,
+    lease: Option<lease::LeaseGuard>,
     what: Work<'_>,
 ) -> Result<RunReport, Error> {
-    let lease = if opts.dry_run {
-        None
-    } else {
-        Some(
-            lease::acquire(
-                &env.cluster.client,
-                &opts.lease_namespace,
-                &plan.content_hash,
-                run,
-                &actor.user,
-            )
-            .await?,
-        )
-    };
     let prompter: Box<dyn Prompter> = if interactive(opts.yes) {
         Box::new(TerminalPrompter {
             pre_approved: opts.approve.clone(),
@@ -607,6 +594,15 @@ async fn exec_with_lease(
             Work::Execute => runner.execute(&mut progress).await,
             Work::Rollback(to) => {
                 let (st, msg) = runner.rollback(&mut progress, to, None).await?;
+                let fin_ok = runner.finally_steps(&mut progress).await?;
+                let (st, msg) = if fin_ok || st != RunStatus::RolledBack {
+                    (st, msg)
+                } else {
+                    (
+                        RunStatus::Failed,
+                        Some("rolled back, but a finally step failed".into()),
+                    )
+                };
                 runner.finish(&mut progress, st, msg)
             }
         }
@@ -692,8 +688,17 @@ pub async fn run_plan(
     let (journal_path, plan_copy) = run_files(&dir, &run);
     let mut journal = None;
     let mut records = Vec::new();
+    let lease = take_lease(env, opts, &plan, &run, &actor).await?;
     if !opts.dry_run {
-        let mut j = Journal::create(&dir, &run, redactor.clone())?;
+        let mut j = match Journal::create(&dir, &run, redactor.clone()) {
+            Ok(j) => j,
+            Err(e) => {
+                if let Some(l) = lease {
+                    l.release().await;
+                }
+                return Err(e);
+            }
+        };
         crate::drill::report::write_atomic(
             &plan_copy,
             &std::fs::read_to_string(plan_path).map_err(|source| Error::ReadFile {
@@ -726,9 +731,31 @@ pub async fn run_plan(
         records,
         actor,
         redactor,
+        lease,
         Work::Execute,
     )
     .await
+}
+
+async fn take_lease(
+    env: &Env<'_>,
+    opts: &ExecOptions,
+    plan: &plan::Plan,
+    run: &str,
+    actor: &Actor,
+) -> Result<Option<lease::LeaseGuard>, Error> {
+    if opts.dry_run {
+        return Ok(None);
+    }
+    lease::acquire(
+        &env.cluster.client,
+        &opts.lease_namespace,
+        &plan.content_hash,
+        run,
+        &actor.user,
+    )
+    .await
+    .map(Some)
 }
 
 fn open_run(opts: &ExecOptions, run: &str) -> Result<(PathBuf, PathBuf, PathBuf), Error> {
@@ -751,6 +778,9 @@ pub async fn continue_run(
     rollback_to: Option<&str>,
 ) -> Result<RunReport, Error> {
     let (dir, journal_path, plan_copy) = open_run(opts, run)?;
+    // First the journal's lock: another process working on this run stops us here.
+    let redactor = Redactor::default();
+    let mut j = Journal::open(&dir, run, redactor.clone())?;
     let (plan, loaded) = plan::load(&plan_copy)?;
     check_cluster(&plan, &plan_copy.display().to_string(), env.cluster)?;
     let records = journal::read(&journal_path)?;
@@ -789,8 +819,18 @@ pub async fn continue_run(
             }
             Some(Some(cp))
         }
-        None => None,
+        // A rollback that was interrupted is finished before anything else.
+        None => state.pending_rollback.as_ref().map(|t| t.as_deref()),
     };
+    if rollback_to.is_none()
+        && let Some(t) = to
+        && !opts.quiet
+    {
+        eprintln!(
+            "run {run} was interrupted while rolling back to {}; finishing the rollback",
+            t.unwrap_or("start")
+        );
+    }
     env.cluster
         .client
         .apiserver_version()
@@ -822,15 +862,19 @@ pub async fn continue_run(
             ));
         }
     }
-    let redactor = Redactor::default();
-    let mut j = Journal::open(&dir, run, redactor.clone())?;
+    let lease = take_lease(env, opts, &plan, run, &actor).await?;
     let mut rec = Record::new(run, Event::RunResumed);
     rec.actor = Some(actor.clone());
     rec.message = Some(match to {
         Some(t) => format!("rollback to {}", t.unwrap_or("start")),
         None => "resume".into(),
     });
-    j.append(rec.clone())?;
+    if let Err(e) = j.append(rec.clone()) {
+        if let Some(l) = lease {
+            l.release().await;
+        }
+        return Err(e);
+    }
     let mut records = records;
     records.push(rec);
     if !opts.quiet {
@@ -856,6 +900,7 @@ pub async fn continue_run(
         records,
         actor,
         redactor,
+        lease,
         match to {
             Some(t) => Work::Rollback(t),
             None => Work::Execute,

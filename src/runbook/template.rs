@@ -23,6 +23,12 @@ impl Redactor {
         }
     }
 
+    /// Whether `text` contains a known secret.
+    pub fn touches(&self, text: &str) -> bool {
+        let set = self.0.lock().expect("redactor");
+        set.iter().any(|s| text.contains(s.as_str()))
+    }
+
     pub fn redact(&self, text: &str) -> String {
         let set = self.0.lock().expect("redactor");
         let mut out = text.to_string();
@@ -93,7 +99,7 @@ impl Engine {
                 }
             },
         );
-        let r = redactor;
+        let r = redactor.clone();
         env.add_function("random_token", move |n: Option<usize>| -> String {
             let mut buf = vec![0u8; n.unwrap_or(24).clamp(8, 128)];
             getrandom::getrandom(&mut buf).expect("system random source");
@@ -101,20 +107,31 @@ impl Engine {
             r.add(&t);
             t
         });
-        env.add_filter("b64encode", |s: String| {
-            base64::engine::general_purpose::STANDARD.encode(s.as_bytes())
+        // An encoding of a secret is a secret too.
+        let r = redactor.clone();
+        env.add_filter("b64encode", move |s: String| {
+            let out = base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
+            if r.touches(&s) {
+                r.add(&out);
+            }
+            out
         });
+        let r = redactor;
         env.add_filter(
             "b64decode",
-            |s: String| -> Result<String, minijinja::Error> {
+            move |s: String| -> Result<String, minijinja::Error> {
                 let b = base64::engine::general_purpose::STANDARD
                     .decode(s.trim())
                     .map_err(|e| {
                         minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, e.to_string())
                     })?;
-                String::from_utf8(b).map_err(|e| {
+                let out = String::from_utf8(b).map_err(|e| {
                     minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, e.to_string())
-                })
+                })?;
+                if r.touches(&s) {
+                    r.add(&out);
+                }
+                Ok(out)
             },
         );
         Engine { env }
@@ -301,6 +318,17 @@ mod tests {
         let token = v.as_str().unwrap().to_string();
         assert_eq!(token.len(), 32);
         assert_eq!(r.redact(&format!("value={token}")), "value=[REDACTED]");
+        let enc = e
+            .render_value(
+                &json!(format!("{{{{ '{token}' | b64encode }}}}")),
+                &json!({}),
+            )
+            .unwrap();
+        assert_eq!(
+            r.redact(enc.as_str().unwrap()),
+            "[REDACTED]",
+            "the encoding of a secret is secret"
+        );
         assert_eq!(
             e.render_value(&json!("{{ 'abc' | b64encode }}"), &json!({}))
                 .unwrap(),
