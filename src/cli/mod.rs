@@ -19,7 +19,7 @@ pub mod runbook;
     after_help = "Configuration precedence: flag > environment variable > config file \
                   ($XDG_CONFIG_HOME/lifeboat/config.yaml, or LIFEBOAT_CONFIG) > default.\n\
                   Exit codes: 0 ok, 1 could not run, 2 findings/checks failed, 3 needs approval, \
-                  64 usage error, 130 interrupted."
+                  4 runbook rollback failed, 64 usage error, 130 interrupted."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -135,7 +135,12 @@ pub enum Command {
     Preflight(preflight::PreflightArgs),
 
     /// Plan and run runbooks with rollback points, approvals and a crash-safe journal
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Run exit codes: 0 done, 1 failed, 2 rolled back, 3 awaiting approval, \
+                      4 rollback failed, 130 interrupted. Runbook format, plans and the journal: \
+                      docs/runbooks.md; shipped runbooks: runbooks/."
+    )]
     Runbook(runbook::RunbookCommand),
 
     /// Restore drills: prove backups restore, on a schedule
