@@ -119,6 +119,23 @@ fn workload_api(client: &kube::Client, kind: &str, ns: &str) -> R<Api<DynamicObj
     Ok(Api::namespaced_with(client.clone(), ns, &ar))
 }
 
+/// A workload, its API, and how messages name it.
+async fn get_workload(
+    client: &kube::Client,
+    kind: &str,
+    ns: &str,
+    name: &str,
+) -> R<(Api<DynamicObject>, String, Value)> {
+    let api = workload_api(client, kind, ns)?;
+    let what = describe_ref(kind, Some(ns), name);
+    let obj = api
+        .get(name)
+        .await
+        .map_err(|e| format!("{what}: {}", kerr(e)))?;
+    let obj = serde_json::to_value(obj).expect("objects serialize");
+    Ok((api, what, obj))
+}
+
 fn containers(obj: &Value) -> Vec<(String, String)> {
     obj.pointer("/spec/template/spec/containers")
         .and_then(Value::as_array)
@@ -429,13 +446,7 @@ pub async fn capture_before(ctx: &Ctx<'_>, action: &Action) -> R<Option<Value>> 
             )
         }
         Action::SetImage(a) => {
-            let api = workload_api(client, &a.kind, &a.namespace)?;
-            let what = describe_ref(&a.kind, Some(&a.namespace), &a.name);
-            let obj = api
-                .get(&a.name)
-                .await
-                .map_err(|e| format!("{what}: {}", kerr(e)))?;
-            let obj = serde_json::to_value(obj).expect("serializes");
+            let (_, what, obj) = get_workload(client, &a.kind, &a.namespace, &a.name).await?;
             let (name, image) = pick_container(&obj, a.container.as_deref(), &what)?;
             Some(
                 json!({"kind": a.kind, "name": a.name, "namespace": a.namespace,
@@ -562,13 +573,7 @@ pub async fn execute(ctx: &Ctx<'_>, action: &Action, timeout: Duration) -> R<Out
             out.summary = format!("{what} scaled {prev} → {n}{dry}");
         }
         Action::SetImage(a) => {
-            let api = workload_api(client, &a.kind, &a.namespace)?;
-            let what = describe_ref(&a.kind, Some(&a.namespace), &a.name);
-            let obj = api
-                .get(&a.name)
-                .await
-                .map_err(|e| format!("{what}: {}", kerr(e)))?;
-            let obj = serde_json::to_value(obj).expect("serializes");
+            let (api, what, obj) = get_workload(client, &a.kind, &a.namespace, &a.name).await?;
             let (c, prev) = pick_container(&obj, a.container.as_deref(), &what)?;
             api.patch(
                 &a.name,
@@ -1448,13 +1453,7 @@ pub async fn preview(ctx: &Ctx<'_>, action: &Action) -> R<String> {
             format!("{what} replicas {cur} → {}", a.replicas.get()?)
         }
         Action::SetImage(a) => {
-            let api = workload_api(client, &a.kind, &a.namespace)?;
-            let what = describe_ref(&a.kind, Some(&a.namespace), &a.name);
-            let obj = api
-                .get(&a.name)
-                .await
-                .map_err(|e| format!("{what}: {}", kerr(e)))?;
-            let obj = serde_json::to_value(obj).expect("serializes");
+            let (_, what, obj) = get_workload(client, &a.kind, &a.namespace, &a.name).await?;
             let (c, cur) = pick_container(&obj, a.container.as_deref(), &what)?;
             format!("{what} container {c} image {cur} → {}", a.image)
         }

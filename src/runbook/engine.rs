@@ -489,13 +489,7 @@ impl Runner<'_> {
                     Ok(b) => b,
                     Err(e) => {
                         last_err = format!("cannot record the state before the step: {e}");
-                        let mut rec = Record::new(&p.run_id, Event::Result)
-                            .step(&step.id)
-                            .status("failed")
-                            .message(&last_err);
-                        rec.attempt = Some(n);
-                        self.record(p, rec)?;
-                        self.say(&format!("  ✗ attempt {attempt}/{attempts}: {last_err}"));
+                        self.failed_attempt(p, step, n, &last_err, (attempt, attempts))?;
                         if attempt < attempts {
                             tokio::time::sleep(backoff).await;
                             backoff *= 2;
@@ -531,13 +525,7 @@ impl Runner<'_> {
                 }
                 Err(e) => {
                     last_err = e;
-                    let mut rec = Record::new(&p.run_id, Event::Result)
-                        .step(&step.id)
-                        .status("failed")
-                        .message(&last_err);
-                    rec.attempt = Some(n);
-                    self.record(p, rec)?;
-                    self.say(&format!("  ✗ attempt {attempt}/{attempts}: {last_err}"));
+                    self.failed_attempt(p, step, n, &last_err, (attempt, attempts))?;
                     if attempt < attempts {
                         tokio::time::sleep(backoff).await;
                         backoff *= 2;
@@ -546,6 +534,25 @@ impl Runner<'_> {
             }
         }
         Ok(StepEnd::Failed(last_err))
+    }
+
+    /// Journal and show a failed attempt (`of`: this attempt and how many there are).
+    fn failed_attempt(
+        &self,
+        p: &mut Progress,
+        step: &Step,
+        n: u32,
+        msg: &str,
+        of: (u32, u32),
+    ) -> Result<(), Error> {
+        let mut rec = Record::new(&p.run_id, Event::Result)
+            .step(&step.id)
+            .status("failed")
+            .message(msg);
+        rec.attempt = Some(n);
+        self.record(p, rec)?;
+        self.say(&format!("  ✗ attempt {}/{}: {msg}", of.0, of.1));
+        Ok(())
     }
 
     fn fail_without_intent(

@@ -248,7 +248,7 @@ impl crate::output::Render for RunReport {
         let idw = self
             .steps
             .iter()
-            .map(|s| s.id.len())
+            .map(|s| s.id.len() + if s.finally { 10 } else { 0 })
             .max()
             .unwrap_or(4)
             .max(4);
