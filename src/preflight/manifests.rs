@@ -315,6 +315,19 @@ pub fn scan_text(text: &str, json: bool) -> Scanned {
         return s;
     }
     for (first_line, doc_text) in split_documents(text) {
+        // The common shape is read by the fast path; anything else (and every broken
+        // document) by the full parser.
+        if let Some(f) = super::fastpath::scan(doc_text) {
+            let doc = Doc {
+                api_version: f.api_version,
+                kind: f.kind,
+                name: f.name,
+                namespace: f.namespace,
+                items: None,
+            };
+            collect(doc, first_line, doc_text, &mut s.objects);
+            continue;
+        }
         match serde_norway::from_str::<Doc>(doc_text) {
             Ok(doc) => collect(doc, first_line, doc_text, &mut s.objects),
             Err(e) => {
@@ -434,6 +447,57 @@ pub fn scan_files(files: &[PathBuf], stdin: Option<&str>) -> Vec<ScannedFile> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every document the fast path accepts, the full parser accepts with the same fields; and
+    /// the fast path takes most of a realistic corpus (the benchmark's generator).
+    #[test]
+    fn fast_path_agrees_with_the_full_parser_on_a_generated_corpus() {
+        let dir = tempfile::tempdir().unwrap();
+        let generator =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/bench/gen-manifests.py");
+        let ok = std::process::Command::new("python3")
+            .arg(&generator)
+            .args(["--files", "3000", "--seed", "7"])
+            .arg(dir.path().join("c"))
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("python3 runs the corpus generator");
+        assert!(ok.success());
+        let files = expand(&[dir.path().join("c")]).unwrap();
+        let (mut fast, mut total) = (0, 0);
+        for p in files {
+            if p.extension().is_some_and(|e| e == "json") {
+                continue;
+            }
+            let bytes = std::fs::read(&p).unwrap();
+            let text = String::from_utf8_lossy(&bytes);
+            let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+            for (_, doc) in split_documents(text) {
+                total += 1;
+                let Some(f) = super::super::fastpath::scan(doc) else {
+                    continue;
+                };
+                fast += 1;
+                let full = serde_norway::from_str::<Doc>(doc).unwrap_or_else(|e| {
+                    panic!(
+                        "{}: fast path accepted a document the parser rejects ({e}):\n{doc}",
+                        p.display()
+                    )
+                });
+                assert!(full.items.is_none(), "{doc}");
+                assert_eq!(
+                    (full.api_version, full.kind, full.name, full.namespace),
+                    (f.api_version, f.kind, f.name, f.namespace),
+                    "{}:\n{doc}",
+                    p.display()
+                );
+            }
+        }
+        assert!(
+            fast * 10 > total * 6,
+            "the fast path took only {fast} of {total} documents"
+        );
+    }
 
     #[test]
     fn multi_document_yaml_with_line_numbers() {

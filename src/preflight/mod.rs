@@ -13,6 +13,7 @@ use serde::Serialize;
 pub mod checks;
 pub mod crds;
 pub mod db;
+pub mod fastpath;
 pub mod helm;
 pub mod live;
 pub mod manifests;
