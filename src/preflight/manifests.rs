@@ -448,6 +448,63 @@ pub fn scan_files(files: &[PathBuf], stdin: Option<&str>) -> Vec<ScannedFile> {
 mod tests {
     use super::*;
 
+    /// Odd but valid (or invalid) documents: whatever the fast path accepts, the full parser
+    /// accepts with the same fields.
+    #[test]
+    fn fast_path_never_accepts_what_the_parser_reads_differently() {
+        let head = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cm\n";
+        let bodies = [
+            "data:\n  a: foo{bar}\n  b: x,y\n  c: b]\n  d: x:y\n  e: -x\n",
+            "data:\n  a: 'it''s'\n  b: \"x\\ty\"\n  c: x #c\n  d: \"x\" #c\n",
+            "data:\n  key with spaces: v\n  \"quoted key\": v\n  a.b/c: d\n",
+            "data:\n  a: |+\n    keep\n\n  b: >-\n    folded\n    text\n",
+            "data:\n  a: \"x\"#c\n",
+            "data:\n  a: 'x'y\n",
+            "data:\n  a: b\n  a: c\n",
+            "data:\n  a: |\n      deep\n    shallow\n",
+            "spec:\n  list:\n  - a\n  -\n    b: c\n  - d: e\n    f: g\n  other: 1\n",
+            "spec:\n  list:\n    - a: 1\n      b: 2\n    - c\n",
+            "spec:\n  x: 1\n y: 2\n",
+            "spec:\n  - a\n",
+            "spec: -\n",
+            "spec:\n  a: [] # empty\n  b: {}\n  c: []x\n",
+            "spec:\n  a: @x\n",
+            "spec:\n  a: `x`\n",
+            "spec:\n  a: \"\\q\"\n",
+            "spec:\n  ? complex\n  : value\n",
+            "spec:\n  a: b # ok\n  # comment\n    # indented comment\n  c: d\n",
+        ];
+        let metas = [
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: 'quoted'\n  namespace: \"ns\"\n",
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: yes\n",
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: ~\n",
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: 1e3\n",
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: a\n  name: b\n",
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  labels:\n    name: not-this\n  name: this\n",
+            "kind: Pod\napiVersion: v1\n",
+            "apiVersion: v1 # c\nkind: Pod #c\n",
+        ];
+        let mut accepted = 0;
+        for doc in bodies
+            .iter()
+            .map(|b| format!("{head}{b}"))
+            .chain(metas.iter().map(|m| m.to_string()))
+        {
+            let Some(f) = super::super::fastpath::scan(&doc) else {
+                continue;
+            };
+            accepted += 1;
+            let full = serde_norway::from_str::<Doc>(&doc)
+                .unwrap_or_else(|e| panic!("parser rejects ({e}):\n{doc}"));
+            assert_eq!(
+                (full.api_version, full.kind, full.name, full.namespace),
+                (f.api_version, f.kind, f.name, f.namespace),
+                "{doc}"
+            );
+        }
+        assert!(accepted >= 10, "only {accepted} accepted");
+    }
+
     /// Every document the fast path accepts, the full parser accepts with the same fields; and
     /// the fast path takes most of a realistic corpus (the benchmark's generator).
     #[test]
