@@ -21,6 +21,7 @@ pub mod runbook;
 pub mod selector;
 pub mod store;
 pub mod version;
+pub mod volume;
 pub mod yaml;
 
 use cli::backup::BackupCommand;

@@ -535,6 +535,18 @@ impl Packer {
     /// Add a blob unless the repository (or this session) already has it. Returns its id.
     pub async fn add(&self, kind: BlobType, plaintext: &[u8]) -> Result<BlobId, RepoError> {
         let id = self.repo.key.blob_id(plaintext);
+        self.add_with_id(kind, id, plaintext).await
+    }
+
+    /// [`Packer::add`] for a blob whose id the caller already computed with
+    /// [`Repository::blob_id`] (volume chunks are hashed where they are cut).
+    pub async fn add_with_id(
+        &self,
+        kind: BlobType,
+        id: BlobId,
+        plaintext: &[u8],
+    ) -> Result<BlobId, RepoError> {
+        debug_assert_eq!(id, self.repo.key.blob_id(plaintext));
         if self.repo.has_blob(&id).await || self.state.lock().await.seen.contains(&id) {
             self.deduplicated.fetch_add(1, Ordering::Relaxed);
             return Ok(id);

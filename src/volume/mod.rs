@@ -1,0 +1,450 @@
+//! Volume data in the repository (docs/repository-format.md, "Volume data"): a tar stream goes in,
+//! each file's content is cut into content-defined chunks (FastCDC with the repository's chunker
+//! parameters), every chunk is deduplicated, compressed and sealed into the same packs as the
+//! manifests, and the volume's file tree (path, type, mode, owner, size, mtime, symlink target,
+//! chunk list, content hash) is stored as `tree` blobs. A stored tree is turned back into a tar
+//! stream for restores.
+//!
+//! Where the tar stream comes from (a mover pod, a local directory) is not this module's business:
+//! it reads any `AsyncRead` and writes any `AsyncWrite`.
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+use crate::repo::crypto::BlobId;
+use crate::repo::pack::BlobType;
+use crate::repo::{Packer, RepoError, Repository};
+
+/// Entries per tree blob (an unchanged part of a volume yields identical trees).
+const TREE_ENTRIES: usize = 1000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeError {
+    #[error("reading the tar stream: {0}")]
+    Tar(std::io::Error),
+    #[error("writing the tar stream: {0}")]
+    Write(std::io::Error),
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+    #[error("the data pipeline stopped: {0}")]
+    Pipeline(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryType {
+    File,
+    Dir,
+    Symlink,
+    /// A hard link to an earlier entry (`target`).
+    Hardlink,
+}
+
+/// One file, directory or link of a volume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FileEntry {
+    /// Relative path, `/`-separated, no leading `./`.
+    pub path: String,
+    #[serde(rename = "type")]
+    pub kind: EntryType,
+    pub mode: u32,
+    pub uid: u64,
+    pub gid: u64,
+    pub size: u64,
+    /// Seconds since the epoch.
+    pub mtime: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chunks: Vec<BlobId>,
+    /// BLAKE3 of the content (files only), hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TreeBlob {
+    pub entries: Vec<FileEntry>,
+}
+
+/// What an ingest read and stored.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IngestStats {
+    pub files: u64,
+    pub dirs: u64,
+    pub bytes: u64,
+    pub chunks: u64,
+}
+
+/// Counters a progress display can poll while an ingest or a restore runs.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub bytes: AtomicU64,
+    pub files: AtomicU64,
+}
+
+fn clean_path(p: &str) -> String {
+    let p = p.trim_start_matches("./").trim_end_matches('/');
+    if p == "." {
+        String::new()
+    } else {
+        p.to_string()
+    }
+}
+
+/// Read a tar stream and store its files' contents as chunks through `packer`. Returns the
+/// file tree (in tar order). `workers` chunks are compressed and sealed at the same time.
+pub async fn ingest_tar<R>(
+    repo: Arc<Repository>,
+    packer: Arc<Packer>,
+    reader: R,
+    workers: usize,
+    counters: Arc<Counters>,
+) -> Result<(Vec<FileEntry>, IngestStats), VolumeError>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel::<(BlobId, Vec<u8>)>(workers.max(1) * 2);
+    let chunker = repo.config.chunker;
+    let reader_repo = repo.clone();
+    let handle = tokio::runtime::Handle::current();
+    // The tar reader and the chunker are synchronous: one blocking thread reads, cuts and
+    // hashes; the workers compress, seal and pack.
+    let producer = tokio::task::spawn_blocking(move || {
+        let _guard = handle.enter();
+        let bridge = tokio_util::io::SyncIoBridge::new(reader);
+        read_tar(bridge, &reader_repo, chunker, &tx, &counters)
+    });
+    let rx = Arc::new(tokio::sync::Mutex::new(rx));
+    let mut pool = tokio::task::JoinSet::new();
+    for _ in 0..workers.max(1) {
+        let rx = rx.clone();
+        let packer = packer.clone();
+        pool.spawn(async move {
+            loop {
+                let next = rx.lock().await.recv().await;
+                let Some((id, data)) = next else {
+                    return Ok::<(), RepoError>(());
+                };
+                packer.add_with_id(BlobType::Chunk, id, &data).await?;
+            }
+        });
+    }
+    let mut first_err: Option<VolumeError> = None;
+    while let Some(r) = pool.join_next().await {
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                first_err.get_or_insert(VolumeError::Repo(e));
+                // Stop the reader: it sees the channel closed.
+                rx.lock().await.close();
+            }
+            Err(e) => {
+                first_err.get_or_insert(VolumeError::Pipeline(e.to_string()));
+                rx.lock().await.close();
+            }
+        }
+    }
+    let produced = producer
+        .await
+        .map_err(|e| VolumeError::Pipeline(e.to_string()))?;
+    if let Some(e) = first_err {
+        return Err(e);
+    }
+    produced
+}
+
+fn read_tar(
+    input: impl std::io::Read,
+    repo: &Repository,
+    chunker: crate::repo::ChunkerParams,
+    tx: &tokio::sync::mpsc::Sender<(BlobId, Vec<u8>)>,
+    counters: &Counters,
+) -> Result<(Vec<FileEntry>, IngestStats), VolumeError> {
+    let mut archive = tar::Archive::new(input);
+    let mut out = Vec::new();
+    let mut stats = IngestStats::default();
+    for entry in archive.entries().map_err(VolumeError::Tar)? {
+        let mut entry = entry.map_err(VolumeError::Tar)?;
+        let header = entry.header().clone();
+        let path = clean_path(&String::from_utf8_lossy(&entry.path_bytes()));
+        let kind = match header.entry_type() {
+            tar::EntryType::Regular | tar::EntryType::Continuous => EntryType::File,
+            tar::EntryType::Directory => EntryType::Dir,
+            tar::EntryType::Symlink => EntryType::Symlink,
+            tar::EntryType::Link => EntryType::Hardlink,
+            // Devices, FIFOs, sockets and PAX/GNU metadata entries carry no data to keep.
+            _ => continue,
+        };
+        if path.is_empty() && kind == EntryType::Dir {
+            continue; // the volume root itself
+        }
+        let target = match kind {
+            EntryType::Symlink | EntryType::Hardlink => entry
+                .link_name_bytes()
+                .map(|b| clean_link(&String::from_utf8_lossy(&b), kind)),
+            _ => None,
+        };
+        let mut fe = FileEntry {
+            path,
+            kind,
+            mode: header.mode().map_err(VolumeError::Tar)? & 0o7777,
+            uid: header.uid().map_err(VolumeError::Tar)?,
+            gid: header.gid().map_err(VolumeError::Tar)?,
+            size: 0,
+            mtime: header.mtime().map_err(VolumeError::Tar)?,
+            target,
+            chunks: Vec::new(),
+            hash: None,
+        };
+        if kind == EntryType::File {
+            let mut hasher = blake3::Hasher::new();
+            let cdc = fastcdc::v2020::StreamCDC::new(
+                &mut entry,
+                chunker.min_size as usize,
+                chunker.avg_size as usize,
+                chunker.max_size as usize,
+            );
+            for chunk in cdc {
+                let chunk = chunk.map_err(|e| match e {
+                    fastcdc::v2020::Error::IoError(e) => VolumeError::Tar(e),
+                    other => VolumeError::Pipeline(other.to_string()),
+                })?;
+                hasher.update(&chunk.data);
+                let id = repo.blob_id(&chunk.data);
+                fe.size += chunk.data.len() as u64;
+                counters
+                    .bytes
+                    .fetch_add(chunk.data.len() as u64, Ordering::Relaxed);
+                fe.chunks.push(id);
+                stats.chunks += 1;
+                tx.blocking_send((id, chunk.data))
+                    .map_err(|_| VolumeError::Pipeline("the packing workers stopped".into()))?;
+            }
+            fe.hash = Some(hasher.finalize().to_hex().to_string());
+            stats.files += 1;
+            stats.bytes += fe.size;
+        } else if kind == EntryType::Dir {
+            stats.dirs += 1;
+        }
+        counters.files.fetch_add(1, Ordering::Relaxed);
+        out.push(fe);
+    }
+    Ok((out, stats))
+}
+
+fn clean_link(target: &str, kind: EntryType) -> String {
+    match kind {
+        // A hard link names another entry of the archive.
+        EntryType::Hardlink => clean_path(target),
+        // A symlink's target is kept exactly.
+        _ => target.to_string(),
+    }
+}
+
+/// Store a file tree as tree blobs (at most 1000 entries each). Returns their ids in order.
+pub async fn store_tree(packer: &Packer, entries: &[FileEntry]) -> Result<Vec<BlobId>, RepoError> {
+    let mut ids = Vec::new();
+    for part in entries.chunks(TREE_ENTRIES) {
+        let blob = serde_json::to_vec(&TreeBlob {
+            entries: part.to_vec(),
+        })
+        .expect("trees serialize");
+        ids.push(packer.add(BlobType::Tree, &blob).await?);
+    }
+    Ok(ids)
+}
+
+/// Read a volume's file tree back.
+pub async fn load_tree(repo: &Repository, trees: &[BlobId]) -> Result<Vec<FileEntry>, RepoError> {
+    let mut out = Vec::new();
+    for id in trees {
+        let t: TreeBlob = repo.read_blob_json(id).await?;
+        out.extend(t.entries);
+    }
+    Ok(out)
+}
+
+fn header_for(e: &FileEntry) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_mode(e.mode);
+    h.set_uid(e.uid);
+    h.set_gid(e.gid);
+    h.set_mtime(e.mtime);
+    match e.kind {
+        EntryType::File => {
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_size(e.size);
+        }
+        EntryType::Dir => {
+            h.set_entry_type(tar::EntryType::Directory);
+            h.set_size(0);
+        }
+        EntryType::Symlink => {
+            h.set_entry_type(tar::EntryType::Symlink);
+            h.set_size(0);
+        }
+        EntryType::Hardlink => {
+            h.set_entry_type(tar::EntryType::Link);
+            h.set_size(0);
+        }
+    }
+    h
+}
+
+/// A GNU long-name (`L`) or long-link (`K`) record for names over 100 bytes.
+fn long_record(kind: tar::EntryType, name: &[u8]) -> Vec<u8> {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.as_gnu_mut().expect("gnu header").name[..13].copy_from_slice(b"././@LongLink");
+    h.set_mode(0o644);
+    h.set_size(name.len() as u64 + 1);
+    h.set_cksum();
+    let mut out = h.as_bytes().to_vec();
+    out.extend_from_slice(name);
+    out.push(0);
+    pad(&mut out);
+    out
+}
+
+fn pad(buf: &mut Vec<u8>) {
+    let rem = buf.len() % 512;
+    if rem != 0 {
+        buf.resize(buf.len() + 512 - rem, 0);
+    }
+}
+
+/// The header bytes (with long-name records when needed) of one entry.
+fn header_bytes(e: &FileEntry) -> Vec<u8> {
+    let mut out = Vec::new();
+    let name = if e.kind == EntryType::Dir {
+        format!("{}/", e.path)
+    } else {
+        e.path.clone()
+    };
+    let mut h = header_for(e);
+    if name.len() > 100 {
+        out.extend(long_record(tar::EntryType::GNULongName, name.as_bytes()));
+    }
+    let short = &name.as_bytes()[..name.len().min(100)];
+    h.as_gnu_mut().expect("gnu header").name[..short.len()].copy_from_slice(short);
+    if let Some(t) = &e.target {
+        if t.len() > 100 {
+            out.extend(long_record(tar::EntryType::GNULongLink, t.as_bytes()));
+        }
+        let short = &t.as_bytes()[..t.len().min(100)];
+        h.as_gnu_mut().expect("gnu header").linkname[..short.len()].copy_from_slice(short);
+    }
+    h.set_cksum();
+    out.extend_from_slice(h.as_bytes());
+    out
+}
+
+/// Write the tree as a tar stream (GNU format) into `w`, reading the chunks from the
+/// repository (`prefetch` chunks ahead). The stream ends with the two zero blocks; `w` is
+/// flushed and shut down (closing stdin of a remote `tar -x`).
+pub async fn write_tar<W>(
+    repo: Arc<Repository>,
+    entries: &[FileEntry],
+    mut w: W,
+    prefetch: usize,
+    counters: Arc<Counters>,
+) -> Result<(), VolumeError>
+where
+    W: AsyncWrite + Unpin,
+{
+    use futures::StreamExt;
+    // Chunks in stream order, fetched concurrently, delivered in order.
+    let ids: Vec<BlobId> = entries
+        .iter()
+        .flat_map(|e| e.chunks.iter().copied())
+        .collect();
+    let mut chunks = futures::stream::iter(ids.into_iter().map(|id| {
+        let repo = repo.clone();
+        async move { repo.read_blob(&id).await }
+    }))
+    .buffered(prefetch.max(1));
+    for e in entries {
+        w.write_all(&header_bytes(e))
+            .await
+            .map_err(VolumeError::Write)?;
+        if e.kind != EntryType::File {
+            counters.files.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        let mut written = 0u64;
+        for _ in 0..e.chunks.len() {
+            let data = chunks
+                .next()
+                .await
+                .ok_or_else(|| VolumeError::Pipeline("chunk stream ended early".into()))??;
+            w.write_all(&data).await.map_err(VolumeError::Write)?;
+            written += data.len() as u64;
+            counters
+                .bytes
+                .fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        if written != e.size {
+            return Err(VolumeError::Pipeline(format!(
+                "{}: the stored chunks hold {written} bytes, the tree says {}",
+                e.path, e.size
+            )));
+        }
+        let rem = (written % 512) as usize;
+        if rem != 0 {
+            w.write_all(&vec![0u8; 512 - rem])
+                .await
+                .map_err(VolumeError::Write)?;
+        }
+        counters.files.fetch_add(1, Ordering::Relaxed);
+    }
+    w.write_all(&[0u8; 1024])
+        .await
+        .map_err(VolumeError::Write)?;
+    w.flush().await.map_err(VolumeError::Write)?;
+    w.shutdown().await.map_err(VolumeError::Write)?;
+    Ok(())
+}
+
+/// Differences between two file trees (paths, types, sizes, content hashes, modes, link
+/// targets), each naming the file. Empty: equal.
+pub fn compare_trees(want: &[FileEntry], got: &[FileEntry]) -> Vec<String> {
+    let index = |v: &[FileEntry]| -> BTreeMap<String, FileEntry> {
+        v.iter().map(|e| (e.path.clone(), e.clone())).collect()
+    };
+    let (a, b) = (index(want), index(got));
+    let mut out = Vec::new();
+    for (p, w) in &a {
+        match b.get(p) {
+            None => out.push(format!("{p}: missing")),
+            Some(g) => {
+                if w.kind != g.kind {
+                    out.push(format!("{p}: is a {:?}, was a {:?}", g.kind, w.kind));
+                } else if w.size != g.size {
+                    out.push(format!("{p}: {} bytes, was {}", g.size, w.size));
+                } else if w.hash != g.hash {
+                    out.push(format!("{p}: content differs"));
+                } else if w.mode != g.mode {
+                    out.push(format!("{p}: mode {:o}, was {:o}", g.mode, w.mode));
+                } else if w.target != g.target {
+                    out.push(format!("{p}: link target differs"));
+                }
+            }
+        }
+    }
+    for p in b.keys() {
+        if !a.contains_key(p) {
+            out.push(format!("{p}: not in the backup"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,245 @@
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use super::*;
+use crate::repo::crypto::KdfParams;
+
+const FAST: KdfParams = KdfParams {
+    memory_kib: 1024,
+    iterations: 1,
+    parallelism: 1,
+};
+
+async fn repo(dir: &Path) -> Arc<Repository> {
+    let store: crate::store::DynStore =
+        Arc::new(crate::store::local::LocalStore::new(dir.to_path_buf()));
+    Arc::new(Repository::init(store, b"pw", FAST).await.unwrap())
+}
+
+/// Deterministic pseudo-random bytes.
+fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+fn sample_tree(root: &Path, big: &[u8]) {
+    std::fs::create_dir_all(root.join("a/b/c")).unwrap();
+    std::fs::write(root.join("empty"), b"").unwrap();
+    std::fs::write(root.join("a/secret.txt"), b"top secret\n").unwrap();
+    std::fs::set_permissions(
+        root.join("a/secret.txt"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    std::fs::write(root.join("a/b/run.sh"), b"#!/bin/sh\necho hi\n").unwrap();
+    std::fs::set_permissions(
+        root.join("a/b/run.sh"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    std::fs::write(root.join("a/b/c/big.bin"), big).unwrap();
+    std::os::unix::fs::symlink("b/run.sh", root.join("a/link")).unwrap();
+    let long = "x".repeat(120);
+    std::fs::write(root.join(format!("a/{long}.txt")), b"long name").unwrap();
+    for i in 0..50 {
+        std::fs::write(
+            root.join(format!("a/b/small-{i:03}")),
+            format!("file {i}\n"),
+        )
+        .unwrap();
+    }
+}
+
+fn tar_of(root: &Path) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    b.follow_symlinks(false);
+    b.append_dir_all(".", root).unwrap();
+    b.into_inner().unwrap()
+}
+
+fn assert_same_tree(a: &Path, b: &Path) {
+    let mut seen = 0;
+    for e in walk(a) {
+        let rel = e.strip_prefix(a).unwrap();
+        let other = b.join(rel);
+        let ma = std::fs::symlink_metadata(&e).unwrap();
+        let mb = std::fs::symlink_metadata(&other)
+            .unwrap_or_else(|_| panic!("{} missing", rel.display()));
+        assert_eq!(ma.file_type(), mb.file_type(), "{}", rel.display());
+        if ma.file_type().is_symlink() {
+            assert_eq!(
+                std::fs::read_link(&e).unwrap(),
+                std::fs::read_link(&other).unwrap()
+            );
+        } else {
+            assert_eq!(
+                ma.permissions().mode() & 0o7777,
+                mb.permissions().mode() & 0o7777,
+                "{}",
+                rel.display()
+            );
+        }
+        if ma.is_file() {
+            assert_eq!(std::fs::read(&e).unwrap(), std::fs::read(&other).unwrap());
+        }
+        seen += 1;
+    }
+    assert!(seen > 50);
+    assert_eq!(walk(a).len(), walk(b).len());
+}
+
+fn walk(root: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(root).unwrap() {
+        let p = e.unwrap().path();
+        let ft = std::fs::symlink_metadata(&p).unwrap().file_type();
+        if ft.is_dir() {
+            out.extend(walk(&p));
+        }
+        out.push(p);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tar_stream_round_trips_through_the_repository() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    sample_tree(&src, &noise(5 << 20, 1));
+    let r = repo(&tmp.path().join("repo")).await;
+    let packer = Arc::new(Packer::new(r.clone()));
+    let (entries, stats) = ingest_tar(
+        r.clone(),
+        packer.clone(),
+        std::io::Cursor::new(tar_of(&src)),
+        2,
+        Arc::new(Counters::default()),
+    )
+    .await
+    .unwrap();
+    let on_disk: u64 = walk(&src)
+        .iter()
+        .map(|p| std::fs::symlink_metadata(p).unwrap())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum();
+    assert_eq!(stats.bytes, on_disk);
+    assert_eq!(stats.files, 55);
+    let big = entries.iter().find(|e| e.path == "a/b/c/big.bin").unwrap();
+    assert!(
+        big.chunks.len() >= 3,
+        "content-defined chunks: {}",
+        big.chunks.len()
+    );
+    let link = entries.iter().find(|e| e.path == "a/link").unwrap();
+    assert_eq!(
+        (link.kind, link.target.as_deref()),
+        (EntryType::Symlink, Some("b/run.sh"))
+    );
+    let trees = store_tree(&packer, &entries).await.unwrap();
+    packer.finish().await.unwrap();
+
+    // Read back through a fresh handle, as a restore would.
+    let r2 = Arc::new(
+        Repository::open(
+            Arc::new(crate::store::local::LocalStore::new(
+                tmp.path().join("repo"),
+            )),
+            b"pw",
+        )
+        .await
+        .unwrap(),
+    );
+    r2.load_index().await.unwrap();
+    let back = load_tree(&r2, &trees).await.unwrap();
+    assert_eq!(back, entries);
+    let mut out = Vec::new();
+    write_tar(r2, &back, &mut out, 4, Arc::new(Counters::default()))
+        .await
+        .unwrap();
+    let dst = tmp.path().join("dst");
+    std::fs::create_dir(&dst).unwrap();
+    let mut a = tar::Archive::new(std::io::Cursor::new(out));
+    a.set_preserve_permissions(true);
+    a.unpack(&dst).unwrap();
+    assert_same_tree(&src, &dst);
+    assert!(compare_trees(&entries, &back).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_region_of_a_large_file_adds_only_nearby_chunks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let mut big = noise(24 << 20, 2);
+    sample_tree(&src, &big);
+    let r = repo(&tmp.path().join("repo")).await;
+    let ingest = |r: Arc<Repository>, data: Vec<u8>| async move {
+        let packer = Arc::new(Packer::new(r.clone()));
+        let (entries, _) = ingest_tar(
+            r,
+            packer.clone(),
+            std::io::Cursor::new(data),
+            2,
+            Arc::new(Counters::default()),
+        )
+        .await
+        .unwrap();
+        store_tree(&packer, &entries).await.unwrap();
+        (entries, packer.finish().await.unwrap())
+    };
+    let (first, s1) = ingest(r.clone(), tar_of(&src)).await;
+    // One MiB in the middle changes.
+    let mid = 12 << 20;
+    for b in &mut big[mid..mid + (1 << 20)] {
+        *b = b.wrapping_add(1);
+    }
+    std::fs::write(src.join("a/b/c/big.bin"), &big).unwrap();
+    let (second, s2) = ingest(r.clone(), tar_of(&src)).await;
+    let chunks = |v: &[FileEntry]| -> std::collections::HashSet<BlobId> {
+        v.iter().flat_map(|e| e.chunks.iter().copied()).collect()
+    };
+    let new_chunks = chunks(&second).difference(&chunks(&first)).count();
+    assert!(
+        new_chunks <= 4,
+        "{new_chunks} new chunks for a 1 MiB change"
+    );
+    assert!(
+        s2.pack_bytes * 4 < s1.pack_bytes,
+        "second backup added {} bytes, first {}",
+        s2.pack_bytes,
+        s1.pack_bytes
+    );
+    let diff = compare_trees(&first, &second);
+    assert_eq!(diff, ["a/b/c/big.bin: content differs"]);
+}
+
+#[test]
+fn tree_comparison_names_each_difference() {
+    let f = |path: &str, hash: &str, mode: u32| FileEntry {
+        path: path.into(),
+        kind: EntryType::File,
+        mode,
+        uid: 0,
+        gid: 0,
+        size: 1,
+        mtime: 0,
+        target: None,
+        chunks: vec![],
+        hash: Some(hash.into()),
+    };
+    let want = vec![f("a", "1", 0o644), f("b", "2", 0o600), f("c", "3", 0o644)];
+    let got = vec![f("a", "1", 0o644), f("b", "2", 0o644), f("d", "4", 0o644)];
+    assert_eq!(
+        compare_trees(&want, &got),
+        ["b: mode 644, was 600", "c: missing", "d: not in the backup"]
+    );
+}
