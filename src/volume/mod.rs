@@ -21,6 +21,29 @@ use crate::repo::{Packer, RepoError, Repository};
 /// Entries per tree blob (an unchanged part of a volume yields identical trees).
 const TREE_ENTRIES: usize = 1000;
 
+/// Pack size for volume data: larger than for manifests (fewer, larger writes; chunks are up to
+/// 8 MiB anyway).
+pub const PACK_SIZE: usize = 16 << 20;
+
+/// A piece of a file's content: a range of a shared buffer (no copy per chunk).
+struct Piece {
+    buf: Arc<Vec<u8>>,
+    range: std::ops::Range<usize>,
+}
+
+impl Piece {
+    fn whole(v: Vec<u8>) -> Piece {
+        let len = v.len();
+        Piece {
+            buf: Arc::new(v),
+            range: 0..len,
+        }
+    }
+    fn bytes(&self) -> &[u8] {
+        &self.buf[self.range.clone()]
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum VolumeError {
     #[error("reading the tar stream: {0}")]
@@ -110,16 +133,35 @@ pub async fn ingest_tar<R>(
 where
     R: AsyncRead + Unpin + Send + 'static,
 {
-    let (tx, rx) = tokio::sync::mpsc::channel::<(BlobId, Vec<u8>)>(workers.max(1) * 2);
-    let chunker = repo.config.chunker;
-    let reader_repo = repo.clone();
     let handle = tokio::runtime::Handle::current();
-    // The tar reader and the chunker are synchronous: one blocking thread reads, cuts and
-    // hashes; the workers compress, seal and pack.
-    let producer = tokio::task::spawn_blocking(move || {
+    let bridge = move || {
         let _guard = handle.enter();
-        let bridge = tokio_util::io::SyncIoBridge::new(reader);
-        read_tar(bridge, &reader_repo, chunker, &tx, &counters)
+        // Few, large reads through the bridge: tar reads headers 512 bytes at a time.
+        std::io::BufReader::with_capacity(1 << 20, tokio_util::io::SyncIoBridge::new(reader))
+    };
+    ingest(repo, packer, bridge, workers, counters).await
+}
+
+/// [`ingest_tar`] for a synchronous reader (a local file, stdin), built on the blocking thread
+/// by `make_reader`.
+pub async fn ingest<F, R>(
+    repo: Arc<Repository>,
+    packer: Arc<Packer>,
+    make_reader: F,
+    workers: usize,
+    counters: Arc<Counters>,
+) -> Result<(Vec<FileEntry>, IngestStats), VolumeError>
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: std::io::Read,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel::<(Slot, Piece)>(workers.max(1) * 2);
+    let chunker = repo.config.chunker;
+    // The tar reader and the chunker are synchronous: one blocking thread reads, cuts and
+    // hashes the content; the workers compute chunk ids, compress, seal and pack.
+    let producer = tokio::task::spawn_blocking(move || {
+        let input = make_reader();
+        read_tar(input, chunker, &tx, &counters)
     });
     let rx = Arc::new(tokio::sync::Mutex::new(rx));
     let mut pool = tokio::task::JoinSet::new();
@@ -129,10 +171,11 @@ where
         pool.spawn(async move {
             loop {
                 let next = rx.lock().await.recv().await;
-                let Some((id, data)) = next else {
+                let Some((slot, data)) = next else {
                     return Ok::<(), RepoError>(());
                 };
-                packer.add_with_id(BlobType::Chunk, id, &data).await?;
+                let id = packer.add(BlobType::Chunk, data.bytes()).await?;
+                let _ = slot.set(id);
             }
         });
     }
@@ -157,16 +200,32 @@ where
     if let Some(e) = first_err {
         return Err(e);
     }
-    produced
+    let (files, stats) = produced?;
+    // Every worker has finished: every slot is filled.
+    let entries = files
+        .into_iter()
+        .map(|(mut e, slots)| {
+            e.chunks = slots
+                .iter()
+                .map(|s| *s.get().expect("a worker filled every slot"))
+                .collect();
+            e
+        })
+        .collect();
+    Ok((entries, stats))
 }
+
+/// Where a worker puts the id of the chunk it packed.
+type Slot = Arc<std::sync::OnceLock<BlobId>>;
+
+type Pending = (FileEntry, Vec<Slot>);
 
 fn read_tar(
     input: impl std::io::Read,
-    repo: &Repository,
     chunker: crate::repo::ChunkerParams,
-    tx: &tokio::sync::mpsc::Sender<(BlobId, Vec<u8>)>,
+    tx: &tokio::sync::mpsc::Sender<(Slot, Piece)>,
     counters: &Counters,
-) -> Result<(Vec<FileEntry>, IngestStats), VolumeError> {
+) -> Result<(Vec<Pending>, IngestStats), VolumeError> {
     let mut archive = tar::Archive::new(input);
     let mut out = Vec::new();
     let mut stats = IngestStats::default();
@@ -203,30 +262,60 @@ fn read_tar(
             chunks: Vec::new(),
             hash: None,
         };
+        let mut slots = Vec::new();
         if kind == EntryType::File {
             let mut hasher = blake3::Hasher::new();
-            let cdc = fastcdc::v2020::StreamCDC::new(
-                &mut entry,
+            let mut send = |data: Piece, fe: &mut FileEntry| -> Result<(), VolumeError> {
+                let len = data.range.len() as u64;
+                fe.size += len;
+                counters.bytes.fetch_add(len, Ordering::Relaxed);
+                let slot = Slot::default();
+                slots.push(slot.clone());
+                stats.chunks += 1;
+                tx.blocking_send((slot, data))
+                    .map_err(|_| VolumeError::Pipeline("the packing workers stopped".into()))
+            };
+            let size = header.size().map_err(VolumeError::Tar)?;
+            let (min, avg, max) = (
                 chunker.min_size as usize,
                 chunker.avg_size as usize,
                 chunker.max_size as usize,
             );
-            for chunk in cdc {
-                let chunk = chunk.map_err(|e| match e {
-                    fastcdc::v2020::Error::IoError(e) => VolumeError::Tar(e),
-                    other => VolumeError::Pipeline(other.to_string()),
-                })?;
-                hasher.update(&chunk.data);
-                let id = repo.blob_id(&chunk.data);
-                fe.size += chunk.data.len() as u64;
-                counters
-                    .bytes
-                    .fetch_add(chunk.data.len() as u64, Ordering::Relaxed);
-                fe.chunks.push(id);
-                stats.chunks += 1;
-                tx.blocking_send((id, chunk.data))
-                    .map_err(|_| VolumeError::Pipeline("the packing workers stopped".into()))?;
+            if size <= 2 * max as u64 {
+                // Most files: read whole, cut in memory (no per-file chunker buffer).
+                let mut buf = Vec::with_capacity(size as usize);
+                std::io::Read::read_to_end(&mut entry, &mut buf).map_err(VolumeError::Tar)?;
+                hasher.update(&buf);
+                if buf.len() <= min {
+                    if !buf.is_empty() {
+                        send(Piece::whole(buf), &mut fe)?;
+                    }
+                } else {
+                    let cuts: Vec<(usize, usize)> =
+                        fastcdc::v2020::FastCDC::new(&buf, min, avg, max)
+                            .map(|c| (c.offset, c.length))
+                            .collect();
+                    let buf = Arc::new(buf);
+                    for (off, len) in cuts {
+                        let piece = Piece {
+                            buf: buf.clone(),
+                            range: off..off + len,
+                        };
+                        send(piece, &mut fe)?;
+                    }
+                }
+            } else {
+                let cdc = fastcdc::v2020::StreamCDC::new(&mut entry, min, avg, max);
+                for chunk in cdc {
+                    let chunk = chunk.map_err(|e| match e {
+                        fastcdc::v2020::Error::IoError(e) => VolumeError::Tar(e),
+                        other => VolumeError::Pipeline(other.to_string()),
+                    })?;
+                    hasher.update(&chunk.data);
+                    send(Piece::whole(chunk.data), &mut fe)?;
+                }
             }
+            drop(send);
             fe.hash = Some(hasher.finalize().to_hex().to_string());
             stats.files += 1;
             stats.bytes += fe.size;
@@ -234,7 +323,7 @@ fn read_tar(
             stats.dirs += 1;
         }
         counters.files.fetch_add(1, Ordering::Relaxed);
-        out.push(fe);
+        out.push((fe, slots));
     }
     Ok((out, stats))
 }
@@ -347,8 +436,11 @@ fn header_bytes(e: &FileEntry) -> Vec<u8> {
 }
 
 /// Write the tree as a tar stream (GNU format) into `w`, reading the chunks from the
-/// repository (`prefetch` chunks ahead). The stream ends with the two zero blocks; `w` is
-/// flushed and shut down (closing stdin of a remote `tar -x`).
+/// repository (`prefetch` chunks ahead). The stream ends with the two zero blocks and is padded
+/// to whole 10240-byte records, as GNU tar writes archives: a `tar -x` reading it from a pipe
+/// finishes at the end-of-archive marker even where stdin EOF never arrives (kwok's exec, see
+/// docs/dev/kwok-exec.md). `w` is then flushed and shut down (closing stdin of a remote
+/// `tar -x`).
 pub async fn write_tar<W>(
     repo: Arc<Repository>,
     entries: &[FileEntry],
@@ -370,10 +462,11 @@ where
         async move { repo.read_blob(&id).await }
     }))
     .buffered(prefetch.max(1));
+    let mut total = 0u64;
     for e in entries {
-        w.write_all(&header_bytes(e))
-            .await
-            .map_err(VolumeError::Write)?;
+        let h = header_bytes(e);
+        total += h.len() as u64;
+        w.write_all(&h).await.map_err(VolumeError::Write)?;
         if e.kind != EntryType::File {
             counters.files.fetch_add(1, Ordering::Relaxed);
             continue;
@@ -396,15 +489,20 @@ where
                 e.path, e.size
             )));
         }
+        total += written;
         let rem = (written % 512) as usize;
         if rem != 0 {
             w.write_all(&vec![0u8; 512 - rem])
                 .await
                 .map_err(VolumeError::Write)?;
+            total += (512 - rem) as u64;
         }
         counters.files.fetch_add(1, Ordering::Relaxed);
     }
-    w.write_all(&[0u8; 1024])
+    total += 1024;
+    let record = 10240;
+    let end = 1024 + (record - total % record) % record;
+    w.write_all(&vec![0u8; end as usize])
         .await
         .map_err(VolumeError::Write)?;
     w.flush().await.map_err(VolumeError::Write)?;

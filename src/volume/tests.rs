@@ -166,6 +166,7 @@ async fn a_tar_stream_round_trips_through_the_repository() {
     write_tar(r2, &back, &mut out, 4, Arc::new(Counters::default()))
         .await
         .unwrap();
+    assert_eq!(out.len() % 10240, 0, "whole tar records");
     let dst = tmp.path().join("dst");
     std::fs::create_dir(&dst).unwrap();
     let mut a = tar::Archive::new(std::io::Cursor::new(out));
