@@ -18,6 +18,8 @@ use crate::repo::crypto::BlobId;
 use crate::repo::pack::BlobType;
 use crate::repo::{Packer, RepoError, Repository};
 
+pub mod mover;
+
 /// Entries per tree blob (an unchanged part of a volume yields identical trees).
 const TREE_ENTRIES: usize = 1000;
 

@@ -1,0 +1,261 @@
+//! Mover pods: a short-lived pod that mounts a PVC, through which lifeboat streams a volume's
+//! files as tar over the API server's `pods/exec` (the repository's credentials never enter the
+//! cluster). The pod runs `sleep` until lifeboat execs `tar` in it, then is deleted.
+//!
+//! Security: no service-account token, no privilege escalation, read-only root filesystem, all
+//! capabilities dropped except what tar needs (reading any file for a backup; writing owners and
+//! modes for a restore), resource limits, and an `activeDeadlineSeconds`.
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, AttachParams, DeleteParams, PostParams};
+use serde_json::json;
+
+use super::{Counters, FileEntry, IngestStats, VolumeError};
+use crate::repo::{Packer, Repository};
+
+/// The image the mover pods run (anything with `sleep` and a POSIX `tar`).
+pub const DEFAULT_IMAGE: &str = "busybox:1.37";
+/// Where the PVC is mounted in the mover pod (its working directory).
+pub const MOUNT: &str = "/data";
+pub const LABEL: &str = "lifeboat.io/mover";
+
+#[derive(Debug, Clone)]
+pub struct MoverOptions {
+    pub image: String,
+    /// The pod is killed by Kubernetes after this long, whatever happens to lifeboat.
+    pub deadline: Duration,
+    /// How long to wait for the pod to run.
+    pub start_timeout: Duration,
+}
+
+impl Default for MoverOptions {
+    fn default() -> Self {
+        MoverOptions {
+            image: DEFAULT_IMAGE.into(),
+            deadline: Duration::from_secs(6 * 3600),
+            start_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// What a mover does with its volume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Read the volume (mounted read-only).
+    Backup,
+    /// Fill the volume.
+    Restore,
+}
+
+fn kerr(action: String) -> impl FnOnce(kube::Error) -> VolumeError {
+    move |e| VolumeError::Pipeline(format!("{action}: {}", crate::error::display_chain(&e)))
+}
+
+/// The pod manifest of a mover for `pvc` in `ns`.
+pub fn pod_manifest(ns: &str, pvc: &str, dir: Direction, opts: &MoverOptions) -> serde_json::Value {
+    let read_only = dir == Direction::Backup;
+    let caps: &[&str] = match dir {
+        Direction::Backup => &["DAC_READ_SEARCH"],
+        Direction::Restore => &["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID"],
+    };
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "generateName": "lifeboat-mover-",
+            "namespace": ns,
+            "labels": {"app.kubernetes.io/managed-by": "lifeboat", LABEL: "true"},
+            "annotations": {"lifeboat.io/pvc": pvc,
+                            "lifeboat.io/direction": if read_only { "backup" } else { "restore" }},
+        },
+        "spec": {
+            "restartPolicy": "Never",
+            "activeDeadlineSeconds": opts.deadline.as_secs().max(60),
+            "automountServiceAccountToken": false,
+            "enableServiceLinks": false,
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{
+                "name": "mover",
+                "image": opts.image,
+                "command": ["sleep", opts.deadline.as_secs().max(60).to_string()],
+                "workingDir": MOUNT,
+                "volumeMounts": [{"name": "data", "mountPath": MOUNT, "readOnly": read_only}],
+                "resources": {"requests": {"cpu": "100m", "memory": "64Mi"},
+                              "limits": {"cpu": "1", "memory": "256Mi"}},
+                "securityContext": {
+                    "allowPrivilegeEscalation": false,
+                    "readOnlyRootFilesystem": true,
+                    "runAsUser": 0,
+                    "capabilities": {"drop": ["ALL"], "add": caps},
+                },
+            }],
+            "volumes": [{"name": "data",
+                         "persistentVolumeClaim": {"claimName": pvc, "readOnly": read_only}}],
+        }
+    })
+}
+
+/// Create a mover for `pvc` and wait until it runs. Returns the pod name.
+pub async fn start(
+    client: &kube::Client,
+    ns: &str,
+    pvc: &str,
+    dir: Direction,
+    opts: &MoverOptions,
+) -> Result<String, VolumeError> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let pod: Pod = serde_json::from_value(pod_manifest(ns, pvc, dir, opts)).expect("a valid Pod");
+    let created = pods
+        .create(&PostParams::default(), &pod)
+        .await
+        .map_err(kerr(format!("create a mover pod for {ns}/{pvc}")))?;
+    let name = created.metadata.name.unwrap_or_default();
+    let deadline = Instant::now() + opts.start_timeout;
+    loop {
+        let p = pods
+            .get(&name)
+            .await
+            .map_err(kerr(format!("read mover pod {ns}/{name}")))?;
+        let phase = p
+            .status
+            .as_ref()
+            .and_then(|s| s.phase.clone())
+            .unwrap_or_default();
+        let ready = p
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        if phase == "Running" && ready {
+            return Ok(name);
+        }
+        if phase == "Failed" || phase == "Succeeded" || Instant::now() > deadline {
+            let why = p
+                .status
+                .and_then(|s| s.message.or(s.reason))
+                .unwrap_or_else(|| {
+                    format!(
+                        "phase {}",
+                        if phase.is_empty() { "Pending" } else { &phase }
+                    )
+                });
+            stop(client, ns, &name).await;
+            return Err(VolumeError::Pipeline(format!(
+                "mover pod {ns}/{name} for {pvc} did not start: {why}"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Delete a mover (best effort; its deadline removes it anyway).
+pub async fn stop(client: &kube::Client, ns: &str, name: &str) {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let dp = DeleteParams {
+        grace_period_seconds: Some(0),
+        ..Default::default()
+    };
+    if let Err(e) = pods.delete(name, &dp).await {
+        tracing::warn!(pod = name, error = %crate::error::display_chain(&e), "cannot delete a mover pod");
+    }
+}
+
+/// The exec's final status: Success, or the failure with its message (kwok reports a non-zero
+/// exit as an InternalError whose message holds the exit status).
+fn status_error(
+    s: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Status>,
+    what: &str,
+) -> Result<(), VolumeError> {
+    match s {
+        Some(s) if s.status.as_deref() == Some("Success") => Ok(()),
+        None => Err(VolumeError::Pipeline(format!(
+            "{what}: the exec ended without a status"
+        ))),
+        Some(s) => Err(VolumeError::Pipeline(format!(
+            "{what}: {}",
+            s.message.unwrap_or_default()
+        ))),
+    }
+}
+
+/// Stream the mover's volume out with `tar -c` and ingest it into the repository.
+pub async fn backup(
+    client: &kube::Client,
+    ns: &str,
+    pod: &str,
+    repo: Arc<Repository>,
+    packer: Arc<Packer>,
+    workers: usize,
+    counters: Arc<Counters>,
+) -> Result<(Vec<FileEntry>, IngestStats), VolumeError> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let ap = AttachParams::default()
+        .stdin(false)
+        .stdout(true)
+        .stderr(true)
+        .max_stdout_buf_size(4 << 20);
+    let mut proc = pods
+        .exec(pod, ["tar", "-c", "-f", "-", "."], &ap)
+        .await
+        .map_err(kerr(format!("exec tar -c in {ns}/{pod}")))?;
+    let stdout = proc.stdout().expect("stdout was requested");
+    let stderr = proc.stderr().expect("stderr was requested");
+    let status = proc.take_status().expect("status is taken once");
+    let errors = tokio::spawn(read_all(stderr));
+    let result = super::ingest_tar(repo, packer, stdout, workers, counters).await;
+    let status = status.await;
+    let stderr = errors.await.unwrap_or_default();
+    let _ = proc.join().await;
+    let out = result?;
+    status_error(
+        status,
+        &format!("tar -c in {ns}/{pod} failed ({})", stderr.trim()),
+    )?;
+    Ok(out)
+}
+
+/// Fill the mover's volume from a stored tree with `tar -x`.
+pub async fn restore(
+    client: &kube::Client,
+    ns: &str,
+    pod: &str,
+    repo: Arc<Repository>,
+    entries: &[FileEntry],
+    counters: Arc<Counters>,
+) -> Result<(), VolumeError> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let ap = AttachParams::default()
+        .stdin(true)
+        .stdout(true)
+        .stderr(true)
+        .max_stdin_buf_size(4 << 20);
+    let mut proc = pods
+        .exec(pod, ["tar", "-x", "-p", "-f", "-"], &ap)
+        .await
+        .map_err(kerr(format!("exec tar -x in {ns}/{pod}")))?;
+    let stdin = proc.stdin().expect("stdin was requested");
+    let stdout = proc.stdout().expect("stdout was requested");
+    let stderr = proc.stderr().expect("stderr was requested");
+    let status = proc.take_status().expect("status is taken once");
+    let drain = tokio::spawn(read_all(stdout));
+    let errors = tokio::spawn(read_all(stderr));
+    let written = super::write_tar(repo, entries, stdin, 4, counters).await;
+    let status = status.await;
+    let stderr = errors.await.unwrap_or_default();
+    let _ = drain.await;
+    let _ = proc.join().await;
+    written?;
+    status_error(
+        status,
+        &format!("tar -x in {ns}/{pod} failed ({})", stderr.trim()),
+    )
+}
+
+async fn read_all(mut r: impl tokio::io::AsyncRead + Unpin) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let _ = r.read_to_end(&mut buf).await;
+    String::from_utf8_lossy(&buf).into_owned()
+}
