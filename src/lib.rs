@@ -89,6 +89,11 @@ pub async fn run(cli: Cli, settings: Settings) -> Result<Exit, Error> {
                 Ok(Exit::Success)
             }
         },
+        // `backup create` handles Ctrl-C itself: a volume backup removes its temporary
+        // objects first.
+        Command::Backup(c @ BackupCommand::Create(_)) => {
+            backup_command(c, &cli.global, &settings).await
+        }
         Command::Backup(c) => interruptible(backup_command(c, &cli.global, &settings)).await,
         Command::Restore(args) => {
             interruptible(restore_command(args, &cli.global, &settings)).await
@@ -363,13 +368,21 @@ async fn backup_command(
                 }
             };
             let bar = std::sync::Arc::new(output::progress::BackupBar::new(g.quiet));
-            let result = backup::create(
-                repository,
-                &cluster,
-                &args.options(settings.context.value.clone()),
-                bar.clone(),
-            )
-            .await;
+            let opts = args.options(settings.context.value.clone());
+            let cleanup = opts.volumes.as_ref().map(|v| v.cleanup.clone());
+            let result = tokio::select! {
+                r = backup::create(repository, &cluster, &opts, bar.clone()) => r,
+                _ = wait_for_signal() => {
+                    // The backup's future is dropped: nothing was listed (the snapshot is
+                    // written last). Remove the temporary claims, pods and snapshots.
+                    if let Some(c) = cleanup {
+                        for f in c.run(&cluster.client).await {
+                            eprintln!("warning: could not delete {f}");
+                        }
+                    }
+                    Err(Error::Interrupted)
+                }
+            };
             bar.finish();
             let summary = result?;
             if summary.repository_created && !g.quiet {

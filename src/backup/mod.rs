@@ -47,6 +47,8 @@ pub struct BackupOptions {
     pub context: Option<String>,
     pub concurrency: usize,
     pub page_size: u32,
+    /// `--snapshot-volumes`: back up PVC contents too.
+    pub volumes: Option<crate::volume::snapshots::VolumeOptions>,
 }
 
 impl Default for BackupOptions {
@@ -62,6 +64,7 @@ impl Default for BackupOptions {
             context: None,
             concurrency: 4,
             page_size: 500,
+            volumes: None,
         }
     }
 }
@@ -877,7 +880,44 @@ async fn finish(
     opts: &BackupOptions,
     start: Instant,
 ) -> Result<BackupSummary, Error> {
-    let stats = packer.finish().await?;
+    let mut stats = packer.finish().await?;
+    // Volume data, after the manifests (so their listing is not held up), before the snapshot.
+    let mut volumes = Vec::new();
+    let mut volume_warnings = Vec::new();
+    if let Some(vo) = &opts.volumes {
+        let vpacker = Arc::new(Packer::with_pack_size(
+            repo.clone(),
+            crate::volume::PACK_SIZE,
+        ));
+        let workers = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
+        let claims = crate::volume::snapshots::claims(
+            &cluster.client,
+            &opts.namespaces,
+            opts.selector.as_deref(),
+        )
+        .await
+        .map_err(|e| Error::Runbook(e.to_string()))?;
+        for c in &claims {
+            match crate::volume::snapshots::backup_claim(
+                &cluster.client,
+                repo.clone(),
+                vpacker.clone(),
+                c,
+                vo,
+                workers,
+            )
+            .await
+            .map_err(|e| Error::Runbook(e.to_string()))?
+            {
+                Ok(r) => volumes.push(r),
+                Err(why) => volume_warnings.push(why),
+            }
+        }
+        let vs = vpacker.finish().await?;
+        stats.pack_bytes += vs.pack_bytes;
+    }
     tracing::info!(
         packs = stats.packs,
         new_blobs = stats.blobs_added,
@@ -889,7 +929,8 @@ async fn finish(
     trees.sort();
     let id = new_id();
     let counts = std::mem::take(&mut *shared.counts.lock().await);
-    let warnings = std::mem::take(&mut *shared.warnings.lock().await);
+    let mut warnings = std::mem::take(&mut *shared.warnings.lock().await);
+    warnings.extend(volume_warnings);
     let objects = shared.objects.load(std::sync::atomic::Ordering::Relaxed);
     let bytes_total = shared
         .bytes_total
@@ -921,6 +962,7 @@ async fn finish(
         duration_seconds: 0.0,
         warnings: warnings.clone(),
         trees: trees.into_iter().map(|(_, _, b)| b).collect(),
+        volumes,
     };
     snap.duration_seconds = start.elapsed().as_secs_f64();
     snap.bytes_added += snap_size(&snap);

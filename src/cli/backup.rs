@@ -63,6 +63,28 @@ pub struct CreateArgs {
     /// Resource types listed at the same time
     #[arg(long, default_value_t = 4)]
     pub concurrency: usize,
+
+    /// Also back up the data of every bound PersistentVolumeClaim selected: a CSI VolumeSnapshot,
+    /// a temporary claim from it and a mover pod stream the files into the repository through
+    /// the API server (docs/backup.md)
+    #[arg(long)]
+    pub snapshot_volumes: bool,
+
+    /// VolumeSnapshotClass to use (default: the default class of each claim's CSI driver)
+    #[arg(long, value_name = "CLASS", requires = "snapshot_volumes")]
+    pub snapshot_class: Option<String>,
+
+    /// Keep the VolumeSnapshots in the cluster after their data is in the repository
+    #[arg(long, requires = "snapshot_volumes")]
+    pub keep_snapshots: bool,
+
+    /// How long to wait for a VolumeSnapshot to be ready to use
+    #[arg(long, default_value = "10m", value_parser = crate::cli::drill::parse_duration, requires = "snapshot_volumes")]
+    pub snapshot_timeout: std::time::Duration,
+
+    /// Image of the mover pods (needs `sleep` and `tar`)
+    #[arg(long, default_value = crate::volume::mover::DEFAULT_IMAGE, value_name = "IMAGE")]
+    pub mover_image: String,
 }
 
 impl CreateArgs {
@@ -78,6 +100,19 @@ impl CreateArgs {
             context,
             concurrency: self.concurrency.max(1),
             page_size: 500,
+            volumes: self
+                .snapshot_volumes
+                .then(|| crate::volume::snapshots::VolumeOptions {
+                    snapshot_class: self.snapshot_class.clone(),
+                    keep_snapshots: self.keep_snapshots,
+                    snapshot_timeout: self.snapshot_timeout,
+                    mover: crate::volume::mover::MoverOptions {
+                        image: self.mover_image.clone(),
+                        ..Default::default()
+                    },
+                    cleanup: Default::default(),
+                    counters: Default::default(),
+                }),
         }
     }
 }

@@ -49,6 +49,30 @@ pub struct Snapshot {
     pub warnings: Vec<String>,
     /// Tree blobs listing every object (in backup order).
     pub trees: Vec<BlobId>,
+    /// Volume data (`backup create --snapshot-volumes`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<VolumeRecord>,
+}
+
+/// One PersistentVolumeClaim's data in a backup.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct VolumeRecord {
+    pub namespace: String,
+    pub pvc: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class: Option<String>,
+    /// Requested size of the claim (a quantity, e.g. "10Gi").
+    pub capacity: String,
+    pub driver: String,
+    pub snapshot_class: String,
+    /// The VolumeSnapshot the data was read from, and whether it was kept in the cluster.
+    pub snapshot: String,
+    pub snapshot_kept: bool,
+    pub files: u64,
+    pub bytes: u64,
+    /// Tree blobs of the volume's files (`volume::TreeBlob`).
+    pub trees: Vec<BlobId>,
 }
 
 /// One object reference in a tree.

@@ -19,6 +19,7 @@ use crate::repo::pack::BlobType;
 use crate::repo::{Packer, RepoError, Repository};
 
 pub mod mover;
+pub mod snapshots;
 
 /// Entries per tree blob (an unchanged part of a volume yields identical trees).
 const TREE_ENTRIES: usize = 1000;

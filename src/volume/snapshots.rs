@@ -1,0 +1,368 @@
+//! Backing up PVC contents: a CSI VolumeSnapshot of each claim, a temporary claim restored from
+//! it, a mover pod reading that claim, the tar stream into the repository. Every temporary
+//! object is recorded in a [`Cleanup`] as it is created and removed at the end — on success,
+//! failure and Ctrl-C.
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::api::storage::v1::StorageClass;
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PostParams};
+use kube::discovery::ApiResource;
+use serde_json::{Value, json};
+
+use super::mover::{self, Direction, MoverOptions};
+use super::{Counters, VolumeError};
+use crate::repo::snapshot::VolumeRecord;
+use crate::repo::{Packer, Repository};
+
+pub const DEFAULT_CLASS_ANNOTATION: &str = "snapshot.storage.kubernetes.io/is-default-class";
+
+pub fn snapshot_resource() -> ApiResource {
+    ApiResource {
+        group: "snapshot.storage.k8s.io".into(),
+        version: "v1".into(),
+        api_version: "snapshot.storage.k8s.io/v1".into(),
+        kind: "VolumeSnapshot".into(),
+        plural: "volumesnapshots".into(),
+    }
+}
+
+pub fn snapshot_class_resource() -> ApiResource {
+    ApiResource {
+        group: "snapshot.storage.k8s.io".into(),
+        version: "v1".into(),
+        api_version: "snapshot.storage.k8s.io/v1".into(),
+        kind: "VolumeSnapshotClass".into(),
+        plural: "volumesnapshotclasses".into(),
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct VolumeOptions {
+    /// `--snapshot-class`; default: the default VolumeSnapshotClass of the claim's driver.
+    pub snapshot_class: Option<String>,
+    pub keep_snapshots: bool,
+    pub snapshot_timeout: Duration,
+    pub mover: MoverOptions,
+    pub cleanup: Cleanup,
+    pub counters: Arc<Counters>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Temp {
+    Pod,
+    Claim,
+    Snapshot,
+}
+
+/// Temporary objects to delete, newest last.
+#[derive(Debug, Clone, Default)]
+pub struct Cleanup(Arc<Mutex<Vec<(Temp, String, String)>>>);
+
+impl Cleanup {
+    pub fn add(&self, kind: Temp, ns: &str, name: &str) {
+        self.0
+            .lock()
+            .expect("cleanup")
+            .push((kind, ns.to_string(), name.to_string()));
+    }
+
+    /// Delete everything recorded (newest first). Returns what could not be deleted.
+    pub async fn run(&self, client: &kube::Client) -> Vec<String> {
+        let items: Vec<(Temp, String, String)> =
+            std::mem::take(&mut *self.0.lock().expect("cleanup"));
+        let mut failed = Vec::new();
+        for (kind, ns, name) in items.into_iter().rev() {
+            if let Err(e) = delete(client, kind, &ns, &name).await {
+                failed.push(format!("{kind:?} {ns}/{name}: {e}"));
+            }
+        }
+        failed
+    }
+}
+
+async fn delete(client: &kube::Client, kind: Temp, ns: &str, name: &str) -> Result<(), String> {
+    let dp = DeleteParams {
+        grace_period_seconds: Some(0),
+        ..Default::default()
+    };
+    let r = match kind {
+        Temp::Pod => Api::<Pod>::namespaced(client.clone(), ns)
+            .delete(name, &dp)
+            .await
+            .map(|_| ()),
+        Temp::Claim => Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns)
+            .delete(name, &dp)
+            .await
+            .map(|_| ()),
+        Temp::Snapshot => {
+            Api::<DynamicObject>::namespaced_with(client.clone(), ns, &snapshot_resource())
+                .delete(name, &dp)
+                .await
+                .map(|_| ())
+        }
+    };
+    match r {
+        Ok(()) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(crate::error::display_chain(&e)),
+    }
+}
+
+fn kerr(what: String) -> impl FnOnce(kube::Error) -> VolumeError {
+    move |e| VolumeError::Pipeline(format!("{what}: {}", crate::error::display_chain(&e)))
+}
+
+/// The claims to back up: bound PVCs in `namespaces` (all when empty) matching `selector`.
+pub async fn claims(
+    client: &kube::Client,
+    namespaces: &[String],
+    selector: Option<&str>,
+) -> Result<Vec<PersistentVolumeClaim>, VolumeError> {
+    let mut lp = ListParams::default();
+    if let Some(s) = selector {
+        lp = lp.labels(s);
+    }
+    let mut out = Vec::new();
+    let lists: Vec<Api<PersistentVolumeClaim>> = if namespaces.is_empty() {
+        vec![Api::all(client.clone())]
+    } else {
+        namespaces
+            .iter()
+            .map(|n| Api::namespaced(client.clone(), n))
+            .collect()
+    };
+    for api in lists {
+        out.extend(
+            api.list(&lp)
+                .await
+                .map_err(kerr("list PersistentVolumeClaims".into()))?
+                .items
+                .into_iter()
+                .filter(|c| {
+                    c.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound")
+                        && !c
+                            .metadata
+                            .labels
+                            .as_ref()
+                            .is_some_and(|l| l.contains_key(mover::LABEL))
+                        && !c
+                            .metadata
+                            .name
+                            .as_deref()
+                            .is_some_and(|n| n.starts_with("lifeboat-tmp-"))
+                }),
+        );
+    }
+    Ok(out)
+}
+
+/// The CSI driver of a claim (its StorageClass's provisioner) and the snapshot class to use.
+/// `Ok(None)` with a reason: the claim cannot be snapshotted (reported and skipped).
+async fn classes(
+    client: &kube::Client,
+    pvc: &PersistentVolumeClaim,
+    opts: &VolumeOptions,
+) -> Result<Result<(String, String), String>, VolumeError> {
+    let Some(sc) = pvc.spec.as_ref().and_then(|s| s.storage_class_name.clone()) else {
+        return Ok(Err(
+            "has no storage class, so no CSI driver to snapshot it".into()
+        ));
+    };
+    let driver = match Api::<StorageClass>::all(client.clone()).get_opt(&sc).await {
+        Ok(Some(c)) => c.provisioner,
+        Ok(None) => return Ok(Err(format!("its StorageClass {sc} does not exist"))),
+        Err(e) => return Err(kerr(format!("read StorageClass {sc}"))(e)),
+    };
+    let vscs: Api<DynamicObject> = Api::all_with(client.clone(), &snapshot_class_resource());
+    let list = match vscs.list(&ListParams::default()).await {
+        Ok(l) => l.items,
+        Err(kube::Error::Api(s)) if s.code == 404 => {
+            return Ok(Err(
+                "the cluster has no VolumeSnapshot API (snapshot.storage.k8s.io/v1)".into(),
+            ));
+        }
+        Err(e) => return Err(kerr("list VolumeSnapshotClasses".into())(e)),
+    };
+    let drv = |o: &DynamicObject| o.data["driver"].as_str().unwrap_or_default().to_string();
+    if let Some(want) = &opts.snapshot_class {
+        return Ok(
+            match list
+                .iter()
+                .find(|o| o.metadata.name.as_deref() == Some(want))
+            {
+                None => Err(format!("VolumeSnapshotClass {want} does not exist")),
+                Some(o) if drv(o) != driver => Err(format!(
+                    "VolumeSnapshotClass {want} is for driver {}, the claim's is {driver}",
+                    drv(o)
+                )),
+                Some(_) => Ok((driver, want.clone())),
+            },
+        );
+    }
+    let default = list.iter().find(|o| {
+        drv(o) == driver
+            && o.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(DEFAULT_CLASS_ANNOTATION))
+                .map(String::as_str)
+                == Some("true")
+    });
+    Ok(match default {
+        Some(o) => Ok((driver, o.metadata.name.clone().unwrap_or_default())),
+        None => Err(format!(
+            "no default VolumeSnapshotClass for its driver {driver} (give one with --snapshot-class)"
+        )),
+    })
+}
+
+async fn wait_ready(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    timeout: Duration,
+) -> Result<Value, VolumeError> {
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &snapshot_resource());
+    let deadline = Instant::now() + timeout;
+    loop {
+        let s = api
+            .get(name)
+            .await
+            .map_err(kerr(format!("read VolumeSnapshot {ns}/{name}")))?;
+        let status = &s.data["status"];
+        if let Some(msg) = status["error"]["message"].as_str() {
+            return Err(VolumeError::Pipeline(format!(
+                "VolumeSnapshot {ns}/{name} failed: {msg}"
+            )));
+        }
+        if status["readyToUse"] == true {
+            return Ok(status.clone());
+        }
+        if Instant::now() > deadline {
+            return Err(VolumeError::Pipeline(format!(
+                "VolumeSnapshot {ns}/{name} was not ready to use after {}s",
+                timeout.as_secs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Back up one claim's data. The temporary claim, mover pod and (unless kept) snapshot are
+/// deleted before returning, whatever happened.
+pub async fn backup_claim(
+    client: &kube::Client,
+    repo: Arc<Repository>,
+    packer: Arc<Packer>,
+    pvc: &PersistentVolumeClaim,
+    opts: &VolumeOptions,
+    workers: usize,
+) -> Result<Result<VolumeRecord, String>, VolumeError> {
+    let ns = pvc.metadata.namespace.clone().unwrap_or_default();
+    let name = pvc.metadata.name.clone().unwrap_or_default();
+    let (driver, class) = match classes(client, pvc, opts).await? {
+        Ok(c) => c,
+        Err(why) => return Ok(Err(format!("PVC {ns}/{name} not backed up: {why}"))),
+    };
+    let spec = pvc.spec.clone().unwrap_or_default();
+    let capacity = pvc
+        .status
+        .as_ref()
+        .and_then(|s| s.capacity.as_ref())
+        .and_then(|c| c.get("storage"))
+        .or_else(|| {
+            spec.resources
+                .as_ref()
+                .and_then(|r| r.requests.as_ref())
+                .and_then(|r| r.get("storage"))
+        })
+        .map(|q| q.0.clone())
+        .unwrap_or_else(|| "1Gi".into());
+    let snaps: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &snapshot_resource());
+    let snap: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
+        "metadata": {"generateName": format!("lifeboat-{}-", short(&name)), "namespace": ns,
+                     "labels": {"app.kubernetes.io/managed-by": "lifeboat"},
+                     "annotations": {"lifeboat.io/pvc": name}},
+        "spec": {"volumeSnapshotClassName": class, "source": {"persistentVolumeClaimName": name}}
+    }))
+    .expect("a valid VolumeSnapshot");
+    let snap = snaps
+        .create(&PostParams::default(), &snap)
+        .await
+        .map_err(kerr(format!("create a VolumeSnapshot of {ns}/{name}")))?;
+    let snap_name = snap.metadata.name.clone().unwrap_or_default();
+    if !opts.keep_snapshots {
+        opts.cleanup.add(Temp::Snapshot, &ns, &snap_name);
+    }
+    let result = async {
+        let status = wait_ready(client, &ns, &snap_name, opts.snapshot_timeout).await?;
+        let size = status["restoreSize"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| capacity.clone());
+        let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+        let tmp: PersistentVolumeClaim = serde_json::from_value(json!({
+            "metadata": {"generateName": format!("lifeboat-tmp-{}-", short(&name)), "namespace": ns,
+                         "labels": {"app.kubernetes.io/managed-by": "lifeboat", mover::LABEL: "true"}},
+            "spec": {"storageClassName": spec.storage_class_name,
+                     "accessModes": spec.access_modes.clone().unwrap_or_else(|| vec!["ReadWriteOnce".into()]),
+                     "volumeMode": spec.volume_mode,
+                     "resources": {"requests": {"storage": size}},
+                     "dataSource": {"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot",
+                                    "name": snap_name}}
+        }))
+        .expect("a valid PVC");
+        let tmp = claims
+            .create(&PostParams::default(), &tmp)
+            .await
+            .map_err(kerr(format!("create a claim from VolumeSnapshot {ns}/{snap_name}")))?;
+        let tmp_name = tmp.metadata.name.unwrap_or_default();
+        opts.cleanup.add(Temp::Claim, &ns, &tmp_name);
+        let pod = mover::start(client, &ns, &tmp_name, Direction::Backup, &opts.mover).await?;
+        opts.cleanup.add(Temp::Pod, &ns, &pod);
+        let (entries, stats) = mover::backup(
+            client,
+            &ns,
+            &pod,
+            repo.clone(),
+            packer.clone(),
+            workers,
+            opts.counters.clone(),
+        )
+        .await?;
+        let trees = super::store_tree(&packer, &entries).await?;
+        Ok::<_, VolumeError>(VolumeRecord {
+            namespace: ns.clone(),
+            pvc: name.clone(),
+            storage_class: spec.storage_class_name.clone(),
+            capacity: capacity.clone(),
+            driver: driver.clone(),
+            snapshot_class: class.clone(),
+            snapshot: snap_name.clone(),
+            snapshot_kept: opts.keep_snapshots,
+            files: stats.files,
+            bytes: stats.bytes,
+            trees,
+        })
+    }
+    .await;
+    let failed = opts.cleanup.run(client).await;
+    if !failed.is_empty() {
+        tracing::warn!(?failed, "temporary objects left behind");
+    }
+    match result {
+        Ok(r) => Ok(Ok(r)),
+        Err(e) => Ok(Err(format!("PVC {ns}/{name} not backed up: {e}"))),
+    }
+}
+
+fn short(name: &str) -> String {
+    name.chars()
+        .take(40)
+        .collect::<String>()
+        .trim_end_matches('-')
+        .to_string()
+}
