@@ -484,6 +484,11 @@ async fn restore_command(
         dry_run: a.dry_run,
         preserve_nodeports: a.preserve_nodeports,
         crd_timeout: std::time::Duration::from_secs(a.crd_timeout),
+        from_snapshot: a.from_snapshot,
+        mover: volume::mover::MoverOptions {
+            image: a.mover_image.clone(),
+            ..Default::default()
+        },
         ..Default::default()
     };
     let report = restore::restore(&cluster.client, source, &opts).await?;

@@ -216,4 +216,14 @@ pub struct RestoreArgs {
     /// Seconds to wait for restored CRDs to become Established
     #[arg(long, default_value_t = 60)]
     pub crd_timeout: u64,
+
+    /// For claims whose backup kept its VolumeSnapshot (--keep-snapshots): create the claim
+    /// from that snapshot when it still exists in the same namespace, instead of streaming the
+    /// data from the repository
+    #[arg(long)]
+    pub from_snapshot: bool,
+
+    /// Image of the mover pods that fill restored claims (needs `sleep` and `tar`)
+    #[arg(long, default_value = crate::volume::mover::DEFAULT_IMAGE, value_name = "IMAGE")]
+    pub mover_image: String,
 }

@@ -239,6 +239,7 @@ pub async fn run(
             repo.clone(),
             &backup_id,
             &entries,
+            &snap.volumes,
             &mapping,
             &id,
             opts,
@@ -331,6 +332,7 @@ async fn drill_body(
     repo: Arc<Repository>,
     backup_id: &str,
     entries: &[TreeEntry],
+    volumes: &[crate::repo::snapshot::VolumeRecord],
     mapping: &[NamespaceMapping],
     id: &str,
     opts: &DrillOptions,
@@ -351,6 +353,7 @@ async fn drill_body(
         repo: repo.clone(),
         backup_id: backup_id.to_string(),
         entries: entries.to_vec(),
+        volumes: volumes.to_vec(),
     };
     let report = restore::restore(client, source, &ropts).await?;
     let restore_seconds = restore_start.elapsed().as_secs_f64();
@@ -433,11 +436,93 @@ async fn drill_body(
         checks.extend(compare_namespace(client, &repo, entries, m).await?);
     }
 
-    // 4. Assertions from the spec.
+    // 4. Volume data: each restored volume's files equal the backed-up tree.
+    for item in report.items.iter().filter(|i| i.kind == "VolumeData") {
+        let scratch = item.namespace.clone().unwrap_or_default();
+        let Some(m) = mapping.iter().find(|m| m.scratch == scratch) else {
+            continue;
+        };
+        let Some(v) = volumes
+            .iter()
+            .find(|v| v.namespace == m.source && v.pvc == item.name)
+        else {
+            continue;
+        };
+        let name = format!("volume-data/{}", item.name);
+        if item.outcome != Outcome::Created {
+            checks.push(check(
+                &name,
+                Some(&scratch),
+                Status::Fail,
+                format!(
+                    "not restored: {}",
+                    item.message.clone().unwrap_or_default()
+                ),
+            ));
+            continue;
+        }
+        checks.push(volume_check(client, &repo, &scratch, v, &name).await);
+    }
+
+    // 5. Assertions from the spec.
     if let Some(s) = &opts.spec {
         checks.extend(spec::run_assertions(client, s, mapping).await);
     }
     Ok((checks, restore_seconds, rto))
+}
+
+/// Compare a restored claim's files with the backed-up tree (through a mover pod).
+async fn volume_check(
+    client: &kube::Client,
+    repo: &Repository,
+    ns: &str,
+    v: &crate::repo::snapshot::VolumeRecord,
+    name: &str,
+) -> CheckResult {
+    use crate::volume::mover;
+    let want = match crate::volume::load_tree(repo, &v.trees).await {
+        Ok(t) => t,
+        Err(e) => {
+            return check(
+                name,
+                Some(ns),
+                Status::Fail,
+                format!("cannot read the backed-up file tree: {}", crate::error::display_chain(&e)),
+            );
+        }
+    };
+    let opts = mover::MoverOptions::default();
+    let got = match mover::start(client, ns, &v.pvc, mover::Direction::Backup, &opts).await {
+        Ok(pod) => {
+            let t = mover::read_tree(client, ns, &pod).await;
+            mover::stop(client, ns, &pod).await;
+            t
+        }
+        Err(e) => Err(e),
+    };
+    match got {
+        Err(e) => check(name, Some(ns), Status::Fail, format!("cannot read the restored volume: {e}")),
+        Ok(got) => {
+            let diff = crate::volume::compare_trees(&want, &got);
+            if diff.is_empty() {
+                check(
+                    name,
+                    Some(ns),
+                    Status::Pass,
+                    format!("{} files equal to the backup ({} bytes)", v.files, v.bytes),
+                )
+            } else {
+                let n = diff.len();
+                let shown: Vec<String> = diff.into_iter().take(5).collect();
+                check(
+                    name,
+                    Some(ns),
+                    Status::Fail,
+                    format!("{n} difference(s): {}", shown.join("; ")),
+                )
+            }
+        }
+    }
 }
 
 /// Workloads in `ns` that are not ready, as "Kind/name (why)".

@@ -51,6 +51,11 @@ pub struct RestoreOptions {
     /// Create the Namespace objects of the backup (drills create their scratch namespaces
     /// themselves, with their own labels).
     pub restore_namespaces: bool,
+    /// Mover pods that fill restored claims with their backed-up data.
+    pub mover: crate::volume::mover::MoverOptions,
+    /// Use the backup's VolumeSnapshot as the claim's data source when it still exists (same
+    /// cluster, same namespace) instead of streaming the data from the repository.
+    pub from_snapshot: bool,
 }
 
 impl Default for RestoreOptions {
@@ -69,6 +74,8 @@ impl Default for RestoreOptions {
             concurrency: 16,
             restore_id: String::new(),
             restore_namespaces: true,
+            mover: Default::default(),
+            from_snapshot: false,
         }
     }
 }
@@ -111,12 +118,110 @@ pub struct RestoreReport {
     pub items: Vec<Item>,
 }
 
+/// Fill each restored claim with its backed-up files through a mover pod.
+async fn fill_volumes(
+    client: &kube::Client,
+    source: &Source,
+    opts: &RestoreOptions,
+    rw: &RewriteOptions,
+    data_claims: &BTreeSet<(String, String)>,
+    items: &mut Vec<Item>,
+) {
+    let Source::Repository { repo, .. } = source else {
+        return;
+    };
+    for v in source.volumes() {
+        if !data_claims.contains(&(v.namespace.clone(), v.pvc.clone())) {
+            continue;
+        }
+        let ns = rw.map_ns(&v.namespace).to_string();
+        let mut item = Item {
+            kind: "VolumeData".into(),
+            api_version: "lifeboat.io/v1".into(),
+            namespace: Some(ns.clone()),
+            name: v.pvc.clone(),
+            outcome: Outcome::Failed,
+            message: None,
+        };
+        let claim = items
+            .iter()
+            .find(|i| {
+                i.kind == "PersistentVolumeClaim"
+                    && i.namespace.as_deref() == Some(ns.as_str())
+                    && i.name == v.pvc
+            })
+            .map(|i| i.outcome);
+        let size = crate::backup::human_bytes(v.bytes);
+        match claim {
+            Some(Outcome::Created) if opts.dry_run => {
+                item.outcome = Outcome::Created;
+                item.message = Some(format!("{} files ({size}) would be restored", v.files));
+            }
+            Some(Outcome::Created) => {
+                let from_snapshot = Api::<k8s_openapi::api::core::v1::PersistentVolumeClaim>::namespaced(
+                    client.clone(),
+                    &ns,
+                )
+                .get(&v.pvc)
+                .await
+                .ok()
+                .and_then(|c| c.spec.and_then(|s| s.data_source))
+                .filter(|d| d.kind == "VolumeSnapshot");
+                if let Some(d) = from_snapshot {
+                    item.outcome = Outcome::Created;
+                    item.message = Some(format!("from VolumeSnapshot {ns}/{}", d.name));
+                } else {
+                    match fill_one(client, repo.clone(), &ns, v, &opts.mover).await {
+                        Ok(()) => {
+                            item.outcome = Outcome::Created;
+                            item.message = Some(format!("{} files ({size}) restored", v.files));
+                        }
+                        Err(e) => item.message = Some(e.to_string()),
+                    }
+                }
+            }
+            Some(Outcome::Skipped | Outcome::Updated) => {
+                item.outcome = Outcome::Skipped;
+                item.message = Some("the claim already existed; its data was left as it is".into());
+            }
+            _ => item.message = Some("the claim was not restored, so neither is its data".into()),
+        }
+        items.push(item);
+    }
+}
+
+async fn fill_one(
+    client: &kube::Client,
+    repo: Arc<Repository>,
+    ns: &str,
+    v: &crate::repo::snapshot::VolumeRecord,
+    mover_opts: &crate::volume::mover::MoverOptions,
+) -> Result<(), crate::volume::VolumeError> {
+    use crate::volume::mover;
+    let entries = crate::volume::load_tree(&repo, &v.trees).await?;
+    let pod = mover::start(client, ns, &v.pvc, mover::Direction::Restore, mover_opts).await?;
+    let r = mover::restore(client, ns, &pod, repo, &entries, Default::default()).await;
+    mover::stop(client, ns, &pod).await;
+    r
+}
+
+async fn snapshot_exists(client: &kube::Client, ns: &str, name: &str) -> bool {
+    let api: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        ns,
+        &crate::volume::snapshots::snapshot_resource(),
+    );
+    matches!(api.get_opt(name).await, Ok(Some(_)))
+}
+
 /// Where the objects come from.
 pub enum Source {
     Repository {
         repo: Arc<Repository>,
         backup_id: String,
         entries: Vec<TreeEntry>,
+        /// Volume data of the backup (`backup create --snapshot-volumes`).
+        volumes: Vec<crate::repo::snapshot::VolumeRecord>,
     },
     /// (entry, object) pairs from an export archive.
     Archive {
@@ -126,6 +231,13 @@ pub enum Source {
 }
 
 impl Source {
+    fn volumes(&self) -> &[crate::repo::snapshot::VolumeRecord] {
+        match self {
+            Source::Repository { volumes, .. } => volumes,
+            Source::Archive { .. } => &[],
+        }
+    }
+
     fn entries(&self) -> Vec<TreeEntry> {
         match self {
             Source::Repository { entries, .. } => entries.clone(),
@@ -405,6 +517,21 @@ pub async fn restore(
         ka.cmp(&kb)
     });
 
+    // Claims whose data is in the backup and that this restore creates.
+    let data_claims: BTreeSet<(String, String)> = source
+        .volumes()
+        .iter()
+        .filter(|v| {
+            candidates.iter().any(|(_, e)| {
+                e.group.is_empty()
+                    && e.resource == "persistentvolumeclaims"
+                    && e.namespace.as_deref() == Some(v.namespace.as_str())
+                    && e.name == v.pvc
+            })
+        })
+        .map(|v| (v.namespace.clone(), v.pvc.clone()))
+        .collect();
+
     // 2. Phase by phase.
     let mut target = discover_target(client).await?;
     let mut items: Vec<Item> = Vec::new();
@@ -421,6 +548,7 @@ pub async fn restore(
         let ctx = Ctx {
             client,
             source: &source,
+            data_claims: &data_claims,
             opts,
             rw: &rw,
             selector: selector.as_ref(),
@@ -472,6 +600,10 @@ pub async fn restore(
         if phase == 0 && !created_crds.is_empty() {
             wait_established(client, &created_crds, opts.crd_timeout, &mut items).await;
             target = discover_target(client).await?;
+        }
+        // Claims are created; their data goes in before any workload that mounts them.
+        if phase == rules::phase("", "persistentvolumeclaims") && !data_claims.is_empty() {
+            fill_volumes(client, &source, opts, &rw, &data_claims, &mut items).await;
         }
     }
 
@@ -533,6 +665,8 @@ async fn wait_established(
 struct Ctx<'a> {
     client: &'a kube::Client,
     source: &'a Source,
+    /// (original namespace, claim) of the volumes restored with their data.
+    data_claims: &'a BTreeSet<(String, String)>,
     opts: &'a RestoreOptions,
     rw: &'a RewriteOptions,
     selector: Option<&'a Selector>,
@@ -592,7 +726,47 @@ impl Ctx<'_> {
             item.message = Some(reason);
             return Some((item, None));
         }
-        let obj = rules::rewrite(&e.group, &e.resource, obj, self.rw);
+        // Volumes with backed-up data get new storage: the claim drops its old binding and the
+        // old PersistentVolume is not restored.
+        if e.group.is_empty() && e.resource == "persistentvolumes" {
+            let c = &obj["spec"]["claimRef"];
+            if let (Some(ns), Some(n)) = (c["namespace"].as_str(), c["name"].as_str())
+                && self.data_claims.contains(&(ns.to_string(), n.to_string()))
+            {
+                item.outcome = Outcome::Skipped;
+                item.message = Some(format!(
+                    "its claim {ns}/{n} is restored into a new volume with the backed-up data"
+                ));
+                return Some((item, None));
+            }
+        }
+        let mut obj = rules::rewrite(&e.group, &e.resource, obj, self.rw);
+        if e.group.is_empty()
+            && e.resource == "persistentvolumeclaims"
+            && let Some(ns) = &e.namespace
+            && self.data_claims.contains(&(ns.clone(), e.name.clone()))
+            && let Some(spec) = obj["spec"].as_object_mut()
+        {
+            spec.remove("volumeName");
+            spec.remove("dataSource");
+            spec.remove("dataSourceRef");
+            if self.opts.from_snapshot
+                && let Some(v) = self
+                    .source
+                    .volumes()
+                    .iter()
+                    .find(|v| &v.namespace == ns && v.pvc == e.name)
+                && v.snapshot_kept
+                && self.rw.map_ns(ns) == ns.as_str()
+                && snapshot_exists(self.client, ns, &v.snapshot).await
+            {
+                spec.insert(
+                    "dataSource".into(),
+                    serde_json::json!({"apiGroup": "snapshot.storage.k8s.io",
+                                       "kind": "VolumeSnapshot", "name": v.snapshot}),
+                );
+            }
+        }
         let Some((ar, caps)) =
             self.target
                 .by_gvk
@@ -684,6 +858,7 @@ pub async fn repository_source(repo: Arc<Repository>, spec: &str) -> Result<Sour
         repo,
         backup_id: id,
         entries,
+        volumes: snap.volumes,
     })
 }
 

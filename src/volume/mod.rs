@@ -340,6 +340,64 @@ fn clean_link(target: &str, kind: EntryType) -> String {
     }
 }
 
+/// The file tree of a tar stream (paths, types, modes, sizes, content hashes) without storing
+/// anything: what a drill compares a restored volume with.
+pub async fn tree_of<R>(reader: R) -> Result<Vec<FileEntry>, VolumeError>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+{
+    let handle = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        let _guard = handle.enter();
+        let input =
+            std::io::BufReader::with_capacity(1 << 20, tokio_util::io::SyncIoBridge::new(reader));
+        let mut archive = tar::Archive::new(input);
+        let mut out = Vec::new();
+        for entry in archive.entries().map_err(VolumeError::Tar)? {
+            let mut entry = entry.map_err(VolumeError::Tar)?;
+            let header = entry.header().clone();
+            let path = clean_path(&String::from_utf8_lossy(&entry.path_bytes()));
+            let kind = match header.entry_type() {
+                tar::EntryType::Regular | tar::EntryType::Continuous => EntryType::File,
+                tar::EntryType::Directory => EntryType::Dir,
+                tar::EntryType::Symlink => EntryType::Symlink,
+                tar::EntryType::Link => EntryType::Hardlink,
+                _ => continue,
+            };
+            if path.is_empty() && kind == EntryType::Dir {
+                continue;
+            }
+            let target = match kind {
+                EntryType::Symlink | EntryType::Hardlink => entry
+                    .link_name_bytes()
+                    .map(|b| clean_link(&String::from_utf8_lossy(&b), kind)),
+                _ => None,
+            };
+            let (mut size, mut hash) = (0, None);
+            if kind == EntryType::File {
+                let mut hasher = blake3::Hasher::new();
+                size = std::io::copy(&mut entry, &mut hasher).map_err(VolumeError::Tar)?;
+                hash = Some(hasher.finalize().to_hex().to_string());
+            }
+            out.push(FileEntry {
+                path,
+                kind,
+                mode: header.mode().map_err(VolumeError::Tar)? & 0o7777,
+                uid: header.uid().map_err(VolumeError::Tar)?,
+                gid: header.gid().map_err(VolumeError::Tar)?,
+                size,
+                mtime: header.mtime().map_err(VolumeError::Tar)?,
+                target,
+                chunks: Vec::new(),
+                hash,
+            });
+        }
+        Ok(out)
+    })
+    .await
+    .map_err(|e| VolumeError::Pipeline(e.to_string()))?
+}
+
 /// Store a file tree as tree blobs (at most 1000 entries each). Returns their ids in order.
 pub async fn store_tree(packer: &Packer, entries: &[FileEntry]) -> Result<Vec<BlobId>, RepoError> {
     let mut ids = Vec::new();
@@ -479,7 +537,14 @@ where
             let data = chunks
                 .next()
                 .await
-                .ok_or_else(|| VolumeError::Pipeline("chunk stream ended early".into()))??;
+                .ok_or_else(|| VolumeError::Pipeline("chunk stream ended early".into()))?
+                .map_err(|err| {
+                    VolumeError::Pipeline(format!(
+                        "file {}: a chunk of it cannot be read from the repository: {}",
+                        e.path,
+                        crate::error::display_chain(&err)
+                    ))
+                })?;
             w.write_all(&data).await.map_err(VolumeError::Write)?;
             written += data.len() as u64;
             counters

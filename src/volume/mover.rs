@@ -216,6 +216,35 @@ pub async fn backup(
     Ok(out)
 }
 
+/// The file tree of the mover's volume (`tar -c`, hashed, nothing stored).
+pub async fn read_tree(
+    client: &kube::Client,
+    ns: &str,
+    pod: &str,
+) -> Result<Vec<FileEntry>, VolumeError> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let ap = AttachParams::default()
+        .stdin(false)
+        .stdout(true)
+        .stderr(true)
+        .max_stdout_buf_size(4 << 20);
+    let mut proc = pods
+        .exec(pod, ["tar", "-c", "-f", "-", "."], &ap)
+        .await
+        .map_err(kerr(format!("exec tar -c in {ns}/{pod}")))?;
+    let stdout = proc.stdout().expect("stdout was requested");
+    let stderr = proc.stderr().expect("stderr was requested");
+    let status = proc.take_status().expect("status is taken once");
+    let errors = tokio::spawn(read_all(stderr));
+    let tree = super::tree_of(stdout).await;
+    let status = status.await;
+    let stderr = errors.await.unwrap_or_default();
+    let _ = proc.join().await;
+    let tree = tree?;
+    status_error(status, &format!("tar -c in {ns}/{pod} failed ({})", stderr.trim()))?;
+    Ok(tree)
+}
+
 /// Fill the mover's volume from a stored tree with `tar -x`.
 pub async fn restore(
     client: &kube::Client,
