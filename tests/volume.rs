@@ -12,22 +12,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{TestNs, unique};
+use common::{Lifeboat, TestNs, eventually, unique};
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PostParams};
-use kube::discovery::ApiResource;
 use lifeboat::volume::{Counters, mover};
 use serde_json::json;
-
-fn exec_resource() -> ApiResource {
-    ApiResource {
-        group: "kwok.x-k8s.io".into(),
-        version: "v1alpha1".into(),
-        api_version: "kwok.x-k8s.io/v1alpha1".into(),
-        kind: "Exec".into(),
-        plural: "execs".into(),
-    }
-}
 
 /// A PVC bound to a hostPath PV on `dir`.
 async fn volume(ns: &TestNs, name: &str, dir: &Path) {
@@ -54,54 +43,6 @@ async fn volume(ns: &TestNs, name: &str, dir: &Path) {
         .create(&PostParams::default(), &pvc)
         .await
         .unwrap();
-}
-
-/// The stand-in's kubelet part: an Exec object for every mover pod, running in its volume's
-/// host directory.
-fn exec_mapper(client: kube::Client, ns: String) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-        let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
-        let pvs: Api<PersistentVolume> = Api::all(client.clone());
-        let execs: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &exec_resource());
-        loop {
-            let lp = ListParams::default().labels(&format!("{}=true", mover::LABEL));
-            for p in pods.list(&lp).await.map(|l| l.items).unwrap_or_default() {
-                let name = p.metadata.name.clone().unwrap_or_default();
-                if execs.get_opt(&name).await.ok().flatten().is_some() {
-                    continue;
-                }
-                let Some(claim) = p
-                    .metadata
-                    .annotations
-                    .as_ref()
-                    .and_then(|a| a.get("lifeboat.io/pvc").cloned())
-                else {
-                    continue;
-                };
-                let Ok(pvc) = pvcs.get(&claim).await else {
-                    continue;
-                };
-                let Some(pv_name) = pvc.spec.and_then(|s| s.volume_name) else {
-                    continue;
-                };
-                let Ok(pv) = pvs.get(&pv_name).await else {
-                    continue;
-                };
-                let Some(dir) = pv.spec.and_then(|s| s.host_path).map(|h| h.path) else {
-                    continue;
-                };
-                let exec: DynamicObject = serde_json::from_value(json!({
-                    "apiVersion": "kwok.x-k8s.io/v1alpha1", "kind": "Exec",
-                    "metadata": {"name": name, "namespace": ns},
-                    "spec": {"execs": [{"local": {"workDir": dir}}]}
-                }))
-                .unwrap();
-                let _ = execs.create(&PostParams::default(), &exec).await;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
 }
 
 fn noise(n: usize, seed: u64) -> Vec<u8> {
@@ -138,7 +79,11 @@ async fn a_volume_streams_out_of_a_mover_pod_and_back_into_another() {
     std::fs::create_dir(&dst).unwrap();
     volume(&ns, "data", &src).await;
     volume(&ns, "restored", &dst).await;
-    let mapper = exec_mapper(ns.client.clone(), ns.name.clone());
+    let mapper = common::standin::run(
+        ns.client.clone(),
+        ns.name.clone(),
+        tmp.path().join("standin"),
+    );
 
     let store: lifeboat::store::DynStore = Arc::new(lifeboat::store::local::LocalStore::new(
         tmp.path().join("repo"),
@@ -280,5 +225,377 @@ async fn a_volume_streams_out_of_a_mover_pod_and_back_into_another() {
                 .await;
         }
     }
+    ns.cleanup().await;
+}
+
+/// Files of every kind the issue names, under `dir`; returns the big file's path.
+fn fill(dir: &Path, big: &[u8]) -> std::path::PathBuf {
+    std::fs::create_dir_all(dir.join("nested/deeper/deepest")).unwrap();
+    for i in 0..150 {
+        let sub = dir.join(format!("nested/d{}", i % 7));
+        std::fs::create_dir_all(&sub).unwrap();
+        std::fs::write(
+            sub.join(format!("f{i}.txt")),
+            format!("row {i}\n").repeat(i % 13),
+        )
+        .unwrap();
+    }
+    std::fs::write(dir.join("nested/deeper/deepest/empty"), b"").unwrap();
+    std::fs::write(dir.join("private.key"), b"-----BEGIN KEY-----\n").unwrap();
+    std::fs::set_permissions(
+        dir.join("private.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    std::fs::write(dir.join("start.sh"), b"#!/bin/sh\nexec db\n").unwrap();
+    std::fs::set_permissions(dir.join("start.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::symlink("nested/deeper", dir.join("shortcut")).unwrap();
+    let p = dir.join("big.bin");
+    std::fs::write(&p, big).unwrap();
+    p
+}
+
+/// Every file under `dir`: relative path -> (kind, mode, content hash or link target).
+fn snapshot_of(dir: &Path) -> std::collections::BTreeMap<String, (String, u32, String)> {
+    fn walk(
+        root: &Path,
+        d: &Path,
+        out: &mut std::collections::BTreeMap<String, (String, u32, String)>,
+    ) {
+        for e in std::fs::read_dir(d).unwrap() {
+            let p = e.unwrap().path();
+            let rel = p.strip_prefix(root).unwrap().display().to_string();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let mode = m.permissions().mode() & 0o7777;
+            if m.file_type().is_symlink() {
+                out.insert(
+                    rel,
+                    (
+                        "link".into(),
+                        0,
+                        std::fs::read_link(&p).unwrap().display().to_string(),
+                    ),
+                );
+            } else if m.is_dir() {
+                out.insert(rel, ("dir".into(), mode, String::new()));
+                walk(root, &p, out);
+            } else {
+                let h = blake3::hash(&std::fs::read(&p).unwrap())
+                    .to_hex()
+                    .to_string();
+                out.insert(rel, ("file".into(), mode, h));
+            }
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+async fn leftovers(client: &kube::Client, ns: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for p in Api::<Pod>::namespaced(client.clone(), ns)
+        .list(&ListParams::default().labels("lifeboat.io/mover=true"))
+        .await
+        .unwrap()
+        .items
+    {
+        if p.metadata.deletion_timestamp.is_none() {
+            out.push(format!("pod {}", p.metadata.name.unwrap()));
+        }
+    }
+    for c in Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+    {
+        let n = c.metadata.name.unwrap();
+        if n.starts_with("lifeboat-tmp-") && c.metadata.deletion_timestamp.is_none() {
+            out.push(format!("pvc {n}"));
+        }
+    }
+    let snaps: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        ns,
+        &lifeboat::volume::snapshots::snapshot_resource(),
+    );
+    for s in snaps.list(&ListParams::default()).await.unwrap().items {
+        out.push(format!("volumesnapshot {}", s.metadata.name.unwrap()));
+    }
+    out
+}
+
+async fn statefulset(ns: &TestNs) {
+    let sts: k8s_openapi::api::apps::v1::StatefulSet = serde_json::from_value(json!({
+        "metadata": {"name": "db"},
+        "spec": {"replicas": 1, "serviceName": "db", "selector": {"matchLabels": {"app": "db"}},
+                 "template": {"metadata": {"labels": {"app": "db"}},
+                              "spec": {"containers": [{"name": "db", "image": "postgres:16",
+                                  "volumeMounts": [{"name": "data", "mountPath": "/var/lib/db"},
+                                                   {"name": "logs", "mountPath": "/var/log/db"}]}]}},
+                 "volumeClaimTemplates": [
+                     {"metadata": {"name": "data"}, "spec": {"accessModes": ["ReadWriteOnce"],
+                      "storageClassName": common::standin::CLASS, "resources": {"requests": {"storage": "2Gi"}}}},
+                     {"metadata": {"name": "logs"}, "spec": {"accessModes": ["ReadWriteOnce"],
+                      "storageClassName": common::standin::CLASS, "resources": {"requests": {"storage": "1Gi"}}}}]}
+    }))
+    .unwrap();
+    ns.api::<k8s_openapi::api::apps::v1::StatefulSet>()
+        .create(&PostParams::default(), &sts)
+        .await
+        .unwrap();
+}
+
+async fn dir_of(ns: &TestNs, claim: &str) -> std::path::PathBuf {
+    eventually(
+        &format!("claim {claim} bound"),
+        Duration::from_secs(60),
+        || async { common::standin::claim_dir(&ns.client, &ns.name, claim).await },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volumes_back_up_restore_byte_identical_deduplicate_and_drills_catch_damage() {
+    let ns = TestNs::new("vol-e2e").await;
+    common::standin::install(&ns.client).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let standin = common::standin::run(
+        ns.client.clone(),
+        ns.name.clone(),
+        tmp.path().join("standin"),
+    );
+    statefulset(&ns).await;
+    let data = dir_of(&ns, "data-db-0").await;
+    let logs = dir_of(&ns, "logs-db-0").await;
+    let mut big = noise(200 << 20, 9);
+    let big_path = fill(&data, &big);
+    std::fs::write(logs.join("db.log"), "started\n".repeat(1000)).unwrap();
+    let want_data = snapshot_of(&data);
+    let want_logs = snapshot_of(&logs);
+
+    let lb = Lifeboat::new()
+        .env(
+            "LIFEBOAT_REPO",
+            &format!("file://{}", tmp.path().join("repo").display()),
+        )
+        .env("LIFEBOAT_PASSWORD", "volume-test");
+    lb.run(&["repo", "init"]).success();
+    let r = lb.run(&[
+        "backup",
+        "create",
+        "-n",
+        &ns.name,
+        "--snapshot-volumes",
+        "-o",
+        "json",
+    ]);
+    r.success();
+    let first = r.json();
+    assert_eq!(first["warnings"], json!([]), "{first:#}");
+    assert!(
+        leftovers(&ns.client, &ns.name).await.is_empty(),
+        "{:?}",
+        leftovers(&ns.client, &ns.name).await
+    );
+    let volume_bytes = big.len() as u64;
+    let desc = lb.run(&["backup", "describe", "latest", "-o", "json"]);
+    desc.success();
+    lb.run(&["backup", "verify", "latest", "--read-data"])
+        .success();
+
+    // The namespace is lost; the restore brings back the claims with their data, then the
+    // StatefulSet.
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(ns.client.clone())
+        .delete(&ns.name, &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(
+        "the namespace to be gone",
+        Duration::from_secs(90),
+        || async {
+            Api::<k8s_openapi::api::core::v1::Namespace>::all(ns.client.clone())
+                .get_opt(&ns.name)
+                .await
+                .unwrap()
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+    let r = lb.run(&["restore", "latest", "-n", &ns.name, "-o", "json"]);
+    r.success();
+    let rep = r.json();
+    let filled: Vec<&serde_json::Value> = rep["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["kind"] == "VolumeData")
+        .collect();
+    assert_eq!(filled.len(), 2, "{rep:#}");
+    assert!(
+        filled.iter().all(|i| i["outcome"] == "created"),
+        "{filled:?}"
+    );
+    let data2 = dir_of(&ns, "data-db-0").await;
+    let logs2 = dir_of(&ns, "logs-db-0").await;
+    assert_ne!(data2, data, "a new volume");
+    assert_eq!(snapshot_of(&data2), want_data);
+    assert_eq!(snapshot_of(&logs2), want_logs);
+    assert!(leftovers(&ns.client, &ns.name).await.is_empty());
+
+    // One MiB of the big file changes: the next backup adds a small fraction.
+    let mid = 100 << 20;
+    for b in &mut big[mid..mid + (1 << 20)] {
+        *b = b.wrapping_add(1);
+    }
+    std::fs::write(data2.join(big_path.file_name().unwrap()), &big).unwrap();
+    let r = lb.run(&[
+        "backup",
+        "create",
+        "-n",
+        &ns.name,
+        "--snapshot-volumes",
+        "-o",
+        "json",
+    ]);
+    r.success();
+    let added = r.json()["bytesAdded"].as_u64().unwrap();
+    assert!(
+        added * 10 < volume_bytes,
+        "second backup added {added} bytes of {volume_bytes}"
+    );
+
+    // A drill of it passes, volume data included.
+    let d = lb.run(&[
+        "drill",
+        "run",
+        "-n",
+        &ns.name,
+        "--timeout",
+        "2m",
+        "-o",
+        "json",
+    ]);
+    d.success();
+    let checks = d.json()["checks"].as_array().unwrap().clone();
+    let vol: Vec<&serde_json::Value> = checks
+        .iter()
+        .filter(|c| c["name"].as_str().unwrap().starts_with("volume-data/"))
+        .collect();
+    assert_eq!(vol.len(), 2, "{checks:#?}");
+    assert!(vol.iter().all(|c| c["status"] == "pass"), "{vol:?}");
+
+    // One chunk of the big file is damaged in the repository.
+    let repo = Arc::new(
+        lifeboat::repo::Repository::open(
+            Arc::new(lifeboat::store::local::LocalStore::new(
+                tmp.path().join("repo"),
+            )),
+            b"volume-test",
+        )
+        .await
+        .unwrap(),
+    );
+    repo.load_index().await.unwrap();
+    let (_, snap) = repo.find_snapshot("latest").await.unwrap();
+    let v = snap.volumes.iter().find(|v| v.pvc == "data-db-0").unwrap();
+    let tree = lifeboat::volume::load_tree(&repo, &v.trees).await.unwrap();
+    let chunk = tree.iter().find(|f| f.path == "big.bin").unwrap().chunks[3];
+    let loc = repo.index_snapshot().await[&chunk];
+    let pack = tmp
+        .path()
+        .join("repo/data")
+        .join(&loc.pack.to_hex()[..2])
+        .join(loc.pack.to_hex());
+    let mut bytes = std::fs::read(&pack).unwrap();
+    bytes[loc.offset as usize + 100] ^= 0x55;
+    std::fs::write(&pack, bytes).unwrap();
+    let d = lb.run(&[
+        "drill",
+        "run",
+        "-n",
+        &ns.name,
+        "--timeout",
+        "2m",
+        "-o",
+        "json",
+    ]);
+    d.code_is(2);
+    let text = d.stdout();
+    assert!(
+        text.contains("big.bin"),
+        "the drill names the file:\n{text}"
+    );
+    let vr = lb.run(&["backup", "verify", "latest", "--read-data", "-o", "json"]);
+    vr.code_is(2);
+    let damaged = vr.json()["damaged"].clone();
+    assert!(
+        damaged
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["object"] == format!("volume {}/data-db-0: file big.bin", ns.name)),
+        "{damaged:#}"
+    );
+    standin.abort();
+    ns.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_during_data_movement_cleans_up_and_lists_no_backup() {
+    let ns = TestNs::new("vol-ctrlc").await;
+    common::standin::install(&ns.client).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let standin = common::standin::run(
+        ns.client.clone(),
+        ns.name.clone(),
+        tmp.path().join("standin"),
+    );
+    statefulset(&ns).await;
+    let data = dir_of(&ns, "data-db-0").await;
+    fill(&data, &noise(300 << 20, 11));
+    let lb = Lifeboat::new()
+        .env(
+            "LIFEBOAT_REPO",
+            &format!("file://{}", tmp.path().join("repo").display()),
+        )
+        .env("LIFEBOAT_PASSWORD", "volume-test");
+    lb.run(&["repo", "init"]).success();
+    let mut child = lb.spawn(&["backup", "create", "-n", &ns.name, "--snapshot-volumes"]);
+    // Wait for the data movement: a mover pod exists.
+    eventually("a mover pod", Duration::from_secs(60), || async {
+        let pods = Api::<Pod>::namespaced(ns.client.clone(), &ns.name)
+            .list(&ListParams::default().labels("lifeboat.io/mover=true"))
+            .await
+            .ok()?;
+        (!pods.items.is_empty()).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the backup finished before the signal"
+    );
+    std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(130));
+    assert!(
+        leftovers(&ns.client, &ns.name).await.is_empty(),
+        "{:?}",
+        leftovers(&ns.client, &ns.name).await
+    );
+    let list = lb.run(&["backup", "list", "-o", "json"]);
+    list.success();
+    assert_eq!(
+        list.json().as_array().map(|a| a.len()).unwrap_or(0),
+        0,
+        "{}",
+        list.stdout()
+    );
+    standin.abort();
     ns.cleanup().await;
 }

@@ -454,10 +454,7 @@ async fn drill_body(
                 &name,
                 Some(&scratch),
                 Status::Fail,
-                format!(
-                    "not restored: {}",
-                    item.message.clone().unwrap_or_default()
-                ),
+                format!("not restored: {}", item.message.clone().unwrap_or_default()),
             ));
             continue;
         }
@@ -487,7 +484,10 @@ async fn volume_check(
                 name,
                 Some(ns),
                 Status::Fail,
-                format!("cannot read the backed-up file tree: {}", crate::error::display_chain(&e)),
+                format!(
+                    "cannot read the backed-up file tree: {}",
+                    crate::error::display_chain(&e)
+                ),
             );
         }
     };
@@ -501,7 +501,12 @@ async fn volume_check(
         Err(e) => Err(e),
     };
     match got {
-        Err(e) => check(name, Some(ns), Status::Fail, format!("cannot read the restored volume: {e}")),
+        Err(e) => check(
+            name,
+            Some(ns),
+            Status::Fail,
+            format!("cannot read the restored volume: {e}"),
+        ),
         Ok(got) => {
             let diff = crate::volume::compare_trees(&want, &got);
             if diff.is_empty() {

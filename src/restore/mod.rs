@@ -158,15 +158,16 @@ async fn fill_volumes(
                 item.message = Some(format!("{} files ({size}) would be restored", v.files));
             }
             Some(Outcome::Created) => {
-                let from_snapshot = Api::<k8s_openapi::api::core::v1::PersistentVolumeClaim>::namespaced(
-                    client.clone(),
-                    &ns,
-                )
-                .get(&v.pvc)
-                .await
-                .ok()
-                .and_then(|c| c.spec.and_then(|s| s.data_source))
-                .filter(|d| d.kind == "VolumeSnapshot");
+                let from_snapshot =
+                    Api::<k8s_openapi::api::core::v1::PersistentVolumeClaim>::namespaced(
+                        client.clone(),
+                        &ns,
+                    )
+                    .get(&v.pvc)
+                    .await
+                    .ok()
+                    .and_then(|c| c.spec.and_then(|s| s.data_source))
+                    .filter(|d| d.kind == "VolumeSnapshot");
                 if let Some(d) = from_snapshot {
                     item.outcome = Outcome::Created;
                     item.message = Some(format!("from VolumeSnapshot {ns}/{}", d.name));

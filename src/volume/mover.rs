@@ -205,10 +205,16 @@ pub async fn backup(
     let status = proc.take_status().expect("status is taken once");
     let errors = tokio::spawn(read_all(stderr));
     let result = super::ingest_tar(repo, packer, stdout, workers, counters).await;
-    let status = status.await;
-    let stderr = errors.await.unwrap_or_default();
-    let _ = proc.join().await;
+    // On an error the remote tar may wait forever for a reader: do not wait for it (dropping
+    // the exec stream ends it; the pod's deadline bounds the rest).
     let out = result?;
+    let status = final_status(status).await;
+    let stderr = tokio::time::timeout(STATUS_WAIT, errors)
+        .await
+        .ok()
+        .and_then(|r| r.ok())
+        .unwrap_or_default();
+    let _ = tokio::time::timeout(STATUS_WAIT, proc.join()).await;
     status_error(
         status,
         &format!("tar -c in {ns}/{pod} failed ({})", stderr.trim()),
@@ -236,12 +242,18 @@ pub async fn read_tree(
     let stderr = proc.stderr().expect("stderr was requested");
     let status = proc.take_status().expect("status is taken once");
     let errors = tokio::spawn(read_all(stderr));
-    let tree = super::tree_of(stdout).await;
-    let status = status.await;
-    let stderr = errors.await.unwrap_or_default();
-    let _ = proc.join().await;
-    let tree = tree?;
-    status_error(status, &format!("tar -c in {ns}/{pod} failed ({})", stderr.trim()))?;
+    let tree = super::tree_of(stdout).await?;
+    let status = final_status(status).await;
+    let stderr = tokio::time::timeout(STATUS_WAIT, errors)
+        .await
+        .ok()
+        .and_then(|r| r.ok())
+        .unwrap_or_default();
+    let _ = tokio::time::timeout(STATUS_WAIT, proc.join()).await;
+    status_error(
+        status,
+        &format!("tar -c in {ns}/{pod} failed ({})", stderr.trim()),
+    )?;
     Ok(tree)
 }
 
@@ -270,16 +282,35 @@ pub async fn restore(
     let status = proc.take_status().expect("status is taken once");
     let drain = tokio::spawn(read_all(stdout));
     let errors = tokio::spawn(read_all(stderr));
-    let written = super::write_tar(repo, entries, stdin, 4, counters).await;
-    let status = status.await;
-    let stderr = errors.await.unwrap_or_default();
-    let _ = drain.await;
-    let _ = proc.join().await;
-    written?;
+    // On an error the remote tar waits for more input (an exec's stdin EOF is not delivered
+    // everywhere): do not wait for it.
+    super::write_tar(repo, entries, stdin, 4, counters).await?;
+    let status = final_status(status).await;
+    let stderr = tokio::time::timeout(STATUS_WAIT, errors)
+        .await
+        .ok()
+        .and_then(|r| r.ok())
+        .unwrap_or_default();
+    let _ = tokio::time::timeout(STATUS_WAIT, drain).await;
+    let _ = tokio::time::timeout(STATUS_WAIT, proc.join()).await;
     status_error(
         status,
         &format!("tar -x in {ns}/{pod} failed ({})", stderr.trim()),
     )
+}
+
+/// How long to wait for an exec's final status once its data has been read or written.
+const STATUS_WAIT: Duration = Duration::from_secs(120);
+
+async fn final_status(
+    status: impl std::future::Future<
+        Output = Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Status>,
+    >,
+) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Status> {
+    tokio::time::timeout(STATUS_WAIT, status)
+        .await
+        .ok()
+        .flatten()
 }
 
 async fn read_all(mut r: impl tokio::io::AsyncRead + Unpin) -> String {
