@@ -368,7 +368,10 @@ async fn backup_command(
                 }
             };
             let bar = std::sync::Arc::new(output::progress::BackupBar::new(g.quiet));
-            let opts = args.options(settings.context.value.clone());
+            let mut opts = args.options(settings.context.value.clone());
+            if let Some(v) = opts.volumes.as_mut() {
+                v.progress = !g.quiet;
+            }
             let cleanup = opts.volumes.as_ref().map(|v| v.cleanup.clone());
             let result = tokio::select! {
                 r = backup::create(repository, &cluster, &opts, bar.clone()) => r,

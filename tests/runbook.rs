@@ -1264,3 +1264,108 @@ steps:
     assert_eq!(runs["runs"], json!([]));
     ns.cleanup().await;
 }
+
+/// A one-request HTTP server on a free port answering `status` with `body`.
+async fn http_once(status: u16, body: &'static str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let resp = format!(
+                "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = s.write_all(resp.as_bytes()).await;
+        }
+    });
+    port
+}
+
+// Multi-threaded: the test's HTTP server must answer while the test waits for lifeboat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_delete_and_http_steps_run_and_apply_is_undone_exactly() {
+    let ns = TestNs::new("rb-apply").await;
+    let cm: ConfigMap = obj(json!({"metadata": {"name": "existing"}, "data": {"v": "old"}}));
+    ns.api::<ConfigMap>()
+        .create(&PostParams::default(), &cm)
+        .await
+        .unwrap();
+    let doomed: ConfigMap = obj(json!({"metadata": {"name": "doomed"}, "data": {"v": "x"}}));
+    ns.api::<ConfigMap>()
+        .create(&PostParams::default(), &doomed)
+        .await
+        .unwrap();
+    let ok_port = http_once(200, "healthy: yes").await;
+    let bad_port = http_once(503, "down").await;
+    let w = Work::new();
+    w.write(
+        "objects.yaml",
+        &format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: existing, namespace: {ns}}}\ndata: {{v: new}}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: created, namespace: {ns}}}\ndata: {{v: fresh}}\n",
+            ns = ns.name
+        ),
+    );
+    let rb = w.write(
+        "rb.yaml",
+        &format!(
+            r#"apiVersion: lifeboat.io/v1
+kind: Runbook
+metadata: {{name: apply-delete-http}}
+steps:
+  - id: apply
+    apply: {{file: objects.yaml}}
+  - id: health
+    http: {{url: "http://127.0.0.1:{ok_port}/healthz", bodyContains: "healthy"}}
+    timeout: 20s
+  - id: remove
+    delete: {{apiVersion: v1, kind: ConfigMap, name: doomed, namespace: {ns}}}
+    undo: skip
+  - id: after
+    http: {{url: "http://127.0.0.1:{bad_port}/healthz"}}
+    timeout: 20s
+"#,
+            ns = ns.name
+        ),
+    );
+    let plan = w.plan(&rb, &[]);
+    let plan_text = std::fs::read_to_string(&plan).unwrap();
+    assert!(plan_text.contains("changes data.v"), "{plan_text}");
+    assert!(plan_text.contains("create ConfigMap"), "{plan_text}");
+    let r = w.run(&[
+        "runbook",
+        "run",
+        plan.to_str().unwrap(),
+        "--yes",
+        "-o",
+        "json",
+    ]);
+    r.code_is(2);
+    let report = r.json();
+    let step = |id: &str| {
+        report["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["id"] == id)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(step("health")["outputs"]["status"], 200, "{report:#}");
+    assert!(
+        step("after")["message"]
+            .as_str()
+            .unwrap()
+            .contains("answered 503, expected 200"),
+        "{report:#}"
+    );
+    // The apply was undone exactly: the existing ConfigMap has its old data back, the created
+    // one is gone; the delete (undo: skip) stays done.
+    let api = ns.api::<ConfigMap>();
+    assert_eq!(api.get("existing").await.unwrap().data.unwrap()["v"], "old");
+    assert!(api.get_opt("created").await.unwrap().is_none());
+    assert!(api.get_opt("doomed").await.unwrap().is_none());
+    ns.cleanup().await;
+}

@@ -82,6 +82,19 @@ pub struct BackupSummary {
     pub warnings: Vec<String>,
     /// True when this run created the (default) repository.
     pub repository_created: bool,
+    /// Volume data stored (`--snapshot-volumes`): one entry per claim.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<VolumeSummary>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeSummary {
+    pub namespace: String,
+    pub pvc: String,
+    pub files: u64,
+    pub bytes: u64,
+    pub seconds: f64,
 }
 
 /// Progress callbacks (a progress bar on a TTY; nothing otherwise).
@@ -883,6 +896,7 @@ async fn finish(
     let mut stats = packer.finish().await?;
     // Volume data, after the manifests (so their listing is not held up), before the snapshot.
     let mut volumes = Vec::new();
+    let mut volume_summaries = Vec::new();
     let mut volume_warnings = Vec::new();
     if let Some(vo) = &opts.volumes {
         let vpacker = Arc::new(Packer::with_pack_size(
@@ -900,7 +914,14 @@ async fn finish(
         .await
         .map_err(|e| Error::Runbook(e.to_string()))?;
         for c in &claims {
-            match crate::volume::snapshots::backup_claim(
+            let started = Instant::now();
+            let label = format!(
+                "{}/{}",
+                c.metadata.namespace.clone().unwrap_or_default(),
+                c.metadata.name.clone().unwrap_or_default()
+            );
+            let ticker = volume_progress(label.clone(), vo.counters.clone(), vo.progress);
+            let done = crate::volume::snapshots::backup_claim(
                 &cluster.client,
                 repo.clone(),
                 vpacker.clone(),
@@ -909,9 +930,27 @@ async fn finish(
                 workers,
             )
             .await
-            .map_err(|e| Error::Runbook(e.to_string()))?
-            {
-                Ok(r) => volumes.push(r),
+            .map_err(|e| Error::Runbook(e.to_string()));
+            ticker.abort();
+            match done? {
+                Ok(r) => {
+                    let secs = started.elapsed().as_secs_f64();
+                    if vo.progress {
+                        eprintln!(
+                            "volume {label}: {} files, {} in {secs:.1}s",
+                            r.files,
+                            human_bytes(r.bytes)
+                        );
+                    }
+                    volume_summaries.push(VolumeSummary {
+                        namespace: r.namespace.clone(),
+                        pvc: r.pvc.clone(),
+                        files: r.files,
+                        bytes: r.bytes,
+                        seconds: secs,
+                    });
+                    volumes.push(r)
+                }
                 Err(why) => volume_warnings.push(why),
             }
         }
@@ -977,6 +1016,36 @@ async fn finish(
         duration_seconds: snap.duration_seconds,
         warnings,
         repository_created: false,
+        volumes: volume_summaries,
+    })
+}
+
+/// While a volume's data moves: its bytes and files on stderr every 2 s (on a terminal).
+fn volume_progress(
+    label: String,
+    counters: Arc<crate::volume::Counters>,
+    enabled: bool,
+) -> tokio::task::JoinHandle<()> {
+    use std::io::IsTerminal;
+    let on = enabled && std::io::stderr().is_terminal();
+    counters
+        .bytes
+        .store(0, std::sync::atomic::Ordering::Relaxed);
+    counters
+        .files
+        .store(0, std::sync::atomic::Ordering::Relaxed);
+    tokio::spawn(async move {
+        if !on {
+            return;
+        }
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            eprint!(
+                "\r\x1b[2Kvolume {label}: {} files, {}",
+                counters.files.load(std::sync::atomic::Ordering::Relaxed),
+                human_bytes(counters.bytes.load(std::sync::atomic::Ordering::Relaxed))
+            );
+        }
     })
 }
 

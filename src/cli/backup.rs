@@ -112,6 +112,7 @@ impl CreateArgs {
                     },
                     cleanup: Default::default(),
                     counters: Default::default(),
+                    progress: true,
                 }),
         }
     }

@@ -1255,6 +1255,17 @@ async fn backup(ctx: &Ctx<'_>, b: &BackupAction) -> R<Outcome> {
             t
         },
         context: ctx.cluster_options.context.clone(),
+        volumes: b
+            .snapshot_volumes
+            .then(|| crate::volume::snapshots::VolumeOptions {
+                snapshot_class: None,
+                keep_snapshots: false,
+                snapshot_timeout: Duration::from_secs(600),
+                mover: Default::default(),
+                cleanup: Default::default(),
+                counters: Default::default(),
+                progress: false,
+            }),
         ..Default::default()
     };
     let s = crate::backup::create(

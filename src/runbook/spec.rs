@@ -380,6 +380,9 @@ pub struct ApproveAction {
 pub struct BackupAction {
     #[serde(default)]
     pub namespaces: Vec<String>,
+    /// Also back up PVC contents (like `backup create --snapshot-volumes`).
+    #[serde(default)]
+    pub snapshot_volumes: bool,
     #[serde(default)]
     pub selector: Option<String>,
     #[serde(default)]

@@ -47,6 +47,8 @@ pub struct VolumeOptions {
     pub mover: MoverOptions,
     pub cleanup: Cleanup,
     pub counters: Arc<Counters>,
+    /// Per-volume progress on stderr (off with -q).
+    pub progress: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
