@@ -234,37 +234,10 @@ fn read_tar(
     let mut stats = IngestStats::default();
     for entry in archive.entries().map_err(VolumeError::Tar)? {
         let mut entry = entry.map_err(VolumeError::Tar)?;
-        let header = entry.header().clone();
-        let path = clean_path(&String::from_utf8_lossy(&entry.path_bytes()));
-        let kind = match header.entry_type() {
-            tar::EntryType::Regular | tar::EntryType::Continuous => EntryType::File,
-            tar::EntryType::Directory => EntryType::Dir,
-            tar::EntryType::Symlink => EntryType::Symlink,
-            tar::EntryType::Link => EntryType::Hardlink,
-            // Devices, FIFOs, sockets and PAX/GNU metadata entries carry no data to keep.
-            _ => continue,
+        let Some(mut fe) = entry_meta(&entry)? else {
+            continue;
         };
-        if path.is_empty() && kind == EntryType::Dir {
-            continue; // the volume root itself
-        }
-        let target = match kind {
-            EntryType::Symlink | EntryType::Hardlink => entry
-                .link_name_bytes()
-                .map(|b| clean_link(&String::from_utf8_lossy(&b), kind)),
-            _ => None,
-        };
-        let mut fe = FileEntry {
-            path,
-            kind,
-            mode: header.mode().map_err(VolumeError::Tar)? & 0o7777,
-            uid: header.uid().map_err(VolumeError::Tar)?,
-            gid: header.gid().map_err(VolumeError::Tar)?,
-            size: 0,
-            mtime: header.mtime().map_err(VolumeError::Tar)?,
-            target,
-            chunks: Vec::new(),
-            hash: None,
-        };
+        let kind = fe.kind;
         let mut slots = Vec::new();
         if kind == EntryType::File {
             let mut hasher = blake3::Hasher::new();
@@ -278,7 +251,7 @@ fn read_tar(
                 tx.blocking_send((slot, data))
                     .map_err(|_| VolumeError::Pipeline("the packing workers stopped".into()))
             };
-            let size = header.size().map_err(VolumeError::Tar)?;
+            let size = entry.header().size().map_err(VolumeError::Tar)?;
             let (min, avg, max) = (
                 chunker.min_size as usize,
                 chunker.avg_size as usize,
@@ -331,6 +304,41 @@ fn read_tar(
     Ok((out, stats))
 }
 
+/// A tar entry's metadata as a [`FileEntry`] (size 0, no content yet), or `None` for what is not
+/// kept: devices, FIFOs, sockets, PAX/GNU metadata entries and the volume root itself.
+fn entry_meta<R: std::io::Read>(entry: &tar::Entry<R>) -> Result<Option<FileEntry>, VolumeError> {
+    let header = entry.header();
+    let path = clean_path(&String::from_utf8_lossy(&entry.path_bytes()));
+    let kind = match header.entry_type() {
+        tar::EntryType::Regular | tar::EntryType::Continuous => EntryType::File,
+        tar::EntryType::Directory => EntryType::Dir,
+        tar::EntryType::Symlink => EntryType::Symlink,
+        tar::EntryType::Link => EntryType::Hardlink,
+        _ => return Ok(None),
+    };
+    if path.is_empty() && kind == EntryType::Dir {
+        return Ok(None);
+    }
+    let target = match kind {
+        EntryType::Symlink | EntryType::Hardlink => entry
+            .link_name_bytes()
+            .map(|b| clean_link(&String::from_utf8_lossy(&b), kind)),
+        _ => None,
+    };
+    Ok(Some(FileEntry {
+        path,
+        kind,
+        mode: header.mode().map_err(VolumeError::Tar)? & 0o7777,
+        uid: header.uid().map_err(VolumeError::Tar)?,
+        gid: header.gid().map_err(VolumeError::Tar)?,
+        size: 0,
+        mtime: header.mtime().map_err(VolumeError::Tar)?,
+        target,
+        chunks: Vec::new(),
+        hash: None,
+    }))
+}
+
 fn clean_link(target: &str, kind: EntryType) -> String {
     match kind {
         // A hard link names another entry of the archive.
@@ -355,42 +363,15 @@ where
         let mut out = Vec::new();
         for entry in archive.entries().map_err(VolumeError::Tar)? {
             let mut entry = entry.map_err(VolumeError::Tar)?;
-            let header = entry.header().clone();
-            let path = clean_path(&String::from_utf8_lossy(&entry.path_bytes()));
-            let kind = match header.entry_type() {
-                tar::EntryType::Regular | tar::EntryType::Continuous => EntryType::File,
-                tar::EntryType::Directory => EntryType::Dir,
-                tar::EntryType::Symlink => EntryType::Symlink,
-                tar::EntryType::Link => EntryType::Hardlink,
-                _ => continue,
-            };
-            if path.is_empty() && kind == EntryType::Dir {
+            let Some(mut fe) = entry_meta(&entry)? else {
                 continue;
-            }
-            let target = match kind {
-                EntryType::Symlink | EntryType::Hardlink => entry
-                    .link_name_bytes()
-                    .map(|b| clean_link(&String::from_utf8_lossy(&b), kind)),
-                _ => None,
             };
-            let (mut size, mut hash) = (0, None);
-            if kind == EntryType::File {
+            if fe.kind == EntryType::File {
                 let mut hasher = blake3::Hasher::new();
-                size = std::io::copy(&mut entry, &mut hasher).map_err(VolumeError::Tar)?;
-                hash = Some(hasher.finalize().to_hex().to_string());
+                fe.size = std::io::copy(&mut entry, &mut hasher).map_err(VolumeError::Tar)?;
+                fe.hash = Some(hasher.finalize().to_hex().to_string());
             }
-            out.push(FileEntry {
-                path,
-                kind,
-                mode: header.mode().map_err(VolumeError::Tar)? & 0o7777,
-                uid: header.uid().map_err(VolumeError::Tar)?,
-                gid: header.gid().map_err(VolumeError::Tar)?,
-                size,
-                mtime: header.mtime().map_err(VolumeError::Tar)?,
-                target,
-                chunks: Vec::new(),
-                hash,
-            });
+            out.push(fe);
         }
         Ok(out)
     })

@@ -180,16 +180,19 @@ fn status_error(
     }
 }
 
-/// Stream the mover's volume out with `tar -c` and ingest it into the repository.
-pub async fn backup(
+/// Run `tar -c` in the mover and hand its stdout to `consume`; then check the exec's status.
+/// When `consume` fails the remote tar may wait forever for a reader: its status is not awaited
+/// (dropping the exec stream ends it; the pod's deadline bounds the rest).
+async fn tar_out<T, F, Fut>(
     client: &kube::Client,
     ns: &str,
     pod: &str,
-    repo: Arc<Repository>,
-    packer: Arc<Packer>,
-    workers: usize,
-    counters: Arc<Counters>,
-) -> Result<(Vec<FileEntry>, IngestStats), VolumeError> {
+    consume: F,
+) -> Result<T, VolumeError>
+where
+    F: FnOnce(tokio::io::ReadHalf<tokio::io::SimplexStream>) -> Fut,
+    Fut: std::future::Future<Output = Result<T, VolumeError>>,
+{
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let ap = AttachParams::default()
         .stdin(false)
@@ -204,10 +207,7 @@ pub async fn backup(
     let stderr = proc.stderr().expect("stderr was requested");
     let status = proc.take_status().expect("status is taken once");
     let errors = tokio::spawn(read_all(stderr));
-    let result = super::ingest_tar(repo, packer, stdout, workers, counters).await;
-    // On an error the remote tar may wait forever for a reader: do not wait for it (dropping
-    // the exec stream ends it; the pod's deadline bounds the rest).
-    let out = result?;
+    let out = consume(stdout).await?;
     let status = final_status(status).await;
     let stderr = tokio::time::timeout(STATUS_WAIT, errors)
         .await
@@ -222,39 +222,29 @@ pub async fn backup(
     Ok(out)
 }
 
+/// Stream the mover's volume out with `tar -c` and ingest it into the repository.
+pub async fn backup(
+    client: &kube::Client,
+    ns: &str,
+    pod: &str,
+    repo: Arc<Repository>,
+    packer: Arc<Packer>,
+    workers: usize,
+    counters: Arc<Counters>,
+) -> Result<(Vec<FileEntry>, IngestStats), VolumeError> {
+    tar_out(client, ns, pod, |stdout| {
+        super::ingest_tar(repo, packer, stdout, workers, counters)
+    })
+    .await
+}
+
 /// The file tree of the mover's volume (`tar -c`, hashed, nothing stored).
 pub async fn read_tree(
     client: &kube::Client,
     ns: &str,
     pod: &str,
 ) -> Result<Vec<FileEntry>, VolumeError> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let ap = AttachParams::default()
-        .stdin(false)
-        .stdout(true)
-        .stderr(true)
-        .max_stdout_buf_size(4 << 20);
-    let mut proc = pods
-        .exec(pod, ["tar", "-c", "-f", "-", "."], &ap)
-        .await
-        .map_err(kerr(format!("exec tar -c in {ns}/{pod}")))?;
-    let stdout = proc.stdout().expect("stdout was requested");
-    let stderr = proc.stderr().expect("stderr was requested");
-    let status = proc.take_status().expect("status is taken once");
-    let errors = tokio::spawn(read_all(stderr));
-    let tree = super::tree_of(stdout).await?;
-    let status = final_status(status).await;
-    let stderr = tokio::time::timeout(STATUS_WAIT, errors)
-        .await
-        .ok()
-        .and_then(|r| r.ok())
-        .unwrap_or_default();
-    let _ = tokio::time::timeout(STATUS_WAIT, proc.join()).await;
-    status_error(
-        status,
-        &format!("tar -c in {ns}/{pod} failed ({})", stderr.trim()),
-    )?;
-    Ok(tree)
+    tar_out(client, ns, pod, super::tree_of).await
 }
 
 /// Fill the mover's volume from a stored tree with `tar -x`.
