@@ -494,7 +494,17 @@ async fn restore_command(
         },
         ..Default::default()
     };
-    let report = restore::restore(&cluster.client, source, &opts).await?;
+    let report = tokio::select! {
+        r = restore::restore(&cluster.client, source, &opts) => r?,
+        _ = wait_for_signal() => {
+            // What was already created stays (as with an interrupted `kubectl apply`); the
+            // mover pods filling volumes are removed.
+            for f in opts.cleanup.run(&cluster.client).await {
+                eprintln!("warning: could not delete {f}");
+            }
+            return Err(Error::Interrupted);
+        }
+    };
     output::emit(settings.output.value, &report)?;
     Ok(if report.failed > 0 {
         Exit::Findings

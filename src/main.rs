@@ -35,7 +35,11 @@ fn main() -> ExitCode {
             return Exit::Failure.into();
         }
     };
-    match runtime.block_on(lifeboat::run(cli, settings)) {
+    let result = runtime.block_on(lifeboat::run(cli, settings));
+    // Work abandoned by a cancelled operation (Ctrl-C) may leave a blocking thread behind; it
+    // must not keep the process alive once the outcome is known.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    match result {
         Ok(code) => code.into(),
         // Output piped into a command that stopped reading (`| head`): not an error.
         Err(lifeboat::error::Error::Output { source })

@@ -768,7 +768,7 @@ async fn killed_backup_is_never_listed_and_the_next_backup_and_prune_work() {
         .args(["-INT", &pid])
         .status()
         .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = common::output_bounded(child, "backup create (SIGINT)");
     // Must interrupt a running backup (see above).
     assert_eq!(
         out.status.code(),

@@ -252,7 +252,7 @@ fn a_closed_stdout_is_not_an_error() {
     let mut first = [0u8; 16];
     out.read_exact(&mut first).unwrap();
     drop(out); // like `| head -c 16`
-    let status = child.wait().unwrap();
+    let status = common::wait_bounded(&mut child, "output into a closed pipe");
     let mut err = String::new();
     child
         .stderr

@@ -531,7 +531,7 @@ async fn interrupted_drills_clean_up_and_gc_removes_what_a_kill_left() {
         .args(["-INT", &child.id().to_string()])
         .status()
         .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = common::output_bounded(child, "drill run (SIGINT)");
     assert_eq!(
         out.status.code(),
         Some(130),

@@ -258,7 +258,7 @@ fn stdin_and_api_data() {
         .unwrap()
         .write_all(b"---\n# Source: chart/templates/cert.yaml\napiVersion: cert-manager.io/v1alpha2\nkind: Certificate\nmetadata:\n  name: tls\n---\napiVersion: flowcontrol.apiserver.k8s.io/v1beta3\nkind: FlowSchema\nmetadata:\n  name: fs\n")
         .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = common::output_bounded(child, "preflight --manifests -");
     assert_eq!(
         out.status.code(),
         Some(3),

@@ -1050,7 +1050,7 @@ steps:
         .args(["-INT", &child.id().to_string()])
         .status()
         .unwrap();
-    let status = child.wait().unwrap();
+    let status = common::wait_bounded(&mut child, "runbook run (SIGINT)");
     assert_eq!(status.code(), Some(130));
     assert!(
         started.elapsed() < Duration::from_secs(25),
@@ -1129,7 +1129,10 @@ async fn a_second_run_of_a_running_plan_is_refused_by_the_lease() {
         .args(["-TERM", &first.id().to_string()])
         .status()
         .unwrap();
-    assert_eq!(first.wait().unwrap().code(), Some(130));
+    assert_eq!(
+        common::wait_bounded(&mut first, "runbook run (SIGTERM)").code(),
+        Some(130)
+    );
     ns.cleanup().await;
 }
 

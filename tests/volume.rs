@@ -108,6 +108,7 @@ async fn a_volume_streams_out_of_a_mover_pod_and_back_into_another() {
         "data",
         mover::Direction::Backup,
         &opts,
+        &Default::default(),
     )
     .await
     .unwrap();
@@ -151,6 +152,7 @@ async fn a_volume_streams_out_of_a_mover_pod_and_back_into_another() {
         "restored",
         mover::Direction::Restore,
         &opts,
+        &Default::default(),
     )
     .await
     .unwrap();
@@ -582,7 +584,10 @@ async fn ctrl_c_during_data_movement_cleans_up_and_lists_no_backup() {
         .args(["-INT", &child.id().to_string()])
         .status()
         .unwrap();
-    assert_eq!(child.wait().unwrap().code(), Some(130));
+    assert_eq!(
+        common::wait_bounded(&mut child, "backup create --snapshot-volumes (SIGINT)").code(),
+        Some(130)
+    );
     assert!(
         leftovers(&ns.client, &ns.name).await.is_empty(),
         "{:?}",

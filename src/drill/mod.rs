@@ -492,7 +492,17 @@ async fn volume_check(
         }
     };
     let opts = mover::MoverOptions::default();
-    let got = match mover::start(client, ns, &v.pvc, mover::Direction::Backup, &opts).await {
+    // An interrupted drill deletes its scratch namespace, mover included.
+    let cleanup = crate::volume::snapshots::Cleanup::default();
+    let started = mover::start(
+        client,
+        ns,
+        &v.pvc,
+        mover::Direction::Backup,
+        &opts,
+        &cleanup,
+    );
+    let got = match started.await {
         Ok(pod) => {
             let t = mover::read_tree(client, ns, &pod).await;
             mover::stop(client, ns, &pod).await;

@@ -56,6 +56,9 @@ pub struct RestoreOptions {
     /// Use the backup's VolumeSnapshot as the claim's data source when it still exists (same
     /// cluster, same namespace) instead of streaming the data from the repository.
     pub from_snapshot: bool,
+    /// Every mover pod is recorded here before it is created; the caller deletes them when the
+    /// restore is interrupted (Ctrl-C).
+    pub cleanup: crate::volume::snapshots::Cleanup,
 }
 
 impl Default for RestoreOptions {
@@ -76,6 +79,7 @@ impl Default for RestoreOptions {
             restore_namespaces: true,
             mover: Default::default(),
             from_snapshot: false,
+            cleanup: Default::default(),
         }
     }
 }
@@ -172,7 +176,7 @@ async fn fill_volumes(
                     item.outcome = Outcome::Created;
                     item.message = Some(format!("from VolumeSnapshot {ns}/{}", d.name));
                 } else {
-                    match fill_one(client, repo.clone(), &ns, v, &opts.mover).await {
+                    match fill_one(client, repo.clone(), &ns, v, opts).await {
                         Ok(()) => {
                             item.outcome = Outcome::Created;
                             item.message = Some(format!("{} files ({size}) restored", v.files));
@@ -196,11 +200,19 @@ async fn fill_one(
     repo: Arc<Repository>,
     ns: &str,
     v: &crate::repo::snapshot::VolumeRecord,
-    mover_opts: &crate::volume::mover::MoverOptions,
+    opts: &RestoreOptions,
 ) -> Result<(), crate::volume::VolumeError> {
     use crate::volume::mover;
     let entries = crate::volume::load_tree(&repo, &v.trees).await?;
-    let pod = mover::start(client, ns, &v.pvc, mover::Direction::Restore, mover_opts).await?;
+    let pod = mover::start(
+        client,
+        ns,
+        &v.pvc,
+        mover::Direction::Restore,
+        &opts.mover,
+        &opts.cleanup,
+    )
+    .await?;
     let r = mover::restore(client, ns, &pod, repo, &entries, Default::default()).await;
     mover::stop(client, ns, &pod).await;
     r

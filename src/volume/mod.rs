@@ -136,13 +136,56 @@ pub async fn ingest_tar<R>(
 where
     R: AsyncRead + Unpin + Send + 'static,
 {
+    let (bridge, _stop_reader_on_drop) = blocking_reader(reader);
+    ingest(repo, packer, bridge, workers, counters).await
+}
+
+/// A synchronous reader over `reader`, made on the blocking thread by the returned closure,
+/// and a guard. Dropping the guard (the async caller was cancelled: Ctrl-C) makes the reader
+/// fail at once, so the blocking thread ends instead of waiting for data that will never come
+/// (and keeping the runtime, hence the process, from shutting down).
+fn blocking_reader<R>(
+    reader: R,
+) -> (
+    impl FnOnce() -> std::io::BufReader<tokio_util::io::SyncIoBridge<UntilCancelled<R>>>,
+    tokio_util::sync::DropGuard,
+)
+where
+    R: AsyncRead + Unpin + Send + 'static,
+{
+    let token = tokio_util::sync::CancellationToken::new();
+    let reader = UntilCancelled {
+        inner: reader,
+        cancelled: Box::pin(token.clone().cancelled_owned()),
+    };
     let handle = tokio::runtime::Handle::current();
-    let bridge = move || {
+    let make = move || {
         let _guard = handle.enter();
         // Few, large reads through the bridge: tar reads headers 512 bytes at a time.
         std::io::BufReader::with_capacity(1 << 20, tokio_util::io::SyncIoBridge::new(reader))
     };
-    ingest(repo, packer, bridge, workers, counters).await
+    (make, token.drop_guard())
+}
+
+/// An [`AsyncRead`] that fails once its token is cancelled.
+pub struct UntilCancelled<R> {
+    inner: R,
+    cancelled: std::pin::Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for UntilCancelled<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::future::Future;
+        if self.cancelled.as_mut().poll(cx).is_ready() {
+            // Not ErrorKind::Interrupted: readers retry that.
+            return std::task::Poll::Ready(Err(std::io::Error::other("cancelled")));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
 }
 
 /// [`ingest_tar`] for a synchronous reader (a local file, stdin), built on the blocking thread
@@ -354,11 +397,9 @@ pub async fn tree_of<R>(reader: R) -> Result<Vec<FileEntry>, VolumeError>
 where
     R: AsyncRead + Unpin + Send + 'static,
 {
-    let handle = tokio::runtime::Handle::current();
+    let (make_reader, _stop_reader_on_drop) = blocking_reader(reader);
     tokio::task::spawn_blocking(move || {
-        let _guard = handle.enter();
-        let input =
-            std::io::BufReader::with_capacity(1 << 20, tokio_util::io::SyncIoBridge::new(reader));
+        let input = make_reader();
         let mut archive = tar::Archive::new(input);
         let mut out = Vec::new();
         for entry in archive.entries().map_err(VolumeError::Tar)? {

@@ -12,6 +12,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, AttachParams, DeleteParams, PostParams};
 use serde_json::json;
 
+use super::snapshots::{Cleanup, Temp};
 use super::{Counters, FileEntry, IngestStats, VolumeError};
 use crate::repo::{Packer, Repository};
 
@@ -54,7 +55,13 @@ fn kerr(action: String) -> impl FnOnce(kube::Error) -> VolumeError {
 }
 
 /// The pod manifest of a mover for `pvc` in `ns`.
-pub fn pod_manifest(ns: &str, pvc: &str, dir: Direction, opts: &MoverOptions) -> serde_json::Value {
+pub fn pod_manifest(
+    name: &str,
+    ns: &str,
+    pvc: &str,
+    dir: Direction,
+    opts: &MoverOptions,
+) -> serde_json::Value {
     let read_only = dir == Direction::Backup;
     let caps: &[&str] = match dir {
         Direction::Backup => &["DAC_READ_SEARCH"],
@@ -64,7 +71,7 @@ pub fn pod_manifest(ns: &str, pvc: &str, dir: Direction, opts: &MoverOptions) ->
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
-            "generateName": "lifeboat-mover-",
+            "name": name,
             "namespace": ns,
             "labels": {"app.kubernetes.io/managed-by": "lifeboat", LABEL: "true"},
             "annotations": {"lifeboat.io/pvc": pvc,
@@ -97,21 +104,23 @@ pub fn pod_manifest(ns: &str, pvc: &str, dir: Direction, opts: &MoverOptions) ->
     })
 }
 
-/// Create a mover for `pvc` and wait until it runs. Returns the pod name.
+/// Create a mover for `pvc` and wait until it runs. Returns the pod name. The pod is recorded
+/// in `cleanup` before it is created (an interrupted start leaves nothing unrecorded).
 pub async fn start(
     client: &kube::Client,
     ns: &str,
     pvc: &str,
     dir: Direction,
     opts: &MoverOptions,
+    cleanup: &Cleanup,
 ) -> Result<String, VolumeError> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let pod: Pod = serde_json::from_value(pod_manifest(ns, pvc, dir, opts)).expect("a valid Pod");
-    let created = pods
-        .create(&PostParams::default(), &pod)
+    let name = cleanup.name(Temp::Pod, ns, "lifeboat-mover-");
+    let pod: Pod =
+        serde_json::from_value(pod_manifest(&name, ns, pvc, dir, opts)).expect("a valid Pod");
+    pods.create(&PostParams::default(), &pod)
         .await
         .map_err(kerr(format!("create a mover pod for {ns}/{pvc}")))?;
-    let name = created.metadata.name.unwrap_or_default();
     let deadline = Instant::now() + opts.start_timeout;
     loop {
         let p = pods

@@ -59,6 +59,10 @@ pub enum Temp {
 }
 
 /// Temporary objects to delete, newest last.
+///
+/// Names are chosen here, not by the apiserver (`generateName`), and recorded *before* the
+/// create request: a Ctrl-C that cancels a create in flight still leaves its name behind for
+/// [`Cleanup::run`] (deleting a name that was never created is not an error).
 #[derive(Debug, Clone, Default)]
 pub struct Cleanup(Arc<Mutex<Vec<(Temp, String, String)>>>);
 
@@ -68,6 +72,13 @@ impl Cleanup {
             .lock()
             .expect("cleanup")
             .push((kind, ns.to_string(), name.to_string()));
+    }
+
+    /// A new name `prefix` + 5 random characters (as `generateName` would make), recorded.
+    pub fn name(&self, kind: Temp, ns: &str, prefix: &str) -> String {
+        let name = temp_name(prefix);
+        self.add(kind, ns, &name);
+        name
     }
 
     /// Delete everything recorded (newest first). Returns what could not be deleted.
@@ -283,22 +294,24 @@ pub async fn backup_claim(
         .map(|q| q.0.clone())
         .unwrap_or_else(|| "1Gi".into());
     let snaps: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &snapshot_resource());
+    let prefix = format!("lifeboat-{}-", short(&name));
+    let snap_name = if opts.keep_snapshots {
+        temp_name(&prefix)
+    } else {
+        opts.cleanup.name(Temp::Snapshot, &ns, &prefix)
+    };
     let snap: DynamicObject = serde_json::from_value(json!({
         "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
-        "metadata": {"generateName": format!("lifeboat-{}-", short(&name)), "namespace": ns,
+        "metadata": {"name": snap_name, "namespace": ns,
                      "labels": {"app.kubernetes.io/managed-by": "lifeboat"},
                      "annotations": {"lifeboat.io/pvc": name}},
         "spec": {"volumeSnapshotClassName": class, "source": {"persistentVolumeClaimName": name}}
     }))
     .expect("a valid VolumeSnapshot");
-    let snap = snaps
+    snaps
         .create(&PostParams::default(), &snap)
         .await
         .map_err(kerr(format!("create a VolumeSnapshot of {ns}/{name}")))?;
-    let snap_name = snap.metadata.name.clone().unwrap_or_default();
-    if !opts.keep_snapshots {
-        opts.cleanup.add(Temp::Snapshot, &ns, &snap_name);
-    }
     let result = async {
         let status = wait_ready(client, &ns, &snap_name, opts.snapshot_timeout).await?;
         let size = status["restoreSize"]
@@ -306,8 +319,13 @@ pub async fn backup_claim(
             .map(str::to_string)
             .unwrap_or_else(|| capacity.clone());
         let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+        let tmp_name = opts.cleanup.name(
+            Temp::Claim,
+            &ns,
+            &format!("lifeboat-tmp-{}-", short(&name)),
+        );
         let tmp: PersistentVolumeClaim = serde_json::from_value(json!({
-            "metadata": {"generateName": format!("lifeboat-tmp-{}-", short(&name)), "namespace": ns,
+            "metadata": {"name": tmp_name, "namespace": ns,
                          "labels": {"app.kubernetes.io/managed-by": "lifeboat", mover::LABEL: "true"}},
             "spec": {"storageClassName": spec.storage_class_name,
                      "accessModes": spec.access_modes.clone().unwrap_or_else(|| vec!["ReadWriteOnce".into()]),
@@ -317,14 +335,19 @@ pub async fn backup_claim(
                                     "name": snap_name}}
         }))
         .expect("a valid PVC");
-        let tmp = claims
+        claims
             .create(&PostParams::default(), &tmp)
             .await
             .map_err(kerr(format!("create a claim from VolumeSnapshot {ns}/{snap_name}")))?;
-        let tmp_name = tmp.metadata.name.unwrap_or_default();
-        opts.cleanup.add(Temp::Claim, &ns, &tmp_name);
-        let pod = mover::start(client, &ns, &tmp_name, Direction::Backup, &opts.mover).await?;
-        opts.cleanup.add(Temp::Pod, &ns, &pod);
+        let pod = mover::start(
+            client,
+            &ns,
+            &tmp_name,
+            Direction::Backup,
+            &opts.mover,
+            &opts.cleanup,
+        )
+        .await?;
         let (entries, stats) = mover::backup(
             client,
             &ns,
@@ -359,6 +382,18 @@ pub async fn backup_claim(
         Ok(r) => Ok(Ok(r)),
         Err(e) => Ok(Err(format!("PVC {ns}/{name} not backed up: {e}"))),
     }
+}
+
+/// `prefix` followed by 5 characters from the alphabet the apiserver uses for `generateName`.
+pub fn temp_name(prefix: &str) -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut b = [0u8; 5];
+    getrandom::getrandom(&mut b).expect("system random source");
+    let suffix: String = b
+        .iter()
+        .map(|x| ALPHABET[*x as usize % ALPHABET.len()] as char)
+        .collect();
+    format!("{prefix}{suffix}")
 }
 
 fn short(name: &str) -> String {

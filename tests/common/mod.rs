@@ -417,7 +417,13 @@ impl Lifeboat {
     }
 
     pub fn run(&self, args: &[&str]) -> Run {
-        let output = self.command(args).output().expect("cannot run lifeboat");
+        let child = self
+            .command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cannot run lifeboat");
+        let output = output_bounded(child, &format!("lifeboat {}", args.join(" ")));
         Run {
             cmd: format!("lifeboat {}", args.join(" ")),
             dir: self.home.path().to_owned(),
@@ -562,4 +568,53 @@ pub fn s3_client_with(secret: Option<&str>) -> aws_sdk_s3::Client {
         .credentials_provider(creds)
         .build();
     aws_sdk_s3::Client::from_conf(conf)
+}
+
+/// How long any one lifeboat command in a test may run. Far above what any needs: this only
+/// turns a hang into a failure that names the command instead of a stuck test suite.
+pub const COMMAND_DEADLINE: Duration = Duration::from_secs(600);
+
+/// Run `f` (which waits for the process `pid`) on a thread; past [`COMMAND_DEADLINE`] kill the
+/// process and panic naming `what`.
+fn bounded<T: Send + 'static>(pid: u32, what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(COMMAND_DEADLINE) {
+        Ok(v) => v,
+        Err(_) => {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            panic!("`{what}` still running after {COMMAND_DEADLINE:?}: killed");
+        }
+    }
+}
+
+/// `child.wait()`, bounded by [`COMMAND_DEADLINE`].
+#[allow(dead_code)]
+pub fn wait_bounded(child: &mut std::process::Child, what: &str) -> std::process::ExitStatus {
+    let pid = child.id();
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().expect("wait for lifeboat") {
+            return st;
+        }
+        if start.elapsed() > COMMAND_DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("`{what}` (pid {pid}) still running after {COMMAND_DEADLINE:?}: killed");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `child.wait_with_output()`, bounded by [`COMMAND_DEADLINE`].
+#[allow(dead_code)]
+pub fn output_bounded(child: std::process::Child, what: &str) -> std::process::Output {
+    let pid = child.id();
+    bounded(pid, what, move || {
+        child.wait_with_output().expect("wait for lifeboat")
+    })
 }
