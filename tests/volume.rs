@@ -604,3 +604,138 @@ async fn ctrl_c_during_data_movement_cleans_up_and_lists_no_backup() {
     standin.abort();
     ns.cleanup().await;
 }
+
+/// The users the stand-in's kubelet ran mover execs as (one per mover pod, sorted), from its
+/// Exec objects.
+async fn mover_users(ns: &TestNs) -> Vec<i64> {
+    let execs: Api<DynamicObject> = Api::namespaced_with(
+        ns.client.clone(),
+        &ns.name,
+        &kube::discovery::ApiResource {
+            group: "kwok.x-k8s.io".into(),
+            version: "v1alpha1".into(),
+            api_version: "kwok.x-k8s.io/v1alpha1".into(),
+            kind: "Exec".into(),
+            plural: "execs".into(),
+        },
+    );
+    let mut users: Vec<i64> = execs
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|e| {
+            e.data["spec"]["execs"][0]["local"]["securityContext"]["runAsUser"]
+                .as_i64()
+                .expect("every mover says which user it runs as")
+        })
+        .collect();
+    users.sort();
+    users
+}
+
+/// A workload running as a non-root user has its volume read by a mover running as that user
+/// with no capabilities. A file that user cannot read (left by a root init step) makes lifeboat
+/// read the volume again as root, and nothing is missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volumes_are_read_as_the_workloads_user_and_as_root_only_when_it_must() {
+    use std::os::unix::fs::chown;
+    const NOBODY: u32 = 65534;
+    let ns = TestNs::new("vol-user").await;
+    common::standin::install(&ns.client).await;
+    let tmp = tempfile::tempdir().unwrap();
+    // The stand-in's kubelet runs the mover as that user: it must reach the volume directories.
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let standin = common::standin::run(
+        ns.client.clone(),
+        ns.name.clone(),
+        tmp.path().join("standin"),
+    );
+    let sts: k8s_openapi::api::apps::v1::StatefulSet = serde_json::from_value(json!({
+        "metadata": {"name": "app"},
+        "spec": {"replicas": 1, "serviceName": "app", "selector": {"matchLabels": {"app": "app"}},
+                 "template": {"metadata": {"labels": {"app": "app"}},
+                              "spec": {"securityContext": {"runAsUser": NOBODY, "runAsGroup": NOBODY,
+                                                           "fsGroup": NOBODY},
+                                       "containers": [{"name": "app", "image": "app:1",
+                                  "volumeMounts": [{"name": "data", "mountPath": "/data"}]}]}},
+                 "volumeClaimTemplates": [
+                     {"metadata": {"name": "data"}, "spec": {"accessModes": ["ReadWriteOnce"],
+                      "storageClassName": common::standin::CLASS, "resources": {"requests": {"storage": "1Gi"}}}}]}
+    }))
+    .unwrap();
+    ns.api::<k8s_openapi::api::apps::v1::StatefulSet>()
+        .create(&PostParams::default(), &sts)
+        .await
+        .unwrap();
+    // The pod must exist for lifeboat to see who uses the claim.
+    eventually("pod app-0", Duration::from_secs(60), || async {
+        ns.api::<Pod>().get_opt("app-0").await.ok().flatten()
+    })
+    .await;
+    let data = dir_of(&ns, "data-app-0").await;
+    std::fs::create_dir_all(data.join("db")).unwrap();
+    for i in 0..20 {
+        std::fs::write(data.join(format!("db/t{i}")), format!("row {i}\n")).unwrap();
+    }
+    std::fs::write(data.join("db/key"), b"only the app reads this").unwrap();
+    std::fs::set_permissions(data.join("db/key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    for p in std::iter::once(data.clone())
+        .chain(std::iter::once(data.join("db")))
+        .chain(
+            std::fs::read_dir(data.join("db"))
+                .unwrap()
+                .map(|e| e.unwrap().path()),
+        )
+    {
+        chown(&p, Some(NOBODY), Some(NOBODY)).unwrap();
+    }
+    let lb = Lifeboat::new()
+        .env(
+            "LIFEBOAT_REPO",
+            &format!("file://{}", tmp.path().join("repo").display()),
+        )
+        .env("LIFEBOAT_PASSWORD", "volume-test");
+    lb.run(&["repo", "init"]).success();
+    let backup = || {
+        let r = lb.run(&[
+            "backup",
+            "create",
+            "-n",
+            &ns.name,
+            "--snapshot-volumes",
+            "-o",
+            "json",
+        ]);
+        r.success();
+        let j = r.json();
+        assert_eq!(j["volumes"].as_array().map(Vec::len), Some(1), "{j:#}");
+        (j["volumes"][0]["files"].as_u64().unwrap(), r)
+    };
+    let (files, _) = backup();
+    assert_eq!(files, 21);
+    assert_eq!(mover_users(&ns).await, vec![NOBODY as i64]);
+
+    // A root-only file: the non-root read fails, the root read gets everything.
+    std::fs::write(data.join("db/root-only"), b"written by a root init step").unwrap();
+    std::fs::set_permissions(
+        data.join("db/root-only"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    let (files, r) = backup();
+    assert_eq!(files, 22);
+    assert!(r.stderr().contains("reading as root"), "{}", r.stderr());
+    assert_eq!(
+        mover_users(&ns).await,
+        vec![0, NOBODY as i64, NOBODY as i64]
+    );
+    assert!(
+        leftovers(&ns.client, &ns.name).await.is_empty(),
+        "{:?}",
+        leftovers(&ns.client, &ns.name).await
+    );
+    standin.abort();
+    ns.cleanup().await;
+}

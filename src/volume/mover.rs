@@ -29,6 +29,24 @@ pub struct MoverOptions {
     pub deadline: Duration,
     /// How long to wait for the pod to run.
     pub start_timeout: Duration,
+    pub run_as: RunAs,
+}
+
+/// The user a mover's process runs as.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum RunAs {
+    /// uid 0 with only the capabilities its direction needs: reading files of any owner
+    /// (backup), or writing them back with their owners and modes (restore).
+    #[default]
+    Root,
+    /// A non-root user and no capabilities at all: the identity of the workload that uses the
+    /// volume, which can read what that workload wrote.
+    User {
+        uid: i64,
+        gid: Option<i64>,
+        fs_group: Option<i64>,
+        supplemental_groups: Vec<i64>,
+    },
 }
 
 impl Default for MoverOptions {
@@ -37,6 +55,7 @@ impl Default for MoverOptions {
             image: DEFAULT_IMAGE.into(),
             deadline: Duration::from_secs(6 * 3600),
             start_timeout: Duration::from_secs(120),
+            run_as: RunAs::Root,
         }
     }
 }
@@ -91,17 +110,59 @@ pub fn pod_manifest(
                 "volumeMounts": [{"name": "data", "mountPath": MOUNT, "readOnly": read_only}],
                 "resources": {"requests": {"cpu": "100m", "memory": "64Mi"},
                               "limits": {"cpu": "1", "memory": "256Mi"}},
-                "securityContext": {
-                    "allowPrivilegeEscalation": false,
-                    "readOnlyRootFilesystem": true,
-                    "runAsUser": 0,
-                    "capabilities": {"drop": ["ALL"], "add": caps},
-                },
+                "securityContext": container_security(&opts.run_as, caps),
             }],
+            "securityContext": pod_security(&opts.run_as),
             "volumes": [{"name": "data",
                          "persistentVolumeClaim": {"claimName": pvc, "readOnly": read_only}}],
         }
     })
+}
+
+fn container_security(run_as: &RunAs, root_caps: &[&str]) -> serde_json::Value {
+    match run_as {
+        RunAs::Root => json!({
+            "allowPrivilegeEscalation": false,
+            "readOnlyRootFilesystem": true,
+            "runAsUser": 0,
+            "capabilities": {"drop": ["ALL"], "add": root_caps},
+        }),
+        RunAs::User { uid, gid, .. } => {
+            let mut c = json!({
+                "allowPrivilegeEscalation": false,
+                "readOnlyRootFilesystem": true,
+                "runAsNonRoot": true,
+                "runAsUser": uid,
+                "capabilities": {"drop": ["ALL"]},
+            });
+            if let Some(g) = gid {
+                c["runAsGroup"] = json!(g);
+            }
+            c
+        }
+    }
+}
+
+fn pod_security(run_as: &RunAs) -> serde_json::Value {
+    match run_as {
+        RunAs::Root => json!({}),
+        RunAs::User {
+            fs_group,
+            supplemental_groups,
+            ..
+        } => {
+            let mut p = json!({});
+            if let Some(g) = fs_group {
+                p["fsGroup"] = json!(g);
+                // The temporary claim is a copy: change ownership only when its root differs.
+                p["fsGroupChangePolicy"] = json!("OnRootMismatch");
+            }
+            if !supplemental_groups.is_empty() {
+                p["supplementalGroups"] = json!(supplemental_groups);
+            }
+            p
+        }
+    }
 }
 
 /// Create a mover for `pvc` and wait until it runs. Returns the pod name. The pod is recorded

@@ -11,7 +11,7 @@ use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PostParams};
 use kube::discovery::ApiResource;
 use serde_json::{Value, json};
 
-use super::mover::{self, Direction, MoverOptions};
+use super::mover::{self, Direction, MoverOptions, RunAs};
 use super::{Counters, VolumeError};
 use crate::repo::snapshot::VolumeRecord;
 use crate::repo::{Packer, Repository};
@@ -263,6 +263,74 @@ async fn wait_ready(
     }
 }
 
+/// The non-root identity the workload using claim `pvc` runs as, from the pods that mount it
+/// (a running one preferred). Root when a mounting container runs as root or does not say
+/// (the image's own USER is not visible through the API), or when no pod mounts the claim.
+pub async fn consumer_identity(client: &kube::Client, ns: &str, pvc: &str) -> RunAs {
+    let Ok(pods) = Api::<Pod>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await
+    else {
+        return RunAs::Root;
+    };
+    let running = |p: &Pod| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.phase.as_deref())
+            .is_some_and(|ph| ph == "Running")
+    };
+    let mut mounting: Vec<&Pod> = pods
+        .items
+        .iter()
+        .filter(|p| identity_in_pod(p, pvc).is_some())
+        .collect();
+    mounting.sort_by_key(|p| !running(p));
+    mounting
+        .first()
+        .and_then(|p| identity_in_pod(p, pvc))
+        .unwrap_or_default()
+}
+
+/// `None` when `pod` does not mount claim `pvc`; otherwise the identity every container that
+/// mounts it shares (root when one runs as root, does not say, or they differ).
+pub fn identity_in_pod(pod: &Pod, pvc: &str) -> Option<RunAs> {
+    let spec = pod.spec.as_ref()?;
+    let volume = spec.volumes.as_ref()?.iter().find(|v| {
+        v.persistent_volume_claim
+            .as_ref()
+            .is_some_and(|c| c.claim_name == pvc)
+    })?;
+    let psc = spec.security_context.clone().unwrap_or_default();
+    let mut ids = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .filter(|c| {
+            c.volume_mounts
+                .iter()
+                .flatten()
+                .any(|m| m.name == volume.name)
+        })
+        .map(|c| {
+            let csc = c.security_context.clone().unwrap_or_default();
+            (
+                csc.run_as_user.or(psc.run_as_user),
+                csc.run_as_group.or(psc.run_as_group),
+            )
+        });
+    let first = ids.next();
+    let same = ids.all(|i| Some(i) == first);
+    Some(match first {
+        Some((Some(uid), gid)) if uid != 0 && same => RunAs::User {
+            uid,
+            gid,
+            fs_group: psc.fs_group,
+            supplemental_groups: psc.supplemental_groups.unwrap_or_default(),
+        },
+        _ => RunAs::Root,
+    })
+}
+
 /// Back up one claim's data. The temporary claim, mover pod and (unless kept) snapshot are
 /// deleted before returning, whatever happened.
 pub async fn backup_claim(
@@ -339,25 +407,56 @@ pub async fn backup_claim(
             .create(&PostParams::default(), &tmp)
             .await
             .map_err(kerr(format!("create a claim from VolumeSnapshot {ns}/{snap_name}")))?;
-        let pod = mover::start(
-            client,
-            &ns,
-            &tmp_name,
-            Direction::Backup,
-            &opts.mover,
-            &opts.cleanup,
-        )
-        .await?;
-        let (entries, stats) = mover::backup(
-            client,
-            &ns,
-            &pod,
-            repo.clone(),
-            packer.clone(),
-            workers,
-            opts.counters.clone(),
-        )
-        .await?;
+        let read = |run_as: RunAs| {
+            let mover_opts = MoverOptions {
+                run_as,
+                ..opts.mover.clone()
+            };
+            let (repo, packer, tmp_name) = (repo.clone(), packer.clone(), tmp_name.clone());
+            let ns = ns.clone();
+            async move {
+                let pod = mover::start(
+                    client,
+                    &ns,
+                    &tmp_name,
+                    Direction::Backup,
+                    &mover_opts,
+                    &opts.cleanup,
+                )
+                .await?;
+                let r = mover::backup(
+                    client,
+                    &ns,
+                    &pod,
+                    repo,
+                    packer,
+                    workers,
+                    opts.counters.clone(),
+                )
+                .await;
+                mover::stop(client, &ns, &pod).await;
+                r
+            }
+        };
+        // Read as the workload's own non-root user when it has one; a file that user cannot
+        // read (written by a root init container, say) needs the root reader.
+        let run_as = consumer_identity(client, &ns, &name).await;
+        let (entries, stats) = match read(run_as.clone()).await {
+            Err(e) if run_as != RunAs::Root => {
+                let uid = match &run_as {
+                    RunAs::User { uid, .. } => *uid,
+                    RunAs::Root => 0,
+                };
+                if opts.progress {
+                    eprintln!(
+                        "{ns}/{name}: reading as the workload's user {uid} failed ({e}); reading as root"
+                    );
+                }
+                tracing::warn!(pvc = %name, uid, error = %e, "non-root read failed; retrying as root");
+                read(RunAs::Root).await?
+            }
+            r => r?,
+        };
         let trees = super::store_tree(&packer, &entries).await?;
         Ok::<_, VolumeError>(VolumeRecord {
             namespace: ns.clone(),

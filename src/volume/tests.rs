@@ -244,3 +244,132 @@ fn tree_comparison_names_each_difference() {
         ["b: mode 644, was 600", "c: missing", "d: not in the backup"]
     );
 }
+
+fn pod(v: serde_json::Value) -> k8s_openapi::api::core::v1::Pod {
+    serde_json::from_value(v).unwrap()
+}
+
+#[test]
+fn the_mover_runs_as_the_workloads_non_root_user_when_every_mounting_container_agrees() {
+    use super::mover::RunAs;
+    use super::snapshots::identity_in_pod;
+    let base = |pod_sc: serde_json::Value, containers: serde_json::Value| {
+        pod(serde_json::json!({
+            "metadata": {"name": "db-0"},
+            "spec": {
+                "securityContext": pod_sc,
+                "containers": containers,
+                "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "data-db-0"}}],
+            }
+        }))
+    };
+    let mounting = |sc: serde_json::Value| {
+        serde_json::json!({"name": "c", "securityContext": sc,
+                           "volumeMounts": [{"name": "data", "mountPath": "/d"}]})
+    };
+    // Pod-level user, group, fsGroup and supplemental groups.
+    let p = base(
+        serde_json::json!({"runAsUser": 1000, "runAsGroup": 3000, "fsGroup": 2000,
+                           "supplementalGroups": [4000]}),
+        serde_json::json!([mounting(serde_json::json!({}))]),
+    );
+    assert_eq!(
+        identity_in_pod(&p, "data-db-0"),
+        Some(RunAs::User {
+            uid: 1000,
+            gid: Some(3000),
+            fs_group: Some(2000),
+            supplemental_groups: vec![4000]
+        })
+    );
+    // Not this claim: no answer at all.
+    assert_eq!(identity_in_pod(&p, "other"), None);
+    // The container's own user wins over the pod's.
+    let p = base(
+        serde_json::json!({"runAsUser": 1000}),
+        serde_json::json!([mounting(serde_json::json!({"runAsUser": 1001}))]),
+    );
+    assert!(matches!(
+        identity_in_pod(&p, "data-db-0"),
+        Some(RunAs::User {
+            uid: 1001,
+            gid: None,
+            ..
+        })
+    ));
+    // Root, unknown (the image's USER is invisible), or containers that disagree: root.
+    for (psc, containers) in [
+        (
+            serde_json::json!({"runAsUser": 0}),
+            serde_json::json!([mounting(serde_json::json!({}))]),
+        ),
+        (
+            serde_json::json!({}),
+            serde_json::json!([mounting(serde_json::json!({}))]),
+        ),
+        (
+            serde_json::json!({"runAsUser": 1000}),
+            serde_json::json!([
+                mounting(serde_json::json!({})),
+                mounting(serde_json::json!({"runAsUser": 0}))
+            ]),
+        ),
+    ] {
+        assert_eq!(
+            identity_in_pod(&base(psc.clone(), containers), "data-db-0"),
+            Some(RunAs::Root),
+            "{psc}"
+        );
+    }
+    // A container that does not mount the volume does not count.
+    let p = base(
+        serde_json::json!({"runAsUser": 1000}),
+        serde_json::json!([mounting(serde_json::json!({})),
+                           {"name": "sidecar", "securityContext": {"runAsUser": 0}}]),
+    );
+    assert!(matches!(
+        identity_in_pod(&p, "data-db-0"),
+        Some(RunAs::User { uid: 1000, .. })
+    ));
+}
+
+#[test]
+fn a_non_root_mover_has_no_capabilities_and_a_root_mover_only_what_its_direction_needs() {
+    use super::mover::{Direction, MoverOptions, RunAs, pod_manifest};
+    let user = MoverOptions {
+        run_as: RunAs::User {
+            uid: 1000,
+            gid: Some(1000),
+            fs_group: Some(2000),
+            supplemental_groups: vec![],
+        },
+        ..Default::default()
+    };
+    let m = pod_manifest("m", "ns", "pvc", Direction::Backup, &user);
+    let sc = &m["spec"]["containers"][0]["securityContext"];
+    assert_eq!(sc["runAsUser"], 1000);
+    assert_eq!(sc["runAsGroup"], 1000);
+    assert_eq!(sc["runAsNonRoot"], true);
+    assert_eq!(sc["capabilities"], serde_json::json!({"drop": ["ALL"]}));
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(m["spec"]["securityContext"]["fsGroup"], 2000);
+    assert_eq!(
+        m["spec"]["volumes"][0]["persistentVolumeClaim"]["readOnly"],
+        true
+    );
+    let root = MoverOptions::default();
+    for (dir, caps) in [
+        (Direction::Backup, serde_json::json!(["DAC_READ_SEARCH"])),
+        (
+            Direction::Restore,
+            serde_json::json!(["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID"]),
+        ),
+    ] {
+        let m = pod_manifest("m", "ns", "pvc", dir, &root);
+        let sc = &m["spec"]["containers"][0]["securityContext"];
+        assert_eq!(sc["runAsUser"], 0);
+        assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
+        assert_eq!(sc["capabilities"]["add"], caps);
+    }
+}

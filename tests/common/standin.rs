@@ -7,7 +7,8 @@
 //!   directory (a copy of the snapshot's directory when the PVC's dataSource is a VolumeSnapshot);
 //! - snapshot-controller + CSI snapshotter: a VolumeSnapshot of class [`SNAPSHOT_CLASS`] gets its
 //!   source volume's directory copied, a VolumeSnapshotContent, `readyToUse` and `restoreSize`;
-//! - the kubelet's exec: each mover pod gets a kwok `Exec` object whose working directory is its
+//! - the kubelet's exec: each mover pod gets a kwok `Exec` object (run as the pod's user and
+//!   group, as a kubelet would) whose working directory is its
 //!   volume's directory (docs/dev/kwok-exec.md).
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -344,10 +345,25 @@ async fn step(client: &kube::Client, ns: &str, base: &Path) {
         let Some(dir) = claim_dir(client, ns, &claim).await else {
             continue;
         };
+        // As a kubelet would: the container's process runs as the pod's user and group.
+        let spec = p.spec.clone().unwrap_or_default();
+        let psc = spec.security_context.unwrap_or_default();
+        let csc = spec
+            .containers
+            .first()
+            .and_then(|c| c.security_context.clone())
+            .unwrap_or_default();
+        let mut local = json!({"workDir": dir});
+        if let Some(uid) = csc.run_as_user.or(psc.run_as_user) {
+            local["securityContext"] = json!({
+                "runAsUser": uid,
+                "runAsGroup": csc.run_as_group.or(psc.run_as_group).unwrap_or(uid),
+            });
+        }
         let exec: DynamicObject = serde_json::from_value(json!({
             "apiVersion": "kwok.x-k8s.io/v1alpha1", "kind": "Exec",
             "metadata": {"name": name, "namespace": ns},
-            "spec": {"execs": [{"local": {"workDir": dir}}]}
+            "spec": {"execs": [{"local": local}]}
         }))
         .unwrap();
         let _ = execs_api.create(&PostParams::default(), &exec).await;
