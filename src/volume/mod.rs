@@ -57,6 +57,10 @@ pub enum VolumeError {
     Repo(#[from] RepoError),
     #[error("the data pipeline stopped: {0}")]
     Pipeline(String),
+    /// The stream ended before tar's end-of-archive marker: the transfer was cut short (the API
+    /// server's exec streams can end early without an error: kubernetes/kubernetes#124571).
+    #[error("the tar stream ended before its end-of-archive marker ({0})")]
+    Truncated(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -272,13 +276,11 @@ fn read_tar(
     tx: &tokio::sync::mpsc::Sender<(Slot, Piece)>,
     counters: &Counters,
 ) -> Result<(Vec<Pending>, IngestStats), VolumeError> {
-    let mut archive = tar::Archive::new(input);
     let mut out = Vec::new();
     let mut stats = IngestStats::default();
-    for entry in archive.entries().map_err(VolumeError::Tar)? {
-        let mut entry = entry.map_err(VolumeError::Tar)?;
+    for_each_entry(input, |mut entry| {
         let Some(mut fe) = entry_meta(&entry)? else {
-            continue;
+            return Ok(());
         };
         let kind = fe.kind;
         let mut slots = Vec::new();
@@ -343,8 +345,55 @@ fn read_tar(
         }
         counters.files.fetch_add(1, Ordering::Relaxed);
         out.push((fe, slots));
-    }
+        Ok(())
+    })?;
     Ok((out, stats))
+}
+
+/// Reads `inner`, remembering whether it reached its end.
+struct EofTracking<R> {
+    inner: R,
+    eof: bool,
+}
+
+impl<R: std::io::Read> std::io::Read for EofTracking<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n == 0 && !buf.is_empty() {
+            self.eof = true;
+        }
+        Ok(n)
+    }
+}
+
+/// Call `f` for each entry of the tar stream `input`. A stream that ends without the
+/// end-of-archive marker (two zero blocks) is [`VolumeError::Truncated`], even at an entry
+/// boundary, where the tar crate alone would report a clean end. After the marker the rest of
+/// the stream (record padding) is read, so the writer can finish.
+fn for_each_entry<R: std::io::Read>(
+    input: R,
+    mut f: impl FnMut(tar::Entry<'_, EofTracking<R>>) -> Result<(), VolumeError>,
+) -> Result<(), VolumeError> {
+    let mut archive = tar::Archive::new(EofTracking {
+        inner: input,
+        eof: false,
+    });
+    let result: Result<(), VolumeError> = (|| {
+        for entry in archive.entries().map_err(VolumeError::Tar)? {
+            f(entry.map_err(VolumeError::Tar)?)?;
+        }
+        Ok(())
+    })();
+    let mut rest = archive.into_inner();
+    if rest.eof {
+        return Err(VolumeError::Truncated(match result {
+            Err(e) => e.to_string(),
+            Ok(()) => "it stopped at an entry boundary".into(),
+        }));
+    }
+    result?;
+    std::io::copy(&mut rest.inner, &mut std::io::sink()).map_err(VolumeError::Tar)?;
+    Ok(())
 }
 
 /// A tar entry's metadata as a [`FileEntry`] (size 0, no content yet), or `None` for what is not
@@ -399,13 +448,10 @@ where
 {
     let (make_reader, _stop_reader_on_drop) = blocking_reader(reader);
     tokio::task::spawn_blocking(move || {
-        let input = make_reader();
-        let mut archive = tar::Archive::new(input);
         let mut out = Vec::new();
-        for entry in archive.entries().map_err(VolumeError::Tar)? {
-            let mut entry = entry.map_err(VolumeError::Tar)?;
+        for_each_entry(make_reader(), |mut entry| {
             let Some(mut fe) = entry_meta(&entry)? else {
-                continue;
+                return Ok(());
             };
             if fe.kind == EntryType::File {
                 let mut hasher = blake3::Hasher::new();
@@ -413,7 +459,8 @@ where
                 fe.hash = Some(hasher.finalize().to_hex().to_string());
             }
             out.push(fe);
-        }
+            Ok(())
+        })?;
         Ok(out)
     })
     .await

@@ -250,17 +250,44 @@ fn status_error(
     }
 }
 
+/// How many times one `tar -c` runs when its stream is cut short ([`VolumeError::Truncated`]).
+const TAR_OUT_ATTEMPTS: u32 = 3;
+
 /// Run `tar -c` in the mover and hand its stdout to `consume`; then check the exec's status.
-/// When `consume` fails the remote tar may wait forever for a reader: its status is not awaited
-/// (dropping the exec stream ends it; the pod's deadline bounds the rest).
+/// A stream cut short is read again from the start, up to [`TAR_OUT_ATTEMPTS`] times (what
+/// the first attempt stored is deduplicated by the second).
 async fn tar_out<T, F, Fut>(
     client: &kube::Client,
     ns: &str,
     pod: &str,
-    consume: F,
+    mut consume: F,
 ) -> Result<T, VolumeError>
 where
-    F: FnOnce(tokio::io::ReadHalf<tokio::io::SimplexStream>) -> Fut,
+    F: FnMut(tokio::io::ReadHalf<tokio::io::SimplexStream>) -> Fut,
+    Fut: std::future::Future<Output = Result<T, VolumeError>>,
+{
+    let mut attempt = 1;
+    loop {
+        match tar_out_once(client, ns, pod, &mut consume).await {
+            Err(VolumeError::Truncated(why)) if attempt < TAR_OUT_ATTEMPTS => {
+                tracing::warn!(pod, attempt, %why, "the tar stream was cut short; reading the volume again");
+                attempt += 1;
+            }
+            r => return r,
+        }
+    }
+}
+
+/// One `tar -c`. When `consume` fails the remote tar may wait forever for a reader: its status
+/// is not awaited long (dropping the exec stream ends it; the pod's deadline bounds the rest).
+async fn tar_out_once<T, F, Fut>(
+    client: &kube::Client,
+    ns: &str,
+    pod: &str,
+    consume: &mut F,
+) -> Result<T, VolumeError>
+where
+    F: FnMut(tokio::io::ReadHalf<tokio::io::SimplexStream>) -> Fut,
     Fut: std::future::Future<Output = Result<T, VolumeError>>,
 {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
@@ -277,7 +304,35 @@ where
     let stderr = proc.stderr().expect("stderr was requested");
     let status = proc.take_status().expect("status is taken once");
     let errors = tokio::spawn(read_all(stderr));
-    let out = consume(stdout).await?;
+    let mut status = Box::pin(status);
+    let out = match consume(stdout).await {
+        Ok(out) => out,
+        Err(e) => {
+            // A stream that ended early: the exec's own failure is the better explanation when
+            // it already has one (a stream that is still open has none yet: do not wait long).
+            let st = tokio::time::timeout(Duration::from_secs(2), status.as_mut())
+                .await
+                .ok()
+                .flatten();
+            return Err(match (st, e) {
+                (Some(s), VolumeError::Truncated(why))
+                    if s.status.as_deref() != Some("Success") =>
+                {
+                    VolumeError::Truncated(format!(
+                        "{why}; tar -c in {ns}/{pod}: {}",
+                        s.message.unwrap_or_default()
+                    ))
+                }
+                (Some(s), e) if s.status.as_deref() != Some("Success") => {
+                    VolumeError::Pipeline(format!(
+                        "tar -c in {ns}/{pod} failed ({e}): {}",
+                        s.message.unwrap_or_default()
+                    ))
+                }
+                (_, e) => e,
+            });
+        }
+    };
     let status = final_status(status).await;
     let stderr = tokio::time::timeout(STATUS_WAIT, errors)
         .await
@@ -303,7 +358,13 @@ pub async fn backup(
     counters: Arc<Counters>,
 ) -> Result<(Vec<FileEntry>, IngestStats), VolumeError> {
     tar_out(client, ns, pod, |stdout| {
-        super::ingest_tar(repo, packer, stdout, workers, counters)
+        super::ingest_tar(
+            repo.clone(),
+            packer.clone(),
+            stdout,
+            workers,
+            counters.clone(),
+        )
     })
     .await
 }

@@ -373,3 +373,46 @@ fn a_non_root_mover_has_no_capabilities_and_a_root_mover_only_what_its_direction
         assert_eq!(sc["capabilities"]["add"], caps);
     }
 }
+
+#[tokio::test]
+async fn a_stream_cut_short_is_an_error_even_at_an_entry_boundary() {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, body) in [("a.txt", &b"alpha\n"[..]), ("b.bin", &noise(5000, 1)[..])] {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(body.len() as u64);
+        h.set_mode(0o644);
+        h.set_uid(1000);
+        h.set_gid(1000);
+        h.set_mtime(1_700_000_000);
+        h.set_entry_type(tar::EntryType::Regular);
+        b.append_data(&mut h, name, body).unwrap();
+    }
+    // `into_inner` writes the end-of-archive marker: two zero blocks.
+    let whole = b.into_inner().unwrap();
+    let got = tree_of(std::io::Cursor::new(whole.clone())).await.unwrap();
+    assert_eq!(got.len(), 2);
+    // GNU tar pads to a 10240-byte record: padding after the marker is read and ignored.
+    let mut padded = whole.clone();
+    padded.resize(10240, 0);
+    assert_eq!(tree_of(std::io::Cursor::new(padded)).await.unwrap(), got);
+    for (cut, what) in [
+        (whole.len() - 1024, "at the boundary before the marker"),
+        (whole.len() - 1024 - 512 - 100, "inside the second file"),
+        (512 + 512, "after the first file"),
+    ] {
+        let r = tree_of(std::io::Cursor::new(whole[..cut].to_vec())).await;
+        assert!(matches!(r, Err(VolumeError::Truncated(_))), "{what}: {r:?}");
+        let dir = tempfile::tempdir().unwrap();
+        let repo = repo(dir.path()).await;
+        let packer = Arc::new(crate::repo::Packer::new(repo.clone()));
+        let r = ingest_tar(
+            repo,
+            packer,
+            std::io::Cursor::new(whole[..cut].to_vec()),
+            2,
+            Arc::new(Counters::default()),
+        )
+        .await;
+        assert!(matches!(r, Err(VolumeError::Truncated(_))), "{what}: {r:?}");
+    }
+}

@@ -330,7 +330,16 @@ async fn step(client: &kube::Client, ns: &str, base: &Path) {
     let lp = ListParams::default().labels("lifeboat.io/mover=true");
     for p in pods.list(&lp).await.map(|l| l.items).unwrap_or_default() {
         let name = p.metadata.name.clone().unwrap_or_default();
+        let mapped = p
+            .metadata
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key(EXEC_MAPPED));
+        if mapped || p.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
         if execs_api.get_opt(&name).await.ok().flatten().is_some() {
+            mark_mapped(&pods, &name).await;
             continue;
         }
         let Some(claim) = p
@@ -366,6 +375,41 @@ async fn step(client: &kube::Client, ns: &str, base: &Path) {
             "spec": {"execs": [{"local": local}]}
         }))
         .unwrap();
-        let _ = execs_api.create(&PostParams::default(), &exec).await;
+        if execs_api
+            .create(&PostParams::default(), &exec)
+            .await
+            .is_ok()
+        {
+            mark_mapped(&pods, &name).await;
+        }
+    }
+}
+
+/// The annotation that lets kwok run a mover pod (scripts/testenv's pod-ready-exec-mapped
+/// stage): set once an exec into the pod reaches its Exec mapping, so that the pod is never
+/// reported running before its exec works (a kubelet's exec works as soon as the container runs).
+const EXEC_MAPPED: &str = "test.lifeboat.io/exec-mapped";
+
+async fn mark_mapped(pods: &Api<Pod>, name: &str) {
+    let ap = kube::api::AttachParams::default()
+        .stdin(false)
+        .stdout(true)
+        .stderr(true);
+    for _ in 0..50 {
+        if let Ok(mut p) = pods.exec(name, ["true"], &ap).await
+            && let Some(status) = p.take_status()
+            && let Some(s) = status.await
+            && s.status.as_deref() == Some("Success")
+        {
+            let _ = pods
+                .patch(
+                    name,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"metadata": {"annotations": {EXEC_MAPPED: "true"}}})),
+                )
+                .await;
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
