@@ -920,7 +920,8 @@ async fn finish(
                 c.metadata.namespace.clone().unwrap_or_default(),
                 c.metadata.name.clone().unwrap_or_default()
             );
-            let ticker = volume_progress(label.clone(), vo.counters.clone(), vo.progress);
+            let bar =
+                crate::output::progress::VolumeBar::start(&label, vo.counters.clone(), vo.progress);
             let done = crate::volume::snapshots::backup_claim(
                 &cluster.client,
                 repo.clone(),
@@ -931,7 +932,7 @@ async fn finish(
             )
             .await
             .map_err(|e| Error::Runbook(e.to_string()));
-            ticker.abort();
+            drop(bar);
             match done? {
                 Ok(r) => {
                     let secs = started.elapsed().as_secs_f64();
@@ -1017,35 +1018,6 @@ async fn finish(
         warnings,
         repository_created: false,
         volumes: volume_summaries,
-    })
-}
-
-/// While a volume's data moves: its bytes and files on stderr every 2 s (on a terminal).
-fn volume_progress(
-    label: String,
-    counters: Arc<crate::volume::Counters>,
-    enabled: bool,
-) -> tokio::task::JoinHandle<()> {
-    use std::io::IsTerminal;
-    let on = enabled && std::io::stderr().is_terminal();
-    counters
-        .bytes
-        .store(0, std::sync::atomic::Ordering::Relaxed);
-    counters
-        .files
-        .store(0, std::sync::atomic::Ordering::Relaxed);
-    tokio::spawn(async move {
-        if !on {
-            return;
-        }
-        loop {
-            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-            eprint!(
-                "\r\x1b[2Kvolume {label}: {} files, {}",
-                counters.files.load(std::sync::atomic::Ordering::Relaxed),
-                human_bytes(counters.bytes.load(std::sync::atomic::Ordering::Relaxed))
-            );
-        }
     })
 }
 

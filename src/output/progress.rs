@@ -78,3 +78,67 @@ pub fn clear_spinner() {
         b.finish_and_clear();
     }
 }
+
+const VOLUME_TEMPLATE: &str =
+    "{spinner} volume {prefix}: {msg} files, {bytes} ({bytes_per_sec}), {elapsed}";
+
+/// One volume's data movement on a terminal: a spinner with files, bytes and rate, read from the
+/// pipeline's counters (which it resets). Nothing when `enabled` is false or stderr is not a
+/// terminal. Cleared when dropped.
+pub struct VolumeBar {
+    bar: Option<ProgressBar>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl VolumeBar {
+    pub fn start(
+        label: &str,
+        counters: std::sync::Arc<crate::volume::Counters>,
+        enabled: bool,
+    ) -> VolumeBar {
+        use std::sync::atomic::Ordering;
+        counters.bytes.store(0, Ordering::Relaxed);
+        counters.files.store(0, Ordering::Relaxed);
+        if !enabled || !std::io::stderr().is_terminal() {
+            return VolumeBar {
+                bar: None,
+                task: None,
+            };
+        }
+        let bar = ProgressBar::new_spinner()
+            .with_style(ProgressStyle::with_template(VOLUME_TEMPLATE).expect("a valid template"));
+        bar.set_prefix(label.to_string());
+        bar.enable_steady_tick(std::time::Duration::from_millis(120));
+        let b = bar.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                b.set_position(counters.bytes.load(Ordering::Relaxed));
+                b.set_message(counters.files.load(Ordering::Relaxed).to_string());
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+        });
+        VolumeBar {
+            bar: Some(bar),
+            task: Some(task),
+        }
+    }
+}
+
+impl Drop for VolumeBar {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_volume_template_is_valid() {
+        assert!(indicatif::ProgressStyle::with_template(super::VOLUME_TEMPLATE).is_ok());
+    }
+}
