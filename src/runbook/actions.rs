@@ -32,6 +32,8 @@ pub struct Ctx<'a> {
     pub files: &'a BTreeMap<String, String>,
     pub redactor: &'a Redactor,
     pub dry_run: bool,
+    /// Where a step records the temporary objects it creates (deleted on Ctrl-C).
+    pub cleanup: &'a crate::volume::snapshots::Cleanup,
 }
 
 /// What a step produced.
@@ -1262,7 +1264,7 @@ async fn backup(ctx: &Ctx<'_>, b: &BackupAction) -> R<Outcome> {
                 keep_snapshots: false,
                 snapshot_timeout: Duration::from_secs(600),
                 mover: Default::default(),
-                cleanup: Default::default(),
+                cleanup: ctx.cleanup.clone(),
                 counters: Default::default(),
                 progress: false,
             }),

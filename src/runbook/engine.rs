@@ -109,6 +109,9 @@ pub struct Runner<'a> {
     pub force: bool,
     pub dry_run: bool,
     pub quiet: bool,
+    /// Temporary volume objects of a `backup` step in flight, deleted when the run is
+    /// interrupted.
+    pub cleanup: crate::volume::snapshots::Cleanup,
 }
 
 pub struct Progress<'a> {
@@ -145,6 +148,7 @@ impl Runner<'_> {
             files: &self.plan.runbook.files,
             redactor: &self.redactor,
             dry_run,
+            cleanup: &self.cleanup,
         }
     }
 

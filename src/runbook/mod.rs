@@ -580,7 +580,9 @@ async fn exec_with_lease(
         force: opts.force,
         dry_run: opts.dry_run,
         quiet: opts.quiet,
+        cleanup: Default::default(),
     };
+    let volume_cleanup = runner.cleanup.clone();
     let replay = journal::replay(&records);
     let mut progress = Progress {
         journal: journal.as_mut(),
@@ -614,6 +616,10 @@ async fn exec_with_lease(
     let status = match result {
         Ok(s) => s,
         Err(Error::Interrupted) => {
+            // A backup step's temporary snapshot, claim and mover pod.
+            for f in volume_cleanup.run(&env.cluster.client).await {
+                eprintln!("warning: could not delete {f}");
+            }
             // The step in flight has an intent and no result: `resume` treats it as in doubt.
             if let Some(j) = journal.as_mut() {
                 let _ = j.append(

@@ -183,6 +183,7 @@ pub async fn make(input: PlanInput<'_>) -> Result<(Plan, Vec<String>), Error> {
                     files: &files,
                     redactor: &redactor,
                     dry_run: true,
+                    cleanup: &Default::default(),
                 };
                 match actions::preview(&ctx, &action).await {
                     Ok(p) => p,
