@@ -328,6 +328,18 @@ async fn leftovers(client: &kube::Client, ns: &str) -> Vec<String> {
     out
 }
 
+/// lifeboat with a new local repository in `dir`.
+fn lifeboat_with_repo(dir: &Path) -> Lifeboat {
+    let lb = Lifeboat::new()
+        .env(
+            "LIFEBOAT_REPO",
+            &format!("file://{}", dir.join("repo").display()),
+        )
+        .env("LIFEBOAT_PASSWORD", "volume-test");
+    lb.run(&["repo", "init"]).success();
+    lb
+}
+
 async fn statefulset(ns: &TestNs) {
     let sts: k8s_openapi::api::apps::v1::StatefulSet = serde_json::from_value(json!({
         "metadata": {"name": "db"},
@@ -377,13 +389,7 @@ async fn volumes_back_up_restore_byte_identical_deduplicate_and_drills_catch_dam
     let want_data = snapshot_of(&data);
     let want_logs = snapshot_of(&logs);
 
-    let lb = Lifeboat::new()
-        .env(
-            "LIFEBOAT_REPO",
-            &format!("file://{}", tmp.path().join("repo").display()),
-        )
-        .env("LIFEBOAT_PASSWORD", "volume-test");
-    lb.run(&["repo", "init"]).success();
+    let lb = lifeboat_with_repo(tmp.path());
     let r = lb.run(&[
         "backup",
         "create",
@@ -558,13 +564,7 @@ async fn ctrl_c_during_data_movement_cleans_up_and_lists_no_backup() {
     statefulset(&ns).await;
     let data = dir_of(&ns, "data-db-0").await;
     fill(&data, &noise(300 << 20, 11));
-    let lb = Lifeboat::new()
-        .env(
-            "LIFEBOAT_REPO",
-            &format!("file://{}", tmp.path().join("repo").display()),
-        )
-        .env("LIFEBOAT_PASSWORD", "volume-test");
-    lb.run(&["repo", "init"]).success();
+    let lb = lifeboat_with_repo(tmp.path());
     let mut child = lb.spawn(&["backup", "create", "-n", &ns.name, "--snapshot-volumes"]);
     // Wait for the data movement: a mover pod exists.
     eventually("a mover pod", Duration::from_secs(60), || async {
@@ -691,13 +691,7 @@ async fn volumes_are_read_as_the_workloads_user_and_as_root_only_when_it_must() 
     {
         chown(&p, Some(NOBODY), Some(NOBODY)).unwrap();
     }
-    let lb = Lifeboat::new()
-        .env(
-            "LIFEBOAT_REPO",
-            &format!("file://{}", tmp.path().join("repo").display()),
-        )
-        .env("LIFEBOAT_PASSWORD", "volume-test");
-    lb.run(&["repo", "init"]).success();
+    let lb = lifeboat_with_repo(tmp.path());
     let backup = || {
         let r = lb.run(&[
             "backup",
