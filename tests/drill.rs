@@ -606,7 +606,8 @@ async fn interrupted_drills_clean_up_and_gc_removes_what_a_kill_left() {
     f.ns.cleanup().await;
 }
 
-#[tokio::test]
+// Multi-threaded: the storage stand-in runs as a task while the test waits for lifeboat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cronjob_manifests_apply_and_their_rbac_is_enough_and_no_more() {
     if env().external {
         eprintln!(
@@ -784,6 +785,53 @@ async fn cronjob_manifests_apply_and_their_rbac_is_enough_and_no_more() {
         Ok(_) => panic!("the drill identity minted a token outside drill namespaces"),
         Err(e) => panic!("{e}"),
     }
+
+    // Volume data drills with the same identity: it creates the claims and mover pods in the
+    // scratch namespace and execs into them.
+    common::standin::install(&client).await;
+    let standin = common::standin::run(
+        client.clone(),
+        f.ns.name.clone(),
+        f.repo_dir.with_file_name("standin"),
+    );
+    let pvc: k8s_openapi::api::core::v1::PersistentVolumeClaim = obj(json!({
+        "metadata": {"name": "files"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": common::standin::CLASS,
+                 "resources": {"requests": {"storage": "1Gi"}}}
+    }));
+    f.ns.api()
+        .create(&PostParams::default(), &pvc)
+        .await
+        .unwrap();
+    let dir = eventually("claim files bound", Duration::from_secs(60), || async {
+        common::standin::claim_dir(&client, &f.ns.name, "files").await
+    })
+    .await;
+    std::fs::create_dir_all(dir.join("a/b")).unwrap();
+    std::fs::write(dir.join("a/b/report.csv"), "x,y\n1,2\n").unwrap();
+    f.lb.run(&["backup", "create", "-n", &f.ns.name, "--snapshot-volumes"])
+        .success();
+    let r = f.lb.run(&[
+        "--kubeconfig",
+        kc.to_str().unwrap(),
+        "drill",
+        "run",
+        "-n",
+        &f.ns.name,
+        "--timeout",
+        "90s",
+        "-o",
+        "json",
+    ]);
+    r.code_is(0);
+    let checks = r.json()["checks"].as_array().unwrap().clone();
+    assert!(
+        checks
+            .iter()
+            .any(|c| c["name"] == "volume-data/files" && c["status"] == "pass"),
+        "{checks:#?}"
+    );
+    standin.abort();
 
     // Remove the cluster-wide pieces.
     for (g, v, k, n) in [
