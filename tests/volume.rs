@@ -733,3 +733,75 @@ async fn volumes_are_read_as_the_workloads_user_and_as_root_only_when_it_must() 
     standin.abort();
     ns.cleanup().await;
 }
+
+/// Ctrl-C while a runbook's `backup` step moves volume data: the run stops with 130 and the
+/// step's temporary snapshot, claim and mover pod are deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_in_a_runbook_backup_step_cleans_up_its_volume_objects() {
+    let ns = TestNs::new("vol-rb").await;
+    common::standin::install(&ns.client).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let standin = common::standin::run(
+        ns.client.clone(),
+        ns.name.clone(),
+        tmp.path().join("standin"),
+    );
+    statefulset(&ns).await;
+    let data = dir_of(&ns, "data-db-0").await;
+    fill(&data, &noise(300 << 20, 12));
+    let lb = lifeboat_with_repo(tmp.path());
+    let rb = tmp.path().join("rb.yaml");
+    std::fs::write(
+        &rb,
+        format!(
+            "apiVersion: lifeboat.io/v1\nkind: Runbook\nmetadata: {{name: vol-backup}}\nsteps:\n  - id: backup\n    backup: {{namespaces: [{}], snapshotVolumes: true}}\n",
+            ns.name
+        ),
+    )
+    .unwrap();
+    let plan = tmp.path().join("plan.yaml");
+    lb.run(&[
+        "runbook",
+        "plan",
+        rb.to_str().unwrap(),
+        "-f",
+        plan.to_str().unwrap(),
+    ])
+    .success();
+    let mut child = lb.spawn(&[
+        "runbook",
+        "run",
+        plan.to_str().unwrap(),
+        "--yes",
+        "--lease-namespace",
+        &ns.name,
+    ]);
+    eventually("a mover pod", Duration::from_secs(60), || async {
+        let pods = Api::<Pod>::namespaced(ns.client.clone(), &ns.name)
+            .list(&ListParams::default().labels("lifeboat.io/mover=true"))
+            .await
+            .ok()?;
+        (!pods.items.is_empty()).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the runbook finished before the signal"
+    );
+    std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(
+        common::wait_bounded(&mut child, "runbook run (SIGINT)").code(),
+        Some(130)
+    );
+    assert!(
+        leftovers(&ns.client, &ns.name).await.is_empty(),
+        "{:?}",
+        leftovers(&ns.client, &ns.name).await
+    );
+    standin.abort();
+    ns.cleanup().await;
+}
