@@ -328,6 +328,37 @@ async fn leftovers(client: &kube::Client, ns: &str) -> Vec<String> {
     out
 }
 
+/// Once `child` moves volume data (a mover pod exists), SIGINT it: it must exit 130 and leave no
+/// temporary object behind.
+async fn interrupt_during_data_movement(ns: &TestNs, child: &mut std::process::Child, what: &str) {
+    eventually("a mover pod", Duration::from_secs(60), || async {
+        let pods = Api::<Pod>::namespaced(ns.client.clone(), &ns.name)
+            .list(&ListParams::default().labels("lifeboat.io/mover=true"))
+            .await
+            .ok()?;
+        (!pods.items.is_empty()).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "`{what}` finished before the signal"
+    );
+    std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(
+        common::wait_bounded(child, &format!("{what} (SIGINT)")).code(),
+        Some(130)
+    );
+    assert!(
+        leftovers(&ns.client, &ns.name).await.is_empty(),
+        "{:?}",
+        leftovers(&ns.client, &ns.name).await
+    );
+}
+
 /// lifeboat with a new local repository in `dir`.
 fn lifeboat_with_repo(dir: &Path) -> Lifeboat {
     let lb = Lifeboat::new()
@@ -566,33 +597,7 @@ async fn ctrl_c_during_data_movement_cleans_up_and_lists_no_backup() {
     fill(&data, &noise(300 << 20, 11));
     let lb = lifeboat_with_repo(tmp.path());
     let mut child = lb.spawn(&["backup", "create", "-n", &ns.name, "--snapshot-volumes"]);
-    // Wait for the data movement: a mover pod exists.
-    eventually("a mover pod", Duration::from_secs(60), || async {
-        let pods = Api::<Pod>::namespaced(ns.client.clone(), &ns.name)
-            .list(&ListParams::default().labels("lifeboat.io/mover=true"))
-            .await
-            .ok()?;
-        (!pods.items.is_empty()).then_some(())
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(
-        child.try_wait().unwrap().is_none(),
-        "the backup finished before the signal"
-    );
-    std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert_eq!(
-        common::wait_bounded(&mut child, "backup create --snapshot-volumes (SIGINT)").code(),
-        Some(130)
-    );
-    assert!(
-        leftovers(&ns.client, &ns.name).await.is_empty(),
-        "{:?}",
-        leftovers(&ns.client, &ns.name).await
-    );
+    interrupt_during_data_movement(&ns, &mut child, "backup create --snapshot-volumes").await;
     let list = lb.run(&["backup", "list", "-o", "json"]);
     list.success();
     assert_eq!(
@@ -776,32 +781,7 @@ async fn ctrl_c_in_a_runbook_backup_step_cleans_up_its_volume_objects() {
         "--lease-namespace",
         &ns.name,
     ]);
-    eventually("a mover pod", Duration::from_secs(60), || async {
-        let pods = Api::<Pod>::namespaced(ns.client.clone(), &ns.name)
-            .list(&ListParams::default().labels("lifeboat.io/mover=true"))
-            .await
-            .ok()?;
-        (!pods.items.is_empty()).then_some(())
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(
-        child.try_wait().unwrap().is_none(),
-        "the runbook finished before the signal"
-    );
-    std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert_eq!(
-        common::wait_bounded(&mut child, "runbook run (SIGINT)").code(),
-        Some(130)
-    );
-    assert!(
-        leftovers(&ns.client, &ns.name).await.is_empty(),
-        "{:?}",
-        leftovers(&ns.client, &ns.name).await
-    );
+    interrupt_during_data_movement(&ns, &mut child, "runbook run").await;
     standin.abort();
     ns.cleanup().await;
 }
