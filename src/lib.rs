@@ -95,9 +95,8 @@ pub async fn run(cli: Cli, settings: Settings) -> Result<Exit, Error> {
             backup_command(c, &cli.global, &settings).await
         }
         Command::Backup(c) => interruptible(backup_command(c, &cli.global, &settings)).await,
-        Command::Restore(args) => {
-            interruptible(restore_command(args, &cli.global, &settings)).await
-        }
+        // So does `restore`: the mover pods filling volumes are removed first.
+        Command::Restore(args) => restore_command(args, &cli.global, &settings).await,
         Command::Preflight(args) => {
             let opts = args.options();
             let report = preflight::preflight(&opts, &settings.cluster_options()).await?;

@@ -785,3 +785,44 @@ async fn ctrl_c_in_a_runbook_backup_step_cleans_up_its_volume_objects() {
     standin.abort();
     ns.cleanup().await;
 }
+
+/// Ctrl-C while a restore fills a volume: exit 130 and its mover pod is deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_during_a_volume_restore_deletes_its_mover() {
+    let ns = TestNs::new("vol-rctrlc").await;
+    common::standin::install(&ns.client).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let standin = common::standin::run(
+        ns.client.clone(),
+        ns.name.clone(),
+        tmp.path().join("standin"),
+    );
+    statefulset(&ns).await;
+    let data = dir_of(&ns, "data-db-0").await;
+    fill(&data, &noise(200 << 20, 13));
+    let lb = lifeboat_with_repo(tmp.path());
+    lb.run(&["backup", "create", "-n", &ns.name, "--snapshot-volumes"])
+        .success();
+    let namespaces = Api::<k8s_openapi::api::core::v1::Namespace>::all(ns.client.clone());
+    namespaces
+        .delete(&ns.name, &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(
+        "the namespace to be gone",
+        Duration::from_secs(90),
+        || async {
+            namespaces
+                .get_opt(&ns.name)
+                .await
+                .unwrap()
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+    let mut child = lb.spawn(&["restore", "latest", "-n", &ns.name]);
+    interrupt_during_data_movement(&ns, &mut child, "restore").await;
+    standin.abort();
+    ns.cleanup().await;
+}
