@@ -714,6 +714,20 @@ async fn cronjob_manifests_apply_and_their_rbac_is_enough_and_no_more() {
         "contexts": [{"name": "sa", "context": {"cluster": cluster.name, "user": "sa"}}], "current-context": "sa"
     })).unwrap()).unwrap();
     let sa_client = common::client_for(&kc).await;
+    let drill_as_the_cronjob = || {
+        f.lb.run(&[
+            "--kubeconfig",
+            kc.to_str().unwrap(),
+            "drill",
+            "run",
+            "-n",
+            &f.ns.name,
+            "--timeout",
+            "90s",
+            "-o",
+            "json",
+        ])
+    };
     // Admission policies become effective asynchronously.
     let victim = unique("lbt-not-a-drill");
     let nss: Api<Namespace> = Api::all(client.clone());
@@ -746,18 +760,7 @@ async fn cronjob_manifests_apply_and_their_rbac_is_enough_and_no_more() {
     )
     .await;
 
-    let r = f.lb.run(&[
-        "--kubeconfig",
-        kc.to_str().unwrap(),
-        "drill",
-        "run",
-        "-n",
-        &f.ns.name,
-        "--timeout",
-        "90s",
-        "-o",
-        "json",
-    ]);
+    let r = drill_as_the_cronjob();
     r.code_is(0);
     assert_eq!(r.json()["passed"], true);
     // The same identity may not delete a namespace that is not a drill namespace.
@@ -811,18 +814,7 @@ async fn cronjob_manifests_apply_and_their_rbac_is_enough_and_no_more() {
     std::fs::write(dir.join("a/b/report.csv"), "x,y\n1,2\n").unwrap();
     f.lb.run(&["backup", "create", "-n", &f.ns.name, "--snapshot-volumes"])
         .success();
-    let r = f.lb.run(&[
-        "--kubeconfig",
-        kc.to_str().unwrap(),
-        "drill",
-        "run",
-        "-n",
-        &f.ns.name,
-        "--timeout",
-        "90s",
-        "-o",
-        "json",
-    ]);
+    let r = drill_as_the_cronjob();
     r.code_is(0);
     let checks = r.json()["checks"].as_array().unwrap().clone();
     assert!(

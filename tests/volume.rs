@@ -359,6 +359,28 @@ async fn interrupt_during_data_movement(ns: &TestNs, child: &mut std::process::C
     );
 }
 
+/// A namespace served by the storage stand-in (running under the returned temporary directory)
+/// with the `db` StatefulSet, its data volume filled with `size` bytes of noise and the usual
+/// small files.
+async fn noisy_statefulset(
+    prefix: &str,
+    size: usize,
+    seed: u64,
+) -> (TestNs, tempfile::TempDir, tokio::task::JoinHandle<()>) {
+    let ns = TestNs::new(prefix).await;
+    common::standin::install(&ns.client).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let standin = common::standin::run(
+        ns.client.clone(),
+        ns.name.clone(),
+        tmp.path().join("standin"),
+    );
+    statefulset(&ns).await;
+    let data = dir_of(&ns, "data-db-0").await;
+    fill(&data, &noise(size, seed));
+    (ns, tmp, standin)
+}
+
 /// lifeboat with a new local repository in `dir`.
 fn lifeboat_with_repo(dir: &Path) -> Lifeboat {
     let lb = Lifeboat::new()
@@ -584,17 +606,7 @@ async fn volumes_back_up_restore_byte_identical_deduplicate_and_drills_catch_dam
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctrl_c_during_data_movement_cleans_up_and_lists_no_backup() {
-    let ns = TestNs::new("vol-ctrlc").await;
-    common::standin::install(&ns.client).await;
-    let tmp = tempfile::tempdir().unwrap();
-    let standin = common::standin::run(
-        ns.client.clone(),
-        ns.name.clone(),
-        tmp.path().join("standin"),
-    );
-    statefulset(&ns).await;
-    let data = dir_of(&ns, "data-db-0").await;
-    fill(&data, &noise(300 << 20, 11));
+    let (ns, tmp, standin) = noisy_statefulset("vol-ctrlc", 300 << 20, 11).await;
     let lb = lifeboat_with_repo(tmp.path());
     let mut child = lb.spawn(&["backup", "create", "-n", &ns.name, "--snapshot-volumes"]);
     interrupt_during_data_movement(&ns, &mut child, "backup create --snapshot-volumes").await;
@@ -743,17 +755,7 @@ async fn volumes_are_read_as_the_workloads_user_and_as_root_only_when_it_must() 
 /// step's temporary snapshot, claim and mover pod are deleted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctrl_c_in_a_runbook_backup_step_cleans_up_its_volume_objects() {
-    let ns = TestNs::new("vol-rb").await;
-    common::standin::install(&ns.client).await;
-    let tmp = tempfile::tempdir().unwrap();
-    let standin = common::standin::run(
-        ns.client.clone(),
-        ns.name.clone(),
-        tmp.path().join("standin"),
-    );
-    statefulset(&ns).await;
-    let data = dir_of(&ns, "data-db-0").await;
-    fill(&data, &noise(300 << 20, 12));
+    let (ns, tmp, standin) = noisy_statefulset("vol-rb", 300 << 20, 12).await;
     let lb = lifeboat_with_repo(tmp.path());
     let rb = tmp.path().join("rb.yaml");
     std::fs::write(
@@ -789,17 +791,7 @@ async fn ctrl_c_in_a_runbook_backup_step_cleans_up_its_volume_objects() {
 /// Ctrl-C while a restore fills a volume: exit 130 and its mover pod is deleted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctrl_c_during_a_volume_restore_deletes_its_mover() {
-    let ns = TestNs::new("vol-rctrlc").await;
-    common::standin::install(&ns.client).await;
-    let tmp = tempfile::tempdir().unwrap();
-    let standin = common::standin::run(
-        ns.client.clone(),
-        ns.name.clone(),
-        tmp.path().join("standin"),
-    );
-    statefulset(&ns).await;
-    let data = dir_of(&ns, "data-db-0").await;
-    fill(&data, &noise(200 << 20, 13));
+    let (ns, tmp, standin) = noisy_statefulset("vol-rctrlc", 200 << 20, 13).await;
     let lb = lifeboat_with_repo(tmp.path());
     lb.run(&["backup", "create", "-n", &ns.name, "--snapshot-volumes"])
         .success();
