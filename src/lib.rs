@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod config;
 pub mod drill;
 pub mod error;
+pub mod faults;
 pub mod logging;
 pub mod output;
 pub mod preflight;
@@ -105,6 +106,48 @@ pub async fn run(cli: Cli, settings: Settings) -> Result<Exit, Error> {
         }
         Command::Runbook(c) => runbook_command(c, &cli.global, &settings).await,
         Command::Drill(c) => drill_command(c, &cli.global, &settings).await,
+        Command::Repo(RepoCommand::Check {
+            read_data,
+            read_data_subset,
+        }) => {
+            let repo = repo::access::open(&settings.repo_options(&cli.global)).await?;
+            let lock = repo::lock::Lock::acquire(repo.clone(), false, "check").await?;
+            let report = backup::check::check(
+                &repo,
+                backup::check::CheckOptions {
+                    read_data,
+                    read_data_subset,
+                },
+            )
+            .await;
+            let _ = lock.release().await;
+            let report = report?;
+            output::emit(out, &report)?;
+            Ok(if report.ok {
+                Exit::Success
+            } else {
+                Exit::Findings
+            })
+        }
+        Command::Repo(RepoCommand::Repair { what, dry_run }) => {
+            let repo = repo::access::open(&settings.repo_options(&cli.global)).await?;
+            match what {
+                cli::RepairTarget::Index => {
+                    let r = backup::check::repair_index(repo, dry_run).await?;
+                    output::emit(out, &r)?;
+                    Ok(if r.damaged_packs.is_empty() {
+                        Exit::Success
+                    } else {
+                        Exit::Findings
+                    })
+                }
+                cli::RepairTarget::Snapshots => {
+                    let r = backup::check::repair_snapshots(repo, dry_run).await?;
+                    output::emit(out, &r)?;
+                    Ok(Exit::Success)
+                }
+            }
+        }
         Command::Repo(RepoCommand::Init) => {
             let opts = settings.repo_options(&cli.global);
             let r = repo::access::init(&opts, repo::crypto::KdfParams::DEFAULT).await?;
@@ -358,10 +401,14 @@ async fn backup_command(
                         cluster.client.apiserver_version().await.map_err(|source| {
                             crate::error::cluster_error(&cluster.server, source)
                         })?;
-                        Ok((
-                            repo::access::init(&ropts, repo::crypto::KdfParams::DEFAULT).await?,
-                            true,
-                        ))
+                        match repo::access::init(&ropts, repo::crypto::KdfParams::DEFAULT).await {
+                            Ok(r) => Ok((r, true)),
+                            // Another first backup created it a moment ago: use that one.
+                            Err(Error::Repo(repo::RepoError::AlreadyInitialized { .. })) => {
+                                repo::access::open(&ropts).await.map(|r| (r, false))
+                            }
+                            Err(e) => Err(e),
+                        }
                     }
                     other => other.map(|r| (r, false)),
                 }
@@ -410,7 +457,10 @@ async fn backup_command(
         }
         BackupCommand::Verify { id, read_data } => {
             let repo = repo::access::open(&ropts).await?;
-            let report = backup::manage::verify(&repo, &id, read_data).await?;
+            let lock = repo::lock::Lock::acquire(repo.clone(), false, "verify").await?;
+            let report = backup::manage::verify(&repo, &id, read_data).await;
+            let _ = lock.release().await;
+            let report = report?;
             output::emit(out, &report)?;
             Ok(if report.ok {
                 Exit::Success
@@ -426,19 +476,28 @@ async fn backup_command(
         BackupCommand::Prune(a) => {
             let repo = repo::access::open(&ropts).await?;
             let n = |v: Option<u32>| v.map(|v| v as usize);
-            let r = backup::manage::Retention {
-                last: n(a.keep_last),
-                hourly: n(a.keep_hourly),
-                daily: n(a.keep_daily),
-                weekly: n(a.keep_weekly),
-                monthly: n(a.keep_monthly),
+            let opts = backup::manage::PruneOptions {
+                retention: backup::manage::Retention {
+                    last: n(a.keep_last),
+                    hourly: n(a.keep_hourly),
+                    daily: n(a.keep_daily),
+                    weekly: n(a.keep_weekly),
+                    monthly: n(a.keep_monthly),
+                    keep_tags: a.keep_tags.clone(),
+                },
+                group_by: backup::manage::GroupBy::parse(&a.group_by).map_err(Error::Usage)?,
+                dry_run: a.dry_run,
+                safety_margin: a.safety_margin,
             };
-            output::emit(out, &backup::manage::prune(repo, &r, a.dry_run).await?)?;
+            output::emit(out, &backup::manage::prune(repo, &opts).await?)?;
             Ok(Exit::Success)
         }
         BackupCommand::Export { id, file } => {
             let repo = repo::access::open(&ropts).await?;
-            let report = backup::manage::export(&repo, &id, &file).await?;
+            let lock = repo::lock::Lock::acquire(repo.clone(), false, "export").await?;
+            let report = backup::manage::export(&repo, &id, &file).await;
+            let _ = lock.release().await;
+            let report = report?;
             output::emit(out, &report)?;
             Ok(if report.damaged.is_empty() {
                 Exit::Success
@@ -460,6 +519,7 @@ async fn restore_command(
         .apiserver_version()
         .await
         .map_err(|source| crate::error::cluster_error(&cluster.server, source))?;
+    let mut restore_lock = None;
     let source = match (&a.from_archive, &a.backup) {
         (Some(f), _) => restore::Source::Archive {
             name: f.display().to_string(),
@@ -467,7 +527,25 @@ async fn restore_command(
         },
         (None, Some(spec)) => {
             let repo = repo::access::open(&settings.repo_options(g)).await?;
-            restore::repository_source(repo, spec).await?
+            // `latest -n shop`: the newest backup that holds shop (not whatever ran last).
+            let filter = repo::snapshot::SnapshotFilter {
+                namespaces: a.select.namespaces.clone(),
+                ..Default::default()
+            };
+            let (id, _) = match repo.find_snapshot_in(spec, &filter).await {
+                Err(repo::RepoError::NoSuchSnapshot(_))
+                    if spec == "latest" && !filter.namespaces.is_empty() =>
+                {
+                    return Err(Error::Usage(format!(
+                        "no backup holds namespace {} (it is not in backup latest or any other; see `lifeboat backup list`)",
+                        filter.namespaces.join(", ")
+                    )));
+                }
+                other => other?,
+            };
+            // Shared lock for the whole restore: no prune removes the data meanwhile.
+            restore_lock = Some(repo::lock::Lock::acquire(repo.clone(), false, "restore").await?);
+            restore::repository_source(repo, &id).await?
         }
         (None, None) => {
             return Err(Error::Usage(
@@ -504,6 +582,9 @@ async fn restore_command(
             return Err(Error::Interrupted);
         }
     };
+    if let Some(l) = restore_lock {
+        let _ = l.release().await;
+    }
     output::emit(settings.output.value, &report)?;
     Ok(if report.failed > 0 {
         Exit::Findings

@@ -419,13 +419,15 @@ impl crate::output::Render for DeleteReport {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Retention {
     pub last: Option<usize>,
     pub hourly: Option<usize>,
     pub daily: Option<usize>,
     pub weekly: Option<usize>,
     pub monthly: Option<usize>,
+    /// Backups carrying any of these tags are always kept.
+    pub keep_tags: Vec<(String, String)>,
 }
 
 impl Retention {
@@ -435,6 +437,74 @@ impl Retention {
             && self.daily.is_none()
             && self.weekly.is_none()
             && self.monthly.is_none()
+    }
+}
+
+/// What makes two backups "the same series" for retention (restic's host + paths): the policy
+/// is applied within each group, and each group keeps its own newest backup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupBy {
+    pub cluster: bool,
+    pub namespaces: bool,
+    pub tags: bool,
+}
+
+impl Default for GroupBy {
+    fn default() -> Self {
+        GroupBy {
+            cluster: true,
+            namespaces: true,
+            tags: false,
+        }
+    }
+}
+
+impl GroupBy {
+    /// `cluster,namespaces,tags` (any subset; `none` for one group).
+    pub fn parse(s: &str) -> Result<GroupBy, String> {
+        let mut g = GroupBy {
+            cluster: false,
+            namespaces: false,
+            tags: false,
+        };
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            match part {
+                "cluster" => g.cluster = true,
+                "namespaces" => g.namespaces = true,
+                "tags" => g.tags = true,
+                "none" => {}
+                other => {
+                    return Err(format!(
+                        "unknown --group-by field {other:?} (use cluster, namespaces, tags or none)"
+                    ));
+                }
+            }
+        }
+        Ok(g)
+    }
+
+    pub fn key(&self, s: &Snapshot) -> String {
+        let mut parts = Vec::new();
+        if self.cluster {
+            parts.push(format!("cluster={}", s.cluster.server));
+        }
+        if self.namespaces {
+            let mut ns = s.selectors.namespaces.clone();
+            ns.sort();
+            parts.push(format!(
+                "namespaces={}",
+                if ns.is_empty() {
+                    "(all)".to_string()
+                } else {
+                    ns.join(",")
+                }
+            ));
+        }
+        if self.tags {
+            let t: Vec<String> = s.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            parts.push(format!("tags={}", t.join(",")));
+        }
+        parts.join(" ")
     }
 }
 
@@ -473,6 +543,67 @@ pub fn keep_set(
     keep
 }
 
+/// The backups a policy removes, group by group (`snaps` newest first). In every group the
+/// newest backup and the newest one a drill verified are kept, whatever the policy.
+pub fn removals(
+    snaps_newest_first: &[(String, Snapshot)],
+    r: &Retention,
+    group_by: GroupBy,
+    verified: &HashSet<String>,
+) -> Vec<String> {
+    if r.is_empty() {
+        return Vec::new();
+    }
+    let mut groups: BTreeMap<String, Vec<(String, jiff::Timestamp)>> = BTreeMap::new();
+    let mut keep = BTreeSet::new();
+    for (id, s) in snaps_newest_first {
+        groups.entry(group_by.key(s)).or_default().push((
+            id.clone(),
+            s.time.parse().unwrap_or(jiff::Timestamp::UNIX_EPOCH),
+        ));
+        if r.keep_tags.iter().any(|(k, v)| s.tags.get(k) == Some(v)) {
+            keep.insert(id.clone());
+        }
+    }
+    for members in groups.values() {
+        keep.extend(keep_set(members, r));
+        if let Some((newest, _)) = members.first() {
+            keep.insert(newest.clone());
+        }
+        if let Some((v, _)) = members.iter().find(|(id, _)| verified.contains(id)) {
+            keep.insert(v.clone());
+        }
+    }
+    snaps_newest_first
+        .iter()
+        .filter(|(id, _)| !keep.contains(id))
+        .map(|(id, _)| id.clone())
+        .collect()
+}
+
+/// Default safety margin of prune: packs younger than this (by the store's clock) are never
+/// deleted, referenced or not.
+pub const DEFAULT_SAFETY_MARGIN: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
+
+#[derive(Debug, Clone)]
+pub struct PruneOptions {
+    pub retention: Retention,
+    pub group_by: GroupBy,
+    pub dry_run: bool,
+    pub safety_margin: std::time::Duration,
+}
+
+impl Default for PruneOptions {
+    fn default() -> Self {
+        PruneOptions {
+            retention: Retention::default(),
+            group_by: GroupBy::default(),
+            dry_run: false,
+            safety_margin: DEFAULT_SAFETY_MARGIN,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PruneReport {
@@ -481,53 +612,56 @@ pub struct PruneReport {
     pub kept_backups: usize,
     pub packs_deleted: usize,
     pub packs_kept: usize,
+    /// Unreferenced packs kept because they are younger than the safety margin (a running or
+    /// interrupted backup may still reference them).
+    pub packs_kept_young: usize,
+    pub safety_margin_seconds: u64,
     pub bytes_freed: u64,
 }
 
 /// Apply the retention policy (when given), then delete packs no remaining backup references
 /// and rewrite the index. Packs that are partly referenced are kept whole. Holds an exclusive
-/// lock, so no backup can add packs meanwhile; packs of crashed backups (never indexed) go too.
-pub async fn prune(
-    repo: Arc<Repository>,
-    retention: &Retention,
-    dry_run: bool,
-) -> Result<PruneReport, Error> {
+/// lock; independently of it, no pack younger than the safety margin is deleted (ages by the
+/// store's clock: our own lock file's time is "now"), so a clock or lock mistake cannot take
+/// a running backup's data. Refuses to run while any snapshot or index file is damaged (what
+/// they reference is unknown).
+pub async fn prune(repo: Arc<Repository>, opts: &PruneOptions) -> Result<PruneReport, Error> {
     let lock = Lock::acquire(repo.clone(), true, "prune").await?;
-    let result = prune_locked(&repo, retention, dry_run).await;
+    let result = prune_locked(&repo, &lock, opts).await;
     let _ = lock.release().await;
     result
 }
 
-async fn prune_locked(
-    repo: &Repository,
-    retention: &Retention,
-    dry_run: bool,
-) -> Result<PruneReport, Error> {
-    repo.load_index().await?;
-    let mut snaps = repo.snapshots().await?;
-    snaps.reverse(); // newest first
-    let mut removed = Vec::new();
-    if !retention.is_empty() {
-        let times: Vec<(String, jiff::Timestamp)> = snaps
-            .iter()
-            .map(|(id, s)| {
-                (
-                    id.clone(),
-                    s.time.parse().unwrap_or(jiff::Timestamp::UNIX_EPOCH),
-                )
-            })
-            .collect();
-        let mut keep = keep_set(&times, retention);
-        // Whatever the policy, the newest backup stays.
-        if let Some((newest, _)) = times.first() {
-            keep.insert(newest.clone());
-        }
-        for (id, _) in &snaps {
-            if !keep.contains(id) {
-                removed.push(id.clone());
-            }
+/// Ids of backups a drill verified (`drills/` records with a passing verdict).
+pub async fn verified_backups(repo: &Repository) -> HashSet<String> {
+    match crate::drill::verdicts(repo).await {
+        Ok(v) => v.into_iter().filter(|v| v.ok).map(|v| v.backup).collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read drill verdicts");
+            HashSet::new()
         }
     }
+}
+
+async fn prune_locked(
+    repo: &Repository,
+    lock: &Lock,
+    opts: &PruneOptions,
+) -> Result<PruneReport, Error> {
+    repo.load_index().await?;
+    let (mut snaps, damaged_snaps) = repo.snapshots_checked().await?;
+    let damaged_index = repo.damaged_index();
+    if !damaged_snaps.is_empty() || !damaged_index.is_empty() {
+        let names: Vec<String> = damaged_snaps
+            .iter()
+            .chain(damaged_index.iter())
+            .map(|d| d.key.clone())
+            .collect();
+        return Err(crate::repo::RepoError::Damaged(names.join(", ")).into());
+    }
+    snaps.reverse(); // newest first
+    let verified = verified_backups(repo).await;
+    let removed = removals(&snaps, &opts.retention, opts.group_by, &verified);
     let remaining: Vec<&(String, Snapshot)> = snaps
         .iter()
         .filter(|(id, _)| !removed.contains(id))
@@ -553,41 +687,73 @@ async fn prune_locked(
     for (b, l) in &index {
         pack_blobs.entry(l.pack).or_default().push((*b, *l));
     }
-    let stored: HashMap<String, u64> = repo
+    let stored: HashMap<String, crate::store::ObjectInfo> = repo
         .list(layout::DATA)
         .await?
         .into_iter()
-        .filter_map(|o| Some((layout::id_of(layout::DATA, &o.key)?.to_string(), o.size)))
+        .filter_map(|o| Some((layout::id_of(layout::DATA, &o.key)?.to_string(), o)))
         .collect();
+    // "Now" by the store's clock: the time it gave our own lock file.
+    let store_now = repo
+        .list(layout::LOCKS)
+        .await?
+        .into_iter()
+        .find(|o| o.key == lock.key())
+        .and_then(|o| o.modified);
+    let young = |pack: &str| -> bool {
+        let (Some(now), Some(m)) = (store_now, stored.get(pack).and_then(|o| o.modified)) else {
+            return true; // unknown age: never delete
+        };
+        let age = now.duration_since(m);
+        !age.is_positive() || age.unsigned_abs() < opts.safety_margin
+    };
     let mut keep_packs = Vec::new();
     let mut delete_packs: Vec<String> = Vec::new();
+    let mut kept_young = 0;
     for (pack, blobs) in &pack_blobs {
+        let hex = pack.to_hex();
         if blobs.iter().any(|(b, _)| used.contains(b)) {
             keep_packs.push((pack, blobs));
+        } else if !stored.contains_key(&hex) {
+            // Indexed, unreferenced and gone: drop it from the index.
+        } else if young(&hex) {
+            kept_young += 1;
+            keep_packs.push((pack, blobs));
         } else {
-            delete_packs.push(pack.to_hex());
+            delete_packs.push(hex);
         }
     }
-    // Packs on storage that no index lists: left by interrupted backups.
+    // Packs on storage that no index lists: left by interrupted backups, or being written by a
+    // running one. Only old ones go.
     let indexed: HashSet<String> = pack_blobs.keys().map(|p| p.to_hex()).collect();
     for p in stored.keys() {
         if !indexed.contains(p) {
-            delete_packs.push(p.clone());
+            if young(p) {
+                kept_young += 1;
+            } else {
+                delete_packs.push(p.clone());
+            }
         }
     }
-    let bytes_freed: u64 = delete_packs.iter().filter_map(|p| stored.get(p)).sum();
+    let bytes_freed: u64 = delete_packs
+        .iter()
+        .filter_map(|p| stored.get(p).map(|o| o.size))
+        .sum();
     let report = PruneReport {
-        dry_run,
+        dry_run: opts.dry_run,
         removed_backups: removed.clone(),
         kept_backups: remaining.len(),
         packs_deleted: delete_packs.len(),
         packs_kept: keep_packs.len(),
+        packs_kept_young: kept_young,
+        safety_margin_seconds: opts.safety_margin.as_secs(),
         bytes_freed,
     };
-    if dry_run {
+    if opts.dry_run {
         return Ok(report);
     }
     // 1. Forget snapshots. 2. Write the new index, then drop the old index files. 3. Delete packs.
+    lock.ensure_held().await?;
     for id in &removed {
         repo.delete(&layout::snapshot(id)).await?;
     }
@@ -617,9 +783,12 @@ async fn prune_locked(
     if !delete_packs.is_empty() || !removed.is_empty() || old_index_files.len() > 1 {
         let new_id = crate::repo::new_id();
         repo.write_json(&layout::index(&new_id), &new_index).await?;
+        crate::faults::point("prune.after-index");
         for id in old_index_files.keys() {
             repo.delete(&layout::index(id)).await?;
         }
+        lock.ensure_held().await?;
+        crate::faults::point("prune.before-delete");
         for p in &delete_packs {
             repo.delete(&layout::pack(p)).await?;
         }
@@ -653,7 +822,15 @@ impl crate::output::Render for PruneReport {
             self.packs_deleted,
             human_bytes(self.bytes_freed),
             self.packs_kept
-        )
+        )?;
+        if self.packs_kept_young > 0 {
+            writeln!(
+                w,
+                "kept {} unreferenced pack(s) younger than the safety margin ({}s): a running or interrupted backup may still need them",
+                self.packs_kept_young, self.safety_margin_seconds
+            )?;
+        }
+        Ok(())
     }
 }
 

@@ -24,6 +24,7 @@ use crate::repo::snapshot::{ClusterInfo, Selectors, Snapshot, TREE_ENTRIES, Tree
 use crate::repo::{BlobType, Packer, Repository, lock::Lock, new_id};
 use crate::store::layout;
 
+pub mod check;
 pub mod manage;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -674,6 +675,9 @@ where
     let opener = async move {
         let (repo, created) = repository.await?;
         let lock = Lock::acquire(repo.clone(), false, "backup").await?;
+        // The index as it is now that we hold the lock (a prune may have run since the open):
+        // deduplication must only ever point at blobs that are still there.
+        repo.load_index().await?;
         let packer = Arc::new(Packer::new(repo.clone()));
         tx.send_replace(Some(packer.clone()));
         Ok::<_, Error>((repo, created, lock, packer))
@@ -695,7 +699,17 @@ where
     };
     let result = match listed {
         Ok((shared, server_version)) => {
-            finish(repo, packer, shared, cluster, &server_version, opts, start).await
+            finish(
+                repo,
+                packer,
+                &lock,
+                shared,
+                cluster,
+                &server_version,
+                opts,
+                start,
+            )
+            .await
         }
         Err(e) => Err(e),
     };
@@ -884,16 +898,19 @@ async fn list(
 }
 
 /// Upload the last pack and the index, then the snapshot: the backup becomes visible.
+#[allow(clippy::too_many_arguments)]
 async fn finish(
     repo: Arc<Repository>,
     packer: Arc<Packer>,
+    lock: &Lock,
     shared: Arc<Shared>,
     cluster: &Cluster,
     server_version: &str,
     opts: &BackupOptions,
     start: Instant,
 ) -> Result<BackupSummary, Error> {
-    let mut stats = packer.finish().await?;
+    let mut stats = packer.finish_locked(Some(lock)).await?;
+    let mut referenced = packer.referenced().await;
     // Volume data, after the manifests (so their listing is not held up), before the snapshot.
     let mut volumes = Vec::new();
     let mut volume_summaries = Vec::new();
@@ -931,7 +948,10 @@ async fn finish(
                 workers,
             )
             .await
-            .map_err(|e| Error::Runbook(e.to_string()));
+            .map_err(|e| match e {
+                crate::volume::VolumeError::Repo(r) => Error::Repo(r),
+                other => Error::Runbook(other.to_string()),
+            });
             drop(bar);
             match done? {
                 Ok(r) => {
@@ -955,8 +975,9 @@ async fn finish(
                 Err(why) => volume_warnings.push(why),
             }
         }
-        let vs = vpacker.finish().await?;
+        let vs = vpacker.finish_locked(Some(lock)).await?;
         stats.pack_bytes += vs.pack_bytes;
+        referenced.extend(vpacker.referenced().await);
     }
     tracing::info!(
         packs = stats.packs,
@@ -1006,7 +1027,17 @@ async fn finish(
     };
     snap.duration_seconds = start.elapsed().as_secs_f64();
     snap.bytes_added += snap_size(&snap);
+    // Last checks before the backup becomes visible: every blob it references is indexed and
+    // its pack exists (as the store says now), and our lock is still ours.
+    referenced.extend(snap.trees.iter().copied());
+    for v in &snap.volumes {
+        referenced.extend(v.trees.iter().copied());
+    }
+    repo.check_references(referenced).await?;
+    crate::faults::point("backup.before-snapshot");
+    lock.ensure_held().await?;
     repo.write_json(&layout::snapshot(&id), &snap).await?;
+    crate::faults::point("backup.after-snapshot");
     Ok(BackupSummary {
         id,
         repository: repo.location(),

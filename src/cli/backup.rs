@@ -142,9 +142,36 @@ pub struct PruneArgs {
     /// … months
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub keep_monthly: Option<u32>,
+    /// Always keep backups with this tag (repeatable)
+    #[arg(long = "keep-tag", value_parser = parse_kv, value_name = "KEY=VALUE")]
+    pub keep_tags: Vec<(String, String)>,
+    /// Apply the policy within groups of backups: any of cluster, namespaces, tags (or none)
+    #[arg(long, default_value = "cluster,namespaces", value_name = "FIELDS")]
+    pub group_by: String,
+    /// Never delete packs younger than this (by the store's clock), referenced or not: a
+    /// running or interrupted backup may still need them (e.g. 6h, 30m, 0s)
+    #[arg(long, default_value = "6h", value_parser = parse_duration, value_name = "DURATION")]
+    pub safety_margin: std::time::Duration,
     /// Show what would be removed, remove nothing
     #[arg(long)]
     pub dry_run: bool,
+}
+
+/// `90s`, `30m`, `6h`, `2d` (or plain seconds).
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 90s, 30m, 6h, 2d)"))?;
+    let mult = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use s, m, h or d)")),
+    };
+    Ok(std::time::Duration::from_secs(n * mult))
 }
 
 #[derive(Debug, Subcommand)]

@@ -165,4 +165,40 @@ pub enum RepoCommand {
     /// Create a new, encrypted repository at --repo (password from LIFEBOAT_PASSWORD,
     /// --password-file, --password-command or a prompt)
     Init,
+    /// Check the whole repository: keys, index, every backup's references, pack headers; with
+    /// --read-data every pack is re-hashed. Exit 2 names each damaged object.
+    Check {
+        /// Read and re-hash every pack
+        #[arg(long)]
+        read_data: bool,
+        /// Read and re-hash this share of the packs, chosen at random (e.g. 10%)
+        #[arg(long, value_name = "N%", value_parser = parse_percent, conflicts_with = "read_data")]
+        read_data_subset: Option<f64>,
+    },
+    /// Repair the repository: `index` rebuilds the index from the pack headers; `snapshots`
+    /// rewrites backups that reference lost data without it, naming what was lost
+    Repair {
+        #[arg(value_enum)]
+        what: RepairTarget,
+        /// Say what would change, change nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum RepairTarget {
+    Index,
+    Snapshots,
+}
+
+fn parse_percent(s: &str) -> Result<f64, String> {
+    let n: f64 = s
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|_| format!("{s:?} is not a percentage (e.g. 10%)"))?;
+    if !(n > 0.0 && n <= 100.0) {
+        return Err(format!("{s:?}: give a share between 0% and 100%"));
+    }
+    Ok(n)
 }

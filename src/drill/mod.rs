@@ -188,7 +188,15 @@ pub async fn run(
     opts: &DrillOptions,
     cancel: impl std::future::Future<Output = ()>,
 ) -> Result<DrillReport, Error> {
-    let (backup_id, snap) = repo.find_snapshot(&opts.backup).await?;
+    // `latest` means the newest backup of this cluster that holds the namespaces drilled.
+    let filter = crate::repo::snapshot::SnapshotFilter {
+        cluster: Some(server.to_string()),
+        namespaces: opts.namespaces.clone(),
+        tags: Vec::new(),
+    };
+    let (backup_id, snap) = repo.find_snapshot_in(&opts.backup, &filter).await?;
+    // A shared lock: no prune can remove this backup's data while it is being restored.
+    let lock = crate::repo::lock::Lock::acquire(repo.clone(), false, "drill").await?;
     let entries = repo.snapshot_entries(&snap).await?;
     let in_backup: BTreeSet<String> = entries.iter().filter_map(|e| e.namespace.clone()).collect();
     let namespaces: Vec<String> = if opts.namespaces.is_empty() {
@@ -301,6 +309,24 @@ pub async fn run(
         }
     }
     let passed = checks.iter().all(|c| c.status != Status::Fail);
+    // The verdict goes into the repository: `backup list` shows it, and prune never removes the
+    // newest backup a drill verified.
+    if !interrupted {
+        let verdict = Verdict {
+            drill: id.clone(),
+            backup: backup_id.clone(),
+            time: crate::repo::now(),
+            ok: passed,
+            namespaces: namespaces.clone(),
+        };
+        if let Err(e) = repo
+            .write_json(&crate::store::layout::drill(&id), &verdict)
+            .await
+        {
+            tracing::warn!(error = %e, "cannot record the drill verdict in the repository");
+        }
+    }
+    let _ = lock.release().await;
     Ok(DrillReport {
         schema_version: 1,
         drill_id: id,
@@ -774,6 +800,32 @@ pub struct GcReport {
     pub dry_run: bool,
     pub deleted: Vec<String>,
     pub kept: Vec<String>,
+}
+
+/// A drill's verdict on a backup, stored sealed under `drills/<drill id>`.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Verdict {
+    pub drill: String,
+    pub backup: String,
+    pub time: String,
+    pub ok: bool,
+    pub namespaces: Vec<String>,
+}
+
+/// Every readable drill verdict (damaged ones are skipped with a warning).
+pub async fn verdicts(repo: &Repository) -> Result<Vec<Verdict>, crate::repo::RepoError> {
+    let mut out = Vec::new();
+    for f in repo.list(crate::store::layout::DRILLS).await? {
+        match repo.read_json::<Verdict>(&f.key, "drill verdict").await {
+            Ok(v) => out.push(v),
+            Err(crate::repo::RepoError::Store { source, .. }) if source.is_not_found() => {}
+            Err(e @ crate::repo::RepoError::Store { .. }) => return Err(e),
+            Err(e) => tracing::warn!(key = %f.key, error = %e, "damaged drill verdict skipped"),
+        }
+    }
+    out.sort_by(|a, b| a.time.cmp(&b.time));
+    Ok(out)
 }
 
 /// Delete scratch namespaces whose expiry has passed (left by crashed or killed drills).

@@ -4,7 +4,7 @@
 //!   blobs (so blob ids reveal nothing about content to someone without the key).
 //! - Sealed data: `nonce (24 random bytes) || ciphertext || tag (16)`.
 //! - Key files: the master key sealed with a key derived from the passphrase by argon2id.
-use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng};
+use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, ZeroizeOnDrop};
@@ -94,6 +94,16 @@ impl MasterKey {
         open_with(&self.enc, sealed)
     }
 
+    /// Seal bound to `name` (authenticated, not stored): opening it under another name fails,
+    /// so a file copied or replayed under another object key is detected.
+    pub fn seal_bound(&self, plaintext: &[u8], name: &[u8]) -> Vec<u8> {
+        seal_ad(&self.enc, plaintext, name)
+    }
+
+    pub fn open_bound(&self, sealed: &[u8], name: &[u8]) -> Result<Vec<u8>, Unauthentic> {
+        open_ad(&self.enc, sealed, name)
+    }
+
     fn to_bytes(&self) -> [u8; 64] {
         let mut b = [0u8; 64];
         b[..32].copy_from_slice(&self.enc);
@@ -116,10 +126,20 @@ impl MasterKey {
 }
 
 fn seal_with(key: &[u8; 32], plaintext: &[u8]) -> Vec<u8> {
+    seal_ad(key, plaintext, b"")
+}
+
+fn seal_ad(key: &[u8; 32], plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
     let cipher = XChaCha20Poly1305::new(key.into());
     let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
     let ct = cipher
-        .encrypt(&nonce, plaintext)
+        .encrypt(
+            &nonce,
+            Payload {
+                msg: plaintext,
+                aad,
+            },
+        )
         .expect("encryption does not fail");
     let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
     out.extend_from_slice(&nonce);
@@ -128,13 +148,17 @@ fn seal_with(key: &[u8; 32], plaintext: &[u8]) -> Vec<u8> {
 }
 
 fn open_with(key: &[u8; 32], sealed: &[u8]) -> Result<Vec<u8>, Unauthentic> {
+    open_ad(key, sealed, b"")
+}
+
+fn open_ad(key: &[u8; 32], sealed: &[u8], aad: &[u8]) -> Result<Vec<u8>, Unauthentic> {
     if sealed.len() < OVERHEAD {
         return Err(Unauthentic);
     }
     let cipher = XChaCha20Poly1305::new(key.into());
     let (nonce, ct) = sealed.split_at(NONCE_LEN);
     cipher
-        .decrypt(XNonce::from_slice(nonce), ct)
+        .decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad })
         .map_err(|_| Unauthentic)
 }
 
@@ -149,6 +173,28 @@ pub struct KdfParams {
 }
 
 impl KdfParams {
+    /// Upper bounds accepted from a key file: a tampered file must not make `open` allocate
+    /// terabytes or spin for hours. 4 GiB, 64 passes, 16 lanes.
+    pub const MAX_MEMORY_KIB: u32 = 4 * 1024 * 1024;
+    pub const MAX_ITERATIONS: u32 = 64;
+    pub const MAX_PARALLELISM: u32 = 16;
+
+    pub fn check(&self) -> Result<(), KeyError> {
+        if self.memory_kib < 8 * self.parallelism.max(1)
+            || self.memory_kib > Self::MAX_MEMORY_KIB
+            || self.iterations == 0
+            || self.iterations > Self::MAX_ITERATIONS
+            || self.parallelism == 0
+            || self.parallelism > Self::MAX_PARALLELISM
+        {
+            return Err(KeyError::Unsupported(format!(
+                "key derivation parameters out of bounds (memory {} KiB, {} passes, {} lanes)",
+                self.memory_kib, self.iterations, self.parallelism
+            )));
+        }
+        Ok(())
+    }
+
     /// 64 MiB, 3 passes: well above OWASP's minimum for argon2id, ~0.2 s on one core.
     pub const DEFAULT: KdfParams = KdfParams {
         memory_kib: 64 * 1024,
@@ -198,35 +244,63 @@ impl KeyFile {
         created: String,
         hostname: String,
     ) -> Result<KeyFile, KeyError> {
+        params.check()?;
         let salt: [u8; 32] = random();
         let mut k = derive(password, &salt, params)?;
         let mut mk = master.to_bytes();
-        let sealed = seal_with(&k, &mk);
-        k.zeroize();
-        mk.zeroize();
-        Ok(KeyFile {
-            version: 1,
+        let mut kf = KeyFile {
+            version: 2,
             created,
             hostname,
             kdf: "argon2id".into(),
             params,
             salt: hex::encode(salt),
-            sealed: hex::encode(sealed),
-        })
+            sealed: String::new(),
+        };
+        let sealed = seal_ad(&k, &mk, &kf.metadata());
+        k.zeroize();
+        mk.zeroize();
+        kf.sealed = hex::encode(sealed);
+        Ok(kf)
+    }
+
+    /// Everything of a version-2 key file but the sealed key, as authenticated data: changing
+    /// the parameters, salt, time or host of a key file makes it fail to open.
+    fn metadata(&self) -> Vec<u8> {
+        format!(
+            "lifeboat key file v{}\0{}\0{}\0{}\0{}\0{}\0{}\0{}",
+            self.version,
+            self.kdf,
+            self.params.memory_kib,
+            self.params.iterations,
+            self.params.parallelism,
+            self.salt,
+            self.created,
+            self.hostname
+        )
+        .into_bytes()
     }
 
     pub fn open(&self, password: &[u8]) -> Result<MasterKey, KeyError> {
-        if self.version != 1 || self.kdf != "argon2id" {
+        if !(self.version == 1 || self.version == 2) || self.kdf != "argon2id" {
             return Err(KeyError::Unsupported(format!(
                 "version {} kdf {}",
                 self.version, self.kdf
             )));
         }
+        self.params.check()?;
         let salt = hex::decode(&self.salt).map_err(|_| KeyError::Unsupported("salt".into()))?;
+        if !(16..=64).contains(&salt.len()) {
+            return Err(KeyError::Unsupported("salt length".into()));
+        }
         let sealed =
             hex::decode(&self.sealed).map_err(|_| KeyError::Unsupported("sealed key".into()))?;
         let mut k = derive(password, &salt, self.params)?;
-        let opened = open_with(&k, &sealed);
+        let opened = if self.version == 1 {
+            open_with(&k, &sealed)
+        } else {
+            open_ad(&k, &sealed, &self.metadata())
+        };
         k.zeroize();
         let mut bytes = opened.map_err(|_| KeyError::WrongPassword)?;
         let key = MasterKey::from_bytes(&bytes)
@@ -282,5 +356,33 @@ mod tests {
         assert!(matches!(f.open(b"wrong"), Err(KeyError::WrongPassword)));
         let json = serde_json::to_string(&f).unwrap();
         assert!(!json.contains("correct horse"));
+    }
+
+    #[test]
+    fn key_file_metadata_is_authenticated_and_bounded() {
+        let k = MasterKey::generate();
+        let f = KeyFile::seal(&k, b"pw", FAST, "t".into(), "h".into()).unwrap();
+        let mut other_host = f.clone();
+        other_host.hostname = "elsewhere".into();
+        assert!(other_host.open(b"pw").is_err(), "hostname is authenticated");
+        let mut weaker = f.clone();
+        weaker.params.iterations = 2;
+        assert!(weaker.open(b"pw").is_err(), "parameters are authenticated");
+        let mut huge = f.clone();
+        huge.params.memory_kib = u32::MAX;
+        assert!(
+            matches!(huge.open(b"pw"), Err(KeyError::Unsupported(m)) if m.contains("out of bounds")),
+            "a huge memory parameter is refused before any work"
+        );
+        assert!(f.open(b"pw").is_ok());
+    }
+
+    #[test]
+    fn bound_seals_open_only_under_their_name() {
+        let k = MasterKey::generate();
+        let s = k.seal_bound(b"snapshot", b"snapshots/a");
+        assert_eq!(k.open_bound(&s, b"snapshots/a").unwrap(), b"snapshot");
+        assert!(k.open_bound(&s, b"snapshots/b").is_err());
+        assert!(k.open(&s).is_err());
     }
 }

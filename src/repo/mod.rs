@@ -29,7 +29,9 @@ use crypto::{BlobId, KdfParams, KeyFile, MasterKey};
 pub use pack::BlobType;
 use pack::{PackBuilder, PackEntry};
 
-pub const FORMAT_VERSION: u32 = 1;
+/// Version 2 binds every sealed file to its object key (authenticated data) and authenticates
+/// key-file metadata; version 1 repositories are still read and written in their own format.
+pub const FORMAT_VERSION: u32 = 2;
 /// Target pack size: a 20,000-object backup is a handful of writes.
 pub const PACK_SIZE: usize = 4 * 1024 * 1024;
 
@@ -57,6 +59,20 @@ pub enum RepoError {
     AmbiguousSnapshot(String),
     #[error("the repository is locked: {0}")]
     Locked(String),
+    #[error(
+        "this operation lost its repository lock ({0}); it stopped before writing, nothing it wrote is referenced"
+    )]
+    LockLost(String),
+    #[error("an earlier write of this backup failed ({0}); the backup was not recorded")]
+    WriteFailed(String),
+    #[error(
+        "refusing to record the backup: {missing} blob(s) it references are not in the repository (e.g. {example}); nothing was recorded"
+    )]
+    Unreferenced { missing: usize, example: String },
+    #[error(
+        "the repository has damaged files ({0}); run `lifeboat repo check`, then `lifeboat repo repair index|snapshots`"
+    )]
+    Damaged(String),
     #[error("unsupported repository: {0}")]
     Unsupported(String),
     #[error("repository store error at {location}: {source}")]
@@ -127,7 +143,14 @@ pub fn new_id() -> String {
 }
 
 pub fn now() -> String {
-    jiff::Timestamp::now().to_string()
+    crate::faults::now().to_string()
+}
+
+/// A repository file that could not be read (named, with why), found while loading.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DamagedFile {
+    pub key: String,
+    pub message: String,
 }
 
 pub fn hostname() -> String {
@@ -143,6 +166,12 @@ pub struct Repository {
     index: RwLock<HashMap<BlobId, Location>>,
     /// index file id -> packs it lists (for prune)
     index_files: RwLock<HashMap<String, Vec<PackId>>>,
+    /// Seal files bound to their keys (format version 2).
+    bind_names: bool,
+    /// Index files that could not be read at the last load.
+    damaged_index: RwLock<Vec<DamagedFile>>,
+    /// Key files that could not be parsed at open.
+    pub damaged_keys: Vec<DamagedFile>,
 }
 
 impl std::fmt::Debug for Repository {
@@ -169,7 +198,9 @@ impl Repository {
         &self.store
     }
 
-    /// Create a repository. Fails if one exists.
+    /// Create a repository. Fails if one exists, also when another `init` (or a first backup)
+    /// creates it at the same moment: the config is written with create-if-absent, and the
+    /// loser removes its key file.
     pub async fn init(
         store: DynStore,
         password: &[u8],
@@ -203,22 +234,43 @@ impl Repository {
             .put(&layout::key_file(&kid), Bytes::from(kf_json))
             .await
             .map_err(store_err(&store))?;
-        // The config is written last: a repository exists once it is there.
-        let sealed = key.seal(&compress_json(&config));
-        store
-            .put(layout::CONFIG, Bytes::from(sealed))
+        crate::faults::point("init.after-key");
+        // The config is written last, and only if absent: a repository exists once it is there,
+        // and it has exactly one config, sealed with the key of the init that won.
+        let sealed = key.seal_bound(&compress_json(&config), layout::CONFIG.as_bytes());
+        let outcome = store
+            .put_if_absent(layout::CONFIG, Bytes::from(sealed))
             .await
-            .map_err(store_err(&store))?;
+            .map_err(store_err(&store));
+        match outcome {
+            Ok(crate::store::PutOutcome::Created) => {}
+            Ok(crate::store::PutOutcome::Exists) => {
+                let _ = store.delete(&layout::key_file(&kid)).await;
+                return Err(RepoError::AlreadyInitialized {
+                    location: store.location(),
+                });
+            }
+            Err(e) => {
+                // Unknown whether the config landed: leave the key (open picks the key that
+                // opens the config, so an unused key file is harmless; `repo check` lists it).
+                return Err(e);
+            }
+        }
         Ok(Repository {
             store,
             key,
             config,
             index: RwLock::new(HashMap::new()),
             index_files: RwLock::new(HashMap::new()),
+            bind_names: true,
+            damaged_index: RwLock::new(Vec::new()),
+            damaged_keys: Vec::new(),
         })
     }
 
-    /// Open a repository: find a key file the password opens, read the config, load the index.
+    /// Open a repository: the key is one that the password opens *and* that opens the config
+    /// (an init that died between its key file and the config, or lost a race, leaves a key that
+    /// opens with the password but not the config); then load the index.
     pub async fn open(store: DynStore, password: &[u8]) -> Result<Repository, RepoError> {
         let sealed_config = match store.get(layout::CONFIG).await {
             Ok(c) => c,
@@ -230,47 +282,64 @@ impl Repository {
             Err(e) => return Err(store_err(&store)(e)),
         };
         let keys = store.list(layout::KEYS).await.map_err(store_err(&store))?;
-        let mut master = None;
+        let mut found = None;
+        let mut damaged_keys = Vec::new();
+        let mut opened_any = false;
+        let mut unsupported = None;
         for k in &keys {
             let raw = store.get(&k.key).await.map_err(store_err(&store))?;
-            let kf: KeyFile = serde_json::from_slice(&raw).map_err(|_| RepoError::Corrupt {
-                what: "key file".into(),
-                key: k.key.clone(),
-            })?;
+            let kf: KeyFile = match serde_json::from_slice(&raw) {
+                Ok(kf) => kf,
+                Err(e) => {
+                    damaged_keys.push(DamagedFile {
+                        key: k.key.clone(),
+                        message: format!("not a key file: {e}"),
+                    });
+                    continue;
+                }
+            };
             let pw = password.to_vec();
             let opened = tokio::task::spawn_blocking(move || kf.open(&pw))
                 .await
                 .expect("kdf task");
             match opened {
                 Ok(m) => {
-                    master = Some(m);
-                    break;
+                    opened_any = true;
+                    if let Some(c) = open_config(&m, &sealed_config) {
+                        found = Some((m, c));
+                        break;
+                    }
                 }
                 Err(crypto::KeyError::WrongPassword) => continue,
-                Err(e) => return Err(RepoError::Unsupported(e.to_string())),
+                Err(e) => {
+                    damaged_keys.push(DamagedFile {
+                        key: k.key.clone(),
+                        message: e.to_string(),
+                    });
+                    unsupported = Some(e.to_string());
+                }
             }
         }
-        let Some(key) = master else {
+        let Some((key, (config, bind_names))) = found else {
+            if opened_any {
+                return Err(RepoError::Corrupt {
+                    what: "repository config (no key that the password opens decrypts it)".into(),
+                    key: layout::CONFIG.into(),
+                });
+            }
+            if let (Some(u), true) = (unsupported, !damaged_keys.is_empty()) {
+                return Err(RepoError::Unsupported(format!(
+                    "{u} ({})",
+                    damaged_keys[0].key
+                )));
+            }
             return Err(RepoError::WrongPassword {
                 location: store.location(),
             });
         };
-        let config_bytes = key
-            .open(&sealed_config)
-            .ok()
-            .and_then(|c| zstd::stream::decode_all(&c[..]).ok())
-            .ok_or_else(|| RepoError::Corrupt {
-                what: "repository config".into(),
-                key: layout::CONFIG.into(),
-            })?;
-        let config: Config =
-            serde_json::from_slice(&config_bytes).map_err(|_| RepoError::Corrupt {
-                what: "repository config".into(),
-                key: layout::CONFIG.into(),
-            })?;
-        if config.version != FORMAT_VERSION {
+        if !(1..=FORMAT_VERSION).contains(&config.version) {
             return Err(RepoError::Unsupported(format!(
-                "format version {} (this lifeboat reads {FORMAT_VERSION})",
+                "format version {} (this lifeboat reads 1 to {FORMAT_VERSION})",
                 config.version
             )));
         }
@@ -280,6 +349,9 @@ impl Repository {
             config,
             index: RwLock::new(HashMap::new()),
             index_files: RwLock::new(HashMap::new()),
+            bind_names,
+            damaged_index: RwLock::new(Vec::new()),
+            damaged_keys,
         };
         repo.load_index().await?;
         Ok(repo)
@@ -293,9 +365,16 @@ impl Repository {
             .list(layout::INDEX)
             .await
             .map_err(store_err(&self.store))?;
-        let loaded: Vec<(String, IndexFile)> = futures::stream::iter(files)
+        // A damaged index file does not stop the others from loading: it is recorded (see
+        // `damaged_index`); what only it listed reads as missing, and prune refuses to run.
+        let loaded: Vec<(String, Result<IndexFile, RepoError>)> = futures::stream::iter(files)
             .map(|f| async move {
-                let idx: IndexFile = self.read_json(&f.key, "index file").await?;
+                let idx = self.read_json::<IndexFile>(&f.key, "index file").await;
+                if let Err(RepoError::Store { source, .. }) = &idx {
+                    if !source.is_not_found() {
+                        return Err(idx.expect_err("checked"));
+                    }
+                }
                 Ok::<_, RepoError>((
                     layout::id_of(layout::INDEX, &f.key)
                         .unwrap_or_default()
@@ -308,14 +387,33 @@ impl Repository {
             .await?;
         let mut index = HashMap::new();
         let mut index_files = HashMap::new();
-        for (id, file) in loaded {
+        let mut damaged = Vec::new();
+        'files: for (id, file) in loaded {
+            let file = match file {
+                Ok(f) => f,
+                Err(RepoError::Store { .. }) => continue, // removed meanwhile (prune)
+                Err(e) => {
+                    damaged.push(DamagedFile {
+                        key: layout::index(&id),
+                        message: e.to_string(),
+                    });
+                    continue;
+                }
+            };
             let mut packs = Vec::new();
-            for p in file.packs {
-                let pack = PackId::from_hex(&p.id).ok_or_else(|| RepoError::Corrupt {
-                    what: "index file".into(),
-                    key: layout::index(&id),
-                })?;
-                packs.push(pack);
+            for p in &file.packs {
+                match PackId::from_hex(&p.id) {
+                    Some(pack) => packs.push(pack),
+                    None => {
+                        damaged.push(DamagedFile {
+                            key: layout::index(&id),
+                            message: format!("invalid pack id {:?}", p.id),
+                        });
+                        continue 'files;
+                    }
+                }
+            }
+            for (p, pack) in file.packs.into_iter().zip(packs.iter().copied()) {
                 for b in p.blobs {
                     index.insert(
                         b.id,
@@ -331,9 +429,38 @@ impl Repository {
             }
             index_files.insert(id, packs);
         }
+        if !damaged.is_empty() {
+            tracing::warn!(files = ?damaged, "damaged index files skipped");
+        }
         *self.index.write().expect("index lock") = index;
         *self.index_files.write().expect("index lock") = index_files;
+        *self.damaged_index.write().expect("index lock") = damaged;
         Ok(())
+    }
+
+    /// Index files the last load could not read.
+    pub fn damaged_index(&self) -> Vec<DamagedFile> {
+        self.damaged_index.read().expect("index lock").clone()
+    }
+
+    pub fn binds_names(&self) -> bool {
+        self.bind_names
+    }
+
+    fn seal_for(&self, key: &str, plaintext: &[u8]) -> Vec<u8> {
+        if self.bind_names {
+            self.key.seal_bound(plaintext, key.as_bytes())
+        } else {
+            self.key.seal(plaintext)
+        }
+    }
+
+    fn open_for(&self, key: &str, sealed: &[u8]) -> Result<Vec<u8>, crypto::Unauthentic> {
+        if self.bind_names {
+            self.key.open_bound(sealed, key.as_bytes())
+        } else {
+            self.key.open(sealed)
+        }
     }
 
     pub async fn index_snapshot(&self) -> HashMap<BlobId, Location> {
@@ -367,7 +494,17 @@ impl Repository {
         what: &str,
     ) -> Result<T, RepoError> {
         let raw = self.store.get(key).await.map_err(store_err(&self.store))?;
-        let sealed = self.key.open(&raw).map_err(|_| RepoError::Corrupt {
+        self.decode_json(key, what, &raw)
+    }
+
+    /// Open and parse a sealed JSON file's bytes (as read from `key`).
+    pub fn decode_json<T: DeserializeOwned>(
+        &self,
+        key: &str,
+        what: &str,
+        raw: &[u8],
+    ) -> Result<T, RepoError> {
+        let sealed = self.open_for(key, raw).map_err(|_| RepoError::Corrupt {
             what: what.into(),
             key: key.into(),
         })?;
@@ -383,7 +520,7 @@ impl Repository {
 
     /// Write a sealed JSON file (zstd-compressed JSON, sealed).
     pub async fn write_json<T: Serialize>(&self, key: &str, value: &T) -> Result<u64, RepoError> {
-        let sealed = self.key.seal(&compress_json(value));
+        let sealed = self.seal_for(key, &compress_json(value));
         let n = sealed.len() as u64;
         self.store
             .put(key, Bytes::from(sealed))
@@ -480,6 +617,20 @@ pub fn compress_json<T: Serialize>(value: &T) -> Vec<u8> {
         .expect("zstd compresses")
 }
 
+/// The config under the version-2 binding, else as version 1.
+fn open_config(key: &MasterKey, sealed: &[u8]) -> Option<(Config, bool)> {
+    let decode = |plain: Vec<u8>| -> Option<Config> {
+        let bytes = zstd::stream::decode_all(&plain[..]).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    };
+    if let Ok(p) = key.open_bound(sealed, layout::CONFIG.as_bytes()) {
+        let c = decode(p)?;
+        return (c.version >= 2).then_some((c, true));
+    }
+    let c = decode(key.open(sealed).ok()?)?;
+    (c.version == 1).then_some((c, false))
+}
+
 pub fn sha2_256(data: &[u8]) -> [u8; 32] {
     use sha2::Digest;
     sha2::Sha256::digest(data).into()
@@ -502,10 +653,20 @@ struct PackerState {
     seen: HashSet<BlobId>,
     written: Vec<IndexPack>,
     stats: PackStats,
+    /// Set when an upload failed: the blobs of that pack are gone, so nothing this session
+    /// returned can be trusted any more, and every later call fails.
+    poisoned: Option<String>,
+    /// Every blob id this session returned (new or deduplicated): what a snapshot built from
+    /// this session may reference, checked by [`Repository::check_references`].
+    referenced: HashSet<BlobId>,
 }
 
 /// Adds blobs to packs and uploads full packs. Safe to share between tasks. Call `finish` to
 /// upload the last pack and write the index file; only then are the blobs readable.
+///
+/// A failed upload poisons the packer: the blob ids it had acknowledged for that pack were
+/// lost, so every later `add` and `finish` fails too, and a backup using it cannot record a
+/// snapshot.
 pub struct Packer {
     repo: Arc<Repository>,
     state: Mutex<PackerState>,
@@ -526,6 +687,8 @@ impl Packer {
                 seen: HashSet::new(),
                 written: Vec::new(),
                 stats: PackStats::default(),
+                poisoned: None,
+                referenced: HashSet::new(),
             }),
             deduplicated: AtomicU64::new(0),
             pack_size,
@@ -538,6 +701,13 @@ impl Packer {
         self.add_with_id(kind, id, plaintext).await
     }
 
+    fn poisoned(st: &PackerState) -> Result<(), RepoError> {
+        match &st.poisoned {
+            Some(why) => Err(RepoError::WriteFailed(why.clone())),
+            None => Ok(()),
+        }
+    }
+
     /// [`Packer::add`] for a blob whose id the caller already computed with
     /// [`Repository::blob_id`] (volume chunks are hashed where they are cut).
     pub async fn add_with_id(
@@ -547,15 +717,21 @@ impl Packer {
         plaintext: &[u8],
     ) -> Result<BlobId, RepoError> {
         debug_assert_eq!(id, self.repo.key.blob_id(plaintext));
-        if self.repo.has_blob(&id).await || self.state.lock().await.seen.contains(&id) {
-            self.deduplicated.fetch_add(1, Ordering::Relaxed);
-            return Ok(id);
+        {
+            let mut st = self.state.lock().await;
+            Self::poisoned(&st)?;
+            st.referenced.insert(id);
+            if self.repo.has_blob(&id).await || st.seen.contains(&id) {
+                self.deduplicated.fetch_add(1, Ordering::Relaxed);
+                return Ok(id);
+            }
         }
         // Compress and seal outside the lock.
         let compressed = compress_blob(plaintext);
         let sealed = self.repo.key.seal(&compressed);
         let full = {
             let mut st = self.state.lock().await;
+            Self::poisoned(&st)?;
             if !st.seen.insert(id) {
                 drop(st);
                 self.deduplicated.fetch_add(1, Ordering::Relaxed);
@@ -582,12 +758,19 @@ impl Packer {
         let (bytes, entries) = builder.finish(&self.repo.key);
         let pid = PackId(sha2_256(&bytes));
         let size = bytes.len() as u64;
-        self.repo
+        crate::faults::point("pack.before-upload");
+        let put = self
+            .repo
             .store
             .put(&layout::pack(&pid.to_hex()), Bytes::from(bytes))
             .await
-            .map_err(store_err(&self.repo.store))?;
+            .map_err(store_err(&self.repo.store));
         let mut st = self.state.lock().await;
+        if let Err(e) = put {
+            st.poisoned
+                .get_or_insert_with(|| crate::error::display_chain(&e));
+            return Err(e);
+        }
         st.written.push(IndexPack {
             id: pid.to_hex(),
             blobs: entries,
@@ -597,26 +780,55 @@ impl Packer {
         Ok(())
     }
 
+    /// Every blob id this packer returned.
+    pub async fn referenced(&self) -> Vec<BlobId> {
+        self.state.lock().await.referenced.iter().copied().collect()
+    }
+
     /// Upload the last pack and write one index file for the packs of this session. Returns the
-    /// stats, including the index bytes.
+    /// stats, including the index bytes. `lock`, when given, must still be held before the
+    /// index is written.
     pub async fn finish(&self) -> Result<PackStats, RepoError> {
-        let last = std::mem::take(&mut self.state.lock().await.builder);
+        self.finish_locked(None).await
+    }
+
+    pub async fn finish_locked(&self, lock: Option<&lock::Lock>) -> Result<PackStats, RepoError> {
+        let last = {
+            let mut st = self.state.lock().await;
+            Self::poisoned(&st)?;
+            std::mem::take(&mut st.builder)
+        };
         self.upload(last).await?;
         let (written, mut stats) = {
             let mut st = self.state.lock().await;
+            Self::poisoned(&st)?;
             (std::mem::take(&mut st.written), st.stats)
         };
         stats.blobs_deduplicated = self.deduplicated.load(Ordering::Relaxed);
         if !written.is_empty() {
+            if let Some(l) = lock {
+                l.ensure_held().await?;
+            }
+            crate::faults::point("index.before-write");
             let file = IndexFile { packs: written };
-            let sealed = self.repo.key.seal(&compress_json(&file));
-            stats.pack_bytes += sealed.len() as u64;
             let id = new_id();
-            self.repo
+            let key = layout::index(&id);
+            let sealed = self.repo.seal_for(&key, &compress_json(&file));
+            stats.pack_bytes += sealed.len() as u64;
+            let put = self
+                .repo
                 .store
-                .put(&layout::index(&id), Bytes::from(sealed))
+                .put(&key, Bytes::from(sealed))
                 .await
-                .map_err(store_err(&self.repo.store))?;
+                .map_err(store_err(&self.repo.store));
+            if let Err(e) = put {
+                self.state
+                    .lock()
+                    .await
+                    .poisoned
+                    .get_or_insert_with(|| crate::error::display_chain(&e));
+                return Err(e);
+            }
             // Make the new blobs readable through this repository handle.
             let mut idx = self.repo.index.write().expect("index lock");
             let mut packs = Vec::new();
@@ -644,5 +856,40 @@ impl Packer {
                 .insert(id, packs);
         }
         Ok(stats)
+    }
+}
+
+impl Repository {
+    /// Check, against the index as it is in the store *now* and the packs that exist now, that
+    /// every blob in `blobs` is readable. A backup calls this last, before its snapshot.
+    pub async fn check_references(
+        &self,
+        blobs: impl IntoIterator<Item = BlobId>,
+    ) -> Result<(), RepoError> {
+        self.load_index().await?;
+        let packs: HashSet<String> = self
+            .list(layout::DATA)
+            .await?
+            .into_iter()
+            .filter_map(|o| layout::id_of(layout::DATA, &o.key).map(str::to_string))
+            .collect();
+        let index = self.index.read().expect("index lock");
+        let mut missing = 0usize;
+        let mut example = String::new();
+        for b in blobs {
+            let ok = index
+                .get(&b)
+                .is_some_and(|l| packs.contains(&l.pack.to_hex()));
+            if !ok {
+                if missing == 0 {
+                    example = b.to_hex();
+                }
+                missing += 1;
+            }
+        }
+        if missing > 0 {
+            return Err(RepoError::Unreferenced { missing, example });
+        }
+        Ok(())
     }
 }

@@ -72,6 +72,17 @@ pub fn read_header(key: &MasterKey, pack: &[u8]) -> Option<Vec<PackEntry>> {
     serde_json::from_slice(&plain).ok()
 }
 
+/// A pack header given as its sealed bytes (the tail of the pack before the length).
+pub fn parse_header(repo: &super::Repository, sealed: &[u8]) -> Option<Vec<PackEntry>> {
+    let plain = repo.key.open(sealed).ok()?;
+    serde_json::from_slice(&plain).ok()
+}
+
+/// [`read_header`] with a repository's key.
+pub fn read_header_with(repo: &super::Repository, pack: &[u8]) -> Option<Vec<PackEntry>> {
+    read_header(&repo.key, pack)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

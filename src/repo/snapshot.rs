@@ -121,41 +121,129 @@ pub struct Tree {
 
 pub const TREE_ENTRIES: usize = 1000;
 
+/// Which backups `latest` may mean: same cluster (when given) and a selection that contains
+/// the requested namespaces (a backup of all namespaces contains every namespace).
+#[derive(Debug, Clone, Default)]
+pub struct SnapshotFilter {
+    pub cluster: Option<String>,
+    pub namespaces: Vec<String>,
+    pub tags: Vec<(String, String)>,
+}
+
+impl SnapshotFilter {
+    pub fn matches(&self, s: &Snapshot) -> bool {
+        if let Some(c) = &self.cluster {
+            if &s.cluster.server != c {
+                return false;
+            }
+        }
+        let all = s.selectors.namespaces.is_empty();
+        self.namespaces
+            .iter()
+            .all(|n| all || s.selectors.namespaces.contains(n))
+            && self.tags.iter().all(|(k, v)| s.tags.get(k) == Some(v))
+    }
+}
+
 impl Repository {
-    /// All snapshots, oldest first.
+    /// All readable snapshots, oldest first. Damaged snapshot files are skipped (and logged):
+    /// one damaged file does not hide the other backups. See [`Repository::snapshots_checked`].
     pub async fn snapshots(&self) -> Result<Vec<(String, Snapshot)>, RepoError> {
+        Ok(self.snapshots_checked().await?.0)
+    }
+
+    /// Readable snapshots (oldest first) and the snapshot files that could not be read.
+    pub async fn snapshots_checked(
+        &self,
+    ) -> Result<(Vec<(String, Snapshot)>, Vec<super::DamagedFile>), RepoError> {
         use futures::{StreamExt, TryStreamExt};
         let files = self.list(layout::SNAPSHOTS).await?;
-        let mut all: Vec<(String, Snapshot)> = futures::stream::iter(files)
-            .map(|f| async move {
-                let id = layout::id_of(layout::SNAPSHOTS, &f.key)
-                    .unwrap_or_default()
-                    .to_string();
-                let s: Snapshot = self.read_json(&f.key, "snapshot").await?;
-                Ok::<_, RepoError>((id, s))
-            })
-            .buffer_unordered(8)
-            .try_collect()
-            .await?;
+        let loaded: Vec<(String, String, Result<Snapshot, RepoError>)> =
+            futures::stream::iter(files)
+                .map(|f| async move {
+                    let id = layout::id_of(layout::SNAPSHOTS, &f.key)
+                        .unwrap_or_default()
+                        .to_string();
+                    let s = self.read_json::<Snapshot>(&f.key, "snapshot").await;
+                    if let Err(RepoError::Store { source, .. }) = &s {
+                        if !source.is_not_found() {
+                            return Err(s.expect_err("checked"));
+                        }
+                    }
+                    Ok::<_, RepoError>((id, f.key, s))
+                })
+                .buffer_unordered(8)
+                .try_collect()
+                .await?;
+        let mut all = Vec::new();
+        let mut damaged = Vec::new();
+        for (id, key, s) in loaded {
+            match s {
+                Ok(s) => all.push((id, s)),
+                Err(RepoError::Store { .. }) => {} // deleted meanwhile
+                Err(e) => {
+                    tracing::warn!(%key, error = %e, "damaged snapshot file skipped");
+                    damaged.push(super::DamagedFile {
+                        key,
+                        message: e.to_string(),
+                    })
+                }
+            }
+        }
         all.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
-        Ok(all)
+        Ok((all, damaged))
     }
 
     /// `latest`, a full id, or a unique prefix of one.
     pub async fn find_snapshot(&self, spec: &str) -> Result<(String, Snapshot), RepoError> {
-        let all = self.snapshots().await?;
+        self.find_snapshot_in(spec, &SnapshotFilter::default())
+            .await
+    }
+
+    /// Like [`Repository::find_snapshot`], with `latest` resolved among the backups `filter`
+    /// matches (an id is taken as given).
+    pub async fn find_snapshot_in(
+        &self,
+        spec: &str,
+        filter: &SnapshotFilter,
+    ) -> Result<(String, Snapshot), RepoError> {
+        let (all, damaged) = self.snapshots_checked().await?;
         if spec == "latest" {
+            if !damaged.is_empty() {
+                tracing::warn!(
+                    damaged = damaged.len(),
+                    "some snapshot files are damaged; `latest` is the newest readable backup"
+                );
+            }
             return all
                 .into_iter()
-                .last()
-                .ok_or_else(|| RepoError::NoSuchSnapshot(spec.into()));
+                .filter(|(_, s)| filter.matches(s))
+                .next_back()
+                .ok_or_else(|| {
+                    RepoError::NoSuchSnapshot(if filter.namespaces.is_empty() {
+                        spec.into()
+                    } else {
+                        format!(
+                            "latest (containing namespace {})",
+                            filter.namespaces.join(", ")
+                        )
+                    })
+                });
         }
         let mut m: Vec<_> = all
             .into_iter()
             .filter(|(id, _)| id.starts_with(spec))
             .collect();
         match m.len() {
-            0 => Err(RepoError::NoSuchSnapshot(spec.into())),
+            0 => match damaged.iter().find(|d| {
+                layout::id_of(layout::SNAPSHOTS, &d.key).is_some_and(|i| i.starts_with(spec))
+            }) {
+                Some(d) => Err(RepoError::Corrupt {
+                    what: "snapshot".into(),
+                    key: d.key.clone(),
+                }),
+                None => Err(RepoError::NoSuchSnapshot(spec.into())),
+            },
             1 => Ok(m.remove(0)),
             _ => Err(RepoError::AmbiguousSnapshot(spec.into())),
         }

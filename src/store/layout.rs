@@ -7,6 +7,7 @@
 //! index/<id>             encrypted index files: which blobs live in which pack
 //! snapshots/<id>         encrypted snapshot manifests (a backup exists once this is written)
 //! locks/<id>             encrypted lock files
+//! drills/<id>            encrypted drill verdicts (which backup a drill restored, and whether it passed)
 //! ```
 pub const CONFIG: &str = "config";
 pub const KEYS: &str = "keys/";
@@ -14,6 +15,7 @@ pub const DATA: &str = "data/";
 pub const INDEX: &str = "index/";
 pub const SNAPSHOTS: &str = "snapshots/";
 pub const LOCKS: &str = "locks/";
+pub const DRILLS: &str = "drills/";
 
 pub fn key_file(id: &str) -> String {
     format!("{KEYS}{id}")
@@ -29,6 +31,9 @@ pub fn snapshot(id: &str) -> String {
 }
 pub fn lock(id: &str) -> String {
     format!("{LOCKS}{id}")
+}
+pub fn drill(id: &str) -> String {
+    format!("{DRILLS}{id}")
 }
 
 /// The id part of a key under `prefix` (`snapshots/abc` → `abc`; pack keys drop the fan-out).

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
-use super::{ObjectInfo, ObjectStore, StoreError};
+use super::{ObjectInfo, ObjectStore, PutOutcome, StoreError};
 
 #[derive(Debug, Clone)]
 pub struct LocalStore {
@@ -85,6 +85,39 @@ fn put_sync(path: &Path, data: &[u8]) -> std::io::Result<()> {
     result
 }
 
+/// Create-if-absent: write a temporary file, then hard-link it to the key (link(2) fails with
+/// EEXIST when the key exists: atomic on every local filesystem).
+fn put_if_absent_sync(path: &Path, data: &[u8]) -> std::io::Result<bool> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path.parent().expect("keys have a parent");
+    create_private_dir(dir)?;
+    let tmp = dir.join(format!(
+        ".tmp-{}-{}",
+        std::process::id(),
+        hex::encode(rand_bytes())
+    ));
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        match std::fs::hard_link(&tmp, path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(true)
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    result
+}
+
 fn rand_bytes() -> [u8; 8] {
     let mut b = [0u8; 8];
     getrandom::getrandom(&mut b).expect("OS random numbers");
@@ -121,9 +154,14 @@ fn list_sync(root: &Path, prefix: &str) -> std::io::Result<Vec<ObjectInfo>> {
                     .to_string_lossy()
                     .replace('\\', "/");
                 if rel.starts_with(prefix) {
+                    let md = entry.metadata()?;
                     out.push(ObjectInfo {
                         key: rel,
-                        size: entry.metadata()?.len(),
+                        size: md.len(),
+                        modified: md
+                            .modified()
+                            .ok()
+                            .and_then(|t| jiff::Timestamp::try_from(t).ok()),
                     });
                 }
             }
@@ -143,6 +181,21 @@ impl ObjectStore for LocalStore {
         tokio::task::spawn_blocking(move || put_sync(&path, &data))
             .await
             .expect("put task")
+            .map_err(|e| io_err("put", key, e))
+    }
+
+    async fn put_if_absent(&self, key: &str, data: Bytes) -> Result<PutOutcome, StoreError> {
+        let path = self.path(key);
+        tokio::task::spawn_blocking(move || put_if_absent_sync(&path, &data))
+            .await
+            .expect("put task")
+            .map(|created| {
+                if created {
+                    PutOutcome::Created
+                } else {
+                    PutOutcome::Exists
+                }
+            })
             .map_err(|e| io_err("put", key, e))
     }
 

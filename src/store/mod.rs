@@ -11,14 +11,25 @@
 //! - `get_range` reads `len` bytes at `offset`, `NotFound` as for `get`;
 //! - `list(prefix)` returns every key under the prefix with its size, once, in no particular
 //!   order; it includes keys written before the call started;
+//! - `put_if_absent` stores the value only when the key does not exist yet and says whether it
+//!   did; two concurrent callers for one key: at most one gets `Created` (the local backend uses
+//!   an atomic link, S3 `If-None-Match: *` plus a read-back, so a server that ignores the header
+//!   is still detected by the loser that reads back);
+//! - `list` gives each object's last-modified time *as the store's clock sees it* where the
+//!   backend has one (S3 `LastModified`, file mtime); callers compare it only with other times
+//!   from the same store (never with the local clock), so a skewed client clock cannot make a
+//!   fresh object look old;
 //! - `delete` of a missing key succeeds (idempotent);
 //! - errors that may succeed when tried again (throttling, 5xx, timeouts, connection resets)
-//!   are `StoreError::Transient`; `RetryStore` retries only those.
+//!   are `StoreError::Transient` (or `Throttled`, with the server's Retry-After when it sent
+//!   one); `RetryStore` retries only those.
 use std::fmt;
 use std::sync::Arc;
 
 use bytes::Bytes;
 
+#[cfg(feature = "faults")]
+pub mod fault;
 pub mod layout;
 pub mod local;
 pub mod retry;
@@ -28,6 +39,16 @@ pub mod s3;
 pub struct ObjectInfo {
     pub key: String,
     pub size: u64,
+    /// Last modification by the store's clock (None: the backend does not say).
+    pub modified: Option<jiff::Timestamp>,
+}
+
+/// The outcome of [`ObjectStore::put_if_absent`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    Created,
+    /// The key existed already; nothing was written.
+    Exists,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +61,22 @@ pub enum StoreError {
         key: String,
         message: String,
     },
+    /// The store could not be reached at all (connection refused, DNS): retried only briefly
+    /// (`retry::UNREACHABLE_BUDGET`), so a wrong endpoint is one quick, clear error.
+    #[error("{op} {key}: {message}")]
+    Unreachable {
+        op: &'static str,
+        key: String,
+        message: String,
+    },
+    /// Throttling (HTTP 429/503 SlowDown): retried, honouring the server's Retry-After.
+    #[error("{op} {key}: {message}")]
+    Throttled {
+        op: &'static str,
+        key: String,
+        message: String,
+        retry_after: Option<std::time::Duration>,
+    },
     #[error("{op} {key}: {message}")]
     Permanent {
         op: &'static str,
@@ -50,7 +87,18 @@ pub enum StoreError {
 
 impl StoreError {
     pub fn is_transient(&self) -> bool {
-        matches!(self, StoreError::Transient { .. })
+        matches!(
+            self,
+            StoreError::Transient { .. }
+                | StoreError::Throttled { .. }
+                | StoreError::Unreachable { .. }
+        )
+    }
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            StoreError::Throttled { retry_after, .. } => *retry_after,
+            _ => None,
+        }
     }
     pub fn is_not_found(&self) -> bool {
         matches!(self, StoreError::NotFound { .. })
@@ -62,6 +110,8 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
     /// Where this store is, for messages (no credentials).
     fn location(&self) -> String;
     async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError>;
+    /// Store `data` under `key` only if nothing is stored there yet (see the module contract).
+    async fn put_if_absent(&self, key: &str, data: Bytes) -> Result<PutOutcome, StoreError>;
     async fn get(&self, key: &str) -> Result<Bytes, StoreError>;
     async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Bytes, StoreError>;
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError>;
@@ -120,12 +170,15 @@ pub struct S3Options {
     pub path_style: Option<bool>,
 }
 
-/// Open the store a repository URL names, wrapped in retries.
+/// Open the store a repository URL names, wrapped in retries (and, in builds with the `faults`
+/// feature, in the fault injector `LIFEBOAT_FAULTS` configures).
 pub async fn open(url: &RepoUrl, s3: &S3Options) -> Result<DynStore, StoreError> {
     let inner: DynStore = match url {
         RepoUrl::Local(p) => Arc::new(local::LocalStore::new(p.clone())),
         RepoUrl::S3 { bucket, prefix } => Arc::new(s3::S3Store::new(bucket, prefix, s3).await),
     };
+    #[cfg(feature = "faults")]
+    let inner = fault::from_env(inner);
     Ok(Arc::new(retry::RetryStore::new(inner)))
 }
 

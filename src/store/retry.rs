@@ -1,29 +1,47 @@
-//! Retries with exponential backoff and jitter around any store: only `StoreError::Transient`
-//! errors are retried (throttling, 5xx, timeouts, connection failures).
-use std::time::Duration;
+//! Retries with exponential backoff and jitter around any store: only transient errors
+//! (`StoreError::Transient`, `StoreError::Throttled`: throttling, 5xx, timeouts, connection
+//! failures) are retried, for up to a time budget (default 120 s, `LIFEBOAT_STORE_RETRY_SECONDS`),
+//! so a minute of S3 `503 SlowDown` slows a backup down instead of failing it. A `Retry-After`
+//! the server sent is honoured (capped by what is left of the budget).
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::{DynStore, ObjectInfo, ObjectStore, StoreError};
+use super::{DynStore, ObjectInfo, ObjectStore, PutOutcome, StoreError};
+
+/// Default retry budget per operation.
+pub const DEFAULT_BUDGET: Duration = Duration::from_secs(120);
+/// Budget while the store cannot be reached at all (connection refused): short, so a wrong
+/// endpoint fails in seconds; a store that goes away mid-backup still gets several tries.
+pub const UNREACHABLE_BUDGET: Duration = Duration::from_secs(15);
 
 #[derive(Debug, Clone)]
 pub struct RetryStore {
     inner: DynStore,
     attempts: u32,
+    budget: Duration,
     base: Duration,
     max: Duration,
 }
 
 impl RetryStore {
     pub fn new(inner: DynStore) -> RetryStore {
+        let budget = std::env::var("LIFEBOAT_STORE_RETRY_SECONDS")
+            .ok()
+            .and_then(|s| s.parse::<f64>().ok())
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .map(Duration::from_secs_f64)
+            .unwrap_or(DEFAULT_BUDGET);
         RetryStore {
             inner,
-            attempts: 6,
-            base: Duration::from_millis(100),
-            max: Duration::from_secs(10),
+            attempts: u32::MAX,
+            budget,
+            base: Duration::from_millis(200),
+            max: Duration::from_secs(20),
         }
     }
 
+    /// At most `attempts` tries, whatever the budget (tests).
     pub fn with_policy(
         inner: DynStore,
         attempts: u32,
@@ -33,12 +51,29 @@ impl RetryStore {
         RetryStore {
             inner,
             attempts: attempts.max(1),
+            budget: Duration::from_secs(3600),
             base,
             max,
         }
     }
 
-    fn delay(&self, attempt: u32) -> Duration {
+    /// Retry for up to `budget` in total.
+    pub fn with_budget(
+        inner: DynStore,
+        budget: Duration,
+        base: Duration,
+        max: Duration,
+    ) -> RetryStore {
+        RetryStore {
+            inner,
+            attempts: u32::MAX,
+            budget,
+            base,
+            max,
+        }
+    }
+
+    fn delay(&self, attempt: u32, hint: Option<Duration>) -> Duration {
         let exp = self
             .base
             .saturating_mul(1u32 << attempt.min(16))
@@ -46,7 +81,12 @@ impl RetryStore {
         let mut b = [0u8; 2];
         let _ = getrandom::getrandom(&mut b);
         let jitter = u16::from_le_bytes(b) as f64 / u16::MAX as f64; // 0..1
-        exp.mul_f64(0.5 + jitter / 2.0)
+        let backoff = exp.mul_f64(0.5 + jitter / 2.0);
+        match hint {
+            // The server said when: wait that long (plus a little jitter), not less.
+            Some(h) => h.min(Duration::from_secs(60)) + backoff.mul_f64(0.1),
+            None => backoff,
+        }
     }
 
     async fn run<T, F, Fut>(&self, mut f: F) -> Result<T, StoreError>
@@ -54,11 +94,22 @@ impl RetryStore {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, StoreError>>,
     {
+        let started = Instant::now();
         let mut attempt = 0;
         loop {
             match f().await {
                 Err(e) if e.is_transient() && attempt + 1 < self.attempts => {
-                    let d = self.delay(attempt);
+                    let d = self.delay(attempt, e.retry_after());
+                    let elapsed = started.elapsed();
+                    let budget = if matches!(e, StoreError::Unreachable { .. }) {
+                        self.budget.min(UNREACHABLE_BUDGET)
+                    } else {
+                        self.budget
+                    };
+                    if elapsed + d > budget {
+                        tracing::debug!(error = %e, attempts = attempt + 1, elapsed_s = elapsed.as_secs(), "store still failing after the retry budget; giving up");
+                        return Err(e);
+                    }
                     tracing::info!(error = %e, attempt = attempt + 1, delay_ms = d.as_millis() as u64, "transient store error, retrying");
                     tokio::time::sleep(d).await;
                     attempt += 1;
@@ -76,6 +127,24 @@ impl ObjectStore for RetryStore {
     }
     async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
         self.run(|| self.inner.put(key, data.clone())).await
+    }
+    async fn put_if_absent(&self, key: &str, data: Bytes) -> Result<PutOutcome, StoreError> {
+        let mut tries = 0;
+        let outcome = self
+            .run(|| {
+                tries += 1;
+                self.inner.put_if_absent(key, data.clone())
+            })
+            .await?;
+        // A retry after a put that did land (the response was lost) finds our own value.
+        if outcome == PutOutcome::Exists && tries > 1 {
+            if let Ok(back) = self.get(key).await {
+                if back == data {
+                    return Ok(PutOutcome::Created);
+                }
+            }
+        }
+        Ok(outcome)
     }
     async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
         self.run(|| self.inner.get(key)).await
@@ -111,6 +180,9 @@ mod tests {
             "flaky".into()
         }
         async fn put(&self, _: &str, _: Bytes) -> Result<(), StoreError> {
+            unimplemented!()
+        }
+        async fn put_if_absent(&self, _: &str, _: Bytes) -> Result<PutOutcome, StoreError> {
             unimplemented!()
         }
         async fn get(&self, key: &str) -> Result<Bytes, StoreError> {

@@ -8,7 +8,7 @@ use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use bytes::Bytes;
 
-use super::{ObjectInfo, ObjectStore, S3Options, StoreError};
+use super::{ObjectInfo, ObjectStore, PutOutcome, S3Options, StoreError};
 
 #[derive(Debug, Clone)]
 pub struct S3Store {
@@ -93,6 +93,15 @@ where
         SdkError::ServiceError(se) => se.err().code().map(str::to_string),
         _ => None,
     };
+    let retry_after = match &err {
+        SdkError::ServiceError(se) => se
+            .raw()
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(std::time::Duration::from_secs),
+        _ => None,
+    };
     match (&err, status, code.as_deref()) {
         (_, _, Some("NoSuchBucket")) => StoreError::Permanent {
             op,
@@ -100,23 +109,27 @@ where
             message: "the bucket does not exist (create it first)".into(),
         },
         (_, Some(404), _) | (_, _, Some("NoSuchKey" | "NotFound")) => StoreError::NotFound { key },
+        (SdkError::DispatchFailure(d), _, _) if d.is_io() || d.is_timeout() => {
+            StoreError::Unreachable { op, key, message }
+        }
         (
             SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_),
             _,
             _,
         ) => StoreError::Transient { op, key, message },
-        (_, Some(s), _) if s == 429 || s >= 500 => StoreError::Transient { op, key, message },
-        (
-            _,
-            _,
-            Some(
-                "SlowDown"
-                | "Throttling"
-                | "ThrottlingException"
-                | "RequestTimeout"
-                | "InternalError",
-            ),
-        ) => StoreError::Transient { op, key, message },
+        (_, Some(429 | 503), _)
+        | (_, _, Some("SlowDown" | "Throttling" | "ThrottlingException")) => {
+            StoreError::Throttled {
+                op,
+                key,
+                message,
+                retry_after,
+            }
+        }
+        (_, Some(s), _) if s >= 500 => StoreError::Transient { op, key, message },
+        (_, _, Some("RequestTimeout" | "InternalError" | "ConditionalRequestConflict")) => {
+            StoreError::Transient { op, key, message }
+        }
         _ => StoreError::Permanent { op, key, message },
     }
 }
@@ -141,6 +154,34 @@ impl ObjectStore for S3Store {
             .await
             .map(|_| ())
             .map_err(|e| classify("put", key, e))
+    }
+
+    async fn put_if_absent(&self, key: &str, data: Bytes) -> Result<PutOutcome, StoreError> {
+        let sent = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(self.full(key))
+            .if_none_match("*")
+            .body(ByteStream::from(data.clone()))
+            .send()
+            .await;
+        if let Err(e) = sent {
+            let precondition =
+                matches!(&e, SdkError::ServiceError(se) if se.raw().status().as_u16() == 412);
+            if precondition {
+                return Ok(PutOutcome::Exists);
+            }
+            return Err(classify("put", key, e));
+        }
+        // A server that ignores If-None-Match overwrote instead: the one whose bytes are not
+        // there (read back) lost.
+        let back = self.get(key).await?;
+        Ok(if back == data {
+            PutOutcome::Created
+        } else {
+            PutOutcome::Exists
+        })
     }
 
     async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
@@ -219,6 +260,9 @@ impl ObjectStore for S3Store {
                         out.push(ObjectInfo {
                             key: k[strip..].to_string(),
                             size: o.size().unwrap_or(0).max(0) as u64,
+                            modified: o.last_modified().and_then(|t| {
+                                jiff::Timestamp::new(t.secs(), t.subsec_nanos() as i32).ok()
+                            }),
                         });
                     }
                 }

@@ -442,7 +442,9 @@ pub async fn backup_claim(
         // read (written by a root init container, say) needs the root reader.
         let run_as = consumer_identity(client, &ns, &name).await;
         let (entries, stats) = match read(run_as.clone()).await {
-            Err(e) if run_as != RunAs::Root => {
+            // Only a failure to *read the volume* is worth a second try as root; a repository
+            // error fails the whole backup (the packer is poisoned by then anyway).
+            Err(e) if run_as != RunAs::Root && !matches!(e, VolumeError::Repo(_)) => {
                 let uid = match &run_as {
                     RunAs::User { uid, .. } => *uid,
                     RunAs::Root => 0,
@@ -479,6 +481,8 @@ pub async fn backup_claim(
     }
     match result {
         Ok(r) => Ok(Ok(r)),
+        // The repository failed: not a per-claim problem, the backup as a whole must fail.
+        Err(e @ VolumeError::Repo(_)) => Err(e),
         Err(e) => Ok(Err(format!("PVC {ns}/{name} not backed up: {e}"))),
     }
 }
