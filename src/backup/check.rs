@@ -596,12 +596,54 @@ async fn repair_snapshots_locked(
     for u in &unreadable {
         repo.delete(&u.object).await?;
     }
+    // The index forgets locations in packs that are gone (what made the backups lose data).
+    rewrite_index_valid(repo, lock).await?;
     Ok(RepairSnapshotsReport {
         dry_run,
         checked: snaps.len(),
         repaired,
         unreadable,
     })
+}
+
+/// One new index file with every location whose pack exists and is long enough; the old index
+/// files are removed.
+async fn rewrite_index_valid(repo: &Repository, lock: &Lock) -> Result<(), Error> {
+    let old: Vec<String> = repo
+        .list(layout::INDEX)
+        .await?
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    repo.load_index_valid().await?;
+    let mut by_pack: BTreeMap<PackId, Vec<PackEntry>> = BTreeMap::new();
+    for (b, l) in repo.index_snapshot().await {
+        by_pack.entry(l.pack).or_default().push(PackEntry {
+            kind: l.kind,
+            id: b,
+            offset: l.offset,
+            length: l.length,
+            raw_length: l.raw_length,
+        });
+    }
+    let packs = by_pack
+        .into_iter()
+        .map(|(p, mut blobs)| {
+            blobs.sort_by_key(|e| e.offset);
+            IndexPack {
+                id: p.to_hex(),
+                blobs,
+            }
+        })
+        .collect();
+    lock.ensure_held().await?;
+    repo.write_json(&layout::index(&crate::repo::new_id()), &IndexFile { packs })
+        .await?;
+    for k in &old {
+        repo.delete(k).await?;
+    }
+    repo.load_index().await?;
+    Ok(())
 }
 
 impl crate::output::Render for RepairSnapshotsReport {

@@ -677,7 +677,7 @@ where
         let lock = Lock::acquire(repo.clone(), false, "backup").await?;
         // The index as it is now that we hold the lock (a prune may have run since the open):
         // deduplication must only ever point at blobs that are still there.
-        repo.load_index().await?;
+        repo.load_index_valid().await?;
         let packer = Arc::new(Packer::new(repo.clone()));
         tx.send_replace(Some(packer.clone()));
         Ok::<_, Error>((repo, created, lock, packer))

@@ -359,6 +359,24 @@ impl Repository {
 
     /// (Re)load every index file.
     pub async fn load_index(&self) -> Result<(), RepoError> {
+        self.load_index_with(None).await
+    }
+
+    /// Load the index keeping only locations whose pack exists and is long enough (one LIST
+    /// of `data/`). Writers use this: deduplicating against a blob whose pack is missing or
+    /// truncated would make a new backup reference lost data; with it, such blobs are simply
+    /// stored again. Where two index files place a blob, a valid location wins.
+    pub async fn load_index_valid(&self) -> Result<(), RepoError> {
+        let packs: HashMap<String, u64> = self
+            .list(layout::DATA)
+            .await?
+            .into_iter()
+            .filter_map(|o| Some((layout::id_of(layout::DATA, &o.key)?.to_string(), o.size)))
+            .collect();
+        self.load_index_with(Some(&packs)).await
+    }
+
+    async fn load_index_with(&self, valid: Option<&HashMap<String, u64>>) -> Result<(), RepoError> {
         use futures::{StreamExt, TryStreamExt};
         let files = self
             .store
@@ -414,7 +432,16 @@ impl Repository {
                 }
             }
             for (p, pack) in file.packs.into_iter().zip(packs.iter().copied()) {
+                let size = valid.map(|v| v.get(&p.id).copied());
                 for b in p.blobs {
+                    if let Some(size) = size {
+                        let fits = size.is_some_and(|s| b.offset as u64 + b.length as u64 <= s);
+                        if !fits {
+                            continue;
+                        }
+                    } else if index.contains_key(&b.id) {
+                        continue; // the first location read is kept
+                    }
                     index.insert(
                         b.id,
                         Location {
@@ -866,20 +893,23 @@ impl Repository {
         &self,
         blobs: impl IntoIterator<Item = BlobId>,
     ) -> Result<(), RepoError> {
-        self.load_index().await?;
-        let packs: HashSet<String> = self
+        self.load_index_valid().await?;
+        let packs: HashMap<String, u64> = self
             .list(layout::DATA)
             .await?
             .into_iter()
-            .filter_map(|o| layout::id_of(layout::DATA, &o.key).map(str::to_string))
+            .filter_map(|o| Some((layout::id_of(layout::DATA, &o.key)?.to_string(), o.size)))
             .collect();
         let index = self.index.read().expect("index lock");
         let mut missing = 0usize;
         let mut example = String::new();
         for b in blobs {
-            let ok = index
-                .get(&b)
-                .is_some_and(|l| packs.contains(&l.pack.to_hex()));
+            // Indexed, and its pack exists and is long enough to hold it.
+            let ok = index.get(&b).is_some_and(|l| {
+                packs
+                    .get(&l.pack.to_hex())
+                    .is_some_and(|&size| l.offset as u64 + l.length as u64 <= size)
+            });
             if !ok {
                 if missing == 0 {
                     example = b.to_hex();
