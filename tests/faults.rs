@@ -641,3 +641,202 @@ async fn kill_9_at_every_write_point_leaves_nothing_half_listed() {
     assert_eq!(assert_trustworthy(&lb, "final prune"), 1);
     ns.cleanup().await;
 }
+
+/// splitmix64, so a failing schedule reproduces from its seed.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn pick<'a>(&mut self, xs: &[&'a str]) -> &'a str {
+        xs[self.below(xs.len() as u64) as usize]
+    }
+}
+
+/// Random store faults for one process (no truncation: that is damage outside lifeboat,
+/// covered on its own above).
+fn random_faults(rng: &mut Rng) -> String {
+    let mut rules = Vec::new();
+    for _ in 0..rng.below(3) + 1 {
+        let op = rng.pick(&[
+            "put",
+            "put@data/",
+            "put@index/",
+            "put@snapshots/",
+            "get",
+            "list",
+            "delete",
+            "any",
+        ]);
+        let fail = rng.pick(&[
+            "transient",
+            "throttle",
+            "lost",
+            "permanent",
+            "enospc",
+            "delay=200",
+        ]);
+        let p = rng.pick(&["0.05", "0.2", "0.5"]);
+        rules.push(format!(
+            "{op},nth={},count=0,p={p},fail={fail}",
+            rng.below(6) + 1
+        ));
+    }
+    rules.join(";")
+}
+
+const KILL_POINTS: &[&str] = &[
+    "lock.written",
+    "pack.before-upload",
+    "index.before-write",
+    "backup.before-snapshot",
+    "backup.after-snapshot",
+    "prune.after-index",
+    "prune.before-delete",
+    "init.after-key",
+];
+
+/// The campaign: seeded schedules of faults over init, backup, prune and restore, alone and in
+/// concurrent pairs, with clocks skewed by up to ±10 minutes. After each schedule the
+/// invariants of `assert_trustworthy` must hold. `LIFEBOAT_CAMPAIGN_SCHEDULES` (default 50) and
+/// `LIFEBOAT_CAMPAIGN_SEED` (default 1) choose the rounds; `scripts/fault-campaign` runs more.
+#[tokio::test]
+async fn fault_campaign() {
+    let schedules: u64 = std::env::var("LIFEBOAT_CAMPAIGN_SCHEDULES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(50);
+    let first: u64 = std::env::var("LIFEBOAT_CAMPAIGN_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    let ns = namespace_with_objects("campaign", 6).await;
+    let mut injected = 0usize;
+    let mut listed_total = 0usize;
+    let mut kills = 0usize;
+    let mut failed_ops = 0usize;
+    for seed in first..first + schedules {
+        let mut rng = Rng(seed);
+        let repo = if seed % 4 == 0 {
+            Repo::s3().await
+        } else {
+            Repo::local()
+        };
+        let log = repo._tmp.path().join("faults.log");
+        let faulty = |rng: &mut Rng, lb: Lifeboat| -> Lifeboat {
+            let mut lb = lb
+                .env("LIFEBOAT_FAULTS_SEED", &rng.next().to_string())
+                .env("LIFEBOAT_FAULTS_LOG", log.to_str().unwrap())
+                .env(
+                    "LIFEBOAT_CLOCK_SKEW_SECONDS",
+                    &((rng.below(1201) as i64) - 600).to_string(),
+                )
+                .env("LIFEBOAT_STORE_RETRY_SECONDS", "3");
+            if rng.below(2) == 0 {
+                lb = lb.env("LIFEBOAT_FAULTS", &random_faults(rng));
+            }
+            if rng.below(4) == 0 {
+                lb = lb.env(
+                    "LIFEBOAT_FAILPOINTS",
+                    &format!("{}=kill", rng.pick(KILL_POINTS)),
+                );
+            }
+            lb
+        };
+        let scenario = rng.below(5);
+        let what = format!("seed {seed} scenario {scenario}");
+        let lb = repo.lb();
+        let mut outcomes: Vec<std::process::Output> = Vec::new();
+        if scenario == 0 {
+            // init ‖ init, both under faults.
+            let a = spawn(&faulty(&mut rng, repo.lb()), &["repo", "init"]);
+            let b = spawn(&faulty(&mut rng, repo.lb()), &["repo", "init"]);
+            outcomes.push(finish(a, "init a"));
+            outcomes.push(finish(b, "init b"));
+            let wins = outcomes.iter().filter(|o| o.status.success()).count();
+            assert!(wins <= 1, "{what}: two inits succeeded");
+            if wins == 0 {
+                // Both failed (faults): a clean init afterwards must work.
+                let r = lb.run(&["repo", "init"]);
+                assert!(
+                    r.code() == 0 || r.stderr().contains("already exists"),
+                    "{what}: {}",
+                    r.describe()
+                );
+            }
+            lb.run(&["backup", "create", "-n", &ns.name]).success();
+        } else {
+            lb.run(&["repo", "init"]).success();
+            lb.run(&["backup", "create", "-n", &ns.name]).success();
+            // A change so the next backup writes new data.
+            ns.api::<ConfigMap>()
+                .create(
+                    &PostParams::default(),
+                    &serde_json::from_value(serde_json::json!({"metadata": {"name": format!("s{seed}")}, "data": {"k": seed.to_string()}}))
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            let backup = ["backup", "create", "-n", ns.name.as_str()];
+            let prune_args = [
+                "backup",
+                "prune",
+                "--keep-last",
+                "1",
+                "--safety-margin",
+                if rng.below(2) == 0 { "0s" } else { "6h" },
+            ];
+            let pairs: Vec<(Vec<&str>, Vec<&str>)> = match scenario {
+                1 => vec![(backup.to_vec(), vec![])],
+                2 => vec![(backup.to_vec(), prune_args.to_vec())],
+                3 => vec![(backup.to_vec(), backup.to_vec())],
+                _ => vec![(
+                    vec!["restore", "latest", "--dry-run", "--namespace-map"],
+                    prune_args.to_vec(),
+                )],
+            };
+            for (a, b) in pairs {
+                let mut a = a;
+                let map = format!("{}={}", ns.name, unique("lbt-cmp"));
+                if a[0] == "restore" {
+                    a.push(&map);
+                }
+                let ca = spawn(&faulty(&mut rng, repo.lb()), &a);
+                let cb = (!b.is_empty()).then(|| {
+                    std::thread::sleep(Duration::from_millis(rng.below(800)));
+                    spawn(&faulty(&mut rng, repo.lb()), &b)
+                });
+                outcomes.push(finish(ca, "first"));
+                if let Some(cb) = cb {
+                    outcomes.push(finish(cb, "second"));
+                }
+            }
+        }
+        for o in &outcomes {
+            if o.status.signal() == Some(9) {
+                kills += 1;
+            } else if !o.status.success() {
+                failed_ops += 1;
+                // A failure is loud and short: one line on stderr, no panic.
+                let err = String::from_utf8_lossy(&o.stderr);
+                assert!(!err.contains("panicked"), "{what}: {err}");
+            }
+        }
+        injected += std::fs::read_to_string(&log)
+            .map(|s| s.lines().count())
+            .unwrap_or(0);
+        listed_total += assert_trustworthy(&lb, &what);
+    }
+    eprintln!(
+        "fault campaign: {schedules} schedules (seeds {first}..{}), {injected} store faults injected, {kills} processes killed, {failed_ops} operations failed loudly, {listed_total} backups listed, 0 listed-but-broken",
+        first + schedules - 1
+    );
+    ns.cleanup().await;
+}

@@ -180,12 +180,12 @@ impl KdfParams {
     pub const MAX_PARALLELISM: u32 = 16;
 
     pub fn check(&self) -> Result<(), KeyError> {
-        if self.memory_kib < 8 * self.parallelism.max(1)
-            || self.memory_kib > Self::MAX_MEMORY_KIB
+        if self.parallelism == 0
+            || self.parallelism > Self::MAX_PARALLELISM
             || self.iterations == 0
             || self.iterations > Self::MAX_ITERATIONS
-            || self.parallelism == 0
-            || self.parallelism > Self::MAX_PARALLELISM
+            || self.memory_kib > Self::MAX_MEMORY_KIB
+            || self.memory_kib < 8 * self.parallelism
         {
             return Err(KeyError::Unsupported(format!(
                 "key derivation parameters out of bounds (memory {} KiB, {} passes, {} lanes)",

@@ -923,3 +923,73 @@ impl Repository {
         Ok(())
     }
 }
+
+#[cfg(all(test, feature = "faults"))]
+mod tests {
+    use super::*;
+    use crate::store::fault::{FaultStore, parse};
+
+    const FAST: KdfParams = KdfParams {
+        memory_kib: 1024,
+        iterations: 1,
+        parallelism: 1,
+    };
+
+    /// A failed pack upload must not leave its blobs "seen": adding the same content again
+    /// fails (the packer is poisoned) instead of deduplicating into nothing.
+    #[tokio::test]
+    async fn a_failed_upload_poisons_the_packer() {
+        let dir = tempfile::tempdir().unwrap();
+        let local: DynStore = Arc::new(crate::store::local::LocalStore::new(dir.path().into()));
+        Repository::init(local.clone(), b"pw", FAST).await.unwrap();
+        let faulty: DynStore = Arc::new(FaultStore::new(
+            local.clone(),
+            parse("put@data/,fail=permanent").unwrap(),
+            1,
+            None,
+        ));
+        let repo = Arc::new(Repository::open(faulty, b"pw").await.unwrap());
+        let packer = Packer::with_pack_size(repo.clone(), 10);
+        // The pack fills at once and its upload fails.
+        assert!(packer.add(BlobType::Object, b"first object").await.is_err());
+        // The same content again: not "already seen", an error.
+        let again = packer.add(BlobType::Object, b"first object").await;
+        assert!(matches!(again, Err(RepoError::WriteFailed(_))), "{again:?}");
+        assert!(packer.add(BlobType::Object, b"other").await.is_err());
+        assert!(packer.finish().await.is_err(), "nothing can be finished");
+        assert!(
+            repo.list(layout::INDEX).await.unwrap().is_empty(),
+            "no index written"
+        );
+    }
+
+    /// Two inits at once on one store: one wins, the other says so and removes its key; the
+    /// repository opens with the winner's key. A key left by an init that died before its
+    /// config does not stop `open`.
+    #[tokio::test]
+    async fn concurrent_inits_and_orphan_keys() {
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().unwrap();
+            let store: DynStore = Arc::new(crate::store::local::LocalStore::new(dir.path().into()));
+            let (a, b) = tokio::join!(
+                Repository::init(store.clone(), b"pw", FAST),
+                Repository::init(store.clone(), b"pw", FAST)
+            );
+            assert_eq!(a.is_ok() as u8 + b.is_ok() as u8, 1);
+            assert_eq!(store.list(layout::KEYS).await.unwrap().len(), 1);
+            let winner = a.or(b).unwrap();
+            // An orphan key (an init that died between key and config) with the same password.
+            let orphan =
+                KeyFile::seal(&MasterKey::generate(), b"pw", FAST, now(), hostname()).unwrap();
+            store
+                .put(
+                    "keys/0000orphan",
+                    Bytes::from(serde_json::to_vec(&orphan).unwrap()),
+                )
+                .await
+                .unwrap();
+            let opened = Repository::open(store.clone(), b"pw").await.unwrap();
+            assert_eq!(opened.config.id, winner.config.id);
+        }
+    }
+}
