@@ -27,6 +27,11 @@ pub struct BackupInfo {
     pub objects: u64,
     pub bytes_total: u64,
     pub bytes_added: u64,
+    /// The latest drill of this backup: `passed` or `failed` (absent: never drilled).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drill: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drill_time: Option<String>,
 }
 
 impl BackupInfo {
@@ -41,6 +46,8 @@ impl BackupInfo {
             objects: s.objects,
             bytes_total: s.bytes_total,
             bytes_added: s.bytes_added,
+            drill: None,
+            drill_time: None,
         }
     }
 }
@@ -50,10 +57,19 @@ pub struct BackupList(pub Vec<BackupInfo>);
 
 pub async fn list(repo: &Repository, tags: &[(String, String)]) -> Result<BackupList, Error> {
     let all = repo.snapshots().await?;
+    let verdicts = crate::drill::verdicts(repo).await.unwrap_or_default();
     Ok(BackupList(
         all.iter()
             .filter(|(_, s)| tags.iter().all(|(k, v)| s.tags.get(k) == Some(v)))
-            .map(|(id, s)| BackupInfo::from(id, s))
+            .map(|(id, s)| {
+                let mut b = BackupInfo::from(id, s);
+                // Verdicts are sorted oldest first: the last one for this backup wins.
+                if let Some(v) = verdicts.iter().rev().find(|v| &v.backup == id) {
+                    b.drill = Some(if v.ok { "passed" } else { "failed" }.into());
+                    b.drill_time = Some(v.time.clone());
+                }
+                b
+            })
             .collect(),
     ))
 }
@@ -71,8 +87,8 @@ impl crate::output::Render for BackupList {
         }
         writeln!(
             w,
-            "{:<10} {:<20} {:>8} {:>10} {:>10}  {:<20} TAGS",
-            "ID", "TIME (UTC)", "OBJECTS", "SIZE", "ADDED", "NAMESPACES"
+            "{:<10} {:<20} {:>8} {:>10} {:>10}  {:<7} {:<20} TAGS",
+            "ID", "TIME (UTC)", "OBJECTS", "SIZE", "ADDED", "DRILL", "NAMESPACES"
         )?;
         for b in &self.0 {
             let ns = if b.namespaces.is_empty() {
@@ -83,12 +99,13 @@ impl crate::output::Render for BackupList {
             let tags: Vec<String> = b.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
             writeln!(
                 w,
-                "{:<10} {:<20} {:>8} {:>10} {:>10}  {:<20} {}",
+                "{:<10} {:<20} {:>8} {:>10} {:>10}  {:<7} {:<20} {}",
                 &b.id[..8],
                 short_time(&b.time),
                 b.objects,
                 human_bytes(b.bytes_total),
                 human_bytes(b.bytes_added),
+                b.drill.as_deref().unwrap_or("-"),
                 ns,
                 tags.join(",")
             )?;
