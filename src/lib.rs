@@ -111,7 +111,18 @@ pub async fn run(cli: Cli, settings: Settings) -> Result<Exit, Error> {
             read_data_subset,
         }) => {
             let repo = repo::access::open(&settings.repo_options(&cli.global)).await?;
-            let lock = repo::lock::Lock::acquire(repo.clone(), false, "check").await?;
+            // Check only reads: when an exclusive (or unreadable) lock is held it still runs,
+            // so a damaged lock file can be diagnosed, and says so.
+            let lock = match repo::lock::Lock::acquire(repo.clone(), false, "check").await {
+                Ok(l) => Some(l),
+                Err(repo::RepoError::Locked(why)) => {
+                    eprintln!(
+                        "warning: checking without a lock ({why}): a running prune or repair may show as damage"
+                    );
+                    None
+                }
+                Err(e) => return Err(e.into()),
+            };
             let report = backup::check::check(
                 &repo,
                 backup::check::CheckOptions {
@@ -120,7 +131,9 @@ pub async fn run(cli: Cli, settings: Settings) -> Result<Exit, Error> {
                 },
             )
             .await;
-            let _ = lock.release().await;
+            if let Some(lock) = lock {
+                let _ = lock.release().await;
+            }
             let report = report?;
             output::emit(out, &report)?;
             Ok(if report.ok {

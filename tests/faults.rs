@@ -479,7 +479,28 @@ async fn repo_check_names_each_damaged_file_and_repairs_bring_backups_back() {
     let p = lb.run(&["backup", "prune"]);
     assert_eq!(p.code(), 1, "{}", p.describe());
     assert!(p.stderr().contains(&"f".repeat(64)), "{}", p.describe());
+    let c = lb.run(&["repo", "check"]);
+    assert_eq!(c.code(), 2, "{}", c.describe());
+    assert!(
+        c.stdout().contains(&format!("locks/{}", "f".repeat(64))),
+        "{}",
+        c.describe()
+    );
     std::fs::remove_file(&lock).unwrap();
+
+    // A flipped byte in the only key file: "corrupt", naming it (not "wrong password").
+    let key = repo.files("keys")[0].clone();
+    let orig = flip(&key, 0.9);
+    let r = lb.run(&["backup", "list"]);
+    assert_eq!(r.code(), 1, "{}", r.describe());
+    assert!(
+        r.stderr()
+            .contains(&key.file_name().unwrap().to_string_lossy().to_string())
+            && r.stderr().contains("corrupt"),
+        "{}",
+        r.describe()
+    );
+    std::fs::write(&key, orig).unwrap();
 
     // The index deleted: backups cannot be read until `repo repair index` rebuilds it.
     for f in repo.files("index") {

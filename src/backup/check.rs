@@ -143,6 +143,22 @@ pub async fn check(repo: &Repository, opts: CheckOptions) -> Result<CheckReport,
     for d in repo.damaged_index() {
         damaged.push(problem(d.key, d.message));
     }
+    for l in repo.list(layout::LOCKS).await? {
+        match repo
+            .read_json::<crate::repo::lock::LockFile>(&l.key, "lock file")
+            .await
+        {
+            Ok(_) => {}
+            Err(crate::repo::RepoError::Store { source, .. }) if source.is_not_found() => {}
+            Err(e) => damaged.push(problem(
+                l.key.clone(),
+                format!(
+                    "{} (remove it once no lifeboat runs)",
+                    crate::error::display_chain(&e)
+                ),
+            )),
+        }
+    }
     let (snaps, bad_snaps) = repo.snapshots_checked().await?;
     for d in bad_snaps {
         damaged.push(problem(d.key, d.message));

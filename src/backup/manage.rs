@@ -973,4 +973,71 @@ mod tests {
         );
         assert!(k(Retention::default()).is_empty());
     }
+
+    fn snap(ns: &str, time: &str, tags: &[(&str, &str)]) -> Snapshot {
+        let mut s: Snapshot = serde_json::from_value(serde_json::json!({
+            "version": 1, "time": time, "hostname": "h", "toolVersion": "0",
+            "cluster": {"server": "https://a", "context": null, "serverVersion": "v1.34.4"},
+            "selectors": {"namespaces": [ns], "labelSelector": null, "includeResources": [],
+                          "excludeResources": [], "includeClusterResources": "auto", "defaultExcludes": true},
+            "tags": {}, "resources": {}, "objects": 1, "bytesTotal": 1, "bytesAdded": 1,
+            "durationSeconds": 0.0, "warnings": [], "trees": []
+        }))
+        .unwrap();
+        for (k, v) in tags {
+            s.tags.insert(k.to_string(), v.to_string());
+        }
+        s
+    }
+
+    #[test]
+    fn retention_is_per_group_and_keeps_verified_and_tagged_backups() {
+        // Nightly shop and billing backups, newest first; billing always ran last.
+        let snaps = vec![
+            (
+                "b3".to_string(),
+                snap("billing", "2026-12-03T02:30:00Z", &[]),
+            ),
+            ("s3".to_string(), snap("shop", "2026-12-03T02:00:00Z", &[])),
+            (
+                "b2".to_string(),
+                snap("billing", "2026-12-02T02:30:00Z", &[]),
+            ),
+            (
+                "s2".to_string(),
+                snap("shop", "2026-12-02T02:00:00Z", &[("keep", "yes")]),
+            ),
+            (
+                "b1".to_string(),
+                snap("billing", "2026-12-01T02:30:00Z", &[]),
+            ),
+            ("s1".to_string(), snap("shop", "2026-12-01T02:00:00Z", &[])),
+        ];
+        let daily = Retention {
+            daily: Some(7),
+            ..Default::default()
+        };
+        assert!(
+            removals(&snaps, &daily, GroupBy::default(), &HashSet::new()).is_empty(),
+            "each series keeps its own daily backups"
+        );
+        // One group: the old behaviour lost one series' backups every day.
+        let one = GroupBy::parse("none").unwrap();
+        assert_eq!(
+            removals(&snaps, &daily, one, &HashSet::new()),
+            ["s3", "s2", "s1"]
+        );
+        let last = Retention {
+            last: Some(1),
+            keep_tags: vec![("keep".into(), "yes".into())],
+            ..Default::default()
+        };
+        let verified: HashSet<String> = ["b1".to_string()].into();
+        assert_eq!(
+            removals(&snaps, &last, GroupBy::default(), &verified),
+            ["b2", "s1"],
+            "newest per group, the newest verified (b1) and the tagged (s2) stay"
+        );
+        assert!(GroupBy::parse("cluster,hosts").is_err());
+    }
 }

@@ -195,8 +195,6 @@ pub async fn run(
         tags: Vec::new(),
     };
     let (backup_id, snap) = repo.find_snapshot_in(&opts.backup, &filter).await?;
-    // A shared lock: no prune can remove this backup's data while it is being restored.
-    let lock = crate::repo::lock::Lock::acquire(repo.clone(), false, "drill").await?;
     let entries = repo.snapshot_entries(&snap).await?;
     let in_backup: BTreeSet<String> = entries.iter().filter_map(|e| e.namespace.clone()).collect();
     let namespaces: Vec<String> = if opts.namespaces.is_empty() {
@@ -236,6 +234,8 @@ pub async fn run(
     let backup_time: jiff::Timestamp = snap.time.parse().unwrap_or(started);
     let backup_age = started.duration_since(backup_time).as_secs_f64();
 
+    // A shared lock: no prune can remove this backup's data while it is being restored.
+    let lock = crate::repo::lock::Lock::acquire(repo.clone(), false, "drill").await?;
     let mut created = Vec::new();
     let body = async {
         for m in &mapping {
@@ -276,7 +276,10 @@ pub async fn run(
             0.0,
             None,
         ),
-        Some(Err(e)) => return Err(e),
+        Some(Err(e)) => {
+            let _ = lock.release().await;
+            return Err(e);
+        }
         Some(Ok(r)) => r,
     };
     let mut checks = checks;

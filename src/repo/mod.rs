@@ -288,6 +288,18 @@ impl Repository {
         let mut unsupported = None;
         for k in &keys {
             let raw = store.get(&k.key).await.map_err(store_err(&store))?;
+            // A key file is named by the hash of its content: a changed byte is damage, not a
+            // wrong password.
+            let named = layout::id_of(layout::KEYS, &k.key)
+                .is_some_and(|id| id == hex::encode(&sha2_256(&raw)[..16]));
+            if !named {
+                damaged_keys.push(DamagedFile {
+                    key: k.key.clone(),
+                    message: "key file content does not match its name (corrupt or tampered)"
+                        .into(),
+                });
+                continue;
+            }
             let kf: KeyFile = match serde_json::from_slice(&raw) {
                 Ok(kf) => kf,
                 Err(e) => {
@@ -325,6 +337,15 @@ impl Repository {
                 return Err(RepoError::Corrupt {
                     what: "repository config (no key that the password opens decrypts it)".into(),
                     key: layout::CONFIG.into(),
+                });
+            }
+            if unsupported.is_none() && !damaged_keys.is_empty() {
+                return Err(RepoError::Corrupt {
+                    what: format!(
+                        "key file ({}; no other key opens with this password)",
+                        damaged_keys[0].message
+                    ),
+                    key: damaged_keys[0].key.clone(),
                 });
             }
             if let (Some(u), true) = (unsupported, !damaged_keys.is_empty()) {
