@@ -224,6 +224,19 @@ pub struct RestoreArgs {
     #[arg(long)]
     pub from_snapshot: bool,
 
+    /// Seconds to wait, once everything is created, for restored claims to bind; each claim
+    /// that was Bound in the backup and is still Pending fails the restore (exit 2) with the
+    /// reason. 0: do not wait
+    #[arg(long, default_value_t = 180, value_name = "SECONDS")]
+    pub bind_timeout: u64,
+
+    /// Restore PersistentVolumes as they are and keep claims bound to them, whatever their
+    /// reclaim policy, provisioner or namespace map. Only for a cluster that cannot reach the
+    /// source's storage: the PVs point at the source's disks. A PV that exists in the target is
+    /// still never changed or taken over
+    #[arg(long)]
+    pub restore_pvs_as_is: bool,
+
     /// Image of the mover pods that fill restored claims (needs `sleep` and `tar`)
     #[arg(long, default_value = crate::volume::mover::DEFAULT_IMAGE, value_name = "IMAGE")]
     pub mover_image: String,

@@ -59,6 +59,13 @@ pub struct RestoreOptions {
     /// Every mover pod is recorded here before it is created; the caller deletes them when the
     /// restore is interrupted (Ctrl-C).
     pub cleanup: crate::volume::snapshots::Cleanup,
+    /// Restore PersistentVolumes as they are, and keep claims bound to them, whatever their
+    /// reclaim policy or provisioner (`--restore-pvs-as-is`). A PV that exists in the target is
+    /// still never changed, shared or taken over.
+    pub pvs_as_is: bool,
+    /// How long to wait, once everything is created, for restored claims to bind (zero: do not
+    /// wait). Claims that were Bound in the backup and are still Pending are failed items.
+    pub bind_timeout: Duration,
 }
 
 impl Default for RestoreOptions {
@@ -80,6 +87,8 @@ impl Default for RestoreOptions {
             mover: Default::default(),
             from_snapshot: false,
             cleanup: Default::default(),
+            pvs_as_is: false,
+            bind_timeout: Duration::from_secs(180),
         }
     }
 }
@@ -545,6 +554,9 @@ pub async fn restore(
         .map(|v| (v.namespace.clone(), v.pvc.clone()))
         .collect();
 
+    // What each restored claim gets as its volume, and which PVs are restored.
+    let volumes = plan_volumes(client, &source, &all, &candidates, &data_claims, opts, &rw).await?;
+
     // 2. Phase by phase.
     let mut target = discover_target(client).await?;
     let mut items: Vec<Item> = Vec::new();
@@ -562,6 +574,7 @@ pub async fn restore(
             client,
             source: &source,
             data_claims: &data_claims,
+            volumes: &volumes,
             opts,
             rw: &rw,
             selector: selector.as_ref(),
@@ -620,6 +633,10 @@ pub async fn restore(
         }
     }
 
+    if !opts.dry_run && !opts.bind_timeout.is_zero() {
+        wait_bound(client, &volumes, &rw, opts.bind_timeout, &mut items).await;
+    }
+
     let count = |o: Outcome| items.iter().filter(|i| i.outcome == o).count();
     Ok(RestoreReport {
         id: restore_id,
@@ -632,6 +649,190 @@ pub async fn restore(
         unvalidated: count(Outcome::Unvalidated),
         duration_seconds: start.elapsed().as_secs_f64(),
         items,
+    })
+}
+
+/// Wait until every claim this restore created or found, and that was Bound in the backup, is
+/// Bound; each one still Pending at the deadline becomes a failed item with the reason.
+async fn wait_bound(
+    client: &kube::Client,
+    volumes: &VolumePlan,
+    rw: &RewriteOptions,
+    timeout: Duration,
+    items: &mut [Item],
+) {
+    use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+    let targets: BTreeSet<(String, String)> = volumes
+        .was_bound
+        .iter()
+        .map(|(ns, n)| (rw.map_ns(ns).to_string(), n.clone()))
+        .collect();
+    let mut waiting: Vec<usize> = items
+        .iter()
+        .enumerate()
+        .filter(|(_, i)| {
+            i.kind == "PersistentVolumeClaim"
+                && i.outcome != Outcome::Failed
+                && i.namespace
+                    .as_ref()
+                    .is_some_and(|ns| targets.contains(&(ns.clone(), i.name.clone())))
+        })
+        .map(|(idx, _)| idx)
+        .collect();
+    let start = Instant::now();
+    let deadline = start + timeout;
+    let mut last: HashMap<usize, PersistentVolumeClaim> = HashMap::new();
+    let mut verdicts: HashMap<usize, rules::Pending> = HashMap::new();
+    let mut round = 0u32;
+    loop {
+        round += 1;
+        let mut still = Vec::new();
+        for idx in waiting {
+            let i = &items[idx];
+            let api: Api<PersistentVolumeClaim> =
+                Api::namespaced(client.clone(), i.namespace.as_deref().unwrap_or_default());
+            match api.get_opt(&i.name).await {
+                Ok(Some(c))
+                    if c.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound") => {}
+                Ok(Some(c)) => {
+                    last.insert(idx, c);
+                    still.push(idx);
+                }
+                // Gone, or unreadable: kept waiting; reported at the deadline.
+                _ => still.push(idx),
+            }
+        }
+        waiting = still;
+        // Claims that bind only once a pod uses them, and that no pod uses (after a grace
+        // period for controllers to create their pods), are not waited for.
+        if start.elapsed() > Duration::from_secs(10) && round % 5 == 0 {
+            let mut still = Vec::new();
+            for idx in waiting {
+                match last.get(&idx) {
+                    Some(c) => match pending_verdict(client, c).await {
+                        rules::Pending::WaitsForConsumer => {
+                            verdicts.insert(idx, rules::Pending::WaitsForConsumer);
+                        }
+                        rules::Pending::Stuck(_) => still.push(idx),
+                    },
+                    None => still.push(idx),
+                }
+            }
+            waiting = still;
+        }
+        if waiting.is_empty() || Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    for idx in waiting {
+        let verdict = match last.get(&idx) {
+            Some(c) => pending_verdict(client, c).await,
+            None => rules::Pending::Stuck("it cannot be read back".into()),
+        };
+        verdicts.insert(idx, verdict);
+    }
+    for (idx, verdict) in verdicts {
+        let i = &mut items[idx];
+        match verdict {
+            rules::Pending::WaitsForConsumer => {
+                let note = "Pending: its StorageClass binds it once a pod uses it";
+                i.message = Some(match i.message.take() {
+                    Some(m) => format!("{m}; {note}"),
+                    None => note.into(),
+                });
+            }
+            rules::Pending::Stuck(why) => {
+                let was = match (i.outcome, i.message.take()) {
+                    (Outcome::Created, Some(m)) => format!(" (created: {m})"),
+                    (Outcome::Created, None) => " (created)".into(),
+                    (_, Some(m)) => format!(" ({m})"),
+                    (_, None) => String::new(),
+                };
+                i.outcome = Outcome::Failed;
+                i.message = Some(format!(
+                    "still Pending after {}s: {why}{was}",
+                    timeout.as_secs()
+                ));
+            }
+        }
+    }
+}
+
+/// Read what `rules::pending_reason` needs about a Pending claim.
+async fn pending_verdict(
+    client: &kube::Client,
+    c: &k8s_openapi::api::core::v1::PersistentVolumeClaim,
+) -> rules::Pending {
+    use k8s_openapi::api::core::v1::{Event, Pod};
+    use k8s_openapi::api::storage::v1::StorageClass;
+    let ns = c.metadata.namespace.clone().unwrap_or_default();
+    let name = c.metadata.name.clone().unwrap_or_default();
+    let classes = Api::<StorageClass>::all(client.clone())
+        .list(&Default::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default();
+    let default_class = classes
+        .iter()
+        .find(|sc| {
+            sc.metadata.annotations.as_ref().is_some_and(|a| {
+                a.get("storageclass.kubernetes.io/is-default-class")
+                    .is_some_and(|v| v == "true")
+            })
+        })
+        .and_then(|sc| sc.metadata.name.clone());
+    let wanted = c
+        .spec
+        .as_ref()
+        .and_then(|s| s.storage_class_name.clone())
+        .or(default_class.clone());
+    let class = classes
+        .iter()
+        .find(|sc| sc.metadata.name == wanted)
+        .map(|sc| serde_json::to_value(sc).unwrap_or_default());
+    let events: Vec<Value> = Api::<Event>::namespaced(client.clone(), &ns)
+        .list(&kube::api::ListParams::default().fields(&format!(
+            "involvedObject.kind=PersistentVolumeClaim,involvedObject.name={name}"
+        )))
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| e.involved_object.uid == c.metadata.uid)
+        .filter_map(|e| serde_json::to_value(e).ok())
+        .collect();
+    let has_consumer = Api::<Pod>::namespaced(client.clone(), &ns)
+        .list(&Default::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+        .iter()
+        .filter(|p| {
+            !p.metadata
+                .labels
+                .as_ref()
+                .is_some_and(|l| l.contains_key(crate::volume::mover::LABEL))
+        })
+        .any(|p| {
+            p.spec
+                .as_ref()
+                .and_then(|s| s.volumes.as_ref())
+                .is_some_and(|vs| {
+                    vs.iter().any(|v| {
+                        v.persistent_volume_claim
+                            .as_ref()
+                            .is_some_and(|pvc| pvc.claim_name == name)
+                    })
+                })
+        });
+    let claim = serde_json::to_value(c).unwrap_or_default();
+    rules::pending_reason(&rules::PendingFacts {
+        claim: &claim,
+        class: class.as_ref(),
+        default_class: default_class.as_deref(),
+        events: &events,
+        has_consumer,
     })
 }
 
@@ -675,11 +876,127 @@ async fn wait_established(
     }
 }
 
+/// What each restored claim gets as its volume and why PVs are not restored.
+#[derive(Debug, Default)]
+struct VolumePlan {
+    /// (original namespace, claim) -> its volume.
+    claims: HashMap<(String, String), rules::ClaimVolume>,
+    /// PV name -> why it is not restored (absent: restore it).
+    pv_skip: HashMap<String, String>,
+    /// (original namespace, claim) of the claims that were Bound in the backup.
+    was_bound: BTreeSet<(String, String)>,
+}
+
+async fn target_pv(client: &kube::Client, name: &str) -> rules::TargetPv {
+    use k8s_openapi::api::core::v1::PersistentVolume;
+    match Api::<PersistentVolume>::all(client.clone())
+        .get_opt(name)
+        .await
+    {
+        Ok(None) => rules::TargetPv::Absent,
+        Ok(Some(pv)) => rules::TargetPv::Present {
+            phase: pv
+                .status
+                .and_then(|s| s.phase)
+                .unwrap_or_else(|| "Pending".into()),
+            claim_ref: pv
+                .spec
+                .and_then(|s| s.claim_ref)
+                .and_then(|r| Some((r.namespace?, r.name?))),
+        },
+        Err(kube::Error::Api(s)) => rules::TargetPv::Unknown(format!("{} ({})", s.message, s.code)),
+        Err(e) => rules::TargetPv::Unknown(crate::error::display_chain(&e)),
+    }
+}
+
+async fn plan_volumes(
+    client: &kube::Client,
+    source: &Source,
+    all: &[TreeEntry],
+    candidates: &[(usize, TreeEntry)],
+    data_claims: &BTreeSet<(String, String)>,
+    opts: &RestoreOptions,
+    rw: &RewriteOptions,
+) -> Result<VolumePlan, Error> {
+    let is = |e: &TreeEntry, r: &str| e.group.is_empty() && e.resource == r;
+    let selected_pvs: BTreeSet<&str> = candidates
+        .iter()
+        .filter(|(_, e)| is(e, "persistentvolumes"))
+        .map(|(_, e)| e.name.as_str())
+        .collect();
+    let mut plan = VolumePlan::default();
+    // PV name -> (target namespace, claim) of the restored claim that decided about it.
+    let mut decided: HashMap<String, (String, String, rules::ClaimVolume)> = HashMap::new();
+    for (idx, e) in candidates
+        .iter()
+        .filter(|(_, e)| is(e, "persistentvolumeclaims"))
+    {
+        let Some(ns) = &e.namespace else { continue };
+        let claim = source.load(e, *idx).await?;
+        if claim["status"]["phase"] == "Bound" {
+            plan.was_bound.insert((ns.clone(), e.name.clone()));
+        }
+        let pv_name = claim["spec"]["volumeName"].as_str().unwrap_or_default();
+        let pv = match all
+            .iter()
+            .position(|p| is(p, "persistentvolumes") && p.name == pv_name && !pv_name.is_empty())
+        {
+            Some(i) => Some(source.load(&all[i], i).await?),
+            None => None,
+        };
+        let target_ns = rw.map_ns(ns).to_string();
+        let facts = rules::ClaimFacts {
+            claim: &claim,
+            pv: pv.as_ref(),
+            pv_selected: selected_pvs.contains(pv_name),
+            has_data: data_claims.contains(&(ns.clone(), e.name.clone())),
+            mapped: target_ns != *ns,
+            pvs_as_is: opts.pvs_as_is,
+        };
+        let v = match rules::claim_volume_from_backup(&facts) {
+            rules::ClaimPlan::Decided(v) => v,
+            rules::ClaimPlan::CheckTarget { pv, restore_pv } => rules::claim_volume_in_target(
+                &pv,
+                restore_pv,
+                &target_pv(client, &pv).await,
+                (&target_ns, &e.name),
+            ),
+        };
+        if !pv_name.is_empty() {
+            decided.insert(pv_name.to_string(), (target_ns, e.name.clone(), v.clone()));
+        }
+        plan.claims.insert((ns.clone(), e.name.clone()), v);
+    }
+    for (idx, e) in candidates
+        .iter()
+        .filter(|(_, e)| is(e, "persistentvolumes"))
+    {
+        let reason = match decided.get(&e.name) {
+            Some((_, _, rules::ClaimVolume::Keep { restore_pv: true })) => None,
+            Some((ns, n, rules::ClaimVolume::Keep { restore_pv: false })) => Some(format!(
+                "its claim {ns}/{n} uses the PV already in the target cluster"
+            )),
+            Some((ns, n, rules::ClaimVolume::NewWithData)) => Some(format!(
+                "its claim {ns}/{n} is restored into a new volume with the backed-up data"
+            )),
+            Some((ns, n, rules::ClaimVolume::NewEmpty { reason })) => Some(format!(
+                "its claim {ns}/{n} gets a new empty volume: {reason}"
+            )),
+            None => rules::unclaimed_pv_skip_reason(&source.load(e, *idx).await?, opts.pvs_as_is),
+        };
+        if let Some(r) = reason {
+            plan.pv_skip.insert(e.name.clone(), r);
+        }
+    }
+    Ok(plan)
+}
+
 struct Ctx<'a> {
     client: &'a kube::Client,
     source: &'a Source,
     /// (original namespace, claim) of the volumes restored with their data.
     data_claims: &'a BTreeSet<(String, String)>,
+    volumes: &'a VolumePlan,
     opts: &'a RestoreOptions,
     rw: &'a RewriteOptions,
     selector: Option<&'a Selector>,
@@ -739,21 +1056,29 @@ impl Ctx<'_> {
             item.message = Some(reason);
             return Some((item, None));
         }
-        // Volumes with backed-up data get new storage: the claim drops its old binding and the
-        // old PersistentVolume is not restored.
-        if e.group.is_empty() && e.resource == "persistentvolumes" {
-            let c = &obj["spec"]["claimRef"];
-            if let (Some(ns), Some(n)) = (c["namespace"].as_str(), c["name"].as_str())
-                && self.data_claims.contains(&(ns.to_string(), n.to_string()))
-            {
-                item.outcome = Outcome::Skipped;
-                item.message = Some(format!(
-                    "its claim {ns}/{n} is restored into a new volume with the backed-up data"
-                ));
-                return Some((item, None));
-            }
+        // Volumes are never shared or taken over (rules::claim_volume_from_backup): a PV is
+        // restored only when the plan says so.
+        let is_pv = e.group.is_empty() && e.resource == "persistentvolumes";
+        if is_pv && let Some(reason) = self.volumes.pv_skip.get(&e.name) {
+            item.outcome = Outcome::Skipped;
+            item.message = Some(reason.clone());
+            return Some((item, None));
         }
         let mut obj = rules::rewrite(&e.group, &e.resource, obj, self.rw);
+        let claim_volume = match (
+            &e.namespace,
+            e.group.is_empty() && e.resource == "persistentvolumeclaims",
+        ) {
+            (Some(ns), true) => self.volumes.claims.get(&(ns.clone(), e.name.clone())),
+            _ => None,
+        };
+        let mut created_note = None;
+        if let Some(rules::ClaimVolume::NewEmpty { reason }) = claim_volume
+            && let Some(spec) = obj["spec"].as_object_mut()
+        {
+            spec.remove("volumeName");
+            created_note = Some(format!("new empty volume: {reason}"));
+        }
         if e.group.is_empty()
             && e.resource == "persistentvolumeclaims"
             && let Some(ns) = &e.namespace
@@ -817,7 +1142,22 @@ impl Ctx<'_> {
             field_manager: Some("lifeboat".into()),
         };
         match api.create(&pp, &dobj).await {
-            Ok(_) => item.outcome = Outcome::Created,
+            Ok(_) => {
+                item.outcome = Outcome::Created;
+                item.message = created_note;
+            }
+            Err(kube::Error::Api(s))
+                if s.code == 409
+                    && s.reason == "AlreadyExists"
+                    && is_pv
+                    && self.opts.existing != Existing::Fail =>
+            {
+                // Never updated: a changed claimRef or reclaim policy makes the PV controller
+                // release (and, with reclaim policy Delete, delete) the volume of its claim.
+                item.outcome = Outcome::Skipped;
+                item.message =
+                    Some("already exists; restore never changes a PersistentVolume".into());
+            }
             Err(kube::Error::Api(s)) if s.code == 409 && s.reason == "AlreadyExists" => match self
                 .opts
                 .existing
@@ -899,7 +1239,7 @@ impl crate::output::Render for RestoreReport {
             self.backup.clone()
         };
         for i in &self.items {
-            if i.outcome == Outcome::Created || i.outcome == Outcome::Updated {
+            if matches!(i.outcome, Outcome::Created | Outcome::Updated) && i.message.is_none() {
                 continue;
             }
             let what = match &i.namespace {

@@ -79,6 +79,268 @@ pub fn skip_reason(group: &str, resource: &str, obj: &Value) -> Option<String> {
     None
 }
 
+/// What a restored claim gets as its volume. Decided before anything is created, from the
+/// backed-up claim and PV ([`claim_volume_from_backup`]) and, where that is not enough, from the
+/// PV of the same name in the target ([`claim_volume_in_target`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimVolume {
+    /// The claim keeps `spec.volumeName`. `restore_pv`: its PV is created from the backup (it
+    /// is not in the target); otherwise the PV already in the target is used as it is.
+    Keep { restore_pv: bool },
+    /// A new volume, filled with the backed-up data (`backup create --snapshot-volumes`).
+    NewWithData,
+    /// A new empty volume from the claim's storage class: `spec.volumeName` is removed and the
+    /// old PV is not restored.
+    NewEmpty { reason: String },
+}
+
+/// The first half of the decision: what the backup alone says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimPlan {
+    Decided(ClaimVolume),
+    /// Depends on the target's PV `pv`: does it exist, and is it reserved for this claim?
+    /// `restore_pv`: the backed-up PV may be created when the target has none.
+    CheckTarget {
+        pv: String,
+        restore_pv: bool,
+    },
+}
+
+/// What a claim's backup says about its volume.
+pub struct ClaimFacts<'a> {
+    /// The claim as backed up.
+    pub claim: &'a Value,
+    /// Its PersistentVolume, when the backup holds it.
+    pub pv: Option<&'a Value>,
+    /// That PV is among the objects this restore would create (cluster-scoped selection).
+    pub pv_selected: bool,
+    /// Its data is in the backup and is restored.
+    pub has_data: bool,
+    /// Its namespace is restored under another name (`--namespace-map`).
+    pub mapped: bool,
+    /// `--restore-pvs-as-is`.
+    pub pvs_as_is: bool,
+}
+
+/// Annotations a dynamically provisioned volume carries (on the PV, or on its claim).
+const PROVISIONED_BY: &str = "pv.kubernetes.io/provisioned-by";
+const CLAIM_PROVISIONER: &[&str] = &[
+    "volume.kubernetes.io/storage-provisioner",
+    "volume.beta.kubernetes.io/storage-provisioner",
+];
+
+/// The provisioner that created a claim's volume, when it was dynamically provisioned.
+pub fn provisioner(claim: &Value, pv: Option<&Value>) -> Option<String> {
+    let pv_says = pv.and_then(|p| p["metadata"]["annotations"][PROVISIONED_BY].as_str());
+    let claim_says = CLAIM_PROVISIONER
+        .iter()
+        .find_map(|k| claim["metadata"]["annotations"][*k].as_str());
+    pv_says.or(claim_says).map(str::to_string)
+}
+
+/// Rules, in order (docs/restore.md, "Volumes"):
+/// 1. data in the backup: a new volume with that data;
+/// 2. a claim that names no volume is restored as it is;
+/// 3. `--restore-pvs-as-is`: keep the binding, the PV is restored if the target has none;
+/// 4. a mapped namespace: a new empty volume (the original stays with the original claim);
+/// 5. a dynamically provisioned volume: a new empty volume (its PV points at the source's disk);
+/// 6. a PV that this restore does not create: the target's PV decides;
+/// 7. reclaim policy other than Retain: a new empty volume (the restored PV would delete the
+///    disk it points at when the copy is torn down);
+/// 8. otherwise (pre-provisioned, Retain): the PV is restored if the target has none.
+pub fn claim_volume_from_backup(f: &ClaimFacts) -> ClaimPlan {
+    if f.has_data {
+        return ClaimPlan::Decided(ClaimVolume::NewWithData);
+    }
+    let Some(pv) = f.claim["spec"]["volumeName"]
+        .as_str()
+        .filter(|s| !s.is_empty())
+    else {
+        return ClaimPlan::Decided(ClaimVolume::Keep { restore_pv: false });
+    };
+    let new_empty = |reason: String| ClaimPlan::Decided(ClaimVolume::NewEmpty { reason });
+    if f.pvs_as_is {
+        return ClaimPlan::CheckTarget {
+            pv: pv.into(),
+            restore_pv: f.pv.is_some() && f.pv_selected,
+        };
+    }
+    if f.mapped {
+        return new_empty(format!(
+            "its namespace is mapped: PV {pv} stays with the original claim"
+        ));
+    }
+    if let Some(by) = provisioner(f.claim, f.pv) {
+        return new_empty(format!(
+            "PV {pv} was dynamically provisioned by {by} and is not restored (it points at the source's disk)"
+        ));
+    }
+    let Some(pv_obj) = f.pv.filter(|_| f.pv_selected) else {
+        return ClaimPlan::CheckTarget {
+            pv: pv.into(),
+            restore_pv: false,
+        };
+    };
+    let reclaim = pv_obj["spec"]["persistentVolumeReclaimPolicy"]
+        .as_str()
+        .unwrap_or("Delete");
+    if reclaim != "Retain" {
+        return new_empty(format!(
+            "PV {pv} has reclaim policy {reclaim} and is not restored (deleting the copy would delete the disk it points at)"
+        ));
+    }
+    ClaimPlan::CheckTarget {
+        pv: pv.into(),
+        restore_pv: true,
+    }
+}
+
+/// The PersistentVolume of a given name in the target cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetPv {
+    Absent,
+    /// `claim_ref`: (namespace, name) of the claim it is reserved for or bound to.
+    Present {
+        phase: String,
+        claim_ref: Option<(String, String)>,
+    },
+    /// It could not be read (the message says why).
+    Unknown(String),
+}
+
+/// The second half: an existing PV is never shared or taken over. It is used only when it is
+/// reserved for exactly this claim (`claimRef` names it: an operator prepared it, or an earlier
+/// run of this restore bound it).
+pub fn claim_volume_in_target(
+    pv: &str,
+    restore_pv: bool,
+    target: &TargetPv,
+    claim: (&str, &str),
+) -> ClaimVolume {
+    let new_empty = |reason: String| ClaimVolume::NewEmpty { reason };
+    match target {
+        TargetPv::Absent if restore_pv => ClaimVolume::Keep { restore_pv: true },
+        TargetPv::Absent => new_empty(format!(
+            "PV {pv} is neither restored nor in the target cluster"
+        )),
+        TargetPv::Present {
+            claim_ref: Some((ns, name)),
+            ..
+        } if ns == claim.0 && name == claim.1 => ClaimVolume::Keep { restore_pv: false },
+        TargetPv::Present {
+            phase,
+            claim_ref: Some((ns, name)),
+        } => new_empty(format!(
+            "PV {pv} exists in the target ({phase}, claimed by {ns}/{name}) and is never shared or taken over"
+        )),
+        TargetPv::Present {
+            phase,
+            claim_ref: None,
+        } => new_empty(format!(
+            "PV {pv} exists in the target ({phase}) and is not reserved for this claim; it is not taken over"
+        )),
+        TargetPv::Unknown(why) => new_empty(format!("PV {pv} in the target cannot be read: {why}")),
+    }
+}
+
+/// A PersistentVolume that no restored claim decided about (its claim is not restored, or it
+/// has none): restored as it is only when its reclaim policy is Retain and it was not
+/// dynamically provisioned, or with `--restore-pvs-as-is`. `None`: restore it.
+pub fn unclaimed_pv_skip_reason(pv: &Value, pvs_as_is: bool) -> Option<String> {
+    if pvs_as_is {
+        return None;
+    }
+    if let Some(by) = pv["metadata"]["annotations"][PROVISIONED_BY].as_str() {
+        return Some(format!(
+            "dynamically provisioned by {by}: restored as it is it would point at the source's disk (--restore-pvs-as-is restores it)"
+        ));
+    }
+    let reclaim = pv["spec"]["persistentVolumeReclaimPolicy"]
+        .as_str()
+        .unwrap_or("Delete");
+    (reclaim != "Retain").then(|| {
+        format!(
+            "reclaim policy {reclaim}: restored as it is it could delete the disk it points at (--restore-pvs-as-is restores it)"
+        )
+    })
+}
+
+/// Why a restored claim is still Pending once the bind timeout has passed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pending {
+    /// It cannot bind as things are: a failure.
+    Stuck(String),
+    /// Its class binds only once a pod uses it, and no pod does yet: not a failure.
+    WaitsForConsumer,
+}
+
+/// What the target says about a Pending claim (all read by the caller).
+pub struct PendingFacts<'a> {
+    /// The claim as it is in the target.
+    pub claim: &'a Value,
+    /// Its StorageClass in the target: `None` when the claim names one that does not exist.
+    pub class: Option<&'a Value>,
+    /// The name of the target's default StorageClass, if any.
+    pub default_class: Option<&'a str>,
+    /// Events about the claim, any order.
+    pub events: &'a [Value],
+    /// A pod (other than lifeboat's movers) mounts the claim.
+    pub has_consumer: bool,
+}
+
+/// The reason a claim is still Pending, from the claim, its class and its events.
+pub fn pending_reason(f: &PendingFacts) -> Pending {
+    let spec = &f.claim["spec"];
+    let class = spec["storageClassName"].as_str();
+    let mut why = match (spec["volumeName"].as_str(), class) {
+        (Some(v), _) => format!("waits for PV {v}"),
+        (None, Some("")) => {
+            "storageClassName is \"\" (static binding only) and no PV was chosen for it".into()
+        }
+        (None, Some(c)) if f.class.is_none() => {
+            format!("StorageClass {c} does not exist in the target cluster")
+        }
+        (None, None) if f.default_class.is_none() => {
+            "it names no StorageClass and the target cluster has no default one".into()
+        }
+        (None, c) => format!(
+            "no volume was provisioned by StorageClass {}{}",
+            c.or(f.default_class).unwrap_or_default(),
+            f.class
+                .and_then(|c| c["provisioner"].as_str())
+                .map(|p| format!(" (provisioner {p})"))
+                .unwrap_or_default()
+        ),
+    };
+    let wffc = f
+        .class
+        .is_some_and(|c| c["volumeBindingMode"] == "WaitForFirstConsumer");
+    if wffc && !f.has_consumer && spec["volumeName"].is_null() {
+        return Pending::WaitsForConsumer;
+    }
+    // The newest event, warnings first: what the PV controller or provisioner said.
+    let time = |e: &Value| {
+        e["lastTimestamp"]
+            .as_str()
+            .or(e["eventTime"].as_str())
+            .or(e["metadata"]["creationTimestamp"].as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    if let Some(e) = f
+        .events
+        .iter()
+        .max_by_key(|e| (e["type"] == "Warning", time(e)))
+    {
+        why.push_str(&format!(
+            "; last event: {}: {}",
+            e["reason"].as_str().unwrap_or_default(),
+            e["message"].as_str().unwrap_or_default()
+        ));
+    }
+    Pending::Stuck(why)
+}
+
 fn obj_mut(v: &mut Value) -> &mut Map<String, Value> {
     if !v.is_object() {
         *v = Value::Object(Map::new());
@@ -377,6 +639,266 @@ mod tests {
             json!({"namespace": "new", "name": "data"})
         );
         assert!(pv.get("status").is_none());
+    }
+
+    fn claim(volume: Option<&str>, annotations: Value) -> Value {
+        json!({"metadata": {"name": "data", "namespace": "old", "annotations": annotations},
+               "spec": {"volumeName": volume, "storageClassName": "fast"}})
+    }
+
+    fn pv(reclaim: &str, provisioned_by: Option<&str>) -> Value {
+        let annotations = match provisioned_by {
+            Some(p) => json!({PROVISIONED_BY: p}),
+            None => json!({}),
+        };
+        json!({"metadata": {"name": "pv-1", "annotations": annotations},
+               "spec": {"persistentVolumeReclaimPolicy": reclaim,
+                        "claimRef": {"namespace": "old", "name": "data"}}})
+    }
+
+    fn facts<'a>(claim: &'a Value, pv: Option<&'a Value>) -> ClaimFacts<'a> {
+        ClaimFacts {
+            claim,
+            pv,
+            pv_selected: pv.is_some(),
+            has_data: false,
+            mapped: false,
+            pvs_as_is: false,
+        }
+    }
+
+    fn new_empty_because(plan: ClaimPlan, needle: &str) {
+        match plan {
+            ClaimPlan::Decided(ClaimVolume::NewEmpty { reason }) => {
+                assert!(reason.contains(needle), "{reason:?} lacks {needle:?}")
+            }
+            other => panic!("expected a new empty volume ({needle}), got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn claims_with_backed_up_data_get_a_new_volume_with_it() {
+        let c = claim(Some("pv-1"), json!({}));
+        let p = pv("Retain", None);
+        let f = ClaimFacts {
+            has_data: true,
+            pvs_as_is: true,
+            ..facts(&c, Some(&p))
+        };
+        assert_eq!(
+            claim_volume_from_backup(&f),
+            ClaimPlan::Decided(ClaimVolume::NewWithData)
+        );
+    }
+
+    #[test]
+    fn claims_that_name_no_volume_are_restored_as_they_are() {
+        let c = claim(None, json!({}));
+        assert_eq!(
+            claim_volume_from_backup(&facts(&c, None)),
+            ClaimPlan::Decided(ClaimVolume::Keep { restore_pv: false })
+        );
+    }
+
+    #[test]
+    fn a_mapped_namespace_never_keeps_the_original_volume() {
+        let c = claim(Some("pv-1"), json!({}));
+        let p = pv("Retain", None);
+        let f = ClaimFacts {
+            mapped: true,
+            ..facts(&c, Some(&p))
+        };
+        new_empty_because(claim_volume_from_backup(&f), "mapped");
+    }
+
+    #[test]
+    fn dynamically_provisioned_volumes_are_not_restored() {
+        // Known from the PV's annotation, or from the claim's when the PV is not in the backup.
+        let c = claim(Some("pv-1"), json!({}));
+        let p = pv("Retain", Some("ebs.csi.aws.com"));
+        new_empty_because(
+            claim_volume_from_backup(&facts(&c, Some(&p))),
+            "ebs.csi.aws.com",
+        );
+        let c = claim(
+            Some("pv-1"),
+            json!({"volume.kubernetes.io/storage-provisioner": "pd.csi.storage.gke.io"}),
+        );
+        new_empty_because(claim_volume_from_backup(&facts(&c, None)), "pd.csi");
+    }
+
+    #[test]
+    fn pre_provisioned_volumes_are_restored_only_with_reclaim_policy_retain() {
+        let c = claim(Some("pv-1"), json!({}));
+        new_empty_because(
+            claim_volume_from_backup(&facts(&c, Some(&pv("Delete", None)))),
+            "reclaim policy Delete",
+        );
+        new_empty_because(
+            claim_volume_from_backup(&facts(&c, Some(&pv("Recycle", None)))),
+            "Recycle",
+        );
+        let p = pv("Retain", None);
+        assert_eq!(
+            claim_volume_from_backup(&facts(&c, Some(&p))),
+            ClaimPlan::CheckTarget {
+                pv: "pv-1".into(),
+                restore_pv: true
+            }
+        );
+        // The PV is in the backup but not selected (--include-cluster-resources false): the
+        // target decides, nothing is restored.
+        let f = ClaimFacts {
+            pv_selected: false,
+            ..facts(&c, Some(&p))
+        };
+        assert_eq!(
+            claim_volume_from_backup(&f),
+            ClaimPlan::CheckTarget {
+                pv: "pv-1".into(),
+                restore_pv: false
+            }
+        );
+    }
+
+    #[test]
+    fn restore_pvs_as_is_keeps_any_binding_but_still_asks_the_target() {
+        let c = claim(Some("pv-1"), json!({}));
+        let p = pv("Delete", Some("ebs.csi.aws.com"));
+        let f = ClaimFacts {
+            mapped: true,
+            pvs_as_is: true,
+            ..facts(&c, Some(&p))
+        };
+        assert_eq!(
+            claim_volume_from_backup(&f),
+            ClaimPlan::CheckTarget {
+                pv: "pv-1".into(),
+                restore_pv: true
+            }
+        );
+    }
+
+    #[test]
+    fn an_existing_pv_is_used_only_when_reserved_for_exactly_this_claim() {
+        let bound_elsewhere = TargetPv::Present {
+            phase: "Bound".into(),
+            claim_ref: Some(("old".into(), "data".into())),
+        };
+        // Restoring old/data as new/data: the PV belongs to old/data.
+        match claim_volume_in_target("pv-1", true, &bound_elsewhere, ("new", "data")) {
+            ClaimVolume::NewEmpty { reason } => {
+                assert!(reason.contains("claimed by old/data"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            claim_volume_in_target("pv-1", true, &bound_elsewhere, ("old", "data")),
+            ClaimVolume::Keep { restore_pv: false }
+        );
+        let unreserved = TargetPv::Present {
+            phase: "Available".into(),
+            claim_ref: None,
+        };
+        assert!(matches!(
+            claim_volume_in_target("pv-1", true, &unreserved, ("old", "data")),
+            ClaimVolume::NewEmpty { .. }
+        ));
+        assert_eq!(
+            claim_volume_in_target("pv-1", true, &TargetPv::Absent, ("old", "data")),
+            ClaimVolume::Keep { restore_pv: true }
+        );
+        assert!(matches!(
+            claim_volume_in_target("pv-1", false, &TargetPv::Absent, ("old", "data")),
+            ClaimVolume::NewEmpty { .. }
+        ));
+        assert!(matches!(
+            claim_volume_in_target(
+                "pv-1",
+                true,
+                &TargetPv::Unknown("forbidden".into()),
+                ("old", "data")
+            ),
+            ClaimVolume::NewEmpty { .. }
+        ));
+    }
+
+    #[test]
+    fn unclaimed_pvs_are_restored_only_when_retained_and_pre_provisioned() {
+        assert!(unclaimed_pv_skip_reason(&pv("Retain", None), false).is_none());
+        assert!(unclaimed_pv_skip_reason(&pv("Delete", None), false).is_some());
+        assert!(unclaimed_pv_skip_reason(&pv("Retain", Some("x.csi")), false).is_some());
+        assert!(unclaimed_pv_skip_reason(&pv("Delete", Some("x.csi")), true).is_none());
+    }
+
+    #[test]
+    fn pending_claims_say_why() {
+        let c = json!({"spec": {"storageClassName": "gone"}});
+        let stuck = |f: &PendingFacts| match pending_reason(f) {
+            Pending::Stuck(s) => s,
+            other => panic!("{other:?}"),
+        };
+        let base = PendingFacts {
+            claim: &c,
+            class: None,
+            default_class: None,
+            events: &[],
+            has_consumer: false,
+        };
+        assert!(stuck(&base).contains("StorageClass gone does not exist"));
+        let no_class = json!({"spec": {}});
+        let f = PendingFacts {
+            claim: &no_class,
+            ..base
+        };
+        assert!(stuck(&f).contains("no default"));
+        let empty = json!({"spec": {"storageClassName": ""}});
+        let f = PendingFacts {
+            claim: &empty,
+            ..base
+        };
+        assert!(stuck(&f).contains("static binding only"));
+        let named = json!({"spec": {"volumeName": "pv-9", "storageClassName": "gone"}});
+        let f = PendingFacts {
+            claim: &named,
+            ..base
+        };
+        assert!(stuck(&f).contains("waits for PV pv-9"));
+
+        // The newest warning event is quoted.
+        let fast = json!({"spec": {"storageClassName": "fast"}});
+        let class = json!({"metadata": {"name": "fast"}, "provisioner": "ebs.csi.aws.com"});
+        let events = [
+            json!({"type": "Warning", "reason": "Old", "message": "old", "lastTimestamp": "2026-01-01T00:00:00Z"}),
+            json!({"type": "Warning", "reason": "ProvisioningFailed", "message": "quota exceeded", "lastTimestamp": "2026-01-02T00:00:00Z"}),
+            json!({"type": "Normal", "reason": "ExternalProvisioning", "message": "waiting", "lastTimestamp": "2026-01-03T00:00:00Z"}),
+        ];
+        let f = PendingFacts {
+            claim: &fast,
+            class: Some(&class),
+            events: &events,
+            ..base
+        };
+        let s = stuck(&f);
+        assert!(s.contains("provisioner ebs.csi.aws.com"), "{s}");
+        assert!(
+            s.ends_with("last event: ProvisioningFailed: quota exceeded"),
+            "{s}"
+        );
+
+        // WaitForFirstConsumer without a pod using the claim is not stuck; with one it is.
+        let wffc = json!({"metadata": {"name": "fast"}, "provisioner": "x", "volumeBindingMode": "WaitForFirstConsumer"});
+        let f = PendingFacts {
+            claim: &fast,
+            class: Some(&wffc),
+            ..base
+        };
+        assert_eq!(pending_reason(&f), Pending::WaitsForConsumer);
+        let f = PendingFacts {
+            has_consumer: true,
+            ..f
+        };
+        assert!(matches!(pending_reason(&f), Pending::Stuck(_)));
     }
 
     #[test]

@@ -1,0 +1,281 @@
+//! Restore never harms the source (issue 12): volumes are never shared or taken over, claims
+//! that cannot bind are named with exit 2, a partly filled volume is never accepted.
+//!
+//! Storage here is the test-only stand-in (tests/common/standin.rs): claims of its class in the
+//! namespaces it serves get a fresh hostPath volume; nothing else provisions volumes, and the
+//! real kube-controller-manager binds claims to existing PersistentVolumes.
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::{Lifeboat, TestNs, eventually, unique};
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolume, PersistentVolumeClaim};
+use kube::api::{Api, DeleteParams, PostParams};
+use serde_json::{Value, json};
+
+/// lifeboat with a new local repository in `dir`.
+fn lifeboat_with_repo(dir: &Path) -> Lifeboat {
+    let lb = Lifeboat::new()
+        .env(
+            "LIFEBOAT_REPO",
+            &format!("file://{}", dir.join("repo").display()),
+        )
+        .env("LIFEBOAT_PASSWORD", "restore-safety-test");
+    lb.run(&["repo", "init"]).success();
+    lb
+}
+
+/// A pre-provisioned PersistentVolume (hostPath on `dir`, reclaim policy `reclaim`, class
+/// `class`) and the claim `name` of `ns` bound to it; waits until both are Bound. Returns the
+/// PV's name.
+async fn bound_static_volume(
+    ns: &TestNs,
+    name: &str,
+    dir: &Path,
+    reclaim: &str,
+    class: &str,
+) -> String {
+    let pv_name = unique("lbt-rs-pv");
+    let pv: PersistentVolume = serde_json::from_value(json!({
+        "metadata": {"name": pv_name, "labels": {"lifeboat.io/test": "true"}},
+        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+                 "persistentVolumeReclaimPolicy": reclaim, "storageClassName": class,
+                 "hostPath": {"path": dir.to_str().unwrap()},
+                 "claimRef": {"namespace": ns.name, "name": name}}
+    }))
+    .unwrap();
+    Api::<PersistentVolume>::all(ns.client.clone())
+        .create(&PostParams::default(), &pv)
+        .await
+        .unwrap();
+    let pvc: PersistentVolumeClaim = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": class,
+                 "volumeName": pv_name, "resources": {"requests": {"storage": "1Gi"}}}
+    }))
+    .unwrap();
+    ns.api::<PersistentVolumeClaim>()
+        .create(&PostParams::default(), &pvc)
+        .await
+        .unwrap();
+    let pvs: Api<PersistentVolume> = Api::all(ns.client.clone());
+    eventually(
+        &format!("claim {name} and PV {pv_name} Bound"),
+        Duration::from_secs(60),
+        || async {
+            let c = ns.api::<PersistentVolumeClaim>().get(name).await.ok()?;
+            let v = pvs.get(&pv_name).await.ok()?;
+            (c.status?.phase.as_deref() == Some("Bound")
+                && v.status?.phase.as_deref() == Some("Bound"))
+            .then_some(())
+        },
+    )
+    .await;
+    pv_name
+}
+
+/// What must not change on the source: (claim uid, claim volumeName, claim phase, PV uid,
+/// PV claimRef namespace/name/uid, PV phase).
+async fn source_state(client: &kube::Client, ns: &str, claim: &str, pv: &str) -> Value {
+    let c = Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns)
+        .get_opt(claim)
+        .await
+        .unwrap();
+    let v = Api::<PersistentVolume>::all(client.clone())
+        .get_opt(pv)
+        .await
+        .unwrap();
+    json!({
+        "claim": c.map(|c| json!({
+            "uid": c.metadata.uid,
+            "volumeName": c.spec.and_then(|s| s.volume_name),
+            "phase": c.status.and_then(|s| s.phase),
+        })),
+        "pv": v.map(|v| {
+            let spec = v.spec.unwrap_or_default();
+            json!({
+                "uid": v.metadata.uid,
+                "claimRef": spec.claim_ref.map(|r| json!([r.namespace, r.name, r.uid])),
+                "reclaim": spec.persistent_volume_reclaim_policy,
+                "phase": v.status.and_then(|s| s.phase),
+            })
+        }),
+    })
+}
+
+fn items<'a>(report: &'a Value, kind: &str) -> Vec<&'a Value> {
+    report["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["kind"] == kind)
+        .collect()
+}
+
+async fn delete_namespace(client: &kube::Client, name: &str) {
+    let _ = Api::<Namespace>::all(client.clone())
+        .delete(name, &DeleteParams::default())
+        .await;
+}
+
+/// The issue's scenario: a claim bound to a pre-provisioned PV with reclaim policy Delete, no
+/// volume data in the backup, restored into another namespace of the same cluster, then again
+/// with `--existing update`. The copy gets a new empty volume; the source's PV and claim stay
+/// exactly as they were (and the PV's disk is not deleted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mapped_restore_gives_a_new_empty_volume_and_never_touches_the_source_volume() {
+    let src = TestNs::new("rs-src").await;
+    common::standin::install(&src.client).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let disk = tmp.path().join("production-disk");
+    std::fs::create_dir_all(&disk).unwrap();
+    std::fs::write(disk.join("orders.db"), b"production data").unwrap();
+    let pv = bound_static_volume(&src, "data", &disk, "Delete", common::standin::CLASS).await;
+    let before = source_state(&src.client, &src.name, "data", &pv).await;
+    assert_eq!(before["pv"]["phase"], "Bound", "{before:#}");
+
+    let dst = unique("lbt-rs-dst");
+    // The copy's claim (class of the stand-in) is provisioned by the stand-in in `dst`.
+    let standin = common::standin::run(src.client.clone(), dst.clone(), tmp.path().join("standin"));
+    let lb = lifeboat_with_repo(tmp.path());
+    lb.run(&["backup", "create", "-n", &src.name]).success();
+
+    let map = format!("{}={dst}", src.name);
+    let r = lb.run(&["restore", "latest", "--namespace-map", &map, "-o", "json"]);
+    r.success();
+    let rep = r.json();
+    let claims = items(&rep, "PersistentVolumeClaim");
+    assert_eq!(claims.len(), 1, "{rep:#}");
+    assert_eq!(claims[0]["outcome"], "created", "{rep:#}");
+    assert!(
+        claims[0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("new empty volume")),
+        "the report says the copy gets a new empty volume: {rep:#}"
+    );
+    for p in items(&rep, "PersistentVolume") {
+        assert_eq!(
+            p["outcome"], "skipped",
+            "the source's PV is not restored: {rep:#}"
+        );
+    }
+    let copy = Api::<PersistentVolumeClaim>::namespaced(src.client.clone(), &dst);
+    let bound_to = eventually(
+        "the copy's claim Bound",
+        Duration::from_secs(60),
+        || async {
+            let c = copy.get("data").await.ok()?;
+            (c.status?.phase.as_deref() == Some("Bound")).then_some(())?;
+            c.spec?.volume_name
+        },
+    )
+    .await;
+    assert_ne!(bound_to, pv, "the copy never shares the source's volume");
+    assert_eq!(
+        source_state(&src.client, &src.name, "data", &pv).await,
+        before,
+        "the source's claim and PV are untouched"
+    );
+
+    // Again with --existing update: the PV is never changed (claimRef included), never deleted.
+    let r = lb.run(&[
+        "restore",
+        "latest",
+        "--namespace-map",
+        &map,
+        "--existing",
+        "update",
+        "-o",
+        "json",
+    ]);
+    r.success();
+    let rep = r.json();
+    for p in items(&rep, "PersistentVolume") {
+        assert_ne!(p["outcome"], "updated", "{rep:#}");
+    }
+    // Give the PV controller time to act on anything that was changed.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        source_state(&src.client, &src.name, "data", &pv).await,
+        before,
+        "the source's claim and PV are untouched after --existing update"
+    );
+    assert_eq!(
+        std::fs::read(disk.join("orders.db")).unwrap(),
+        b"production data",
+        "the source's disk is intact"
+    );
+    standin.abort();
+    delete_namespace(&src.client, &dst).await;
+    let _ = Api::<PersistentVolume>::all(src.client.clone())
+        .delete(&pv, &DeleteParams::default())
+        .await;
+    src.cleanup().await;
+}
+
+/// A restored claim that cannot bind (its StorageClass does not exist in the target) is named,
+/// with the reason, and the restore exits 2 once the bind timeout has passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_that_cannot_bind_is_named_with_its_reason_and_exit_2() {
+    let src = TestNs::new("rs-nobind").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let disk = tmp.path().join("disk");
+    std::fs::create_dir_all(&disk).unwrap();
+    let class = unique("lbt-rs-missing");
+    let pv = bound_static_volume(&src, "data", &disk, "Retain", &class).await;
+    let before = source_state(&src.client, &src.name, "data", &pv).await;
+    let lb = lifeboat_with_repo(tmp.path());
+    lb.run(&["backup", "create", "-n", &src.name]).success();
+
+    let dst = unique("lbt-rs-nobind-dst");
+    let map = format!("{}={dst}", src.name);
+    let r = lb.run(&[
+        "restore",
+        "latest",
+        "--namespace-map",
+        &map,
+        "--bind-timeout",
+        "10",
+        "-o",
+        "json",
+    ]);
+    r.code_is(2);
+    let rep = r.json();
+    let claims = items(&rep, "PersistentVolumeClaim");
+    assert_eq!(claims.len(), 1, "{rep:#}");
+    assert_eq!(claims[0]["outcome"], "failed", "{rep:#}");
+    let msg = claims[0]["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("still Pending")
+            && msg.contains(&format!("StorageClass {class} does not exist")),
+        "{rep:#}"
+    );
+    // The table says the same.
+    let r = lb.run(&[
+        "restore",
+        "latest",
+        "--namespace-map",
+        &map,
+        "--bind-timeout",
+        "3",
+    ]);
+    r.code_is(2);
+    assert!(
+        r.stdout()
+            .contains(&format!("PersistentVolumeClaim/{dst}/data"))
+            && r.stdout().contains("still Pending"),
+        "{}",
+        r.describe()
+    );
+    assert_eq!(
+        source_state(&src.client, &src.name, "data", &pv).await,
+        before,
+        "the source's claim and PV are untouched"
+    );
+    delete_namespace(&src.client, &dst).await;
+    let _ = Api::<PersistentVolume>::all(src.client.clone())
+        .delete(&pv, &DeleteParams::default())
+        .await;
+    src.cleanup().await;
+}
