@@ -140,7 +140,10 @@ async fn fill_volumes(
     data_claims: &BTreeSet<(String, String)>,
     items: &mut Vec<Item>,
 ) {
-    let Source::Repository { repo, .. } = source else {
+    let Source::Repository {
+        repo, backup_id, ..
+    } = source
+    else {
         return;
     };
     for v in source.volumes() {
@@ -165,6 +168,10 @@ async fn fill_volumes(
             })
             .map(|i| i.outcome);
         let size = crate::backup::human_bytes(v.bytes);
+        let record = rules::completion_record(
+            backup_id,
+            &v.trees.iter().map(|t| t.to_hex()).collect::<Vec<_>>(),
+        );
         match claim {
             Some(Outcome::Created) if opts.dry_run => {
                 item.outcome = Outcome::Created;
@@ -182,26 +189,159 @@ async fn fill_volumes(
                     .and_then(|c| c.spec.and_then(|s| s.data_source))
                     .filter(|d| d.kind == "VolumeSnapshot");
                 if let Some(d) = from_snapshot {
-                    item.outcome = Outcome::Created;
-                    item.message = Some(format!("from VolumeSnapshot {ns}/{}", d.name));
-                } else {
-                    match fill_one(client, repo.clone(), &ns, v, opts).await {
+                    // Provisioned from the snapshot as a whole by the CSI driver: complete.
+                    match record_fill(client, &ns, &v.pvc, &record).await {
                         Ok(()) => {
                             item.outcome = Outcome::Created;
-                            item.message = Some(format!("{} files ({size}) restored", v.files));
+                            item.message = Some(format!("from VolumeSnapshot {ns}/{}", d.name));
                         }
-                        Err(e) => item.message = Some(e.to_string()),
+                        Err(e) => item.message = Some(e),
                     }
+                } else {
+                    fill_and_record(client, repo, &ns, v, opts, &record, "", &mut item).await;
                 }
             }
             Some(Outcome::Skipped | Outcome::Updated) => {
-                item.outcome = Outcome::Skipped;
-                item.message = Some("the claim already existed; its data was left as it is".into());
+                let claim = Api::<k8s_openapi::api::core::v1::PersistentVolumeClaim>::namespaced(
+                    client.clone(),
+                    &ns,
+                )
+                .get(&v.pvc)
+                .await
+                .map(|c| serde_json::to_value(c).unwrap_or_default());
+                match claim.as_ref().map(rules::existing_data) {
+                    Err(e) => {
+                        item.message = Some(format!(
+                            "the claim cannot be read back: {}",
+                            crate::error::display_chain(e)
+                        ))
+                    }
+                    Ok(rules::ExistingData::Complete(r)) if r == record => {
+                        item.outcome = Outcome::Skipped;
+                        item.message = Some("already filled from this backup".into());
+                    }
+                    Ok(rules::ExistingData::Complete(r)) => {
+                        item.outcome = Outcome::Skipped;
+                        item.message = Some(format!(
+                            "the claim already existed, filled from {r}; its data was left as it is"
+                        ));
+                    }
+                    Ok(rules::ExistingData::NotOurs) => {
+                        item.outcome = Outcome::Skipped;
+                        item.message =
+                            Some("the claim already existed; its data was left as it is".into());
+                    }
+                    // Created by an earlier restore whose fill never completed: never accepted.
+                    Ok(rules::ExistingData::Partial) => {
+                        let users = claim_users(client, &ns, &v.pvc).await;
+                        if !users.is_empty() {
+                            item.message = Some(format!(
+                                "partly restored: an earlier restore created the claim but its fill never completed (no {} annotation), and {} uses it; delete what uses it (or the claim) and restore again",
+                                rules::RESTORED_FROM,
+                                users.join(", ")
+                            ));
+                        } else if opts.dry_run {
+                            item.outcome = Outcome::Created;
+                            item.message = Some(format!(
+                                "an earlier fill did not complete: {} files ({size}) would be restored again",
+                                v.files
+                            ));
+                        } else {
+                            fill_and_record(
+                                client,
+                                repo,
+                                &ns,
+                                v,
+                                opts,
+                                &record,
+                                "filled again (an earlier fill did not complete): ",
+                                &mut item,
+                            )
+                            .await;
+                        }
+                    }
+                }
             }
             _ => item.message = Some("the claim was not restored, so neither is its data".into()),
         }
         items.push(item);
     }
+}
+
+/// Fill one claim and, once the whole tree is written, record it on the claim.
+#[allow(clippy::too_many_arguments)]
+async fn fill_and_record(
+    client: &kube::Client,
+    repo: &Arc<Repository>,
+    ns: &str,
+    v: &crate::repo::snapshot::VolumeRecord,
+    opts: &RestoreOptions,
+    record: &str,
+    prefix: &str,
+    item: &mut Item,
+) {
+    let size = crate::backup::human_bytes(v.bytes);
+    match fill_one(client, repo.clone(), ns, v, opts).await {
+        Ok(()) => match record_fill(client, ns, &v.pvc, record).await {
+            Ok(()) => {
+                item.outcome = Outcome::Created;
+                item.message = Some(format!("{prefix}{} files ({size}) restored", v.files));
+            }
+            Err(e) => item.message = Some(e),
+        },
+        Err(e) => item.message = Some(e.to_string()),
+    }
+}
+
+/// Write the completion record (`rules::RESTORED_FROM`) on a filled claim.
+async fn record_fill(
+    client: &kube::Client,
+    ns: &str,
+    claim: &str,
+    record: &str,
+) -> Result<(), String> {
+    Api::<k8s_openapi::api::core::v1::PersistentVolumeClaim>::namespaced(client.clone(), ns)
+        .patch(
+            claim,
+            &PatchParams::default(),
+            &Patch::Merge(
+                serde_json::json!({"metadata": {"annotations": {rules::RESTORED_FROM: record}}}),
+            ),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| {
+            format!(
+                "filled, but the completion record could not be written: {}",
+                crate::error::display_chain(&e)
+            )
+        })
+}
+
+/// Pods (not lifeboat's movers, not finished) that mount `claim`, as `pod NAME`.
+async fn claim_users(client: &kube::Client, ns: &str, claim: &str) -> Vec<String> {
+    let pods = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), ns)
+        .list(&Default::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default();
+    pods.into_iter()
+        .filter(|p| {
+            !p.metadata
+                .labels
+                .as_ref()
+                .is_some_and(|l| l.contains_key(crate::volume::mover::LABEL))
+                && !matches!(
+                    p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                    Some("Succeeded" | "Failed")
+                )
+        })
+        .filter(|p| {
+            let v = serde_json::to_value(p).unwrap_or_default();
+            rules::uses_claim("", "pods", &v, claim)
+        })
+        .filter_map(|p| p.metadata.name.map(|n| format!("pod {n}")))
+        .collect()
 }
 
 async fn fill_one(
@@ -562,6 +702,9 @@ pub async fn restore(
     let mut items: Vec<Item> = Vec::new();
     let mut dry_new_namespaces: BTreeSet<String> = BTreeSet::new();
     let mut dry_new_types: BTreeSet<(String, String)> = BTreeSet::new(); // (group, kind) of CRDs created in dry run
+    // (namespace, claim) of the claims whose data could not be filled: what mounts them is
+    // not created (it would start on partial data).
+    let mut unfilled: BTreeSet<(String, String)> = BTreeSet::new();
     let mut phases: BTreeMap<u8, Vec<(usize, TreeEntry)>> = BTreeMap::new();
     for c in candidates {
         phases
@@ -575,6 +718,7 @@ pub async fn restore(
             source: &source,
             data_claims: &data_claims,
             volumes: &volumes,
+            unfilled: &unfilled,
             opts,
             rw: &rw,
             selector: selector.as_ref(),
@@ -630,6 +774,11 @@ pub async fn restore(
         // Claims are created; their data goes in before any workload that mounts them.
         if phase == rules::phase("", "persistentvolumeclaims") && !data_claims.is_empty() {
             fill_volumes(client, &source, opts, &rw, &data_claims, &mut items).await;
+            unfilled = items
+                .iter()
+                .filter(|i| i.kind == "VolumeData" && i.outcome == Outcome::Failed)
+                .filter_map(|i| Some((i.namespace.clone()?, i.name.clone())))
+                .collect();
         }
     }
 
@@ -997,6 +1146,7 @@ struct Ctx<'a> {
     /// (original namespace, claim) of the volumes restored with their data.
     data_claims: &'a BTreeSet<(String, String)>,
     volumes: &'a VolumePlan,
+    unfilled: &'a BTreeSet<(String, String)>,
     opts: &'a RestoreOptions,
     rw: &'a RewriteOptions,
     selector: Option<&'a Selector>,
@@ -1065,6 +1215,17 @@ impl Ctx<'_> {
             return Some((item, None));
         }
         let mut obj = rules::rewrite(&e.group, &e.resource, obj, self.rw);
+        if let Some(ns) = &item.namespace
+            && let Some((_, claim)) = self
+                .unfilled
+                .iter()
+                .find(|(n, c)| n == ns && rules::uses_claim(&e.group, &e.resource, &obj, c))
+        {
+            item.message = Some(format!(
+                "not created: it mounts claim {claim}, whose data was not restored (see its VolumeData item); restore again once that is fixed"
+            ));
+            return Some((item, None));
+        }
         let claim_volume = match (
             &e.namespace,
             e.group.is_empty() && e.resource == "persistentvolumeclaims",

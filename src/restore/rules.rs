@@ -341,6 +341,82 @@ pub fn pending_reason(f: &PendingFacts) -> Pending {
     Pending::Stuck(why)
 }
 
+/// Annotation on a claim whose volume a restore filled completely: `<backup id>/<tree ids>`.
+/// Written only after the mover's `tar -x` finished; a claim without it was never filled.
+pub const RESTORED_FROM: &str = "lifeboat.io/restored-from";
+
+/// The completion record of a volume filled from `backup` with the tree blobs `trees`.
+pub fn completion_record(backup: &str, trees: &[String]) -> String {
+    format!("{backup}/{}", trees.join(","))
+}
+
+/// What a claim that already exists says about its data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExistingData {
+    /// A restore filled it completely (the record).
+    Complete(String),
+    /// A restore created it (restore label) but no fill completed: partly filled, or empty.
+    Partial,
+    /// Not created by a restore: someone else's data, left alone.
+    NotOurs,
+}
+
+pub fn existing_data(claim: &Value) -> ExistingData {
+    let meta = &claim["metadata"];
+    if let Some(r) = meta["annotations"][RESTORED_FROM].as_str() {
+        return ExistingData::Complete(r.to_string());
+    }
+    if meta["labels"][RESTORE_LABEL].is_string() {
+        return ExistingData::Partial;
+    }
+    ExistingData::NotOurs
+}
+
+/// Claims a workload's pods mount: by name, and (StatefulSets) the prefixes `<template>-<set>-`
+/// of the claims made from its volumeClaimTemplates.
+pub fn claims_used(group: &str, resource: &str, obj: &Value) -> (Vec<String>, Vec<String>) {
+    let pod_spec = match (group, resource) {
+        ("", "pods") => &obj["spec"],
+        ("batch", "cronjobs") => &obj["spec"]["jobTemplate"]["spec"]["template"]["spec"],
+        ("apps", "deployments" | "statefulsets" | "daemonsets" | "replicasets")
+        | ("batch", "jobs")
+        | ("", "replicationcontrollers") => &obj["spec"]["template"]["spec"],
+        _ => return (vec![], vec![]),
+    };
+    let names = pod_spec["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v["persistentVolumeClaim"]["claimName"].as_str())
+        .map(str::to_string)
+        .collect();
+    let mut prefixes = vec![];
+    if (group, resource) == ("apps", "statefulsets") {
+        let set = obj["metadata"]["name"].as_str().unwrap_or_default();
+        for t in obj["spec"]["volumeClaimTemplates"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            if let Some(t) = t["metadata"]["name"].as_str() {
+                prefixes.push(format!("{t}-{set}-"));
+            }
+        }
+    }
+    (names, prefixes)
+}
+
+/// Does the workload mount `claim`?
+pub fn uses_claim(group: &str, resource: &str, obj: &Value, claim: &str) -> bool {
+    let (names, prefixes) = claims_used(group, resource, obj);
+    names.iter().any(|n| n == claim)
+        || prefixes.iter().any(|p| {
+            claim
+                .strip_prefix(p.as_str())
+                .is_some_and(|i| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()))
+        })
+}
+
 fn obj_mut(v: &mut Value) -> &mut Map<String, Value> {
     if !v.is_object() {
         *v = Value::Object(Map::new());
@@ -416,6 +492,8 @@ pub fn rewrite(group: &str, resource: &str, mut obj: Value, o: &RewriteOptions) 
                     "volume.beta.kubernetes.io/storage-provisioner",
                     "volume.kubernetes.io/storage-provisioner",
                     "volume.kubernetes.io/selected-node",
+                    // A restored copy of a restored claim is filled (or not) by this restore.
+                    RESTORED_FROM,
                 ] {
                     a.remove(k);
                 }
@@ -618,7 +696,7 @@ mod tests {
             "",
             "persistentvolumeclaims",
             json!({"metadata": {"name": "data", "namespace": "old", "annotations": {"pv.kubernetes.io/bind-completed": "yes",
-                "pv.kubernetes.io/bound-by-controller": "yes", "volume.kubernetes.io/selected-node": "n1", "keep": "me"}},
+                "pv.kubernetes.io/bound-by-controller": "yes", "volume.kubernetes.io/selected-node": "n1", "lifeboat.io/restored-from": "b/t", "keep": "me"}},
                 "spec": {"volumeName": "pv-1"}, "status": {"phase": "Bound"}}),
             &opts(),
         );
@@ -899,6 +977,38 @@ mod tests {
             ..f
         };
         assert!(matches!(pending_reason(&f), Pending::Stuck(_)));
+    }
+
+    #[test]
+    fn an_existing_claim_is_complete_only_with_the_record() {
+        let rec = completion_record("b1", &["t1".into(), "t2".into()]);
+        assert_eq!(rec, "b1/t1,t2");
+        let c = json!({"metadata": {"labels": {RESTORE_LABEL: "r1"}, "annotations": {RESTORED_FROM: rec}}});
+        assert_eq!(existing_data(&c), ExistingData::Complete("b1/t1,t2".into()));
+        let c = json!({"metadata": {"labels": {RESTORE_LABEL: "r1"}}});
+        assert_eq!(existing_data(&c), ExistingData::Partial);
+        let c = json!({"metadata": {"labels": {"app": "db"}}});
+        assert_eq!(existing_data(&c), ExistingData::NotOurs);
+    }
+
+    #[test]
+    fn workloads_name_the_claims_they_mount() {
+        let vols = json!([{"name": "d", "persistentVolumeClaim": {"claimName": "data"}}, {"name": "e", "emptyDir": {}}]);
+        let pod = json!({"spec": {"volumes": vols}});
+        assert!(uses_claim("", "pods", &pod, "data"));
+        assert!(!uses_claim("", "pods", &pod, "other"));
+        let dep = json!({"spec": {"template": {"spec": {"volumes": vols}}}});
+        assert!(uses_claim("apps", "deployments", &dep, "data"));
+        let cj =
+            json!({"spec": {"jobTemplate": {"spec": {"template": {"spec": {"volumes": vols}}}}}});
+        assert!(uses_claim("batch", "cronjobs", &cj, "data"));
+        let sts = json!({"metadata": {"name": "db"}, "spec": {"template": {"spec": {}},
+            "volumeClaimTemplates": [{"metadata": {"name": "data"}}]}});
+        assert!(uses_claim("apps", "statefulsets", &sts, "data-db-0"));
+        assert!(uses_claim("apps", "statefulsets", &sts, "data-db-12"));
+        assert!(!uses_claim("apps", "statefulsets", &sts, "data-db-x"));
+        assert!(!uses_claim("apps", "statefulsets", &sts, "data-dbx-0"));
+        assert!(!uses_claim("", "configmaps", &pod, "data"));
     }
 
     #[test]
