@@ -488,6 +488,7 @@ async fn restore_command(
         crd_timeout: std::time::Duration::from_secs(a.crd_timeout),
         from_snapshot: a.from_snapshot,
         pvs_as_is: a.restore_pvs_as_is,
+        restore_finished_jobs: a.restore_finished_jobs,
         bind_timeout: std::time::Duration::from_secs(a.bind_timeout),
         mover: volume::mover::MoverOptions {
             image: a.mover_image.clone(),

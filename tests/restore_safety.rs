@@ -279,3 +279,96 @@ async fn a_claim_that_cannot_bind_is_named_with_its_reason_and_exit_2() {
         .await;
     src.cleanup().await;
 }
+
+/// The `default` ServiceAccount's settings come back (merged into the one the cluster made), and
+/// a Job a CronJob created is not restored (the CronJob is, and makes its Jobs again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_service_account_is_merged_and_cronjob_jobs_are_not_restored() {
+    use k8s_openapi::api::batch::v1::{CronJob, Job};
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let src = TestNs::new("rs-merge").await;
+    let sas = src.api::<ServiceAccount>();
+    eventually(
+        "default ServiceAccount",
+        Duration::from_secs(30),
+        || async { sas.get_opt("default").await.ok().flatten() },
+    )
+    .await;
+    sas.patch(
+        "default",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(
+            json!({"metadata": {"annotations": {"example.com/role": "shop"}},
+                                        "imagePullSecrets": [{"name": "registry"}]}),
+        ),
+    )
+    .await
+    .unwrap();
+    let tmpl = json!({"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "busybox"}]}});
+    let cj: CronJob = serde_json::from_value(json!({
+        "metadata": {"name": "nightly"},
+        "spec": {"schedule": "0 3 * * *", "suspend": true,
+                 "jobTemplate": {"spec": {"template": tmpl}}}
+    }))
+    .unwrap();
+    let cj = src
+        .api::<CronJob>()
+        .create(&PostParams::default(), &cj)
+        .await
+        .unwrap();
+    let job: Job = serde_json::from_value(json!({
+        "metadata": {"name": "nightly-29000000", "ownerReferences": [{"apiVersion": "batch/v1",
+            "kind": "CronJob", "name": "nightly", "uid": cj.metadata.uid, "controller": true}]},
+        "spec": {"suspend": true, "template": tmpl}
+    }))
+    .unwrap();
+    src.api::<Job>()
+        .create(&PostParams::default(), &job)
+        .await
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let lb = lifeboat_with_repo(tmp.path());
+    lb.run(&["backup", "create", "-n", &src.name]).success();
+    let dst = unique("lbt-rs-merge-dst");
+    let map = format!("{}={dst}", src.name);
+    let r = lb.run(&["restore", "latest", "--namespace-map", &map, "-o", "json"]);
+    r.success();
+    let rep = r.json();
+    let sa = Api::<ServiceAccount>::namespaced(src.client.clone(), &dst)
+        .get("default")
+        .await
+        .unwrap();
+    assert_eq!(
+        sa.image_pull_secrets
+            .unwrap_or_default()
+            .iter()
+            .map(|s| s.name.clone())
+            .collect::<Vec<_>>(),
+        ["registry"],
+        "{rep:#}"
+    );
+    assert_eq!(
+        sa.metadata.annotations.unwrap_or_default()["example.com/role"],
+        "shop"
+    );
+    let jobs = Api::<Job>::namespaced(src.client.clone(), &dst);
+    assert!(
+        jobs.get_opt("nightly-29000000").await.unwrap().is_none(),
+        "the CronJob's Job is not restored: {rep:#}"
+    );
+    let item = items(&rep, "Job")
+        .into_iter()
+        .find(|i| i["name"] == "nightly-29000000")
+        .cloned()
+        .unwrap_or_else(|| panic!("{rep:#}"));
+    assert_eq!(item["outcome"], "skipped");
+    assert!(
+        Api::<CronJob>::namespaced(src.client.clone(), &dst)
+            .get_opt("nightly")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    delete_namespace(&src.client, &dst).await;
+    src.cleanup().await;
+}

@@ -230,6 +230,11 @@ pub struct RestoreArgs {
     #[arg(long, default_value_t = 180, value_name = "SECONDS")]
     pub bind_timeout: u64,
 
+    /// Also restore Jobs that had finished (Complete or Failed) and Jobs created by CronJobs;
+    /// they run again
+    #[arg(long)]
+    pub restore_finished_jobs: bool,
+
     /// Restore PersistentVolumes as they are and keep claims bound to them, whatever their
     /// reclaim policy, provisioner or namespace map. Only for a cluster that cannot reach the
     /// source's storage: the PVs point at the source's disks. A PV that exists in the target is

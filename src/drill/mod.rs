@@ -708,7 +708,9 @@ async fn compare_namespace(
                     continue;
                 }
             };
-            if crate::restore::rules::skip_reason(&e.group, &e.resource, &obj).is_some() {
+            if crate::restore::rules::skip_reason(&e.group, &e.resource, &obj, &Default::default())
+                .is_some()
+            {
                 continue; // not restored by design (docs/restore.md)
             }
             expected += 1;

@@ -66,6 +66,8 @@ pub struct RestoreOptions {
     /// How long to wait, once everything is created, for restored claims to bind (zero: do not
     /// wait). Claims that were Bound in the backup and are still Pending are failed items.
     pub bind_timeout: Duration,
+    /// Restore finished Jobs and Jobs created by CronJobs too (they run again).
+    pub restore_finished_jobs: bool,
 }
 
 impl Default for RestoreOptions {
@@ -89,6 +91,7 @@ impl Default for RestoreOptions {
             cleanup: Default::default(),
             pvs_as_is: false,
             bind_timeout: Duration::from_secs(180),
+            restore_finished_jobs: false,
         }
     }
 }
@@ -560,6 +563,7 @@ pub async fn restore(
         namespace_map: opts.namespace_map.clone(),
         preserve_nodeports: opts.preserve_nodeports,
         restore_id: restore_id.clone(),
+        restore_finished_jobs: opts.restore_finished_jobs,
     };
 
     // 1. Candidates: namespace and resource filters on the entries.
@@ -1156,6 +1160,40 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    /// The cluster made the namespace's `default` ServiceAccount: the backup's settings are
+    /// merged into it (rules::merge_default_service_account).
+    async fn merge_default_sa(&self, api: &Api<DynamicObject>, obj: &Value, item: &mut Item) {
+        let existing = match api.get("default").await {
+            Ok(d) => serde_json::to_value(d).unwrap_or_default(),
+            Err(err) => {
+                item.message = Some(format!("read: {}", crate::error::display_chain(&err)));
+                return;
+            }
+        };
+        let Some(patch) = rules::merge_default_service_account(&existing, obj) else {
+            item.outcome = Outcome::Skipped;
+            item.message = Some("already exists with the backed-up settings".into());
+            return;
+        };
+        let pp = PatchParams {
+            dry_run: self.opts.dry_run,
+            field_manager: Some("lifeboat".into()),
+            ..Default::default()
+        };
+        match api.patch("default", &pp, &Patch::Merge(&patch)).await {
+            Ok(_) => {
+                item.outcome = Outcome::Updated;
+                item.message = Some(
+                    "merged into the existing default ServiceAccount (imagePullSecrets, labels, annotations, automountServiceAccountToken)"
+                        .into(),
+                );
+            }
+            Err(err) => {
+                item.message = Some(format!("merge: {}", crate::error::display_chain(&err)))
+            }
+        }
+    }
+
     /// Restore one object. `None`: filtered out by the label selector.
     async fn one(
         &self,
@@ -1201,7 +1239,7 @@ impl Ctx<'_> {
                 return None;
             }
         }
-        if let Some(reason) = rules::skip_reason(&e.group, &e.resource, &obj) {
+        if let Some(reason) = rules::skip_reason(&e.group, &e.resource, &obj, self.rw) {
             item.outcome = Outcome::Skipped;
             item.message = Some(reason);
             return Some((item, None));
@@ -1318,6 +1356,16 @@ impl Ctx<'_> {
                 item.outcome = Outcome::Skipped;
                 item.message =
                     Some("already exists; restore never changes a PersistentVolume".into());
+            }
+            Err(kube::Error::Api(s))
+                if s.code == 409
+                    && s.reason == "AlreadyExists"
+                    && e.group.is_empty()
+                    && e.resource == "serviceaccounts"
+                    && e.name == "default"
+                    && self.opts.existing != Existing::Fail =>
+            {
+                self.merge_default_sa(&api, &obj, &mut item).await;
             }
             Err(kube::Error::Api(s)) if s.code == 409 && s.reason == "AlreadyExists" => match self
                 .opts

@@ -9,7 +9,9 @@ pub fn phase(group: &str, resource: &str) -> u8 {
     match (group, resource) {
         ("apiextensions.k8s.io", "customresourcedefinitions") => 0,
         ("", "namespaces") => 1,
-        ("storage.k8s.io", "storageclasses") => 2,
+        ("storage.k8s.io", "storageclasses")
+        | ("scheduling.k8s.io", "priorityclasses")
+        | ("node.k8s.io", "runtimeclasses") => 2,
         ("", "persistentvolumes") => 3,
         ("", "persistentvolumeclaims") => 4,
         ("", "serviceaccounts" | "secrets" | "configmaps" | "limitranges" | "resourcequotas") => 5,
@@ -17,7 +19,8 @@ pub fn phase(group: &str, resource: &str) -> u8 {
             "rbac.authorization.k8s.io",
             "clusterroles" | "clusterrolebindings" | "roles" | "rolebindings",
         ) => 6,
-        ("", "services") => 7,
+        // Before any workload: pods never start unprotected.
+        ("", "services") | ("networking.k8s.io", "networkpolicies") => 7,
         ("apps", "deployments" | "statefulsets" | "daemonsets" | "replicasets")
         | ("batch", "jobs" | "cronjobs")
         | ("", "pods" | "replicationcontrollers") => 8,
@@ -42,6 +45,8 @@ pub struct RewriteOptions {
     pub namespace_map: BTreeMap<String, String>,
     pub preserve_nodeports: bool,
     pub restore_id: String,
+    /// Restore finished Jobs and Jobs created by CronJobs too (`--restore-finished-jobs`).
+    pub restore_finished_jobs: bool,
 }
 
 impl RewriteOptions {
@@ -65,7 +70,49 @@ const STRIP_METADATA: &[&str] = &[
 ];
 
 /// Why an object is not restored at all (None: restore it).
-pub fn skip_reason(group: &str, resource: &str, obj: &Value) -> Option<String> {
+pub fn skip_reason(group: &str, resource: &str, obj: &Value, o: &RewriteOptions) -> Option<String> {
+    if (group, resource) == ("batch", "jobs") && !o.restore_finished_jobs {
+        let owner = obj["metadata"]["ownerReferences"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["kind"] == "CronJob");
+        if let Some(owner) = owner {
+            return Some(format!(
+                "created by CronJob {}, which creates its Jobs again on schedule (--restore-finished-jobs restores it)",
+                owner["name"].as_str().unwrap_or_default()
+            ));
+        }
+        let finished = obj["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["status"] == "True" && (c["type"] == "Complete" || c["type"] == "Failed"));
+        if let Some(c) = finished {
+            return Some(format!(
+                "the Job had finished ({}); restored it would run again (--restore-finished-jobs restores it)",
+                c["type"].as_str().unwrap_or_default()
+            ));
+        }
+    }
+    // Endpoints and EndpointSlices that a controller maintains for a Service with a selector
+    // are made again from the restored Service; hand-made ones (Services without a selector)
+    // are restored.
+    if (group, resource) == ("", "endpoints") {
+        let m = &obj["metadata"];
+        if m["labels"]["endpoints.kubernetes.io/managed-by"].is_string()
+            || m["annotations"]["endpoints.kubernetes.io/last-change-trigger-time"].is_string()
+        {
+            return Some("maintained by the endpoints controller for its Service".into());
+        }
+    }
+    if (group, resource) == ("discovery.k8s.io", "endpointslices")
+        && let Some(by) =
+            obj["metadata"]["labels"]["endpointslice.kubernetes.io/managed-by"].as_str()
+        && by.ends_with(".k8s.io")
+    {
+        return Some(format!("maintained by {by} for its Service"));
+    }
     if group.is_empty()
         && resource == "secrets"
         && obj["type"] == "kubernetes.io/service-account-token"
@@ -417,6 +464,54 @@ pub fn uses_claim(group: &str, resource: &str, obj: &Value, claim: &str) -> bool
         })
 }
 
+/// The `default` ServiceAccount exists in every namespace (the cluster makes it), so restoring
+/// it is a merge into the existing one: the backup's `imagePullSecrets` are added (by name), its
+/// labels and annotations added or set, and its `automountServiceAccountToken` set when the
+/// backup sets it. Returns the merge patch, `None` when there is nothing to change.
+pub fn merge_default_service_account(existing: &Value, backed_up: &Value) -> Option<Value> {
+    let mut patch = Map::new();
+    let mut meta = Map::new();
+    for key in ["labels", "annotations"] {
+        let mut m = Map::new();
+        for (k, v) in backed_up["metadata"][key].as_object().into_iter().flatten() {
+            if k == RESTORE_LABEL {
+                continue; // the cluster made it, not this restore
+            }
+            if existing["metadata"][key][k] != *v {
+                m.insert(k.clone(), v.clone());
+            }
+        }
+        if !m.is_empty() {
+            meta.insert(key.into(), Value::Object(m));
+        }
+    }
+    if !meta.is_empty() {
+        patch.insert("metadata".into(), Value::Object(meta));
+    }
+    let have: Vec<Value> = existing["imagePullSecrets"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let mut all = have.clone();
+    for s in backed_up["imagePullSecrets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        if !all.iter().any(|h| h["name"] == s["name"]) {
+            all.push(s.clone());
+        }
+    }
+    if all.len() != have.len() {
+        patch.insert("imagePullSecrets".into(), Value::Array(all));
+    }
+    let auto = &backed_up["automountServiceAccountToken"];
+    if auto.is_boolean() && existing["automountServiceAccountToken"] != *auto {
+        patch.insert("automountServiceAccountToken".into(), auto.clone());
+    }
+    (!patch.is_empty()).then_some(Value::Object(patch))
+}
+
 fn obj_mut(v: &mut Value) -> &mut Map<String, Value> {
     if !v.is_object() {
         *v = Value::Object(Map::new());
@@ -593,6 +688,7 @@ mod tests {
             namespace_map: [("old".to_string(), "new".to_string())].into(),
             preserve_nodeports: false,
             restore_id: "r1".into(),
+            restore_finished_jobs: false,
         }
     }
 
@@ -623,6 +719,27 @@ mod tests {
             );
         }
         assert_eq!(phase("apiregistration.k8s.io", "apiservices"), 10);
+        // Before every workload (bare Pods included): network policies, priority and runtime
+        // classes.
+        for w in [
+            ("", "pods"),
+            ("apps", "deployments"),
+            ("apps", "statefulsets"),
+            ("batch", "jobs"),
+            ("batch", "cronjobs"),
+        ] {
+            for first in [
+                ("networking.k8s.io", "networkpolicies"),
+                ("scheduling.k8s.io", "priorityclasses"),
+                ("node.k8s.io", "runtimeclasses"),
+                ("", "serviceaccounts"),
+            ] {
+                assert!(
+                    phase(first.0, first.1) < phase(w.0, w.1),
+                    "{first:?} before {w:?}"
+                );
+            }
+        }
         assert_eq!(phase("example.com", "widgets"), 9);
     }
 
@@ -1012,6 +1129,90 @@ mod tests {
     }
 
     #[test]
+    fn finished_jobs_and_cronjob_jobs_are_not_restored_by_default() {
+        let o = opts();
+        let keep = RewriteOptions {
+            restore_finished_jobs: true,
+            ..opts()
+        };
+        let done = json!({"metadata": {"name": "j"}, "status": {"conditions": [{"type": "Complete", "status": "True"}]}});
+        let failed = json!({"metadata": {"name": "j"}, "status": {"conditions": [{"type": "Failed", "status": "True"}]}});
+        let running = json!({"metadata": {"name": "j"}, "status": {"active": 1, "conditions": [{"type": "Suspended", "status": "False"}]}});
+        let scheduled = json!({"metadata": {"name": "backup-2901", "ownerReferences": [{"kind": "CronJob", "name": "backup"}]}, "status": {"active": 1}});
+        assert!(
+            skip_reason("batch", "jobs", &done, &o)
+                .unwrap()
+                .contains("Complete")
+        );
+        assert!(skip_reason("batch", "jobs", &failed, &o).is_some());
+        assert!(skip_reason("batch", "jobs", &running, &o).is_none());
+        assert!(
+            skip_reason("batch", "jobs", &scheduled, &o)
+                .unwrap()
+                .contains("CronJob backup")
+        );
+        for j in [&done, &failed, &scheduled] {
+            assert!(skip_reason("batch", "jobs", j, &keep).is_none());
+        }
+    }
+
+    #[test]
+    fn only_hand_made_endpoints_are_restored() {
+        let o = opts();
+        let managed = json!({"metadata": {"name": "web", "labels": {"endpoints.kubernetes.io/managed-by": "endpoint-controller"}}});
+        let managed_old = json!({"metadata": {"name": "web", "annotations": {"endpoints.kubernetes.io/last-change-trigger-time": "t"}}});
+        let manual = json!({"metadata": {"name": "external-db"}, "subsets": [{"addresses": [{"ip": "10.1.2.3"}]}]});
+        assert!(skip_reason("", "endpoints", &managed, &o).is_some());
+        assert!(skip_reason("", "endpoints", &managed_old, &o).is_some());
+        assert!(skip_reason("", "endpoints", &manual, &o).is_none());
+        let slice = |by: &str| json!({"metadata": {"name": "s", "labels": {"endpointslice.kubernetes.io/managed-by": by}}});
+        assert!(
+            skip_reason(
+                "discovery.k8s.io",
+                "endpointslices",
+                &slice("endpointslice-controller.k8s.io"),
+                &o
+            )
+            .is_some()
+        );
+        assert!(
+            skip_reason(
+                "discovery.k8s.io",
+                "endpointslices",
+                &slice("endpointslicemirroring-controller.k8s.io"),
+                &o
+            )
+            .is_some()
+        );
+        assert!(skip_reason("discovery.k8s.io", "endpointslices", &slice("team-a"), &o).is_none());
+        let unlabelled = json!({"metadata": {"name": "s"}});
+        assert!(skip_reason("discovery.k8s.io", "endpointslices", &unlabelled, &o).is_none());
+    }
+
+    #[test]
+    fn the_default_service_account_is_merged() {
+        let existing = json!({"metadata": {"name": "default", "labels": {"a": "1"}},
+                              "imagePullSecrets": [{"name": "cluster-pull"}]});
+        let backed_up = json!({"metadata": {"name": "default", "labels": {"a": "1", "team": "shop", RESTORE_LABEL: "r1"},
+                                            "annotations": {"eks.amazonaws.com/role-arn": "arn:x"}},
+                               "imagePullSecrets": [{"name": "registry"}, {"name": "cluster-pull"}],
+                               "automountServiceAccountToken": false});
+        let p = merge_default_service_account(&existing, &backed_up).unwrap();
+        assert_eq!(
+            p,
+            json!({"metadata": {"labels": {"team": "shop"}, "annotations": {"eks.amazonaws.com/role-arn": "arn:x"}},
+                   "imagePullSecrets": [{"name": "cluster-pull"}, {"name": "registry"}],
+                   "automountServiceAccountToken": false})
+        );
+        // Applied once, nothing is left to change.
+        let merged = json!({"metadata": {"name": "default", "labels": {"a": "1", "team": "shop"},
+                                         "annotations": {"eks.amazonaws.com/role-arn": "arn:x"}},
+                            "imagePullSecrets": [{"name": "cluster-pull"}, {"name": "registry"}],
+                            "automountServiceAccountToken": false});
+        assert_eq!(merge_default_service_account(&merged, &backed_up), None);
+    }
+
+    #[test]
     fn binding_subjects_follow_the_namespace_map() {
         let rb = rewrite(
             "rbac.authorization.k8s.io",
@@ -1091,19 +1292,29 @@ mod tests {
             skip_reason(
                 "",
                 "secrets",
-                &json!({"type": "kubernetes.io/service-account-token"})
+                &json!({"type": "kubernetes.io/service-account-token"}),
+                &opts()
             )
             .is_some()
         );
-        assert!(skip_reason("", "secrets", &json!({"type": "Opaque"})).is_none());
+        assert!(skip_reason("", "secrets", &json!({"type": "Opaque"}), &opts()).is_none());
         assert!(
             skip_reason(
                 "",
                 "configmaps",
-                &json!({"metadata": {"name": "kube-root-ca.crt"}})
+                &json!({"metadata": {"name": "kube-root-ca.crt"}}),
+                &opts()
             )
             .is_some()
         );
-        assert!(skip_reason("", "configmaps", &json!({"metadata": {"name": "app"}})).is_none());
+        assert!(
+            skip_reason(
+                "",
+                "configmaps",
+                &json!({"metadata": {"name": "app"}}),
+                &opts()
+            )
+            .is_none()
+        );
     }
 }
