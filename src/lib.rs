@@ -489,6 +489,7 @@ async fn restore_command(
         from_snapshot: a.from_snapshot,
         pvs_as_is: a.restore_pvs_as_is,
         restore_finished_jobs: a.restore_finished_jobs,
+        storage_class_map: a.storage_class_map.iter().cloned().collect(),
         bind_timeout: std::time::Duration::from_secs(a.bind_timeout),
         mover: volume::mover::MoverOptions {
             image: a.mover_image.clone(),

@@ -372,3 +372,55 @@ async fn default_service_account_is_merged_and_cronjob_jobs_are_not_restored() {
     delete_namespace(&src.client, &dst).await;
     src.cleanup().await;
 }
+
+/// `--storage-class-map`: a claim of a class the target does not have is restored with the
+/// target's class, and binds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_class_map_restores_claims_into_the_targets_storage() {
+    let src = TestNs::new("rs-scmap").await;
+    common::standin::install(&src.client).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let disk = tmp.path().join("disk");
+    std::fs::create_dir_all(&disk).unwrap();
+    let class = unique("lbt-rs-old-class");
+    let pv = bound_static_volume(&src, "data", &disk, "Retain", &class).await;
+    let lb = lifeboat_with_repo(tmp.path());
+    lb.run(&["backup", "create", "-n", &src.name]).success();
+    let dst = unique("lbt-rs-scmap-dst");
+    let standin = common::standin::run(src.client.clone(), dst.clone(), tmp.path().join("standin"));
+    let r = lb.run(&[
+        "restore",
+        "latest",
+        "--namespace-map",
+        &format!("{}={dst}", src.name),
+        "--storage-class-map",
+        &format!("{class}={}", common::standin::CLASS),
+        "--bind-timeout",
+        "60",
+        "-o",
+        "json",
+    ]);
+    r.success();
+    let c = Api::<PersistentVolumeClaim>::namespaced(src.client.clone(), &dst)
+        .get("data")
+        .await
+        .unwrap();
+    let spec = c.spec.unwrap();
+    assert_eq!(
+        spec.storage_class_name.as_deref(),
+        Some(common::standin::CLASS)
+    );
+    assert_ne!(spec.volume_name.as_deref(), Some(pv.as_str()));
+    assert_eq!(
+        c.status.unwrap().phase.as_deref(),
+        Some("Bound"),
+        "{}",
+        r.describe()
+    );
+    standin.abort();
+    delete_namespace(&src.client, &dst).await;
+    let _ = Api::<PersistentVolume>::all(src.client.clone())
+        .delete(&pv, &DeleteParams::default())
+        .await;
+    src.cleanup().await;
+}

@@ -202,6 +202,11 @@ pub struct RestoreArgs {
     #[arg(long = "namespace-map", value_parser = parse_kv, value_name = "OLD=NEW")]
     pub namespace_map: Vec<(String, String)>,
 
+    /// Restore claims, StatefulSet claim templates and PVs of StorageClass OLD with class NEW
+    /// (repeatable), for a target cluster with other storage
+    #[arg(long = "storage-class-map", value_parser = parse_kv, value_name = "OLD=NEW")]
+    pub storage_class_map: Vec<(String, String)>,
+
     /// What to do with objects that already exist
     #[arg(long, value_enum, default_value = "skip")]
     pub existing: crate::restore::Existing,

@@ -68,6 +68,8 @@ pub struct RestoreOptions {
     pub bind_timeout: Duration,
     /// Restore finished Jobs and Jobs created by CronJobs too (they run again).
     pub restore_finished_jobs: bool,
+    /// Claims (and claim templates, PVs) of storage class OLD are restored with class NEW.
+    pub storage_class_map: BTreeMap<String, String>,
 }
 
 impl Default for RestoreOptions {
@@ -92,6 +94,7 @@ impl Default for RestoreOptions {
             pvs_as_is: false,
             bind_timeout: Duration::from_secs(180),
             restore_finished_jobs: false,
+            storage_class_map: BTreeMap::new(),
         }
     }
 }
@@ -564,6 +567,7 @@ pub async fn restore(
         preserve_nodeports: opts.preserve_nodeports,
         restore_id: restore_id.clone(),
         restore_finished_jobs: opts.restore_finished_jobs,
+        storage_class_map: opts.storage_class_map.clone(),
     };
 
     // 1. Candidates: namespace and resource filters on the entries.
@@ -619,7 +623,9 @@ pub async fn restore(
                     if let Some(v) = o["spec"]["volumeName"].as_str() {
                         wanted.insert((String::new(), "persistentvolumes".into(), v.into()));
                     }
-                    if let Some(c) = o["spec"]["storageClassName"].as_str() {
+                    if let Some(c) = o["spec"]["storageClassName"].as_str()
+                        && !opts.storage_class_map.contains_key(c)
+                    {
                         wanted.insert(("storage.k8s.io".into(), "storageclasses".into(), c.into()));
                     }
                 }

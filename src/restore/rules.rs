@@ -47,9 +47,19 @@ pub struct RewriteOptions {
     pub restore_id: String,
     /// Restore finished Jobs and Jobs created by CronJobs too (`--restore-finished-jobs`).
     pub restore_finished_jobs: bool,
+    /// `--storage-class-map OLD=NEW`: claims, claim templates and PVs of class OLD use NEW.
+    pub storage_class_map: BTreeMap<String, String>,
 }
 
 impl RewriteOptions {
+    fn map_class(&self, spec: &mut Value) {
+        if let Some(c) = spec["storageClassName"].as_str()
+            && let Some(new) = self.storage_class_map.get(c)
+        {
+            spec["storageClassName"] = Value::String(new.clone());
+        }
+    }
+
     pub fn map_ns<'a>(&'a self, ns: &'a str) -> &'a str {
         self.namespace_map.get(ns).map(String::as_str).unwrap_or(ns)
     }
@@ -580,6 +590,7 @@ pub fn rewrite(group: &str, resource: &str, mut obj: Value, o: &RewriteOptions) 
             }
         }
         ("", "persistentvolumeclaims") => {
+            o.map_class(&mut obj["spec"]);
             if let Some(a) = obj["metadata"]["annotations"].as_object_mut() {
                 for k in [
                     "pv.kubernetes.io/bind-completed",
@@ -595,6 +606,7 @@ pub fn rewrite(group: &str, resource: &str, mut obj: Value, o: &RewriteOptions) 
             }
         }
         ("", "persistentvolumes") => {
+            o.map_class(&mut obj["spec"]);
             if let Some(a) = obj["metadata"]["annotations"].as_object_mut() {
                 a.remove("pv.kubernetes.io/bound-by-controller");
             }
@@ -620,6 +632,13 @@ pub fn rewrite(group: &str, resource: &str, mut obj: Value, o: &RewriteOptions) 
             }
         }
         ("", "pods") => strip_pod_spec(&mut obj["spec"], true),
+        ("apps", "statefulsets") => {
+            if let Some(ts) = obj["spec"]["volumeClaimTemplates"].as_array_mut() {
+                for t in ts {
+                    o.map_class(&mut t["spec"]);
+                }
+            }
+        }
         ("batch", "jobs") => {
             strip_job_labels(&mut obj["metadata"]);
             strip_job_labels(&mut obj["spec"]["template"]["metadata"]);
@@ -689,6 +708,7 @@ mod tests {
             preserve_nodeports: false,
             restore_id: "r1".into(),
             restore_finished_jobs: false,
+            storage_class_map: [("gp2".to_string(), "gp3".to_string())].into(),
         }
     }
 
@@ -1210,6 +1230,55 @@ mod tests {
                             "imagePullSecrets": [{"name": "cluster-pull"}, {"name": "registry"}],
                             "automountServiceAccountToken": false});
         assert_eq!(merge_default_service_account(&merged, &backed_up), None);
+    }
+
+    #[test]
+    fn storage_classes_follow_the_class_map() {
+        let pvc = rewrite(
+            "",
+            "persistentvolumeclaims",
+            json!({"metadata": {"name": "d"}, "spec": {"storageClassName": "gp2"}}),
+            &opts(),
+        );
+        assert_eq!(pvc["spec"]["storageClassName"], "gp3");
+        let other = rewrite(
+            "",
+            "persistentvolumeclaims",
+            json!({"metadata": {"name": "d"}, "spec": {"storageClassName": "fast"}}),
+            &opts(),
+        );
+        assert_eq!(other["spec"]["storageClassName"], "fast");
+        let none = rewrite(
+            "",
+            "persistentvolumeclaims",
+            json!({"metadata": {"name": "d"}, "spec": {}}),
+            &opts(),
+        );
+        assert!(none["spec"].get("storageClassName").is_none());
+        let pv = rewrite(
+            "",
+            "persistentvolumes",
+            json!({"metadata": {"name": "p"}, "spec": {"storageClassName": "gp2"}}),
+            &opts(),
+        );
+        assert_eq!(pv["spec"]["storageClassName"], "gp3");
+        let sts = rewrite(
+            "apps",
+            "statefulsets",
+            json!({"metadata": {"name": "db"}, "spec": {"volumeClaimTemplates": [
+                {"metadata": {"name": "data"}, "spec": {"storageClassName": "gp2"}},
+                {"metadata": {"name": "logs"}, "spec": {}}]}}),
+            &opts(),
+        );
+        assert_eq!(
+            sts["spec"]["volumeClaimTemplates"][0]["spec"]["storageClassName"],
+            "gp3"
+        );
+        assert!(
+            sts["spec"]["volumeClaimTemplates"][1]["spec"]
+                .get("storageClassName")
+                .is_none()
+        );
     }
 
     #[test]
