@@ -424,3 +424,100 @@ async fn storage_class_map_restores_claims_into_the_targets_storage() {
         .await;
     src.cleanup().await;
 }
+
+/// ownerReferences point at the restored owners' new UIDs, also when the owner is restored in a
+/// later phase than the object it owns (a Secret owned by a Service); a reference to an owner
+/// that is not restored is dropped and said.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owner_references_are_relinked_to_the_restored_owners() {
+    use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+    let src = TestNs::new("rs-owners").await;
+    let pp = PostParams::default();
+    let parent: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "parent"}, "data": {"a": "b"}}))
+            .unwrap();
+    let parent = src.api::<ConfigMap>().create(&pp, &parent).await.unwrap();
+    let svc: Service = serde_json::from_value(json!({"metadata": {"name": "web"},
+        "spec": {"ports": [{"port": 80}], "selector": {"app": "web"}}}))
+    .unwrap();
+    let svc = src.api::<Service>().create(&pp, &svc).await.unwrap();
+    let child: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "child",
+        "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": "parent", "uid": parent.metadata.uid}]}}))
+    .unwrap();
+    src.api::<ConfigMap>().create(&pp, &child).await.unwrap();
+    let secret: Secret = serde_json::from_value(json!({"metadata": {"name": "web-cert",
+        "ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": "web", "uid": svc.metadata.uid}]},
+        "stringData": {"k": "v"}}))
+    .unwrap();
+    src.api::<Secret>().create(&pp, &secret).await.unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let lb = lifeboat_with_repo(tmp.path());
+    lb.run(&["backup", "create", "-n", &src.name]).success();
+    let dst = unique("lbt-rs-owners-dst");
+    let r = lb.run(&[
+        "restore",
+        "latest",
+        "--namespace-map",
+        &format!("{}={dst}", src.name),
+        "--exclude-resources",
+        "services",
+        "-o",
+        "json",
+    ]);
+    r.success();
+    let cms = Api::<ConfigMap>::namespaced(src.client.clone(), &dst);
+    let new_parent = cms.get("parent").await.unwrap();
+    let refs = cms
+        .get("child")
+        .await
+        .unwrap()
+        .metadata
+        .owner_references
+        .unwrap_or_default();
+    assert_eq!(refs.len(), 1, "{}", r.describe());
+    assert_eq!(refs[0].uid, new_parent.metadata.uid.unwrap());
+    assert_ne!(Some(refs[0].uid.clone()), parent.metadata.uid);
+    // The Service was not restored: the Secret's reference is dropped, and the report says so.
+    let s = Api::<Secret>::namespaced(src.client.clone(), &dst)
+        .get("web-cert")
+        .await
+        .unwrap();
+    assert!(s.metadata.owner_references.unwrap_or_default().is_empty());
+    let rep = r.json();
+    let item = items(&rep, "Secret")
+        .into_iter()
+        .find(|i| i["name"] == "web-cert")
+        .cloned()
+        .unwrap();
+    assert!(
+        item["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("Service/web")),
+        "{item}"
+    );
+    // Now with the Service (phase 7, after the Secret's phase 5).
+    delete_namespace(&src.client, &dst).await;
+    let dst2 = unique("lbt-rs-owners-dst2");
+    lb.run(&[
+        "restore",
+        "latest",
+        "--namespace-map",
+        &format!("{}={dst2}", src.name),
+    ])
+    .success();
+    let new_svc = Api::<Service>::namespaced(src.client.clone(), &dst2)
+        .get("web")
+        .await
+        .unwrap();
+    let refs = Api::<Secret>::namespaced(src.client.clone(), &dst2)
+        .get("web-cert")
+        .await
+        .unwrap()
+        .metadata
+        .owner_references
+        .unwrap_or_default();
+    assert_eq!(refs.len(), 1);
+    assert_eq!(Some(refs[0].uid.clone()), new_svc.metadata.uid);
+    delete_namespace(&src.client, &dst2).await;
+    src.cleanup().await;
+}

@@ -715,6 +715,8 @@ pub async fn restore(
     // (namespace, claim) of the claims whose data could not be filled: what mounts them is
     // not created (it would start on partial data).
     let mut unfilled: BTreeSet<(String, String)> = BTreeSet::new();
+    let uids = std::sync::Mutex::new(HashMap::new());
+    let links = std::sync::Mutex::new(Vec::new());
     let mut phases: BTreeMap<u8, Vec<(usize, TreeEntry)>> = BTreeMap::new();
     for c in candidates {
         phases
@@ -729,6 +731,8 @@ pub async fn restore(
             data_claims: &data_claims,
             volumes: &volumes,
             unfilled: &unfilled,
+            uids: &uids,
+            links: &links,
             opts,
             rw: &rw,
             selector: selector.as_ref(),
@@ -792,6 +796,11 @@ pub async fn restore(
         }
     }
 
+    if !opts.dry_run {
+        let links = links.into_inner().expect("not poisoned");
+        let uids = uids.into_inner().expect("not poisoned");
+        relink_owners(client, &target, &uids, links, &mut items).await;
+    }
     if !opts.dry_run && !opts.bind_timeout.is_zero() {
         wait_bound(client, &volumes, &rw, opts.bind_timeout, &mut items).await;
     }
@@ -1150,6 +1159,119 @@ async fn plan_volumes(
     Ok(plan)
 }
 
+/// A created object whose backed-up `ownerReferences` are re-linked at the end.
+struct Link {
+    group: String,
+    version: String,
+    kind: String,
+    namespace: Option<String>,
+    name: String,
+    owners: Vec<Value>,
+}
+
+/// Give each created object its owners' new UIDs (rules::relink_owner_refs), once every object
+/// exists (owners may come in a later phase). An owner not created by this restore is looked up
+/// in the target (same namespace, or cluster-scoped).
+async fn relink_owners(
+    client: &kube::Client,
+    target: &Target,
+    uids: &HashMap<(String, String, Option<String>, String), String>,
+    links: Vec<Link>,
+    items: &mut [Item],
+) {
+    for l in links {
+        let mut found: HashMap<(String, String, String), String> = HashMap::new();
+        for r in &l.owners {
+            let (Some(av), Some(kind), Some(name)) = (
+                r["apiVersion"].as_str(),
+                r["kind"].as_str(),
+                r["name"].as_str(),
+            ) else {
+                continue;
+            };
+            let (group, version) = match av.rsplit_once('/') {
+                Some((g, v)) => (g.to_string(), v.to_string()),
+                None => (String::new(), av.to_string()),
+            };
+            let mut uid = uids
+                .get(&(
+                    group.clone(),
+                    kind.to_string(),
+                    l.namespace.clone(),
+                    name.to_string(),
+                ))
+                .or_else(|| uids.get(&(group.clone(), kind.to_string(), None, name.to_string())))
+                .cloned();
+            if uid.is_none()
+                && let Some((ar, caps)) = target.by_gvk.get(&(group, version, kind.to_string()))
+            {
+                let api: Api<DynamicObject> = match (caps.scope == Scope::Namespaced, &l.namespace)
+                {
+                    (true, Some(ns)) => Api::namespaced_with(client.clone(), ns, ar),
+                    _ => Api::all_with(client.clone(), ar),
+                };
+                uid = api
+                    .get_opt(name)
+                    .await
+                    .ok()
+                    .flatten()
+                    .and_then(|o| o.metadata.uid);
+            }
+            if let Some(uid) = uid {
+                found.insert((av.to_string(), kind.to_string(), name.to_string()), uid);
+            }
+        }
+        let (kept, dropped) = rules::relink_owner_refs(&l.owners, |av, k, n| {
+            found
+                .get(&(av.to_string(), k.to_string(), n.to_string()))
+                .cloned()
+        });
+        let mut notes = vec![];
+        if !kept.is_empty()
+            && let Some((ar, caps)) =
+                target
+                    .by_gvk
+                    .get(&(l.group.clone(), l.version.clone(), l.kind.clone()))
+        {
+            let api: Api<DynamicObject> = match (caps.scope == Scope::Namespaced, &l.namespace) {
+                (true, Some(ns)) => Api::namespaced_with(client.clone(), ns, ar),
+                _ => Api::all_with(client.clone(), ar),
+            };
+            let patch = serde_json::json!({"metadata": {"ownerReferences": kept}});
+            if let Err(err) = api
+                .patch(&l.name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                notes.push(format!(
+                    "its owners could not be re-linked: {}",
+                    crate::error::display_chain(&err)
+                ));
+            }
+        }
+        if !dropped.is_empty() {
+            notes.push(format!(
+                "ownerReferences dropped (owner not in the target): {}",
+                dropped.join(", ")
+            ));
+        }
+        if notes.is_empty() {
+            continue;
+        }
+        if let Some(i) = items.iter_mut().find(|i| {
+            i.kind == l.kind
+                && i.namespace == l.namespace
+                && i.name == l.name
+                && i.outcome == Outcome::Created
+        }) {
+            let note = notes.join("; ");
+            i.message = Some(match i.message.take() {
+                Some(m) => format!("{m}; {note}"),
+                None => note,
+            });
+        }
+    }
+}
+
 struct Ctx<'a> {
     client: &'a kube::Client,
     source: &'a Source,
@@ -1157,6 +1279,10 @@ struct Ctx<'a> {
     data_claims: &'a BTreeSet<(String, String)>,
     volumes: &'a VolumePlan,
     unfilled: &'a BTreeSet<(String, String)>,
+    /// Objects created by this restore: (group, kind, namespace, name) -> new UID.
+    uids: &'a std::sync::Mutex<HashMap<(String, String, Option<String>, String), String>>,
+    /// Created objects whose backup had ownerReferences, re-linked once everything exists.
+    links: &'a std::sync::Mutex<Vec<Link>>,
     opts: &'a RestoreOptions,
     rw: &'a RewriteOptions,
     selector: Option<&'a Selector>,
@@ -1258,6 +1384,10 @@ impl Ctx<'_> {
             item.message = Some(reason.clone());
             return Some((item, None));
         }
+        let owners: Vec<Value> = obj["metadata"]["ownerReferences"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         let mut obj = rules::rewrite(&e.group, &e.resource, obj, self.rw);
         if let Some(ns) = &item.namespace
             && let Some((_, claim)) = self
@@ -1347,9 +1477,30 @@ impl Ctx<'_> {
             field_manager: Some("lifeboat".into()),
         };
         match api.create(&pp, &dobj).await {
-            Ok(_) => {
+            Ok(created) => {
                 item.outcome = Outcome::Created;
                 item.message = created_note;
+                if !self.opts.dry_run
+                    && let Some(uid) = created.metadata.uid
+                {
+                    let key = (
+                        e.group.clone(),
+                        e.kind.clone(),
+                        item.namespace.clone(),
+                        item.name.clone(),
+                    );
+                    self.uids.lock().expect("not poisoned").insert(key, uid);
+                    if !owners.is_empty() {
+                        self.links.lock().expect("not poisoned").push(Link {
+                            group: e.group.clone(),
+                            version: e.version.clone(),
+                            kind: e.kind.clone(),
+                            namespace: item.namespace.clone(),
+                            name: item.name.clone(),
+                            owners: owners.clone(),
+                        });
+                    }
+                }
             }
             Err(kube::Error::Api(s))
                 if s.code == 409

@@ -522,6 +522,36 @@ pub fn merge_default_service_account(existing: &Value, backed_up: &Value) -> Opt
     (!patch.is_empty()).then_some(Value::Object(patch))
 }
 
+/// Re-link a restored object's backed-up `ownerReferences` to its owners' new UIDs. `resolve`
+/// maps (apiVersion, kind, name) to the restored (or existing) owner's UID. References whose
+/// owner is not in the target are dropped (returned as `Kind/name`): a reference to a missing
+/// UID makes the garbage collector delete the object.
+pub fn relink_owner_refs(
+    refs: &[Value],
+    resolve: impl Fn(&str, &str, &str) -> Option<String>,
+) -> (Vec<Value>, Vec<String>) {
+    let mut kept = vec![];
+    let mut dropped = vec![];
+    for r in refs {
+        let (Some(api_version), Some(kind), Some(name)) = (
+            r["apiVersion"].as_str(),
+            r["kind"].as_str(),
+            r["name"].as_str(),
+        ) else {
+            continue;
+        };
+        match resolve(api_version, kind, name) {
+            Some(uid) => {
+                let mut r = r.clone();
+                r["uid"] = Value::String(uid);
+                kept.push(r);
+            }
+            None => dropped.push(format!("{kind}/{name}")),
+        }
+    }
+    (kept, dropped)
+}
+
 fn obj_mut(v: &mut Value) -> &mut Map<String, Value> {
     if !v.is_object() {
         *v = Value::Object(Map::new());
@@ -1279,6 +1309,24 @@ mod tests {
                 .get("storageClassName")
                 .is_none()
         );
+    }
+
+    #[test]
+    fn owner_references_get_the_new_uids_or_are_dropped() {
+        let refs = [
+            json!({"apiVersion": "example.com/v1", "kind": "Database", "name": "db", "uid": "old-1", "controller": true, "blockOwnerDeletion": true}),
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "name": "gone", "uid": "old-2"}),
+        ];
+        let (kept, dropped) = relink_owner_refs(&refs, |av, k, n| {
+            (av == "example.com/v1" && k == "Database" && n == "db").then(|| "new-1".to_string())
+        });
+        assert_eq!(
+            kept,
+            [
+                json!({"apiVersion": "example.com/v1", "kind": "Database", "name": "db", "uid": "new-1", "controller": true, "blockOwnerDeletion": true})
+            ]
+        );
+        assert_eq!(dropped, ["ConfigMap/gone"]);
     }
 
     #[test]
