@@ -230,8 +230,8 @@ pub struct RestoreArgs {
     pub from_snapshot: bool,
 
     /// Seconds to wait, once everything is created, for restored claims to bind; each claim
-    /// that was Bound in the backup and is still Pending fails the restore (exit 2) with the
-    /// reason. 0: do not wait
+    /// that was Bound in the backup (or named its volume) and is still Pending fails the
+    /// restore (exit 2) with the reason. 0: do not wait
     #[arg(long, default_value_t = 180, value_name = "SECONDS")]
     pub bind_timeout: u64,
 

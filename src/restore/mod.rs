@@ -1051,7 +1051,8 @@ struct VolumePlan {
     claims: HashMap<(String, String), rules::ClaimVolume>,
     /// PV name -> why it is not restored (absent: restore it).
     pv_skip: HashMap<String, String>,
-    /// (original namespace, claim) of the claims that were Bound in the backup.
+    /// (original namespace, claim) of the claims that were Bound in the backup, or named their
+    /// volume.
     was_bound: BTreeSet<(String, String)>,
 }
 
@@ -1101,7 +1102,8 @@ async fn plan_volumes(
     {
         let Some(ns) = &e.namespace else { continue };
         let claim = source.load(e, *idx).await?;
-        if claim["status"]["phase"] == "Bound" {
+        // Bound, or bound-to-be (it names its volume): expected to bind in the target too.
+        if claim["status"]["phase"] == "Bound" || claim["spec"]["volumeName"].is_string() {
             plan.was_bound.insert((ns.clone(), e.name.clone()));
         }
         let pv_name = claim["spec"]["volumeName"].as_str().unwrap_or_default();
