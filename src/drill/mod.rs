@@ -347,6 +347,8 @@ async fn drill_body(
             .collect(),
         restore_id: format!("drill-{id}"),
         restore_namespaces: false,
+        // Claims that cannot bind fail the restore check; the wait stays within the drill's.
+        bind_timeout: opts.timeout.min(RestoreOptions::default().bind_timeout),
         ..Default::default()
     };
     let source = restore::Source::Repository {
