@@ -578,6 +578,10 @@ async fn restore_command(
         preserve_nodeports: a.preserve_nodeports,
         crd_timeout: std::time::Duration::from_secs(a.crd_timeout),
         from_snapshot: a.from_snapshot,
+        pvs_as_is: a.restore_pvs_as_is,
+        restore_finished_jobs: a.restore_finished_jobs,
+        storage_class_map: a.storage_class_map.iter().cloned().collect(),
+        bind_timeout: std::time::Duration::from_secs(a.bind_timeout),
         mover: volume::mover::MoverOptions {
             image: a.mover_image.clone(),
             ..Default::default()

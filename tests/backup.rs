@@ -249,6 +249,7 @@ fn normalised(group: &str, resource: &str, v: &Value, map: &BTreeMap<String, Str
         namespace_map: map.clone(),
         preserve_nodeports: false,
         restore_id: "x".into(),
+        ..Default::default()
     };
     let mapped = lifeboat::restore::rules::rewrite(group, resource, v.clone(), &rw);
     let mut n = lifeboat::restore::rules::normalise(group, resource, &mapped);

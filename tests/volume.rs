@@ -818,3 +818,126 @@ async fn ctrl_c_during_a_volume_restore_deletes_its_mover() {
     standin.abort();
     ns.cleanup().await;
 }
+
+/// A restore interrupted while it fills a volume leaves a claim carrying the restore label but
+/// no completion record (`lifeboat.io/restored-from`). The next run never accepts it as it is:
+/// while a pod uses the claim it is a failure (exit 2); otherwise the volume is filled again and
+/// ends byte-identical to the backup, and a third run finds the record and skips it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_volume_fill_is_never_accepted_and_is_filled_again() {
+    let (ns, tmp, standin) = noisy_statefulset("vol-refill", 200 << 20, 17).await;
+    let want = snapshot_of(&dir_of(&ns, "data-db-0").await);
+    let lb = lifeboat_with_repo(tmp.path());
+    lb.run(&["backup", "create", "-n", &ns.name, "--snapshot-volumes"])
+        .success();
+    let namespaces = Api::<k8s_openapi::api::core::v1::Namespace>::all(ns.client.clone());
+    namespaces
+        .delete(&ns.name, &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(
+        "the namespace to be gone",
+        Duration::from_secs(90),
+        || async {
+            namespaces
+                .get_opt(&ns.name)
+                .await
+                .unwrap()
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+    let mut child = lb.spawn(&["restore", "latest", "-n", &ns.name]);
+    interrupt_during_data_movement(&ns, &mut child, "restore").await;
+    let claims = ns.api::<PersistentVolumeClaim>();
+    let annotations =
+        |c: &PersistentVolumeClaim| c.metadata.annotations.clone().unwrap_or_default();
+    let partial = claims.get("data-db-0").await.unwrap();
+    assert!(
+        !annotations(&partial).contains_key("lifeboat.io/restored-from"),
+        "an interrupted fill is not recorded as complete: {:?}",
+        partial.metadata
+    );
+
+    // A pod uses the half-filled claim: reported as failed, never skipped.
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "user"},
+        "spec": {"containers": [{"name": "c", "image": "busybox"}],
+                 "volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": "data-db-0"}}]}
+    }))
+    .unwrap();
+    ns.api::<Pod>()
+        .create(&PostParams::default(), &pod)
+        .await
+        .unwrap();
+    let r = lb.run(&["restore", "latest", "-n", &ns.name, "-o", "json"]);
+    r.code_is(2);
+    let rep = r.json();
+    let item = rep["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["kind"] == "VolumeData" && i["name"] == "data-db-0")
+        .cloned()
+        .unwrap_or_else(|| panic!("{rep:#}"));
+    assert_eq!(item["outcome"], "failed", "{rep:#}");
+    assert!(
+        item["message"].as_str().unwrap().contains("pod user"),
+        "{item}"
+    );
+    ns.api::<Pod>()
+        .delete("user", &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    eventually("pod user gone", Duration::from_secs(60), || async {
+        ns.api::<Pod>()
+            .get_opt("user")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+
+    // Nothing uses it now: filled again, identical to the backup, and recorded.
+    let r = lb.run(&["restore", "latest", "-n", &ns.name, "-o", "json"]);
+    r.success();
+    let rep = r.json();
+    let item = rep["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["kind"] == "VolumeData" && i["name"] == "data-db-0")
+        .cloned()
+        .unwrap_or_else(|| panic!("{rep:#}"));
+    assert_eq!(item["outcome"], "created", "{rep:#}");
+    assert_eq!(snapshot_of(&dir_of(&ns, "data-db-0").await), want);
+    let done = claims.get("data-db-0").await.unwrap();
+    let record = annotations(&done)
+        .get("lifeboat.io/restored-from")
+        .cloned()
+        .unwrap_or_else(|| panic!("no completion record: {:?}", done.metadata));
+    let backup_id = rep["backup"].as_str().unwrap();
+    assert!(
+        record.starts_with(backup_id),
+        "{record} names backup {backup_id}"
+    );
+
+    // A third run finds the record: skipped, exit 0.
+    let r = lb.run(&["restore", "latest", "-n", &ns.name, "-o", "json"]);
+    r.success();
+    let rep = r.json();
+    assert!(
+        rep["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["kind"] == "VolumeData"
+                && i["name"] == "data-db-0"
+                && i["outcome"] == "skipped"),
+        "{rep:#}"
+    );
+    standin.abort();
+    ns.cleanup().await;
+}

@@ -229,6 +229,11 @@ pub struct RestoreArgs {
     #[arg(long = "namespace-map", value_parser = parse_kv, value_name = "OLD=NEW")]
     pub namespace_map: Vec<(String, String)>,
 
+    /// Restore claims, StatefulSet claim templates and PVs of StorageClass OLD with class NEW
+    /// (repeatable), for a target cluster with other storage
+    #[arg(long = "storage-class-map", value_parser = parse_kv, value_name = "OLD=NEW")]
+    pub storage_class_map: Vec<(String, String)>,
+
     /// What to do with objects that already exist
     #[arg(long, value_enum, default_value = "skip")]
     pub existing: crate::restore::Existing,
@@ -250,6 +255,24 @@ pub struct RestoreArgs {
     /// data from the repository
     #[arg(long)]
     pub from_snapshot: bool,
+
+    /// Seconds to wait, once everything is created, for restored claims to bind; each claim
+    /// that was Bound in the backup (or named its volume) and is still Pending fails the
+    /// restore (exit 2) with the reason. 0: do not wait
+    #[arg(long, default_value_t = 180, value_name = "SECONDS")]
+    pub bind_timeout: u64,
+
+    /// Also restore Jobs that had finished (Complete or Failed) and Jobs created by CronJobs;
+    /// they run again
+    #[arg(long)]
+    pub restore_finished_jobs: bool,
+
+    /// Restore PersistentVolumes as they are and keep claims bound to them, whatever their
+    /// reclaim policy, provisioner or namespace map. Only for a cluster that cannot reach the
+    /// source's storage: the PVs point at the source's disks. A PV that exists in the target is
+    /// still never changed or taken over
+    #[arg(long)]
+    pub restore_pvs_as_is: bool,
 
     /// Image of the mover pods that fill restored claims (needs `sleep` and `tar`)
     #[arg(long, default_value = crate::volume::mover::DEFAULT_IMAGE, value_name = "IMAGE")]

@@ -120,6 +120,12 @@ rules:
 - apiGroups: ["*"]
   resources: ["*"]
   verbs: ["get", "list", "create"]
+# Restore records a completed volume fill on its claim (lifeboat.io/restored-from) and merges
+# the backed-up settings into the default ServiceAccount the cluster made; the policy below
+# keeps these patches inside drill-* namespaces too.
+- apiGroups: [""]
+  resources: ["persistentvolumeclaims", "serviceaccounts"]
+  verbs: ["patch"]
 # Restored Roles and RoleBindings may grant more than the drill holds itself.
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["roles", "clusterroles"]

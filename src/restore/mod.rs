@@ -59,6 +59,17 @@ pub struct RestoreOptions {
     /// Every mover pod is recorded here before it is created; the caller deletes them when the
     /// restore is interrupted (Ctrl-C).
     pub cleanup: crate::volume::snapshots::Cleanup,
+    /// Restore PersistentVolumes as they are, and keep claims bound to them, whatever their
+    /// reclaim policy or provisioner (`--restore-pvs-as-is`). A PV that exists in the target is
+    /// still never changed, shared or taken over.
+    pub pvs_as_is: bool,
+    /// How long to wait, once everything is created, for restored claims to bind (zero: do not
+    /// wait). Claims that were Bound in the backup and are still Pending are failed items.
+    pub bind_timeout: Duration,
+    /// Restore finished Jobs and Jobs created by CronJobs too (they run again).
+    pub restore_finished_jobs: bool,
+    /// Claims (and claim templates, PVs) of storage class OLD are restored with class NEW.
+    pub storage_class_map: BTreeMap<String, String>,
 }
 
 impl Default for RestoreOptions {
@@ -80,6 +91,10 @@ impl Default for RestoreOptions {
             mover: Default::default(),
             from_snapshot: false,
             cleanup: Default::default(),
+            pvs_as_is: false,
+            bind_timeout: Duration::from_secs(180),
+            restore_finished_jobs: false,
+            storage_class_map: BTreeMap::new(),
         }
     }
 }
@@ -131,7 +146,10 @@ async fn fill_volumes(
     data_claims: &BTreeSet<(String, String)>,
     items: &mut Vec<Item>,
 ) {
-    let Source::Repository { repo, .. } = source else {
+    let Source::Repository {
+        repo, backup_id, ..
+    } = source
+    else {
         return;
     };
     for v in source.volumes() {
@@ -156,6 +174,10 @@ async fn fill_volumes(
             })
             .map(|i| i.outcome);
         let size = crate::backup::human_bytes(v.bytes);
+        let record = rules::completion_record(
+            backup_id,
+            &v.trees.iter().map(|t| t.to_hex()).collect::<Vec<_>>(),
+        );
         match claim {
             Some(Outcome::Created) if opts.dry_run => {
                 item.outcome = Outcome::Created;
@@ -173,26 +195,159 @@ async fn fill_volumes(
                     .and_then(|c| c.spec.and_then(|s| s.data_source))
                     .filter(|d| d.kind == "VolumeSnapshot");
                 if let Some(d) = from_snapshot {
-                    item.outcome = Outcome::Created;
-                    item.message = Some(format!("from VolumeSnapshot {ns}/{}", d.name));
-                } else {
-                    match fill_one(client, repo.clone(), &ns, v, opts).await {
+                    // Provisioned from the snapshot as a whole by the CSI driver: complete.
+                    match record_fill(client, &ns, &v.pvc, &record).await {
                         Ok(()) => {
                             item.outcome = Outcome::Created;
-                            item.message = Some(format!("{} files ({size}) restored", v.files));
+                            item.message = Some(format!("from VolumeSnapshot {ns}/{}", d.name));
                         }
-                        Err(e) => item.message = Some(e.to_string()),
+                        Err(e) => item.message = Some(e),
                     }
+                } else {
+                    fill_and_record(client, repo, &ns, v, opts, &record, "", &mut item).await;
                 }
             }
             Some(Outcome::Skipped | Outcome::Updated) => {
-                item.outcome = Outcome::Skipped;
-                item.message = Some("the claim already existed; its data was left as it is".into());
+                let claim = Api::<k8s_openapi::api::core::v1::PersistentVolumeClaim>::namespaced(
+                    client.clone(),
+                    &ns,
+                )
+                .get(&v.pvc)
+                .await
+                .map(|c| serde_json::to_value(c).unwrap_or_default());
+                match claim.as_ref().map(rules::existing_data) {
+                    Err(e) => {
+                        item.message = Some(format!(
+                            "the claim cannot be read back: {}",
+                            crate::error::display_chain(e)
+                        ))
+                    }
+                    Ok(rules::ExistingData::Complete(r)) if r == record => {
+                        item.outcome = Outcome::Skipped;
+                        item.message = Some("already filled from this backup".into());
+                    }
+                    Ok(rules::ExistingData::Complete(r)) => {
+                        item.outcome = Outcome::Skipped;
+                        item.message = Some(format!(
+                            "the claim already existed, filled from {r}; its data was left as it is"
+                        ));
+                    }
+                    Ok(rules::ExistingData::NotOurs) => {
+                        item.outcome = Outcome::Skipped;
+                        item.message =
+                            Some("the claim already existed; its data was left as it is".into());
+                    }
+                    // Created by an earlier restore whose fill never completed: never accepted.
+                    Ok(rules::ExistingData::Partial) => {
+                        let users = claim_users(client, &ns, &v.pvc).await;
+                        if !users.is_empty() {
+                            item.message = Some(format!(
+                                "partly restored: an earlier restore created the claim but its fill never completed (no {} annotation), and {} uses it; delete what uses it (or the claim) and restore again",
+                                rules::RESTORED_FROM,
+                                users.join(", ")
+                            ));
+                        } else if opts.dry_run {
+                            item.outcome = Outcome::Created;
+                            item.message = Some(format!(
+                                "an earlier fill did not complete: {} files ({size}) would be restored again",
+                                v.files
+                            ));
+                        } else {
+                            fill_and_record(
+                                client,
+                                repo,
+                                &ns,
+                                v,
+                                opts,
+                                &record,
+                                "filled again (an earlier fill did not complete): ",
+                                &mut item,
+                            )
+                            .await;
+                        }
+                    }
+                }
             }
             _ => item.message = Some("the claim was not restored, so neither is its data".into()),
         }
         items.push(item);
     }
+}
+
+/// Fill one claim and, once the whole tree is written, record it on the claim.
+#[allow(clippy::too_many_arguments)]
+async fn fill_and_record(
+    client: &kube::Client,
+    repo: &Arc<Repository>,
+    ns: &str,
+    v: &crate::repo::snapshot::VolumeRecord,
+    opts: &RestoreOptions,
+    record: &str,
+    prefix: &str,
+    item: &mut Item,
+) {
+    let size = crate::backup::human_bytes(v.bytes);
+    match fill_one(client, repo.clone(), ns, v, opts).await {
+        Ok(()) => match record_fill(client, ns, &v.pvc, record).await {
+            Ok(()) => {
+                item.outcome = Outcome::Created;
+                item.message = Some(format!("{prefix}{} files ({size}) restored", v.files));
+            }
+            Err(e) => item.message = Some(e),
+        },
+        Err(e) => item.message = Some(e.to_string()),
+    }
+}
+
+/// Write the completion record (`rules::RESTORED_FROM`) on a filled claim.
+async fn record_fill(
+    client: &kube::Client,
+    ns: &str,
+    claim: &str,
+    record: &str,
+) -> Result<(), String> {
+    Api::<k8s_openapi::api::core::v1::PersistentVolumeClaim>::namespaced(client.clone(), ns)
+        .patch(
+            claim,
+            &PatchParams::default(),
+            &Patch::Merge(
+                serde_json::json!({"metadata": {"annotations": {rules::RESTORED_FROM: record}}}),
+            ),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| {
+            format!(
+                "filled, but the completion record could not be written: {}",
+                crate::error::display_chain(&e)
+            )
+        })
+}
+
+/// Pods (not lifeboat's movers, not finished) that mount `claim`, as `pod NAME`.
+async fn claim_users(client: &kube::Client, ns: &str, claim: &str) -> Vec<String> {
+    let pods = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), ns)
+        .list(&Default::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default();
+    pods.into_iter()
+        .filter(|p| {
+            !p.metadata
+                .labels
+                .as_ref()
+                .is_some_and(|l| l.contains_key(crate::volume::mover::LABEL))
+                && !matches!(
+                    p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                    Some("Succeeded" | "Failed")
+                )
+        })
+        .filter(|p| {
+            let v = serde_json::to_value(p).unwrap_or_default();
+            rules::uses_claim("", "pods", &v, claim)
+        })
+        .filter_map(|p| p.metadata.name.map(|n| format!("pod {n}")))
+        .collect()
 }
 
 async fn fill_one(
@@ -411,6 +566,8 @@ pub async fn restore(
         namespace_map: opts.namespace_map.clone(),
         preserve_nodeports: opts.preserve_nodeports,
         restore_id: restore_id.clone(),
+        restore_finished_jobs: opts.restore_finished_jobs,
+        storage_class_map: opts.storage_class_map.clone(),
     };
 
     // 1. Candidates: namespace and resource filters on the entries.
@@ -466,7 +623,9 @@ pub async fn restore(
                     if let Some(v) = o["spec"]["volumeName"].as_str() {
                         wanted.insert((String::new(), "persistentvolumes".into(), v.into()));
                     }
-                    if let Some(c) = o["spec"]["storageClassName"].as_str() {
+                    if let Some(c) = o["spec"]["storageClassName"].as_str()
+                        && !opts.storage_class_map.contains_key(c)
+                    {
                         wanted.insert(("storage.k8s.io".into(), "storageclasses".into(), c.into()));
                     }
                 }
@@ -545,11 +704,19 @@ pub async fn restore(
         .map(|v| (v.namespace.clone(), v.pvc.clone()))
         .collect();
 
+    // What each restored claim gets as its volume, and which PVs are restored.
+    let volumes = plan_volumes(client, &source, &all, &candidates, &data_claims, opts, &rw).await?;
+
     // 2. Phase by phase.
     let mut target = discover_target(client).await?;
     let mut items: Vec<Item> = Vec::new();
     let mut dry_new_namespaces: BTreeSet<String> = BTreeSet::new();
     let mut dry_new_types: BTreeSet<(String, String)> = BTreeSet::new(); // (group, kind) of CRDs created in dry run
+    // (namespace, claim) of the claims whose data could not be filled: what mounts them is
+    // not created (it would start on partial data).
+    let mut unfilled: BTreeSet<(String, String)> = BTreeSet::new();
+    let uids = std::sync::Mutex::new(HashMap::new());
+    let links = std::sync::Mutex::new(Vec::new());
     let mut phases: BTreeMap<u8, Vec<(usize, TreeEntry)>> = BTreeMap::new();
     for c in candidates {
         phases
@@ -562,6 +729,10 @@ pub async fn restore(
             client,
             source: &source,
             data_claims: &data_claims,
+            volumes: &volumes,
+            unfilled: &unfilled,
+            uids: &uids,
+            links: &links,
             opts,
             rw: &rw,
             selector: selector.as_ref(),
@@ -617,7 +788,21 @@ pub async fn restore(
         // Claims are created; their data goes in before any workload that mounts them.
         if phase == rules::phase("", "persistentvolumeclaims") && !data_claims.is_empty() {
             fill_volumes(client, &source, opts, &rw, &data_claims, &mut items).await;
+            unfilled = items
+                .iter()
+                .filter(|i| i.kind == "VolumeData" && i.outcome == Outcome::Failed)
+                .filter_map(|i| Some((i.namespace.clone()?, i.name.clone())))
+                .collect();
         }
+    }
+
+    if !opts.dry_run {
+        let links = links.into_inner().expect("not poisoned");
+        let uids = uids.into_inner().expect("not poisoned");
+        relink_owners(client, &target, &uids, links, &mut items).await;
+    }
+    if !opts.dry_run && !opts.bind_timeout.is_zero() {
+        wait_bound(client, &volumes, &rw, opts.bind_timeout, &mut items).await;
     }
 
     let count = |o: Outcome| items.iter().filter(|i| i.outcome == o).count();
@@ -632,6 +817,190 @@ pub async fn restore(
         unvalidated: count(Outcome::Unvalidated),
         duration_seconds: start.elapsed().as_secs_f64(),
         items,
+    })
+}
+
+/// Wait until every claim this restore created or found, and that was Bound in the backup, is
+/// Bound; each one still Pending at the deadline becomes a failed item with the reason.
+async fn wait_bound(
+    client: &kube::Client,
+    volumes: &VolumePlan,
+    rw: &RewriteOptions,
+    timeout: Duration,
+    items: &mut [Item],
+) {
+    use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+    let targets: BTreeSet<(String, String)> = volumes
+        .was_bound
+        .iter()
+        .map(|(ns, n)| (rw.map_ns(ns).to_string(), n.clone()))
+        .collect();
+    let mut waiting: Vec<usize> = items
+        .iter()
+        .enumerate()
+        .filter(|(_, i)| {
+            i.kind == "PersistentVolumeClaim"
+                && i.outcome != Outcome::Failed
+                && i.namespace
+                    .as_ref()
+                    .is_some_and(|ns| targets.contains(&(ns.clone(), i.name.clone())))
+        })
+        .map(|(idx, _)| idx)
+        .collect();
+    let start = Instant::now();
+    let deadline = start + timeout;
+    let mut last: HashMap<usize, PersistentVolumeClaim> = HashMap::new();
+    let mut verdicts: HashMap<usize, rules::Pending> = HashMap::new();
+    let mut round = 0u32;
+    loop {
+        round += 1;
+        let mut still = Vec::new();
+        for idx in waiting {
+            let i = &items[idx];
+            let api: Api<PersistentVolumeClaim> =
+                Api::namespaced(client.clone(), i.namespace.as_deref().unwrap_or_default());
+            match api.get_opt(&i.name).await {
+                Ok(Some(c))
+                    if c.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound") => {}
+                Ok(Some(c)) => {
+                    last.insert(idx, c);
+                    still.push(idx);
+                }
+                // Gone, or unreadable: kept waiting; reported at the deadline.
+                _ => still.push(idx),
+            }
+        }
+        waiting = still;
+        // Claims that bind only once a pod uses them, and that no pod uses (after a grace
+        // period for controllers to create their pods), are not waited for.
+        if start.elapsed() > Duration::from_secs(10) && round % 5 == 0 {
+            let mut still = Vec::new();
+            for idx in waiting {
+                match last.get(&idx) {
+                    Some(c) => match pending_verdict(client, c).await {
+                        rules::Pending::WaitsForConsumer => {
+                            verdicts.insert(idx, rules::Pending::WaitsForConsumer);
+                        }
+                        rules::Pending::Stuck(_) => still.push(idx),
+                    },
+                    None => still.push(idx),
+                }
+            }
+            waiting = still;
+        }
+        if waiting.is_empty() || Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    for idx in waiting {
+        let verdict = match last.get(&idx) {
+            Some(c) => pending_verdict(client, c).await,
+            None => rules::Pending::Stuck("it cannot be read back".into()),
+        };
+        verdicts.insert(idx, verdict);
+    }
+    for (idx, verdict) in verdicts {
+        let i = &mut items[idx];
+        match verdict {
+            rules::Pending::WaitsForConsumer => {
+                let note = "Pending: its StorageClass binds it once a pod uses it";
+                i.message = Some(match i.message.take() {
+                    Some(m) => format!("{m}; {note}"),
+                    None => note.into(),
+                });
+            }
+            rules::Pending::Stuck(why) => {
+                let was = match (i.outcome, i.message.take()) {
+                    (Outcome::Created, Some(m)) => format!(" (created: {m})"),
+                    (Outcome::Created, None) => " (created)".into(),
+                    (_, Some(m)) => format!(" ({m})"),
+                    (_, None) => String::new(),
+                };
+                i.outcome = Outcome::Failed;
+                i.message = Some(format!(
+                    "still Pending after {}s: {why}{was}",
+                    timeout.as_secs()
+                ));
+            }
+        }
+    }
+}
+
+/// Read what `rules::pending_reason` needs about a Pending claim.
+async fn pending_verdict(
+    client: &kube::Client,
+    c: &k8s_openapi::api::core::v1::PersistentVolumeClaim,
+) -> rules::Pending {
+    use k8s_openapi::api::core::v1::{Event, Pod};
+    use k8s_openapi::api::storage::v1::StorageClass;
+    let ns = c.metadata.namespace.clone().unwrap_or_default();
+    let name = c.metadata.name.clone().unwrap_or_default();
+    let classes = Api::<StorageClass>::all(client.clone())
+        .list(&Default::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default();
+    let default_class = classes
+        .iter()
+        .find(|sc| {
+            sc.metadata.annotations.as_ref().is_some_and(|a| {
+                a.get("storageclass.kubernetes.io/is-default-class")
+                    .is_some_and(|v| v == "true")
+            })
+        })
+        .and_then(|sc| sc.metadata.name.clone());
+    let wanted = c
+        .spec
+        .as_ref()
+        .and_then(|s| s.storage_class_name.clone())
+        .or(default_class.clone());
+    let class = classes
+        .iter()
+        .find(|sc| sc.metadata.name == wanted)
+        .map(|sc| serde_json::to_value(sc).unwrap_or_default());
+    let events: Vec<Value> = Api::<Event>::namespaced(client.clone(), &ns)
+        .list(&kube::api::ListParams::default().fields(&format!(
+            "involvedObject.kind=PersistentVolumeClaim,involvedObject.name={name}"
+        )))
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| e.involved_object.uid == c.metadata.uid)
+        .filter_map(|e| serde_json::to_value(e).ok())
+        .collect();
+    let has_consumer = Api::<Pod>::namespaced(client.clone(), &ns)
+        .list(&Default::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+        .iter()
+        .filter(|p| {
+            !p.metadata
+                .labels
+                .as_ref()
+                .is_some_and(|l| l.contains_key(crate::volume::mover::LABEL))
+        })
+        .any(|p| {
+            p.spec
+                .as_ref()
+                .and_then(|s| s.volumes.as_ref())
+                .is_some_and(|vs| {
+                    vs.iter().any(|v| {
+                        v.persistent_volume_claim
+                            .as_ref()
+                            .is_some_and(|pvc| pvc.claim_name == name)
+                    })
+                })
+        });
+    let claim = serde_json::to_value(c).unwrap_or_default();
+    rules::pending_reason(&rules::PendingFacts {
+        claim: &claim,
+        class: class.as_ref(),
+        default_class: default_class.as_deref(),
+        events: &events,
+        has_consumer,
     })
 }
 
@@ -675,11 +1044,247 @@ async fn wait_established(
     }
 }
 
+/// What each restored claim gets as its volume and why PVs are not restored.
+#[derive(Debug, Default)]
+struct VolumePlan {
+    /// (original namespace, claim) -> its volume.
+    claims: HashMap<(String, String), rules::ClaimVolume>,
+    /// PV name -> why it is not restored (absent: restore it).
+    pv_skip: HashMap<String, String>,
+    /// (original namespace, claim) of the claims that were Bound in the backup, or named their
+    /// volume.
+    was_bound: BTreeSet<(String, String)>,
+}
+
+async fn target_pv(client: &kube::Client, name: &str) -> rules::TargetPv {
+    use k8s_openapi::api::core::v1::PersistentVolume;
+    match Api::<PersistentVolume>::all(client.clone())
+        .get_opt(name)
+        .await
+    {
+        Ok(None) => rules::TargetPv::Absent,
+        Ok(Some(pv)) => rules::TargetPv::Present {
+            phase: pv
+                .status
+                .and_then(|s| s.phase)
+                .unwrap_or_else(|| "Pending".into()),
+            claim_ref: pv
+                .spec
+                .and_then(|s| s.claim_ref)
+                .and_then(|r| Some((r.namespace?, r.name?))),
+        },
+        Err(kube::Error::Api(s)) => rules::TargetPv::Unknown(format!("{} ({})", s.message, s.code)),
+        Err(e) => rules::TargetPv::Unknown(crate::error::display_chain(&e)),
+    }
+}
+
+async fn plan_volumes(
+    client: &kube::Client,
+    source: &Source,
+    all: &[TreeEntry],
+    candidates: &[(usize, TreeEntry)],
+    data_claims: &BTreeSet<(String, String)>,
+    opts: &RestoreOptions,
+    rw: &RewriteOptions,
+) -> Result<VolumePlan, Error> {
+    let is = |e: &TreeEntry, r: &str| e.group.is_empty() && e.resource == r;
+    let selected_pvs: BTreeSet<&str> = candidates
+        .iter()
+        .filter(|(_, e)| is(e, "persistentvolumes"))
+        .map(|(_, e)| e.name.as_str())
+        .collect();
+    let mut plan = VolumePlan::default();
+    // PV name -> (target namespace, claim) of the restored claim that decided about it.
+    let mut decided: HashMap<String, (String, String, rules::ClaimVolume)> = HashMap::new();
+    for (idx, e) in candidates
+        .iter()
+        .filter(|(_, e)| is(e, "persistentvolumeclaims"))
+    {
+        let Some(ns) = &e.namespace else { continue };
+        let claim = source.load(e, *idx).await?;
+        // Bound, or bound-to-be (it names its volume): expected to bind in the target too.
+        if claim["status"]["phase"] == "Bound" || claim["spec"]["volumeName"].is_string() {
+            plan.was_bound.insert((ns.clone(), e.name.clone()));
+        }
+        let pv_name = claim["spec"]["volumeName"].as_str().unwrap_or_default();
+        let pv = match all
+            .iter()
+            .position(|p| is(p, "persistentvolumes") && p.name == pv_name && !pv_name.is_empty())
+        {
+            Some(i) => Some(source.load(&all[i], i).await?),
+            None => None,
+        };
+        let target_ns = rw.map_ns(ns).to_string();
+        let facts = rules::ClaimFacts {
+            claim: &claim,
+            pv: pv.as_ref(),
+            pv_selected: selected_pvs.contains(pv_name),
+            has_data: data_claims.contains(&(ns.clone(), e.name.clone())),
+            mapped: target_ns != *ns,
+            pvs_as_is: opts.pvs_as_is,
+        };
+        let v = match rules::claim_volume_from_backup(&facts) {
+            rules::ClaimPlan::Decided(v) => v,
+            rules::ClaimPlan::CheckTarget { pv, restore_pv } => rules::claim_volume_in_target(
+                &pv,
+                restore_pv,
+                &target_pv(client, &pv).await,
+                (&target_ns, &e.name),
+            ),
+        };
+        if !pv_name.is_empty() {
+            decided.insert(pv_name.to_string(), (target_ns, e.name.clone(), v.clone()));
+        }
+        plan.claims.insert((ns.clone(), e.name.clone()), v);
+    }
+    for (idx, e) in candidates
+        .iter()
+        .filter(|(_, e)| is(e, "persistentvolumes"))
+    {
+        let reason = match decided.get(&e.name) {
+            Some((_, _, rules::ClaimVolume::Keep { restore_pv: true })) => None,
+            Some((ns, n, rules::ClaimVolume::Keep { restore_pv: false })) => Some(format!(
+                "its claim {ns}/{n} uses the PV already in the target cluster"
+            )),
+            Some((ns, n, rules::ClaimVolume::NewWithData)) => Some(format!(
+                "its claim {ns}/{n} is restored into a new volume with the backed-up data"
+            )),
+            Some((ns, n, rules::ClaimVolume::NewEmpty { reason })) => Some(format!(
+                "its claim {ns}/{n} gets a new empty volume: {reason}"
+            )),
+            None => rules::unclaimed_pv_skip_reason(&source.load(e, *idx).await?, opts.pvs_as_is),
+        };
+        if let Some(r) = reason {
+            plan.pv_skip.insert(e.name.clone(), r);
+        }
+    }
+    Ok(plan)
+}
+
+/// A created object whose backed-up `ownerReferences` are re-linked at the end.
+struct Link {
+    group: String,
+    version: String,
+    kind: String,
+    namespace: Option<String>,
+    name: String,
+    owners: Vec<Value>,
+}
+
+/// Give each created object its owners' new UIDs (rules::relink_owner_refs), once every object
+/// exists (owners may come in a later phase). An owner not created by this restore is looked up
+/// in the target (same namespace, or cluster-scoped).
+async fn relink_owners(
+    client: &kube::Client,
+    target: &Target,
+    uids: &HashMap<(String, String, Option<String>, String), String>,
+    links: Vec<Link>,
+    items: &mut [Item],
+) {
+    for l in links {
+        let mut found: HashMap<(String, String, String), String> = HashMap::new();
+        for r in &l.owners {
+            let (Some(av), Some(kind), Some(name)) = (
+                r["apiVersion"].as_str(),
+                r["kind"].as_str(),
+                r["name"].as_str(),
+            ) else {
+                continue;
+            };
+            let (group, version) = match av.rsplit_once('/') {
+                Some((g, v)) => (g.to_string(), v.to_string()),
+                None => (String::new(), av.to_string()),
+            };
+            let mut uid = uids
+                .get(&(
+                    group.clone(),
+                    kind.to_string(),
+                    l.namespace.clone(),
+                    name.to_string(),
+                ))
+                .or_else(|| uids.get(&(group.clone(), kind.to_string(), None, name.to_string())))
+                .cloned();
+            if uid.is_none()
+                && let Some((ar, caps)) = target.by_gvk.get(&(group, version, kind.to_string()))
+            {
+                let api: Api<DynamicObject> = match (caps.scope == Scope::Namespaced, &l.namespace)
+                {
+                    (true, Some(ns)) => Api::namespaced_with(client.clone(), ns, ar),
+                    _ => Api::all_with(client.clone(), ar),
+                };
+                uid = api
+                    .get_opt(name)
+                    .await
+                    .ok()
+                    .flatten()
+                    .and_then(|o| o.metadata.uid);
+            }
+            if let Some(uid) = uid {
+                found.insert((av.to_string(), kind.to_string(), name.to_string()), uid);
+            }
+        }
+        let (kept, dropped) = rules::relink_owner_refs(&l.owners, |av, k, n| {
+            found
+                .get(&(av.to_string(), k.to_string(), n.to_string()))
+                .cloned()
+        });
+        let mut notes = vec![];
+        if !kept.is_empty()
+            && let Some((ar, caps)) =
+                target
+                    .by_gvk
+                    .get(&(l.group.clone(), l.version.clone(), l.kind.clone()))
+        {
+            let api: Api<DynamicObject> = match (caps.scope == Scope::Namespaced, &l.namespace) {
+                (true, Some(ns)) => Api::namespaced_with(client.clone(), ns, ar),
+                _ => Api::all_with(client.clone(), ar),
+            };
+            let patch = serde_json::json!({"metadata": {"ownerReferences": kept}});
+            if let Err(err) = api
+                .patch(&l.name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                notes.push(format!(
+                    "its owners could not be re-linked: {}",
+                    crate::error::display_chain(&err)
+                ));
+            }
+        }
+        if !dropped.is_empty() {
+            notes.push(format!(
+                "ownerReferences dropped (owner not in the target): {}",
+                dropped.join(", ")
+            ));
+        }
+        if notes.is_empty() {
+            continue;
+        }
+        if let Some(i) = items.iter_mut().find(|i| {
+            i.kind == l.kind
+                && i.namespace == l.namespace
+                && i.name == l.name
+                && i.outcome == Outcome::Created
+        }) {
+            let note = notes.join("; ");
+            i.message = Some(match i.message.take() {
+                Some(m) => format!("{m}; {note}"),
+                None => note,
+            });
+        }
+    }
+}
+
 struct Ctx<'a> {
     client: &'a kube::Client,
     source: &'a Source,
     /// (original namespace, claim) of the volumes restored with their data.
     data_claims: &'a BTreeSet<(String, String)>,
+    volumes: &'a VolumePlan,
+    unfilled: &'a BTreeSet<(String, String)>,
+    /// Objects created by this restore: (group, kind, namespace, name) -> new UID.
+    uids: &'a std::sync::Mutex<HashMap<(String, String, Option<String>, String), String>>,
+    /// Created objects whose backup had ownerReferences, re-linked once everything exists.
+    links: &'a std::sync::Mutex<Vec<Link>>,
     opts: &'a RestoreOptions,
     rw: &'a RewriteOptions,
     selector: Option<&'a Selector>,
@@ -689,6 +1294,40 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    /// The cluster made the namespace's `default` ServiceAccount: the backup's settings are
+    /// merged into it (rules::merge_default_service_account).
+    async fn merge_default_sa(&self, api: &Api<DynamicObject>, obj: &Value, item: &mut Item) {
+        let existing = match api.get("default").await {
+            Ok(d) => serde_json::to_value(d).unwrap_or_default(),
+            Err(err) => {
+                item.message = Some(format!("read: {}", crate::error::display_chain(&err)));
+                return;
+            }
+        };
+        let Some(patch) = rules::merge_default_service_account(&existing, obj) else {
+            item.outcome = Outcome::Skipped;
+            item.message = Some("already exists with the backed-up settings".into());
+            return;
+        };
+        let pp = PatchParams {
+            dry_run: self.opts.dry_run,
+            field_manager: Some("lifeboat".into()),
+            ..Default::default()
+        };
+        match api.patch("default", &pp, &Patch::Merge(&patch)).await {
+            Ok(_) => {
+                item.outcome = Outcome::Updated;
+                item.message = Some(
+                    "merged into the existing default ServiceAccount (imagePullSecrets, labels, annotations, automountServiceAccountToken)"
+                        .into(),
+                );
+            }
+            Err(err) => {
+                item.message = Some(format!("merge: {}", crate::error::display_chain(&err)))
+            }
+        }
+    }
+
     /// Restore one object. `None`: filtered out by the label selector.
     async fn one(
         &self,
@@ -734,26 +1373,49 @@ impl Ctx<'_> {
                 return None;
             }
         }
-        if let Some(reason) = rules::skip_reason(&e.group, &e.resource, &obj) {
+        if let Some(reason) = rules::skip_reason(&e.group, &e.resource, &obj, self.rw) {
             item.outcome = Outcome::Skipped;
             item.message = Some(reason);
             return Some((item, None));
         }
-        // Volumes with backed-up data get new storage: the claim drops its old binding and the
-        // old PersistentVolume is not restored.
-        if e.group.is_empty() && e.resource == "persistentvolumes" {
-            let c = &obj["spec"]["claimRef"];
-            if let (Some(ns), Some(n)) = (c["namespace"].as_str(), c["name"].as_str())
-                && self.data_claims.contains(&(ns.to_string(), n.to_string()))
-            {
-                item.outcome = Outcome::Skipped;
-                item.message = Some(format!(
-                    "its claim {ns}/{n} is restored into a new volume with the backed-up data"
-                ));
-                return Some((item, None));
-            }
+        // Volumes are never shared or taken over (rules::claim_volume_from_backup): a PV is
+        // restored only when the plan says so.
+        let is_pv = e.group.is_empty() && e.resource == "persistentvolumes";
+        if is_pv && let Some(reason) = self.volumes.pv_skip.get(&e.name) {
+            item.outcome = Outcome::Skipped;
+            item.message = Some(reason.clone());
+            return Some((item, None));
         }
+        let owners: Vec<Value> = obj["metadata"]["ownerReferences"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         let mut obj = rules::rewrite(&e.group, &e.resource, obj, self.rw);
+        if let Some(ns) = &item.namespace
+            && let Some((_, claim)) = self
+                .unfilled
+                .iter()
+                .find(|(n, c)| n == ns && rules::uses_claim(&e.group, &e.resource, &obj, c))
+        {
+            item.message = Some(format!(
+                "not created: it mounts claim {claim}, whose data was not restored (see its VolumeData item); restore again once that is fixed"
+            ));
+            return Some((item, None));
+        }
+        let claim_volume = match (
+            &e.namespace,
+            e.group.is_empty() && e.resource == "persistentvolumeclaims",
+        ) {
+            (Some(ns), true) => self.volumes.claims.get(&(ns.clone(), e.name.clone())),
+            _ => None,
+        };
+        let mut created_note = None;
+        if let Some(rules::ClaimVolume::NewEmpty { reason }) = claim_volume
+            && let Some(spec) = obj["spec"].as_object_mut()
+        {
+            spec.remove("volumeName");
+            created_note = Some(format!("new empty volume: {reason}"));
+        }
         if e.group.is_empty()
             && e.resource == "persistentvolumeclaims"
             && let Some(ns) = &e.namespace
@@ -817,7 +1479,53 @@ impl Ctx<'_> {
             field_manager: Some("lifeboat".into()),
         };
         match api.create(&pp, &dobj).await {
-            Ok(_) => item.outcome = Outcome::Created,
+            Ok(created) => {
+                item.outcome = Outcome::Created;
+                item.message = created_note;
+                if !self.opts.dry_run
+                    && let Some(uid) = created.metadata.uid
+                {
+                    let key = (
+                        e.group.clone(),
+                        e.kind.clone(),
+                        item.namespace.clone(),
+                        item.name.clone(),
+                    );
+                    self.uids.lock().expect("not poisoned").insert(key, uid);
+                    if !owners.is_empty() {
+                        self.links.lock().expect("not poisoned").push(Link {
+                            group: e.group.clone(),
+                            version: e.version.clone(),
+                            kind: e.kind.clone(),
+                            namespace: item.namespace.clone(),
+                            name: item.name.clone(),
+                            owners: owners.clone(),
+                        });
+                    }
+                }
+            }
+            Err(kube::Error::Api(s))
+                if s.code == 409
+                    && s.reason == "AlreadyExists"
+                    && is_pv
+                    && self.opts.existing != Existing::Fail =>
+            {
+                // Never updated: a changed claimRef or reclaim policy makes the PV controller
+                // release (and, with reclaim policy Delete, delete) the volume of its claim.
+                item.outcome = Outcome::Skipped;
+                item.message =
+                    Some("already exists; restore never changes a PersistentVolume".into());
+            }
+            Err(kube::Error::Api(s))
+                if s.code == 409
+                    && s.reason == "AlreadyExists"
+                    && e.group.is_empty()
+                    && e.resource == "serviceaccounts"
+                    && e.name == "default"
+                    && self.opts.existing != Existing::Fail =>
+            {
+                self.merge_default_sa(&api, &obj, &mut item).await;
+            }
             Err(kube::Error::Api(s)) if s.code == 409 && s.reason == "AlreadyExists" => match self
                 .opts
                 .existing
@@ -899,7 +1607,7 @@ impl crate::output::Render for RestoreReport {
             self.backup.clone()
         };
         for i in &self.items {
-            if i.outcome == Outcome::Created || i.outcome == Outcome::Updated {
+            if matches!(i.outcome, Outcome::Created | Outcome::Updated) && i.message.is_none() {
                 continue;
             }
             let what = match &i.namespace {
