@@ -165,12 +165,7 @@ pub async fn check(repo: &Repository, opts: CheckOptions) -> Result<CheckReport,
     }
     let index = repo.index_snapshot().await;
     let index_files = repo.index_files().await;
-    let stored: HashMap<String, u64> = repo
-        .list(layout::DATA)
-        .await?
-        .into_iter()
-        .filter_map(|o| Some((layout::id_of(layout::DATA, &o.key)?.to_string(), o.size)))
-        .collect();
+    let stored: HashMap<String, u64> = repo.pack_sizes().await?;
     // Every backup's references.
     for (id, snap) in &snaps {
         for (blob, label) in references(repo, id, snap, &mut damaged).await {
@@ -458,12 +453,7 @@ async fn repair_snapshots_locked(
     repo.load_index().await?;
     let (snaps, bad) = repo.snapshots_checked().await?;
     let index = repo.index_snapshot().await;
-    let stored: HashMap<String, u64> = repo
-        .list(layout::DATA)
-        .await?
-        .into_iter()
-        .filter_map(|o| Some((layout::id_of(layout::DATA, &o.key)?.to_string(), o.size)))
-        .collect();
+    let stored: HashMap<String, u64> = repo.pack_sizes().await?;
     let readable = |b: &BlobId| {
         index.get(b).is_some_and(|l| {
             stored

@@ -383,17 +383,22 @@ impl Repository {
         self.load_index_with(None).await
     }
 
+    /// Every pack in the store with its size (one LIST of `data/`).
+    pub async fn pack_sizes(&self) -> Result<HashMap<String, u64>, RepoError> {
+        Ok(self
+            .list(layout::DATA)
+            .await?
+            .into_iter()
+            .filter_map(|o| Some((layout::id_of(layout::DATA, &o.key)?.to_string(), o.size)))
+            .collect())
+    }
+
     /// Load the index keeping only locations whose pack exists and is long enough (one LIST
     /// of `data/`). Writers use this: deduplicating against a blob whose pack is missing or
     /// truncated would make a new backup reference lost data; with it, such blobs are simply
     /// stored again. Where two index files place a blob, a valid location wins.
     pub async fn load_index_valid(&self) -> Result<(), RepoError> {
-        let packs: HashMap<String, u64> = self
-            .list(layout::DATA)
-            .await?
-            .into_iter()
-            .filter_map(|o| Some((layout::id_of(layout::DATA, &o.key)?.to_string(), o.size)))
-            .collect();
+        let packs: HashMap<String, u64> = self.pack_sizes().await?;
         self.load_index_with(Some(&packs)).await
     }
 
@@ -915,12 +920,7 @@ impl Repository {
         blobs: impl IntoIterator<Item = BlobId>,
     ) -> Result<(), RepoError> {
         self.load_index_valid().await?;
-        let packs: HashMap<String, u64> = self
-            .list(layout::DATA)
-            .await?
-            .into_iter()
-            .filter_map(|o| Some((layout::id_of(layout::DATA, &o.key)?.to_string(), o.size)))
-            .collect();
+        let packs: HashMap<String, u64> = self.pack_sizes().await?;
         let index = self.index.read().expect("index lock");
         let mut missing = 0usize;
         let mut example = String::new();

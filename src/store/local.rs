@@ -55,7 +55,13 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
         .create(dir)
 }
 
-fn put_sync(path: &Path, data: &[u8]) -> std::io::Result<()> {
+/// Write `data` to a new private temporary file beside `path`, fsync it, then `place` it at
+/// `path` (rename, or link for create-if-absent); the temporary file never outlives the call.
+fn write_then<T>(
+    path: &Path,
+    data: &[u8],
+    place: impl FnOnce(&Path, &Path) -> std::io::Result<T>,
+) -> std::io::Result<T> {
     use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().expect("keys have a parent");
     create_private_dir(dir)?;
@@ -72,50 +78,31 @@ fn put_sync(path: &Path, data: &[u8]) -> std::io::Result<()> {
             .open(&tmp)?;
         f.write_all(data)?;
         f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        // Make the rename durable.
+        let placed = place(&tmp, path)?;
+        // Make the new name durable.
         if let Ok(d) = std::fs::File::open(dir) {
             let _ = d.sync_all();
         }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
-
-/// Create-if-absent: write a temporary file, then hard-link it to the key (link(2) fails with
-/// EEXIST when the key exists: atomic on every local filesystem).
-fn put_if_absent_sync(path: &Path, data: &[u8]) -> std::io::Result<bool> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = path.parent().expect("keys have a parent");
-    create_private_dir(dir)?;
-    let tmp = dir.join(format!(
-        ".tmp-{}-{}",
-        std::process::id(),
-        hex::encode(rand_bytes())
-    ));
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        match std::fs::hard_link(&tmp, path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
-            Err(e) => return Err(e),
-        }
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(true)
+        Ok(placed)
     })();
     let _ = std::fs::remove_file(&tmp);
     result
+}
+
+fn put_sync(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    write_then(path, data, |tmp, path| std::fs::rename(tmp, path))
+}
+
+/// Create-if-absent: link(2) fails with EEXIST when the key exists (atomic on every local
+/// filesystem).
+fn put_if_absent_sync(path: &Path, data: &[u8]) -> std::io::Result<bool> {
+    write_then(path, data, |tmp, path| {
+        match std::fs::hard_link(tmp, path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(e),
+        }
+    })
 }
 
 fn rand_bytes() -> [u8; 8] {
