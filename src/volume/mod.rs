@@ -565,6 +565,23 @@ fn header_bytes(e: &FileEntry) -> Vec<u8> {
     out
 }
 
+/// The exact length in bytes of the stream [`write_tar`] writes for `entries`. A mover's
+/// `tar -x` reads exactly this much (`head -c N | tar -x`): busybox tar, the default mover
+/// image's, reads its input to EOF even after the end-of-archive marker, and an exec's stdin EOF
+/// does not reach the container through every API server, kubelet and client.
+pub fn tar_stream_len(entries: &[FileEntry]) -> u64 {
+    let mut total = 0u64;
+    for e in entries {
+        total += header_bytes(e).len() as u64;
+        if e.kind == EntryType::File {
+            total += e.size.div_ceil(512) * 512;
+        }
+    }
+    total += 1024;
+    let record = 10240;
+    total + (record - total % record) % record
+}
+
 /// Write the tree as a tar stream (GNU format) into `w`, reading the chunks from the
 /// repository (`prefetch` chunks ahead). The stream ends with the two zero blocks and is padded
 /// to whole 10240-byte records, as GNU tar writes archives: a `tar -x` reading it from a pipe
@@ -649,16 +666,67 @@ where
 
 /// Differences between two file trees (paths, types, sizes, content hashes, modes, link
 /// targets), each naming the file. Empty: equal.
+///
+/// Hard links are compared as what they are, a group of names for one file: which name of a
+/// group tar stores as the file and which as links depends on the order the source filesystem
+/// lists a directory in (ext4 and tmpfs differ), so a member is compared as the file it names,
+/// plus the set of names in its group. Owners are compared too.
 pub fn compare_trees(want: &[FileEntry], got: &[FileEntry]) -> Vec<String> {
-    let index = |v: &[FileEntry]| -> BTreeMap<String, FileEntry> {
-        v.iter().map(|e| (e.path.clone(), e.clone())).collect()
-    };
+    /// Each path with hard links resolved to the file they name, and the path's link group.
+    fn index(v: &[FileEntry]) -> BTreeMap<String, (FileEntry, Vec<String>)> {
+        let by_path: BTreeMap<&str, &FileEntry> = v.iter().map(|e| (e.path.as_str(), e)).collect();
+        // The file each name is: a hard link's target (followed through links to links).
+        let file_of = |e: &FileEntry| -> String {
+            let mut cur = e;
+            for _ in 0..v.len() {
+                match (
+                    &cur.kind,
+                    cur.target.as_deref().and_then(|t| by_path.get(t)),
+                ) {
+                    (EntryType::Hardlink, Some(t)) => cur = t,
+                    _ => break,
+                }
+            }
+            cur.path.clone()
+        };
+        let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for e in v {
+            if matches!(e.kind, EntryType::File | EntryType::Hardlink) {
+                groups.entry(file_of(e)).or_default().push(e.path.clone());
+            }
+        }
+        v.iter()
+            .map(|e| {
+                let (resolved, group) = match e.kind {
+                    EntryType::File | EntryType::Hardlink => {
+                        let f = file_of(e);
+                        let mut file = by_path
+                            .get(f.as_str())
+                            .map(|x| (*x).clone())
+                            .unwrap_or_else(|| e.clone());
+                        file.path = e.path.clone();
+                        if file.kind == EntryType::Hardlink {
+                            // A link whose target is not in the tree: compared as a link.
+                            (file, Vec::new())
+                        } else {
+                            file.target = None;
+                            let mut g = groups.get(&f).cloned().unwrap_or_default();
+                            g.sort();
+                            (file, if g.len() > 1 { g } else { Vec::new() })
+                        }
+                    }
+                    _ => (e.clone(), Vec::new()),
+                };
+                (e.path.clone(), (resolved, group))
+            })
+            .collect()
+    }
     let (a, b) = (index(want), index(got));
     let mut out = Vec::new();
-    for (p, w) in &a {
+    for (p, (w, wg)) in &a {
         match b.get(p) {
             None => out.push(format!("{p}: missing")),
-            Some(g) => {
+            Some((g, gg)) => {
                 if w.kind != g.kind {
                     out.push(format!("{p}: is a {:?}, was a {:?}", g.kind, w.kind));
                 } else if w.size != g.size {
@@ -669,6 +737,25 @@ pub fn compare_trees(want: &[FileEntry], got: &[FileEntry]) -> Vec<String> {
                     out.push(format!("{p}: mode {:o}, was {:o}", g.mode, w.mode));
                 } else if w.target != g.target {
                     out.push(format!("{p}: link target differs"));
+                } else if (w.uid, w.gid) != (g.uid, g.gid) {
+                    out.push(format!(
+                        "{p}: owner {}:{}, was {}:{}",
+                        g.uid, g.gid, w.uid, w.gid
+                    ));
+                } else if wg != gg {
+                    out.push(format!(
+                        "{p}: hard links differ ({}, was {})",
+                        if gg.is_empty() {
+                            "none".to_string()
+                        } else {
+                            gg.join(", ")
+                        },
+                        if wg.is_empty() {
+                            "none".to_string()
+                        } else {
+                            wg.join(", ")
+                        }
+                    ));
                 }
             }
         }

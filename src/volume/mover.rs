@@ -393,8 +393,21 @@ pub async fn restore(
         .stdout(true)
         .stderr(true)
         .max_stdin_buf_size(4 << 20);
+    // tar reads exactly the stream: busybox tar reads to EOF, and stdin EOF does not reach
+    // the container everywhere (super::tar_stream_len).
+    let len = super::tar_stream_len(entries).to_string();
     let mut proc = pods
-        .exec(pod, ["tar", "-x", "-p", "-f", "-"], &ap)
+        .exec(
+            pod,
+            [
+                "sh",
+                "-c",
+                "head -c \"$1\" | tar -x -p -f -",
+                "sh",
+                len.as_str(),
+            ],
+            &ap,
+        )
         .await
         .map_err(kerr(format!("exec tar -x in {ns}/{pod}")))?;
     let stdin = proc.stdin().expect("stdin was requested");

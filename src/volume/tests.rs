@@ -167,6 +167,11 @@ async fn a_tar_stream_round_trips_through_the_repository() {
         .await
         .unwrap();
     assert_eq!(out.len() % 10240, 0, "whole tar records");
+    assert_eq!(
+        out.len() as u64,
+        tar_stream_len(&back),
+        "the announced length is exact"
+    );
     let dst = tmp.path().join("dst");
     std::fs::create_dir(&dst).unwrap();
     let mut a = tar::Archive::new(std::io::Cursor::new(out));
@@ -243,6 +248,70 @@ fn tree_comparison_names_each_difference() {
         compare_trees(&want, &got),
         ["b: mode 644, was 600", "c: missing", "d: not in the backup"]
     );
+}
+
+#[test]
+fn hard_link_groups_compare_equal_whichever_name_tar_stored_as_the_file() {
+    let file = |path: &str, hash: &str| FileEntry {
+        path: path.into(),
+        kind: EntryType::File,
+        mode: 0o644,
+        uid: 7,
+        gid: 8,
+        size: 1,
+        mtime: 0,
+        target: None,
+        chunks: vec![],
+        hash: Some(hash.into()),
+    };
+    let link = |path: &str, to: &str| FileEntry {
+        path: path.into(),
+        kind: EntryType::Hardlink,
+        mode: 0o644,
+        uid: 7,
+        gid: 8,
+        size: 0,
+        mtime: 0,
+        target: Some(to.into()),
+        chunks: vec![],
+        hash: None,
+    };
+    // ext4 listed h1 first, tmpfs h2: the same files.
+    let ext4 = vec![
+        file("h1", "x"),
+        link("h2", "h1"),
+        link("d/h3", "h1"),
+        file("solo", "y"),
+    ];
+    let tmpfs = vec![
+        link("h1", "h2"),
+        file("h2", "x"),
+        link("d/h3", "h2"),
+        file("solo", "y"),
+    ];
+    assert!(
+        compare_trees(&ext4, &tmpfs).is_empty(),
+        "{:?}",
+        compare_trees(&ext4, &tmpfs)
+    );
+    // A group that lost a member is a difference, and so is a changed owner.
+    let split = vec![
+        file("h1", "x"),
+        link("h2", "h1"),
+        file("d/h3", "x"),
+        file("solo", "y"),
+    ];
+    assert_eq!(
+        compare_trees(&ext4, &split),
+        [
+            "d/h3: hard links differ (none, was d/h3, h1, h2)",
+            "h1: hard links differ (h1, h2, was d/h3, h1, h2)",
+            "h2: hard links differ (h1, h2, was d/h3, h1, h2)"
+        ]
+    );
+    let mut chowned = ext4.clone();
+    chowned[3].uid = 0;
+    assert_eq!(compare_trees(&ext4, &chowned), ["solo: owner 0:8, was 7:8"]);
 }
 
 fn pod(v: serde_json::Value) -> k8s_openapi::api::core::v1::Pod {

@@ -110,6 +110,17 @@ fn s3_from(vars: &HashMap<String, String>) -> S3Env {
     }
 }
 
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .map(|u| u.split_whitespace().next() == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
 pub fn env() -> &'static Env {
     ENV.get_or_init(|| {
         if let Ok(kc) = std::env::var("LIFEBOAT_TEST_KUBECONFIG") {
@@ -166,7 +177,15 @@ pub fn env() -> &'static Env {
             "harness: starting a private test environment in {}",
             dir.display()
         );
-        let vars = testenv_up(&dir, &[]);
+        // A real kubelet node too, where it can run (root; LIFEBOAT_TEST_REAL_NODE=0 opts out).
+        let real = std::env::var("LIFEBOAT_TEST_REAL_NODE").as_deref() == Ok("1") && is_root();
+        let bin = env!("CARGO_BIN_EXE_lifeboat");
+        let extra: Vec<&str> = if real {
+            vec!["--real-node", "--lifeboat-binary", bin]
+        } else {
+            vec![]
+        };
+        let vars = testenv_up(&dir, &extra);
         Env {
             kubeconfig: vars["KUBECONFIG"].clone().into(),
             s3: s3_from(&vars),

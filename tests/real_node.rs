@@ -1,0 +1,707 @@
+//! Volume data, drills and the drill CronJob on a real kubelet with real CSI storage: no stand-in.
+//!
+//! In the local test environment (`scripts/testenv up --real-node`) the node runs containerd and
+//! runc, the storage is the test CSI driver behind the real external-provisioner,
+//! snapshot-controller and csi-snapshotter, and every pod (the mover included) runs the image
+//! users would run (`busybox:1.37`, the lifeboat image). The test data is written and read by
+//! pods through `exec`, so the same tests run against any cluster:
+//!
+//! `LIFEBOAT_TEST_KUBECONFIG=… LIFEBOAT_TEST_STORAGE_CLASS=<class with a VolumeSnapshotClass of
+//! the same driver> scripts/test -- --test real_node`
+//!
+//! A test that cannot run on the cluster it is given prints NOT APPLICABLE with the reason; on
+//! the local environment started with `--real-node` that is a failure instead.
+mod common;
+
+use std::time::Duration;
+
+use common::{Lifeboat, TestNs, env, eventually, unique};
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Namespace, Node, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::storage::v1::StorageClass;
+use kube::api::{
+    Api, AttachParams, DeleteParams, DynamicObject, ListParams, LogParams, PostParams,
+};
+use kube::discovery::ApiResource;
+use serde_json::{Value, json};
+use tokio::io::AsyncReadExt;
+
+const BUSYBOX: &str = "busybox:1.37";
+const HTTP_APP: &str = "lifeboat.test/http-app:1";
+
+/// What a real-node test needs from the cluster.
+struct RealCluster {
+    class: String,
+    /// Where pods without a volume must run (the local environment's other nodes are kwok's).
+    node_selector: Value,
+    node: Option<Node>,
+}
+
+fn local_real_node_expected() -> bool {
+    env()
+        .testenv_dir
+        .as_ref()
+        .and_then(|d| std::fs::read_to_string(d.join("real-node")).ok())
+        .is_some_and(|s| s.trim() == "1")
+}
+
+/// The storage class and node the tests use, or why they cannot run here.
+async fn real_cluster(client: &kube::Client) -> Result<RealCluster, String> {
+    let class =
+        std::env::var("LIFEBOAT_TEST_STORAGE_CLASS").unwrap_or_else(|_| "lifeboat-csi".into());
+    let sc = Api::<StorageClass>::all(client.clone())
+        .get_opt(&class)
+        .await
+        .map_err(|e| format!("cannot read StorageClass {class}: {e}"))?
+        .ok_or_else(|| {
+            format!("no StorageClass {class} (set LIFEBOAT_TEST_STORAGE_CLASS to a CSI class with snapshots)")
+        })?;
+    let vsc = ApiResource {
+        group: "snapshot.storage.k8s.io".into(),
+        version: "v1".into(),
+        api_version: "snapshot.storage.k8s.io/v1".into(),
+        kind: "VolumeSnapshotClass".into(),
+        plural: "volumesnapshotclasses".into(),
+    };
+    let classes = Api::<DynamicObject>::all_with(client.clone(), &vsc)
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| format!("the cluster serves no VolumeSnapshotClass API: {e}"))?;
+    if !classes
+        .items
+        .iter()
+        .any(|c| c.data["driver"].as_str() == Some(sc.provisioner.as_str()))
+    {
+        return Err(format!(
+            "no VolumeSnapshotClass for the driver {} of StorageClass {class}",
+            sc.provisioner
+        ));
+    }
+    let nodes = Api::<Node>::all(client.clone())
+        .list(&ListParams::default().labels("lifeboat.test/real-node=true"))
+        .await
+        .map_err(|e| e.to_string())?;
+    let node = nodes.items.into_iter().next();
+    let node_selector = if node.is_some() {
+        json!({"lifeboat.test/real-node": "true"})
+    } else {
+        json!({})
+    };
+    Ok(RealCluster {
+        class,
+        node_selector,
+        node,
+    })
+}
+
+/// The cluster for a real-node test, or `None` after printing NOT APPLICABLE.
+async fn applicable(test: &str) -> Option<(kube::Client, RealCluster)> {
+    let client = env().client().await;
+    match real_cluster(&client).await {
+        Ok(c) => Some((client, c)),
+        Err(why) if local_real_node_expected() => {
+            panic!("{test}: the local environment has a real node, but: {why}")
+        }
+        Err(why) => {
+            eprintln!("NOT APPLICABLE {test}: {why}");
+            None
+        }
+    }
+}
+
+/// `sh -c script` in a pod's first container; (stdout, stderr, exit code).
+async fn sh(client: &kube::Client, ns: &str, pod: &str, script: &str) -> (String, String, i32) {
+    let pods = Api::<Pod>::namespaced(client.clone(), ns);
+    let mut p = pods
+        .exec(
+            pod,
+            ["sh", "-c", script],
+            &AttachParams::default()
+                .stdin(false)
+                .stdout(true)
+                .stderr(true),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("exec in {ns}/{pod}: {e}"));
+    let mut out = p.stdout().unwrap();
+    let mut err = p.stderr().unwrap();
+    let status = p.take_status().unwrap();
+    let (mut o, mut e) = (String::new(), String::new());
+    let (r1, r2) = tokio::join!(out.read_to_string(&mut o), err.read_to_string(&mut e));
+    r1.unwrap();
+    r2.unwrap();
+    let st = status.await;
+    let code = match st {
+        Some(s) if s.status.as_deref() == Some("Success") => 0,
+        Some(s) => s
+            .details
+            .and_then(|d| d.causes)
+            .and_then(|c| {
+                c.into_iter()
+                    .find(|c| c.reason.as_deref() == Some("ExitCode"))
+            })
+            .and_then(|c| c.message)
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(-1),
+        None => -1,
+    };
+    p.join().await.ok();
+    (o, e, code)
+}
+
+async fn sh_ok(client: &kube::Client, ns: &str, pod: &str, script: &str) -> String {
+    let (o, e, code) = sh(client, ns, pod, script).await;
+    assert_eq!(code, 0, "script in {ns}/{pod} failed ({code}): {e}\n{o}");
+    o
+}
+
+async fn pod_ready(client: &kube::Client, ns: &str, name: &str, timeout: Duration) {
+    let pods = Api::<Pod>::namespaced(client.clone(), ns);
+    eventually(&format!("pod {ns}/{name} ready"), timeout, || async {
+        let p = pods.get_opt(name).await.ok()??;
+        let ready = p
+            .status
+            .as_ref()?
+            .conditions
+            .as_ref()?
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
+        ready.then_some(())
+    })
+    .await;
+}
+
+async fn first_pod(client: &kube::Client, ns: &str, selector: &str, timeout: Duration) -> String {
+    let pods = Api::<Pod>::namespaced(client.clone(), ns);
+    let name = eventually(&format!("a pod {selector} in {ns}"), timeout, || async {
+        pods.list(&ListParams::default().labels(selector))
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .find(|p| p.metadata.deletion_timestamp.is_none())
+            .and_then(|p| p.metadata.name)
+    })
+    .await;
+    pod_ready(client, ns, &name, timeout).await;
+    name
+}
+
+/// Files of every kind a volume holds: a big random file, many small ones, modes (setuid,
+/// setgid, sticky, 0600), owners, symlinks (one dangling), hard links, and names longer than
+/// the 100 bytes of a plain tar header. Written by busybox in the pod, as root.
+const FILL: &str = r#"set -e
+cd "$1"
+mkdir -p nested/deeper/deepest 'dir with spaces'
+i=0
+while [ $i -lt 120 ]; do d=nested/d$((i % 7)); mkdir -p $d; printf 'row %s\n' $i > $d/f$i.txt; i=$((i + 1)); done
+: > nested/deeper/deepest/empty
+printf 'key\n' > private.key; chmod 600 private.key
+printf '#!/bin/sh\nexec db\n' > start.sh; chmod 755 start.sh
+printf 'x' > 'dir with spaces/a file'
+ln -s nested/deeper shortcut
+ln -s /nowhere/at/all dangling
+long=$(printf 'long-directory-name-%03d/' 1 2 3 4 5 6)
+mkdir -p "$long"
+name=$(printf 'n%.0s' $(seq 1 180))
+printf 'deep\n' > "$long$name"
+printf 'shared\n' > hard1; ln hard1 hard2; ln hard1 "$long/hard3"
+printf 'suid\n' > suid; chmod 4755 suid
+mkdir setgid; chmod 2770 setgid
+mkdir sticky; chmod 1777 sticky
+printf 'owned\n' > owned; chown 1000:2000 owned; chown 123:456 sticky
+dd if=/dev/urandom of=big.bin bs=1048576 count=48 2>/dev/null
+"#;
+
+/// A listing of everything under a directory: path, type, mode, owner, link count, size, MD5
+/// of the content or the link target; and whether the hard links still share one inode.
+const LIST: &str = r#"cd "$1" || exit 1
+find . -mindepth 1 | LC_ALL=C sort | while IFS= read -r f; do
+  if [ -L "$f" ]; then echo "$f link $(readlink "$f") $(stat -c '%u:%g' "$f")"
+  elif [ -d "$f" ]; then echo "$f dir $(stat -c '%a %u:%g' "$f")"
+  else echo "$f file $(stat -c '%a %u:%g %h %s' "$f") $(md5sum < "$f" | cut -c1-32)"; fi
+done
+if [ -f hard1 ]; then
+  [ "$(stat -c %i hard1)" = "$(stat -c %i hard2)" ] && echo "hard1=hard2"
+  for h in long-directory-name-*/*/*/*/*/*/hard3; do [ "$(stat -c %i hard1)" = "$(stat -c %i "$h")" ] && echo "hard1=hard3"; done
+fi
+"#;
+
+async fn fill(client: &kube::Client, ns: &str, pod: &str, dir: &str) {
+    sh_ok(client, ns, pod, &format!("set -- {dir}\n{FILL}")).await;
+}
+
+async fn list(client: &kube::Client, ns: &str, pod: &str, dir: &str) -> String {
+    sh_ok(client, ns, pod, &format!("set -- {dir}\n{LIST}")).await
+}
+
+fn lifeboat_local_repo(dir: &std::path::Path) -> Lifeboat {
+    let lb = Lifeboat::new()
+        .env(
+            "LIFEBOAT_REPO",
+            &format!("file://{}", dir.join("repo").display()),
+        )
+        .env("LIFEBOAT_PASSWORD", "real-node-test");
+    lb.run(&["repo", "init"]).success();
+    lb
+}
+
+async fn delete_namespace(client: &kube::Client, ns: &str) {
+    let nss = Api::<Namespace>::all(client.clone());
+    nss.delete(ns, &DeleteParams::default()).await.unwrap();
+    eventually(
+        &format!("namespace {ns} gone"),
+        Duration::from_secs(180),
+        || async { nss.get_opt(ns).await.unwrap().is_none().then_some(()) },
+    )
+    .await;
+}
+
+async fn create<K>(api: &Api<K>, v: Value)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    let o: K = serde_json::from_value(v).unwrap();
+    api.create(&PostParams::default(), &o).await.unwrap();
+}
+
+fn mover_pods_left(pods: &[Pod]) -> Vec<String> {
+    pods.iter()
+        .filter(|p| {
+            p.metadata
+                .labels
+                .as_ref()
+                .is_some_and(|l| l.contains_key("lifeboat.io/mover"))
+        })
+        .filter_map(|p| p.metadata.name.clone())
+        .collect()
+}
+
+/// The whole volume path on a real kubelet: a StatefulSet with two claims of real CSI storage,
+/// written by busybox; backup with CSI snapshots (the mover runs busybox tar); the namespace is
+/// deleted; restore; every file comes back identical (content, modes, owners, links, long
+/// names); a drill with the data check passes; nothing of lifeboat's is left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_volumes_back_up_and_restore_byte_identical_through_busybox_tar() {
+    let Some((client, rc)) = applicable("real_volumes_back_up_and_restore").await else {
+        return;
+    };
+    let ns = TestNs::new("rn-vol").await;
+    create(
+        &ns.api::<StatefulSet>(),
+        json!({
+            "metadata": {"name": "db"},
+            "spec": {"replicas": 1, "serviceName": "db", "selector": {"matchLabels": {"app": "db"}},
+                "template": {"metadata": {"labels": {"app": "db"}}, "spec": {
+                    "terminationGracePeriodSeconds": 1,
+                    "containers": [{"name": "db", "image": BUSYBOX, "imagePullPolicy": "IfNotPresent",
+                        "command": ["sleep", "36000"],
+                        "volumeMounts": [{"name": "data", "mountPath": "/var/lib/db"},
+                                         {"name": "logs", "mountPath": "/var/log/db"}]}]}},
+                "volumeClaimTemplates": [
+                    {"metadata": {"name": "data"}, "spec": {"accessModes": ["ReadWriteOnce"],
+                     "storageClassName": rc.class, "resources": {"requests": {"storage": "1Gi"}}}},
+                    {"metadata": {"name": "logs"}, "spec": {"accessModes": ["ReadWriteOnce"],
+                     "storageClassName": rc.class, "resources": {"requests": {"storage": "1Gi"}}}}]}
+        }),
+    )
+    .await;
+    pod_ready(&client, &ns.name, "db-0", Duration::from_secs(180)).await;
+    fill(&client, &ns.name, "db-0", "/var/lib/db").await;
+    sh_ok(
+        &client,
+        &ns.name,
+        "db-0",
+        "i=0; while [ $i -lt 500 ]; do echo \"line $i\"; i=$((i+1)); done > /var/log/db/db.log",
+    )
+    .await;
+    let want_data = list(&client, &ns.name, "db-0", "/var/lib/db").await;
+    let want_logs = list(&client, &ns.name, "db-0", "/var/log/db").await;
+    assert!(
+        want_data.contains("hard1=hard2") && want_data.contains("hard1=hard3"),
+        "{want_data}"
+    );
+    assert!(
+        want_data.lines().any(|l| l.len() > 250),
+        "a path longer than 250 bytes"
+    );
+
+    let tmp = tempfile::tempdir().unwrap();
+    let lb = lifeboat_local_repo(tmp.path());
+    let r = lb.run(&[
+        "backup",
+        "create",
+        "-n",
+        &ns.name,
+        "--snapshot-volumes",
+        "-o",
+        "json",
+    ]);
+    r.success();
+    let rep = r.json();
+    assert_eq!(rep["warnings"], json!([]), "{rep:#}");
+    let pods = ns.api::<Pod>().list(&ListParams::default()).await.unwrap();
+    assert!(
+        mover_pods_left(&pods.items).is_empty(),
+        "{:?}",
+        mover_pods_left(&pods.items)
+    );
+    lb.run(&["backup", "verify", "latest", "--read-data"])
+        .success();
+
+    delete_namespace(&client, &ns.name).await;
+    let r = lb.run(&["restore", "latest", "-n", &ns.name, "-o", "json"]);
+    r.success();
+    let rep = r.json();
+    let filled: Vec<&Value> = rep["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["kind"] == "VolumeData")
+        .collect();
+    assert_eq!(filled.len(), 2, "{rep:#}");
+    assert!(
+        filled.iter().all(|i| i["outcome"] == "created"),
+        "{filled:?}"
+    );
+    pod_ready(&client, &ns.name, "db-0", Duration::from_secs(180)).await;
+    let got_data = list(&client, &ns.name, "db-0", "/var/lib/db").await;
+    let got_logs = list(&client, &ns.name, "db-0", "/var/log/db").await;
+    assert_eq!(got_data, want_data, "the data volume came back different");
+    assert_eq!(got_logs, want_logs, "the logs volume came back different");
+
+    // A drill restores it again into scratch namespaces and compares every file.
+    let d = lb.run(&[
+        "drill",
+        "run",
+        "-n",
+        &ns.name,
+        "--timeout",
+        "4m",
+        "-o",
+        "json",
+    ]);
+    let rep = d.json();
+    let vol: Vec<&Value> = rep["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["name"].as_str().unwrap().starts_with("volume-data/"))
+        .collect();
+    assert_eq!(vol.len(), 2, "{rep:#}");
+    assert!(vol.iter().all(|c| c["status"] == "pass"), "{rep:#}");
+    d.success();
+    let _ = rc.node;
+    ns.cleanup().await;
+}
+
+/// The HTTP test app on a real node, serving a file from its volume; the drill's HTTP and
+/// command checks reach the restored pod for real: they pass on the good backup, and fail on a
+/// backup of the app after its data went bad.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drill_http_and_command_checks_reach_a_real_pod_and_catch_bad_data() {
+    let Some((client, rc)) = applicable("drill_http_and_command_checks").await else {
+        return;
+    };
+    let ns = TestNs::new("rn-web").await;
+    create(
+        &ns.api::<PersistentVolumeClaim>(),
+        json!({"metadata": {"name": "content"}, "spec": {"accessModes": ["ReadWriteOnce"],
+               "storageClassName": rc.class, "resources": {"requests": {"storage": "1Gi"}}}}),
+    )
+    .await;
+    create(
+        &ns.api::<Deployment>(),
+        json!({"metadata": {"name": "web"},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}},
+                "template": {"metadata": {"labels": {"app": "web"}}, "spec": {
+                    "terminationGracePeriodSeconds": 1,
+                    "containers": [{"name": "web", "image": HTTP_APP, "imagePullPolicy": "IfNotPresent",
+                        "ports": [{"containerPort": 8080}],
+                        "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 1},
+                        "volumeMounts": [{"name": "content", "mountPath": "/data"}]}],
+                    "volumes": [{"name": "content", "persistentVolumeClaim": {"claimName": "content"}}]}}}}),
+    )
+    .await;
+    create(
+        &ns.api::<k8s_openapi::api::core::v1::Service>(),
+        json!({"metadata": {"name": "web"}, "spec": {"selector": {"app": "web"},
+               "ports": [{"port": 80, "targetPort": 8080}]}}),
+    )
+    .await;
+    let pod = first_pod(&client, &ns.name, "app=web", Duration::from_secs(180)).await;
+    sh_ok(
+        &client,
+        &ns.name,
+        &pod,
+        "echo 'release 42: all good' > /data/index.html",
+    )
+    .await;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = tmp.path().join("drill.yaml");
+    std::fs::write(
+        &spec,
+        format!(
+            "apiVersion: lifeboat.io/v1\nkind: DrillSpec\nhttp:\n  - name: homepage\n    namespace: {ns}\n    service: web\n    port: 80\n    path: /index.html\n    bodyContains: \"release 42: all good\"\ncommands:\n  - name: content\n    namespace: {ns}\n    selector: app=web\n    command: [\"grep\", \"-q\", \"all good\", \"/data/index.html\"]\n",
+            ns = ns.name
+        ),
+    )
+    .unwrap();
+    let lb = lifeboat_local_repo(tmp.path());
+    lb.run(&["backup", "create", "-n", &ns.name, "--snapshot-volumes"])
+        .success();
+    let spec_s = spec.to_str().unwrap();
+    let d = lb.run(&[
+        "drill",
+        "run",
+        "-n",
+        &ns.name,
+        "--spec",
+        spec_s,
+        "--timeout",
+        "4m",
+        "-o",
+        "json",
+    ]);
+    let rep = d.json();
+    let check = |rep: &Value, name: &str| -> Value {
+        rep["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"].as_str().unwrap().contains(name))
+            .cloned()
+            .unwrap_or_else(|| panic!("no check {name}: {rep:#}"))
+    };
+    assert_eq!(check(&rep, "homepage")["status"], "pass", "{rep:#}");
+    assert_eq!(check(&rep, "content")["status"], "pass", "{rep:#}");
+    d.success();
+
+    // The data goes bad; tonight's backup has it; the drill of that backup fails on both checks.
+    sh_ok(
+        &client,
+        &ns.name,
+        &pod,
+        "echo 'release 42: CORRUPTED' > /data/index.html",
+    )
+    .await;
+    lb.run(&["backup", "create", "-n", &ns.name, "--snapshot-volumes"])
+        .success();
+    let d = lb.run(&[
+        "drill",
+        "run",
+        "-n",
+        &ns.name,
+        "--spec",
+        spec_s,
+        "--timeout",
+        "4m",
+        "-o",
+        "json",
+    ]);
+    d.code_is(2);
+    let rep = d.json();
+    assert_eq!(check(&rep, "homepage")["status"], "fail", "{rep:#}");
+    assert_eq!(check(&rep, "content")["status"], "fail", "{rep:#}");
+    ns.cleanup().await;
+}
+
+/// `drill cronjob` output applied as it is; a Job made from its template runs the lifeboat image
+/// in a pod on the real node under the CronJob's ServiceAccount, drills a backup in an S3
+/// repository, and the test reads the outcome from the Job's status and the pod's log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drill_cronjob_runs_the_lifeboat_image_in_a_pod() {
+    let Some((client, rc)) = applicable("the_drill_cronjob_runs_the_lifeboat_image").await else {
+        return;
+    };
+    let Some(node) = rc.node.as_ref() else {
+        eprintln!(
+            "NOT APPLICABLE the_drill_cronjob_runs_the_lifeboat_image: needs the local environment's real node (the lifeboat image is imported there)"
+        );
+        return;
+    };
+    let testenv = env().testenv_dir.clone().expect("local environment");
+    let node_ip = node
+        .status
+        .as_ref()
+        .and_then(|s| s.addresses.as_ref())
+        .and_then(|a| a.iter().find(|a| a.type_ == "InternalIP"))
+        .map(|a| a.address.clone())
+        .expect("the real node's InternalIP");
+    let api_port = std::fs::read_to_string(testenv.join("ports/apiserver")).unwrap();
+    let s3_port = std::fs::read_to_string(testenv.join("ports/s3")).unwrap();
+
+    // The app to drill and a backup of it in S3.
+    let app = TestNs::new("rn-cron-app").await;
+    create(
+        &app.api::<k8s_openapi::api::core::v1::ConfigMap>(),
+        json!({"metadata": {"name": "settings"}, "data": {"mode": "production"}}),
+    )
+    .await;
+    let s3 = common::s3_client_with(None);
+    let bucket = unique("lbt-cron");
+    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    let repo = format!("s3://{bucket}/drills");
+    let e = &env().s3;
+    let lb = Lifeboat::new()
+        .env("LIFEBOAT_REPO", &repo)
+        .env("LIFEBOAT_S3_ENDPOINT", &e.endpoint)
+        .env("AWS_ACCESS_KEY_ID", &e.access_key)
+        .env("AWS_SECRET_ACCESS_KEY", &e.secret_key)
+        .env("AWS_REGION", &e.region)
+        .env("LIFEBOAT_PASSWORD", "cron-drill-pw");
+    lb.run(&["repo", "init"]).success();
+    lb.run(&["backup", "create", "-n", &app.name]).success();
+
+    // The manifests, applied as printed.
+    let sys = unique("lbt-cron-sys");
+    let endpoint = format!("http://{node_ip}:{}", s3_port.trim());
+    let r = lb.run(&[
+        "drill",
+        "cronjob",
+        "--schedule",
+        "0 3 * * *",
+        "--namespace",
+        &sys,
+        "--drill-namespace",
+        &app.name,
+        "--repo",
+        &repo,
+        "--s3-endpoint",
+        &endpoint,
+        "--timeout",
+        "3m",
+    ]);
+    r.success();
+    let docs: Vec<Value> = r
+        .stdout()
+        .split("\n---\n")
+        .filter(|d| !d.trim().is_empty())
+        .map(|d| serde_norway::from_str(d).unwrap())
+        .collect();
+    for d in &docs {
+        apply(&client, d).await;
+    }
+    let secrets = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), &sys);
+    create(
+        &secrets,
+        json!({"metadata": {"name": "lifeboat-repository"}, "stringData": {
+            "LIFEBOAT_PASSWORD": "cron-drill-pw", "AWS_ACCESS_KEY_ID": e.access_key,
+            "AWS_SECRET_ACCESS_KEY": e.secret_key, "AWS_REGION": e.region}}),
+    )
+    .await;
+
+    // "kubectl create job --from=cronjob/lifeboat-drill", with two facts of this test cluster:
+    // its other nodes are kwok's (the pod must run on the real node), and it has no Service
+    // proxy (kube-proxy), so the in-cluster API address is the node's.
+    let cj = docs
+        .iter()
+        .find(|d| d["kind"] == "CronJob")
+        .expect("a CronJob");
+    let mut tpl = cj["spec"]["jobTemplate"]["spec"].clone();
+    tpl["template"]["spec"]["nodeSelector"] = rc.node_selector.clone();
+    let c0 = &mut tpl["template"]["spec"]["containers"][0];
+    assert_eq!(
+        c0["image"].as_str().unwrap(),
+        concat!("ghcr.io/lifeboat-dev/lifeboat:", env!("CARGO_PKG_VERSION"))
+    );
+    c0["imagePullPolicy"] = json!("IfNotPresent");
+    c0["env"].as_array_mut().unwrap().extend([
+        json!({"name": "KUBERNETES_SERVICE_HOST", "value": node_ip}),
+        json!({"name": "KUBERNETES_SERVICE_PORT", "value": api_port.trim()}),
+    ]);
+    let jobs = Api::<Job>::namespaced(client.clone(), &sys);
+    create(
+        &jobs,
+        json!({"metadata": {"name": "drill-now"}, "spec": tpl}),
+    )
+    .await;
+    let job = eventually(
+        "the drill Job to finish",
+        Duration::from_secs(300),
+        || async {
+            let j = jobs.get("drill-now").await.ok()?;
+            let st = j.status.clone()?;
+            (st.succeeded.unwrap_or(0) > 0 || st.failed.unwrap_or(0) > 0).then_some(j)
+        },
+    )
+    .await;
+    let pods = Api::<Pod>::namespaced(client.clone(), &sys);
+    let pod = pods
+        .list(&ListParams::default().labels("job-name=drill-now"))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .next()
+        .expect("the Job's pod");
+    let log = pods
+        .logs(pod.metadata.name.as_deref().unwrap(), &LogParams::default())
+        .await
+        .unwrap_or_default();
+    let spec = pod.spec.as_ref().unwrap();
+    assert_eq!(spec.service_account_name.as_deref(), Some("lifeboat-drill"));
+    assert_eq!(
+        spec.node_name.as_deref(),
+        node.metadata.name.as_deref(),
+        "ran on the real node"
+    );
+    assert_eq!(
+        job.status.as_ref().unwrap().succeeded.unwrap_or(0),
+        1,
+        "the drill Job failed; its log:\n{log}"
+    );
+    assert!(
+        log.contains("restore-succeeded"),
+        "the drill's report is in the log:\n{log}"
+    );
+    assert!(log.contains("pass"), "{log}");
+
+    // Clean up what is cluster-wide.
+    for d in docs.iter().rev() {
+        delete(&client, d).await;
+    }
+    Api::<Namespace>::all(client.clone())
+        .delete(&sys, &DeleteParams::default())
+        .await
+        .ok();
+    app.cleanup().await;
+}
+
+async fn dynamic_api(client: &kube::Client, d: &Value) -> Api<DynamicObject> {
+    let (group, version) = d["apiVersion"]
+        .as_str()
+        .unwrap()
+        .rsplit_once('/')
+        .map(|(g, v)| (g.to_string(), v.to_string()))
+        .unwrap_or((String::new(), "v1".into()));
+    let gvk = kube::api::GroupVersionKind::gvk(&group, &version, d["kind"].as_str().unwrap());
+    let (ar, caps) = kube::discovery::pinned_kind(client, &gvk).await.unwrap();
+    match (
+        caps.scope == kube::discovery::Scope::Namespaced,
+        d["metadata"]["namespace"].as_str(),
+    ) {
+        (true, Some(ns)) => Api::namespaced_with(client.clone(), ns, &ar),
+        _ => Api::all_with(client.clone(), &ar),
+    }
+}
+
+async fn apply(client: &kube::Client, d: &Value) {
+    let api = dynamic_api(client, d).await;
+    let o: DynamicObject = serde_json::from_value(d.clone()).unwrap();
+    if let Err(e) = api.create(&PostParams::default(), &o).await {
+        panic!("{} {}: {e}", d["kind"], d["metadata"]["name"]);
+    }
+}
+
+async fn delete(client: &kube::Client, d: &Value) {
+    let api = dynamic_api(client, d).await;
+    let _ = api
+        .delete(
+            d["metadata"]["name"].as_str().unwrap(),
+            &DeleteParams::default(),
+        )
+        .await;
+}
