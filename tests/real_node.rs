@@ -471,7 +471,7 @@ async fn drill_http_and_command_checks_reach_a_real_pod_and_catch_bad_data() {
             .as_array()
             .unwrap()
             .iter()
-            .find(|c| c["name"].as_str().unwrap().contains(name))
+            .find(|c| c["name"] == name)
             .cloned()
             .unwrap_or_else(|| panic!("no check {name}: {rep:#}"))
     };
@@ -690,8 +690,10 @@ async fn dynamic_api(client: &kube::Client, d: &Value) -> Api<DynamicObject> {
 
 async fn apply(client: &kube::Client, d: &Value) {
     let api = dynamic_api(client, d).await;
-    let o: DynamicObject = serde_json::from_value(d.clone()).unwrap();
-    if let Err(e) = api.create(&PostParams::default(), &o).await {
+    // kubectl apply --server-side: also over what an earlier, interrupted run left.
+    let name = d["metadata"]["name"].as_str().unwrap();
+    let pp = kube::api::PatchParams::apply("lifeboat-test").force();
+    if let Err(e) = api.patch(name, &pp, &kube::api::Patch::Apply(d)).await {
         panic!("{} {}: {e}", d["kind"], d["metadata"]["name"]);
     }
 }

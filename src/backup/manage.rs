@@ -503,7 +503,11 @@ impl GroupBy {
     pub fn key(&self, s: &Snapshot) -> String {
         let mut parts = Vec::new();
         if self.cluster {
-            parts.push(format!("cluster={}", s.cluster.server));
+            // The cluster's identity (kube-system UID) when the backup has it, else its address.
+            parts.push(match &s.cluster.uid {
+                Some(uid) => format!("cluster={uid}"),
+                None => format!("cluster={}", s.cluster.server),
+            });
         }
         if self.namespaces {
             let mut ns = s.selectors.namespaces.clone();

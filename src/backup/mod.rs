@@ -642,6 +642,8 @@ pub async fn discover(client: &kube::Client) -> Result<Vec<(ApiResource, ApiCapa
 /// types. Fetch it concurrently with opening the repository (the passphrase KDF takes a moment).
 pub struct ClusterView {
     pub server_version: String,
+    /// The `kube-system` namespace's UID (`None` when it cannot be read).
+    pub uid: Option<String>,
     pub types: Vec<(ApiResource, ApiCapabilities)>,
 }
 
@@ -651,9 +653,14 @@ pub async fn view(cluster: &Cluster) -> Result<ClusterView, Error> {
         .apiserver_version()
         .await
         .map_err(|source| crate::error::cluster_error(&cluster.server, source))?;
+    let (types, uid) = tokio::join!(
+        discover(&cluster.client),
+        crate::cluster::cluster_uid(&cluster.client)
+    );
     Ok(ClusterView {
         server_version: info.git_version,
-        types: discover(&cluster.client).await?,
+        uid,
+        types: types?,
     })
 }
 
@@ -684,10 +691,10 @@ where
     };
     let lister = async {
         let view = view(cluster).await?;
-        let server_version = view.server_version.clone();
+        let id = (view.server_version.clone(), view.uid.clone());
         list(cluster, view, opts, progress, start, rx)
             .await
-            .map(|shared| (shared, server_version))
+            .map(|shared| (shared, id))
     };
     let (opened, listed) = tokio::join!(opener, lister);
     // A cluster-side failure is reported first (it is about what was to be backed up); then a
@@ -698,14 +705,14 @@ where
         (Err(_), Err(_)) => return Err(listed.err().expect("checked")),
     };
     let result = match listed {
-        Ok((shared, server_version)) => {
+        Ok((shared, (server_version, uid))) => {
             finish(
                 repo,
                 packer,
                 &lock,
                 shared,
                 cluster,
-                &server_version,
+                (&server_version, uid),
                 opts,
                 start,
             )
@@ -905,7 +912,7 @@ async fn finish(
     lock: &Lock,
     shared: Arc<Shared>,
     cluster: &Cluster,
-    server_version: &str,
+    (server_version, uid): (&str, Option<String>),
     opts: &BackupOptions,
     start: Instant,
 ) -> Result<BackupSummary, Error> {
@@ -1005,6 +1012,7 @@ async fn finish(
             server: cluster.server.clone(),
             context: opts.context.clone(),
             server_version: server_version.to_string(),
+            uid,
         },
         selectors: Selectors {
             namespaces: opts.namespaces.clone(),

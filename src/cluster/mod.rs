@@ -25,6 +25,19 @@ pub struct Cluster {
     pub server: String,
 }
 
+/// The UID of the `kube-system` namespace: a cluster's identity, the same whatever address
+/// it is reached at. `None` when it cannot be read (no such namespace, no permission).
+pub async fn cluster_uid(client: &kube::Client) -> Option<String> {
+    let nss: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client.clone());
+    match nss.get_opt("kube-system").await {
+        Ok(ns) => ns.and_then(|n| n.metadata.uid),
+        Err(e) => {
+            tracing::debug!("cannot read namespace kube-system for the cluster's identity: {e}");
+            None
+        }
+    }
+}
+
 /// Build the kube configuration: an explicit kubeconfig file, else `$KUBECONFIG` /
 /// `~/.kube/config`, else the in-cluster service account (so `drill run` works in a CronJob).
 pub async fn config(opts: &ClusterOptions) -> Result<kube::Config, Error> {

@@ -190,7 +190,10 @@ pub async fn run(
 ) -> Result<DrillReport, Error> {
     // `latest` means the newest backup of this cluster that holds the namespaces drilled.
     let filter = crate::repo::snapshot::SnapshotFilter {
-        cluster: Some(server.to_string()),
+        cluster: Some(crate::repo::snapshot::ClusterRef {
+            server: server.to_string(),
+            uid: crate::cluster::cluster_uid(client).await,
+        }),
         namespaces: opts.namespaces.clone(),
         tags: Vec::new(),
     };

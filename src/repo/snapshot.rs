@@ -25,6 +25,28 @@ pub struct ClusterInfo {
     pub server: String,
     pub context: Option<String>,
     pub server_version: String,
+    /// The UID of the cluster's `kube-system` namespace: which cluster this is, whatever
+    /// address it was reached at (a CronJob in the cluster sees `kubernetes.default.svc`, a
+    /// laptop a load balancer, a tunnel `127.0.0.1`). Absent in older backups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+}
+
+/// Which cluster a backup must come from: the same `kube-system` UID when both sides know it,
+/// else the same API server address.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterRef {
+    pub server: String,
+    pub uid: Option<String>,
+}
+
+impl ClusterRef {
+    pub fn matches(&self, c: &ClusterInfo) -> bool {
+        match (&self.uid, &c.uid) {
+            (Some(a), Some(b)) => a == b,
+            _ => self.server == c.server,
+        }
+    }
 }
 
 /// A snapshot manifest: written last, so a backup is visible only when complete.
@@ -125,7 +147,7 @@ pub const TREE_ENTRIES: usize = 1000;
 /// the requested namespaces (a backup of all namespaces contains every namespace).
 #[derive(Debug, Clone, Default)]
 pub struct SnapshotFilter {
-    pub cluster: Option<String>,
+    pub cluster: Option<ClusterRef>,
     pub namespaces: Vec<String>,
     pub tags: Vec<(String, String)>,
 }
@@ -133,7 +155,7 @@ pub struct SnapshotFilter {
 impl SnapshotFilter {
     pub fn matches(&self, s: &Snapshot) -> bool {
         if let Some(c) = &self.cluster {
-            if &s.cluster.server != c {
+            if !c.matches(&s.cluster) {
                 return false;
             }
         }
@@ -257,5 +279,36 @@ impl Repository {
             out.extend(tree.entries);
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cluster_is_matched_by_its_kube_system_uid_whatever_its_address() {
+        let info = |server: &str, uid: Option<&str>| ClusterInfo {
+            server: server.into(),
+            context: None,
+            server_version: "v1.34.4".into(),
+            uid: uid.map(Into::into),
+        };
+        let inside = ClusterRef {
+            server: "https://10.0.0.1:443".into(),
+            uid: Some("u-1".into()),
+        };
+        // A backup taken from a laptop through a load balancer, drilled from a CronJob.
+        assert!(inside.matches(&info("https://k8s.example:6443", Some("u-1"))));
+        // Another cluster behind the same address (a tunnel, a proxy) is not this one.
+        assert!(!inside.matches(&info("https://10.0.0.1:443", Some("u-2"))));
+        // Older backups (no UID) and a reader that cannot see kube-system: by address.
+        assert!(inside.matches(&info("https://10.0.0.1:443", None)));
+        assert!(!inside.matches(&info("https://k8s.example:6443", None)));
+        let blind = ClusterRef {
+            server: "https://k8s.example:6443".into(),
+            uid: None,
+        };
+        assert!(blind.matches(&info("https://k8s.example:6443", Some("u-1"))));
     }
 }

@@ -178,7 +178,7 @@ pub fn env() -> &'static Env {
             dir.display()
         );
         // A real kubelet node too, where it can run (root; LIFEBOAT_TEST_REAL_NODE=0 opts out).
-        let real = std::env::var("LIFEBOAT_TEST_REAL_NODE").as_deref() == Ok("1") && is_root();
+        let real = std::env::var("LIFEBOAT_TEST_REAL_NODE").as_deref() != Ok("0") && is_root();
         let bin = env!("CARGO_BIN_EXE_lifeboat");
         let extra: Vec<&str> = if real {
             vec!["--real-node", "--lifeboat-binary", bin]
