@@ -39,11 +39,7 @@ struct RealCluster {
 }
 
 fn local_real_node_expected() -> bool {
-    env()
-        .testenv_dir
-        .as_ref()
-        .and_then(|d| std::fs::read_to_string(d.join("real-node")).ok())
-        .is_some_and(|s| s.trim() == "1")
+    common::has_real_node()
 }
 
 /// The storage class and node the tests use, or why they cannot run here.
@@ -505,6 +501,34 @@ async fn drill_http_and_command_checks_reach_a_real_pod_and_catch_bad_data() {
     let rep = d.json();
     assert_eq!(check(&rep, "homepage")["status"], "fail", "{rep:#}");
     assert_eq!(check(&rep, "content")["status"], "fail", "{rep:#}");
+
+    // The good backup's page is damaged in the repository: the drill of it fails and names it.
+    let good = lb.run(&["backup", "list", "-o", "json"]).json();
+    let good_id = good.as_array().unwrap()[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    damage_file_chunk(tmp.path(), "real-node-test", &good_id, "index.html").await;
+    let d = lb.run(&[
+        "drill",
+        "run",
+        "--backup",
+        &good_id,
+        "-n",
+        &ns.name,
+        "--spec",
+        spec_s,
+        "--timeout",
+        "4m",
+        "-o",
+        "json",
+    ]);
+    d.code_is(2);
+    assert!(
+        d.stdout().contains("index.html"),
+        "the drill names the damaged file:\n{}",
+        d.stdout()
+    );
     ns.cleanup().await;
 }
 
@@ -540,6 +564,30 @@ async fn the_drill_cronjob_runs_the_lifeboat_image_in_a_pod() {
         json!({"metadata": {"name": "settings"}, "data": {"mode": "production"}}),
     )
     .await;
+    // A volume with data: the drill in the pod restores it with its own identity (claims and
+    // mover pods in the scratch namespace) and compares every file.
+    create(
+        &app.api::<PersistentVolumeClaim>(),
+        json!({"metadata": {"name": "files"}, "spec": {"accessModes": ["ReadWriteOnce"],
+               "storageClassName": rc.class, "resources": {"requests": {"storage": "1Gi"}}}}),
+    )
+    .await;
+    create(
+        &app.api::<Pod>(),
+        json!({"metadata": {"name": "writer"}, "spec": {"terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "w", "image": BUSYBOX, "imagePullPolicy": "IfNotPresent",
+                "command": ["sleep", "36000"], "volumeMounts": [{"name": "f", "mountPath": "/files"}]}],
+            "volumes": [{"name": "f", "persistentVolumeClaim": {"claimName": "files"}}]}}),
+    )
+    .await;
+    pod_ready(&client, &app.name, "writer", Duration::from_secs(180)).await;
+    sh_ok(
+        &client,
+        &app.name,
+        "writer",
+        "mkdir -p /files/a/b && printf 'x,y\n1,2\n' > /files/a/b/report.csv",
+    )
+    .await;
     let s3 = common::s3_client_with(None);
     let bucket = unique("lbt-cron");
     s3.create_bucket().bucket(&bucket).send().await.unwrap();
@@ -553,7 +601,8 @@ async fn the_drill_cronjob_runs_the_lifeboat_image_in_a_pod() {
         .env("AWS_REGION", &e.region)
         .env("LIFEBOAT_PASSWORD", "cron-drill-pw");
     lb.run(&["repo", "init"]).success();
-    lb.run(&["backup", "create", "-n", &app.name]).success();
+    lb.run(&["backup", "create", "-n", &app.name, "--snapshot-volumes"])
+        .success();
 
     // The manifests, applied as printed.
     let sys = unique("lbt-cron-sys");
@@ -657,7 +706,26 @@ async fn the_drill_cronjob_runs_the_lifeboat_image_in_a_pod() {
         log.contains("restore-succeeded"),
         "the drill's report is in the log:\n{log}"
     );
-    assert!(log.contains("pass"), "{log}");
+    // The pod's stdout is the drill's JSON report (after any log lines on stderr).
+    let report: Value = log
+        .find("\n{")
+        .map(|i| &log[i + 1..])
+        .or_else(|| log.starts_with('{').then_some(log.as_str()))
+        .and_then(|j| serde_json::from_str(j).ok())
+        .unwrap_or_else(|| panic!("no JSON report in the log:\n{log}"));
+    assert_eq!(report["passed"], true, "{report:#}");
+    assert!(
+        report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["name"] == "volume-data/files" && c["status"] == "pass"),
+        "the volume was drilled in the pod: {report:#}"
+    );
+    assert!(
+        !log.contains("cannot delete a mover pod"),
+        "the drill's identity cleans up its movers:\n{log}"
+    );
 
     // Clean up what is cluster-wide.
     for d in docs.iter().rev() {
@@ -706,4 +774,315 @@ async fn delete(client: &kube::Client, d: &Value) {
             &DeleteParams::default(),
         )
         .await;
+}
+
+/// Every mover pod seen in `ns` until the task is aborted: (name, runAsUser, fsGroup).
+fn watch_movers(
+    client: kube::Client,
+    ns: String,
+) -> (
+    tokio::task::JoinHandle<()>,
+    std::sync::Arc<
+        std::sync::Mutex<std::collections::BTreeMap<String, (Option<i64>, Option<i64>)>>,
+    >,
+) {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::new()));
+    let out = seen.clone();
+    let pods = Api::<Pod>::namespaced(client, &ns);
+    let task = tokio::spawn(async move {
+        loop {
+            if let Ok(l) = pods
+                .list(&ListParams::default().labels("lifeboat.io/mover"))
+                .await
+            {
+                for p in l.items {
+                    let sc = p.spec.as_ref().and_then(|s| s.security_context.clone());
+                    let c = p
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.containers.first())
+                        .and_then(|c| c.security_context.clone());
+                    let user = c
+                        .as_ref()
+                        .and_then(|c| c.run_as_user)
+                        .or(sc.as_ref().and_then(|s| s.run_as_user));
+                    let fs_group = sc.as_ref().and_then(|s| s.fs_group);
+                    seen.lock()
+                        .unwrap()
+                        .insert(p.metadata.name.unwrap_or_default(), (user, fs_group));
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    (task, out)
+}
+
+/// A workload running as a non-root user with an fsGroup: its volume is read by a mover running
+/// as that user (on a real kubelet, which applies the fsGroup to the CSI volume), the backup
+/// needs no root, and the restore brings back the owners and modes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_root_workloads_fsgroup_volume_is_read_as_that_user() {
+    let Some((client, rc)) = applicable("a_non_root_workloads_fsgroup_volume").await else {
+        return;
+    };
+    let ns = TestNs::new("rn-user").await;
+    create(
+        &ns.api::<StatefulSet>(),
+        json!({
+            "metadata": {"name": "app"},
+            "spec": {"replicas": 1, "serviceName": "app", "selector": {"matchLabels": {"app": "app"}},
+                "template": {"metadata": {"labels": {"app": "app"}}, "spec": {
+                    "terminationGracePeriodSeconds": 1,
+                    "securityContext": {"runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 2000},
+                    "containers": [{"name": "app", "image": BUSYBOX, "imagePullPolicy": "IfNotPresent",
+                        "command": ["sleep", "36000"],
+                        "volumeMounts": [{"name": "data", "mountPath": "/data"}]}]}},
+                "volumeClaimTemplates": [
+                    {"metadata": {"name": "data"}, "spec": {"accessModes": ["ReadWriteOnce"],
+                     "storageClassName": rc.class, "resources": {"requests": {"storage": "1Gi"}}}}]}
+        }),
+    )
+    .await;
+    pod_ready(&client, &ns.name, "app-0", Duration::from_secs(180)).await;
+    // Written by the app itself: uid 1000, group 2000 from the fsGroup (setgid volume root).
+    sh_ok(
+        &client,
+        &ns.name,
+        "app-0",
+        "set -e; cd /data; id -u; mkdir -p db; i=0; while [ $i -lt 20 ]; do echo row $i > db/t$i; i=$((i+1)); done; \
+         echo secret > db/key; chmod 600 db/key; echo shared > db/shared; chmod 640 db/shared",
+    )
+    .await;
+    let want = list(&client, &ns.name, "app-0", "/data").await;
+    assert!(
+        want.contains("./db/key file 600 1000:2000"),
+        "fsGroup applied by the kubelet:\n{want}"
+    );
+
+    let tmp = tempfile::tempdir().unwrap();
+    let lb = lifeboat_local_repo(tmp.path());
+    let (watch, seen) = watch_movers(client.clone(), ns.name.clone());
+    let r = lb.run(&[
+        "backup",
+        "create",
+        "-n",
+        &ns.name,
+        "--snapshot-volumes",
+        "-o",
+        "json",
+    ]);
+    watch.abort();
+    r.success();
+    assert!(!r.stderr().contains("reading as root"), "{}", r.stderr());
+    let movers = seen.lock().unwrap().clone();
+    assert!(!movers.is_empty(), "the mover pod was seen");
+    assert!(
+        movers
+            .values()
+            .all(|(u, g)| *u == Some(1000) && *g == Some(2000)),
+        "movers ran as the workload's user: {movers:?}"
+    );
+
+    delete_namespace(&client, &ns.name).await;
+    lb.run(&["restore", "latest", "-n", &ns.name]).success();
+    pod_ready(&client, &ns.name, "app-0", Duration::from_secs(180)).await;
+    // The restore wrote the files back as they were; mounting them into the fsGroup pod, the
+    // kubelet (fsGroupChangePolicy Always, the default) then set the group and added g+rw to
+    // files and ug+rwx + setgid to directories: what any restored fsGroup volume looks like.
+    let kubelet_view: String = want
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            match f.get(1) {
+                Some(&"file") | Some(&"dir") => {
+                    let add = if f[1] == "file" { 0o660 } else { 0o2770 };
+                    let mode = u32::from_str_radix(f[2], 8).unwrap() | add;
+                    let owner = format!("{}:2000", f[3].split(':').next().unwrap());
+                    let mut out = vec![
+                        f[0].to_string(),
+                        f[1].to_string(),
+                        format!("{mode:o}"),
+                        owner,
+                    ];
+                    out.extend(f[4..].iter().map(|s| s.to_string()));
+                    out.join(" ") + "\n"
+                }
+                _ => format!("{l}\n"),
+            }
+        })
+        .collect();
+    assert_eq!(
+        list(&client, &ns.name, "app-0", "/data").await,
+        kubelet_view
+    );
+    // A drill of it passes: the kubelet's fsGroup changes are not a difference.
+    let d = lb.run(&[
+        "drill",
+        "run",
+        "-n",
+        &ns.name,
+        "--timeout",
+        "4m",
+        "-o",
+        "json",
+    ]);
+    let rep = d.json();
+    let vol = rep["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "volume-data/data-app-0")
+        .cloned()
+        .unwrap_or_else(|| panic!("{rep:#}"));
+    assert_eq!(vol["status"], "pass", "{rep:#}");
+    assert!(
+        vol["message"].as_str().unwrap().contains("fsGroup 2000"),
+        "{vol}"
+    );
+    d.success();
+    ns.cleanup().await;
+}
+
+/// Flip a byte of the first chunk of `file` (in any volume of backup `id`) inside its pack.
+async fn damage_file_chunk(dir: &std::path::Path, password: &str, id: &str, file: &str) {
+    use std::sync::Arc;
+    let store = Arc::new(lifeboat::store::local::LocalStore::new(dir.join("repo")));
+    let repo = Arc::new(
+        lifeboat::repo::Repository::open(store, password.as_bytes())
+            .await
+            .unwrap(),
+    );
+    repo.load_index().await.unwrap();
+    let (_, snap) = repo.find_snapshot(id).await.unwrap();
+    let mut chunk = None;
+    for v in &snap.volumes {
+        let tree = lifeboat::volume::load_tree(&repo, &v.trees).await.unwrap();
+        if let Some(f) = tree.iter().find(|f| f.path == file) {
+            chunk = f.chunks.first().copied();
+        }
+    }
+    let chunk = chunk.unwrap_or_else(|| panic!("{file} is in backup {id}"));
+    let loc = repo.index_snapshot().await[&chunk];
+    let pack = dir
+        .join("repo/data")
+        .join(&loc.pack.to_hex()[..2])
+        .join(loc.pack.to_hex());
+    let mut bytes = std::fs::read(&pack).unwrap();
+    bytes[loc.offset as usize + 5] ^= 0x55;
+    std::fs::write(&pack, bytes).unwrap();
+}
+
+/// lifeboat's temporary objects left in `ns`: mover pods, temporary claims, VolumeSnapshots.
+async fn leftovers(client: &kube::Client, ns: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for p in Api::<Pod>::namespaced(client.clone(), ns)
+        .list(&ListParams::default().labels("lifeboat.io/mover"))
+        .await
+        .unwrap()
+        .items
+    {
+        out.push(format!("pod {}", p.metadata.name.unwrap_or_default()));
+    }
+    for c in Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+    {
+        let n = c.metadata.name.unwrap_or_default();
+        if n.starts_with("lifeboat-tmp-") {
+            out.push(format!("pvc {n}"));
+        }
+    }
+    let snaps: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        ns,
+        &lifeboat::volume::snapshots::snapshot_resource(),
+    );
+    for s in snaps.list(&ListParams::default()).await.unwrap().items {
+        out.push(format!(
+            "volumesnapshot {}",
+            s.metadata.name.unwrap_or_default()
+        ));
+    }
+    out
+}
+
+/// Ctrl-C while a real mover streams a volume out: lifeboat exits 130, lists no backup, and its
+/// snapshot, temporary claim and mover pod are gone (the real snapshot-controller and
+/// provisioner delete them for real).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_during_real_data_movement_cleans_up_and_lists_no_backup() {
+    let Some((client, rc)) = applicable("ctrl_c_during_real_data_movement").await else {
+        return;
+    };
+    let ns = TestNs::new("rn-ctrlc").await;
+    create(
+        &ns.api::<StatefulSet>(),
+        json!({
+            "metadata": {"name": "db"},
+            "spec": {"replicas": 1, "serviceName": "db", "selector": {"matchLabels": {"app": "db"}},
+                "template": {"metadata": {"labels": {"app": "db"}}, "spec": {
+                    "terminationGracePeriodSeconds": 1,
+                    "containers": [{"name": "db", "image": BUSYBOX, "imagePullPolicy": "IfNotPresent",
+                        "command": ["sleep", "36000"],
+                        "volumeMounts": [{"name": "data", "mountPath": "/data"}]}]}},
+                "volumeClaimTemplates": [
+                    {"metadata": {"name": "data"}, "spec": {"accessModes": ["ReadWriteOnce"],
+                     "storageClassName": rc.class, "resources": {"requests": {"storage": "2Gi"}}}}]}
+        }),
+    )
+    .await;
+    pod_ready(&client, &ns.name, "db-0", Duration::from_secs(180)).await;
+    sh_ok(
+        &client,
+        &ns.name,
+        "db-0",
+        "dd if=/dev/urandom of=/data/big.bin bs=1048576 count=400 2>/dev/null",
+    )
+    .await;
+    let tmp = tempfile::tempdir().unwrap();
+    let lb = lifeboat_local_repo(tmp.path());
+    let mut child = lb.spawn(&["backup", "create", "-n", &ns.name, "--snapshot-volumes"]);
+    let pods = ns.api::<Pod>();
+    eventually("a running mover pod", Duration::from_secs(120), || async {
+        let l = pods
+            .list(&ListParams::default().labels("lifeboat.io/mover"))
+            .await
+            .ok()?;
+        l.items
+            .iter()
+            .any(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the backup finished before the signal"
+    );
+    std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(
+        common::wait_bounded(&mut child, "backup create (SIGINT)").code(),
+        Some(130)
+    );
+    eventually(
+        "no temporary objects left",
+        Duration::from_secs(90),
+        || async { leftovers(&client, &ns.name).await.is_empty().then_some(()) },
+    )
+    .await;
+    let list = lb.run(&["backup", "list", "-o", "json"]);
+    list.success();
+    assert_eq!(
+        list.json().as_array().map(|a| a.len()).unwrap_or(0),
+        0,
+        "{}",
+        list.stdout()
+    );
+    ns.cleanup().await;
 }

@@ -1,6 +1,11 @@
 //! Volume data over the real API server: a mover pod's `tar -c` streamed into the repository
 //! through `pods/exec`, and a stored tree streamed back into another volume with `tar -x`.
 //!
+//! These tests cover what tests/real_node.rs (the real kubelet and CSI storage) does not yet:
+//! Ctrl-C during data movement, interrupted fills, the root fallback, deduplication of a
+//! changed volume, damage in the repository. They run on a control plane without the real
+//! snapshot-controller (common::plain_env), which would also act on the stand-in's snapshots.
+//!
 //! Test-only stand-in (there is no storage or kubelet here): PVCs are bound to hostPath
 //! PersistentVolumes on temp directories, and a background task gives every mover pod a kwok
 //! `Exec` object whose working directory is its volume's directory, so kwok runs the exec'd tar
@@ -59,7 +64,7 @@ fn noise(n: usize, seed: u64) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_volume_streams_out_of_a_mover_pod_and_back_into_another() {
-    let ns = TestNs::new("vol-mover").await;
+    let ns = TestNs::new_plain("vol-mover").await;
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
     std::fs::create_dir_all(src.join("a/b")).unwrap();
@@ -367,7 +372,7 @@ async fn noisy_statefulset(
     size: usize,
     seed: u64,
 ) -> (TestNs, tempfile::TempDir, tokio::task::JoinHandle<()>) {
-    let ns = TestNs::new(prefix).await;
+    let ns = TestNs::new_plain(prefix).await;
     common::standin::install(&ns.client).await;
     let tmp = tempfile::tempdir().unwrap();
     let standin = common::standin::run(
@@ -383,7 +388,7 @@ async fn noisy_statefulset(
 
 /// lifeboat with a new local repository in `dir`.
 fn lifeboat_with_repo(dir: &Path) -> Lifeboat {
-    let lb = Lifeboat::new()
+    let lb = Lifeboat::plain()
         .env(
             "LIFEBOAT_REPO",
             &format!("file://{}", dir.join("repo").display()),
@@ -425,7 +430,7 @@ async fn dir_of(ns: &TestNs, claim: &str) -> std::path::PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn volumes_back_up_restore_byte_identical_deduplicate_and_drills_catch_damage() {
-    let ns = TestNs::new("vol-e2e").await;
+    let ns = TestNs::new_plain("vol-e2e").await;
     common::standin::install(&ns.client).await;
     let tmp = tempfile::tempdir().unwrap();
     let standin = common::standin::run(
@@ -659,7 +664,7 @@ async fn mover_users(ns: &TestNs) -> Vec<i64> {
 async fn volumes_are_read_as_the_workloads_user_and_as_root_only_when_it_must() {
     use std::os::unix::fs::chown;
     const NOBODY: u32 = 65534;
-    let ns = TestNs::new("vol-user").await;
+    let ns = TestNs::new_plain("vol-user").await;
     common::standin::install(&ns.client).await;
     let tmp = tempfile::tempdir().unwrap();
     // The stand-in's kubelet runs the mover as that user: it must reach the volume directories.

@@ -130,6 +130,11 @@ rules:
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["roles", "clusterroles"]
   verbs: ["bind", "escalate"]
+# A drill deletes the mover pods that read restored volumes once they are done; the policy below
+# keeps deletes inside drill-* namespaces too.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["delete"]
 ---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRoleBinding

@@ -552,13 +552,30 @@ async fn volume_check(
             format!("cannot read the restored volume: {e}"),
         ),
         Ok(got) => {
-            let diff = crate::volume::compare_trees(&want, &got);
+            let mut diff = crate::volume::compare_trees(&want, &got);
+            // A restored pod with an fsGroup had the kubelet change the volume's group and
+            // group permissions when it mounted it: that is Kubernetes, not a bad backup.
+            let mut note = String::new();
+            if !diff.is_empty() {
+                if let Some(g) = fs_group_of_claim(client, ns, &v.pvc).await {
+                    let after = crate::volume::as_after_fs_group(&want, g);
+                    if crate::volume::compare_trees(&after, &got).is_empty() {
+                        diff.clear();
+                        note = format!(
+                            "; the group and group permissions the kubelet set for fsGroup {g} are not counted"
+                        );
+                    }
+                }
+            }
             if diff.is_empty() {
                 check(
                     name,
                     Some(ns),
                     Status::Pass,
-                    format!("{} files equal to the backup ({} bytes)", v.files, v.bytes),
+                    format!(
+                        "{} files equal to the backup ({} bytes){note}",
+                        v.files, v.bytes
+                    ),
                 )
             } else {
                 let n = diff.len();
@@ -572,6 +589,26 @@ async fn volume_check(
             }
         }
     }
+}
+
+/// The `fsGroup` of a pod in `ns` (not a mover) that mounts claim `pvc`.
+async fn fs_group_of_claim(client: &kube::Client, ns: &str, pvc: &str) -> Option<u64> {
+    let pods = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), ns)
+        .list(&ListParams::default().labels("!lifeboat.io/mover"))
+        .await
+        .ok()?;
+    pods.items.iter().find_map(|p| {
+        let spec = p.spec.as_ref()?;
+        let mounts = spec.volumes.iter().flatten().any(|v| {
+            v.persistent_volume_claim
+                .as_ref()
+                .is_some_and(|c| c.claim_name == pvc)
+        });
+        if !mounts {
+            return None;
+        }
+        spec.security_context.as_ref()?.fs_group.map(|g| g as u64)
+    })
 }
 
 /// Workloads in `ns` that are not ready, as "Kind/name (why)".

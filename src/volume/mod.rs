@@ -664,6 +664,30 @@ where
     Ok(())
 }
 
+/// `tree` as the kubelet leaves it after mounting the volume into a pod with `fsGroup`
+/// (fsGroupChangePolicy `Always`, or `OnRootMismatch` with a mismatched root): files and
+/// directories get group `fs_group`, files `g+rw` (and `u+rw`), directories `ug+rwx` and setgid;
+/// symlinks are left alone.
+pub fn as_after_fs_group(tree: &[FileEntry], fs_group: u64) -> Vec<FileEntry> {
+    tree.iter()
+        .map(|e| {
+            let mut e = e.clone();
+            match e.kind {
+                EntryType::File | EntryType::Hardlink => {
+                    e.gid = fs_group;
+                    e.mode |= 0o660;
+                }
+                EntryType::Dir => {
+                    e.gid = fs_group;
+                    e.mode |= 0o2770;
+                }
+                EntryType::Symlink => {}
+            }
+            e
+        })
+        .collect()
+}
+
 /// Differences between two file trees (paths, types, sizes, content hashes, modes, link
 /// targets), each naming the file. Empty: equal.
 ///

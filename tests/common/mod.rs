@@ -50,6 +50,46 @@ pub struct Env {
 }
 
 static ENV: OnceLock<Env> = OnceLock::new();
+static PLAIN: OnceLock<Env> = OnceLock::new();
+
+/// Whether the shared environment has the real node (and with it the real snapshot-controller).
+pub fn has_real_node() -> bool {
+    env()
+        .testenv_dir
+        .as_ref()
+        .and_then(|d| std::fs::read_to_string(d.join("real-node")).ok())
+        .is_some_and(|s| s.trim() == "1")
+}
+
+/// The environment for tests of the storage stand-in (tests/common/standin.rs): the shared one,
+/// unless that runs the real node, whose real snapshot-controller would also act on the
+/// stand-in's VolumeSnapshots; then a private control plane without it (started once per test
+/// binary, torn down when the binary exits).
+pub fn plain_env() -> &'static Env {
+    if !has_real_node() {
+        return env();
+    }
+    PLAIN.get_or_init(|| {
+        let tmp = tempfile::Builder::new()
+            .prefix("lifeboat-plain-")
+            .tempdir()
+            .unwrap();
+        let dir = tmp.path().join("env");
+        eprintln!(
+            "harness: the shared environment has a real node; the stand-in's tests get their own in {}",
+            dir.display()
+        );
+        let vars = testenv_up(&dir, &[]);
+        Env {
+            kubeconfig: vars["KUBECONFIG"].clone().into(),
+            s3: s3_from(&vars),
+            testenv_dir: Some(dir),
+            s3_dir: None,
+            external: false,
+            _tmp: Some(tmp),
+        }
+    })
+}
 
 fn testenv_script() -> PathBuf {
     repo_root().join("scripts/testenv")
@@ -267,7 +307,17 @@ pub struct TestNs {
 
 impl TestNs {
     pub async fn new(prefix: &str) -> TestNs {
-        let client = env().client().await;
+        Self::new_in(env(), prefix).await
+    }
+
+    /// A namespace in [`plain_env`] (for the storage stand-in's tests).
+    #[allow(dead_code)]
+    pub async fn new_plain(prefix: &str) -> TestNs {
+        Self::new_in(plain_env(), prefix).await
+    }
+
+    pub async fn new_in(e: &Env, prefix: &str) -> TestNs {
+        let client = e.client().await;
         let name = unique(&format!("lbt-{prefix}"));
         let ns: Namespace = serde_json::from_value(serde_json::json!({
             "metadata": {"name": name, "labels": {"lifeboat.io/test": "true"}}
@@ -398,6 +448,14 @@ impl Lifeboat {
     pub fn new() -> Lifeboat {
         let mut lb = Lifeboat::offline();
         lb.kubeconfig = Some(env().kubeconfig.clone());
+        lb
+    }
+
+    /// lifeboat against [`plain_env`].
+    #[allow(dead_code)]
+    pub fn plain() -> Lifeboat {
+        let mut lb = Lifeboat::offline();
+        lb.kubeconfig = Some(plain_env().kubeconfig.clone());
         lb
     }
 

@@ -19,7 +19,9 @@ use kube::discovery::ApiResource;
 use serde_json::{Value, json};
 
 pub const CLASS: &str = "lifeboat-test-csi";
-pub const DRIVER: &str = "csi.lifeboat.test";
+/// Not the real test CSI driver's name (`csi.lifeboat.test`): where the real external-provisioner
+/// runs (`--real-node`), it must not provision the stand-in's claims.
+pub const DRIVER: &str = "standin.lifeboat.test";
 pub const SNAPSHOT_CLASS: &str = "lifeboat-test-snapshots";
 
 fn ar(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource {
@@ -82,11 +84,27 @@ pub async fn install(client: &kube::Client) {
         ),
     );
     let ssa = PatchParams::apply("lifeboat-test-standin").force();
+    // Where the real snapshot CRDs are installed (the real node's snapshot-controller), they
+    // stay: the minimal ones would replace their schemas.
+    let real = crds
+        .get_opt("volumesnapshots.snapshot.storage.k8s.io")
+        .await
+        .unwrap()
+        .is_some_and(|c| {
+            c.metadata
+                .managed_fields
+                .iter()
+                .flatten()
+                .all(|m| m.manager.as_deref() != Some("lifeboat-test-standin"))
+        });
     for (kind, plural, scope) in [
         ("VolumeSnapshot", "volumesnapshots", "Namespaced"),
         ("VolumeSnapshotContent", "volumesnapshotcontents", "Cluster"),
         ("VolumeSnapshotClass", "volumesnapshotclasses", "Cluster"),
-    ] {
+    ]
+    .into_iter()
+    .filter(|_| !real)
+    {
         let name = format!("{plural}.snapshot.storage.k8s.io");
         crds.patch(&name, &ssa, &Patch::Apply(crd(kind, plural, scope)))
             .await
@@ -94,6 +112,9 @@ pub async fn install(client: &kube::Client) {
     }
     // Established?
     for _ in 0..100 {
+        if real {
+            break;
+        }
         let ok = crds
             .list(&ListParams::default())
             .await
