@@ -11,7 +11,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::{Api, ListParams};
 
-use super::version::{Minor, kubelet_skew_problem};
+use super::version::{Minor, kube_proxy_skew_problem, kubelet_skew_problem};
 use super::{Check, CheckStatus};
 use crate::error::Error;
 
@@ -75,26 +75,26 @@ pub async fn run(
         list_all::<MutatingWebhookConfiguration>(client, "mutatingwebhookconfigurations"),
     );
     let mut checks = vec![control_plane_path(current, target)];
-    checks.push(match pods? {
-        Some(p) => components(&p, current),
+    let pods = pods?;
+    let nodes = nodes?;
+    checks.push(match &pods {
+        Some(p) => components(p, current),
         None => forbidden("control-plane-components", "pods in kube-system"),
     });
-    match nodes? {
-        Some(n) => {
-            checks.push(node_skew(&n, target, "kubelet-skew", |n| {
-                Some(n.kubelet_version.clone())
-            }));
-            checks.push(node_skew(&n, target, "kube-proxy-skew", |n| {
-                Some(n.kube_proxy_version.clone())
-            }));
-            checks.push(node_health(&n));
-        }
-        None => {
-            for c in ["kubelet-skew", "kube-proxy-skew", "node-health"] {
-                checks.push(forbidden(c, "nodes"));
-            }
-        }
+    match &nodes {
+        Some(n) => checks.push(node_skew(n, target, "kubelet-skew", |n| {
+            Some(n.kubelet_version.clone())
+        })),
+        None => checks.push(forbidden("kubelet-skew", "nodes")),
     }
+    checks.push(match &pods {
+        Some(p) => kube_proxy_skew(p, nodes.as_deref(), target),
+        None => forbidden("kube-proxy-skew", "pods in kube-system"),
+    });
+    checks.push(match &nodes {
+        Some(n) => node_health(n),
+        None => forbidden("node-health", "nodes"),
+    });
     checks.push(match pdbs? {
         Some(p) => pdb_check(client, &p).await?,
         None => forbidden("pdb-disruptions", "poddisruptionbudgets"),
@@ -278,6 +278,119 @@ pub fn node_skew(
                 bad.len()
             ),
             bad,
+        )
+    }
+}
+
+/// Is this pod kube-proxy? kubeadm, EKS and most installers label its DaemonSet pods
+/// `k8s-app=kube-proxy`; GKE and AKS use `component=kube-proxy`.
+fn is_kube_proxy(p: &Pod) -> bool {
+    let labels = p.metadata.labels.as_ref();
+    let label = |k: &str| labels.and_then(|l| l.get(k)).map(String::as_str);
+    label("k8s-app") == Some("kube-proxy") || label("component") == Some("kube-proxy")
+}
+
+/// kube-proxy's version from its image tag: the container named kube-proxy, else the first with
+/// a version tag.
+fn kube_proxy_version(p: &Pod) -> Option<Minor> {
+    let containers = &p.spec.as_ref()?.containers;
+    let tagged =
+        |c: &k8s_openapi::api::core::v1::Container| c.image.as_deref().and_then(image_version);
+    containers
+        .iter()
+        .find(|c| c.name == "kube-proxy")
+        .and_then(tagged)
+        .or_else(|| containers.iter().find_map(tagged))
+}
+
+/// `kube-proxy-skew`: kube-proxy's real version, from its pods in kube-system (image tag, per
+/// node through `spec.nodeName`), against the target apiserver and the kubelet of its node. Node
+/// status' `kubeProxyVersion` is not used: the kubelet filled it with its own version up to 1.32
+/// and leaves it empty from 1.33. `nodes`: `None` when nodes cannot be listed (only the target
+/// is checked then).
+pub fn kube_proxy_skew(pods: &[Pod], nodes: Option<&[Node]>, target: Minor) -> Check {
+    let name = "kube-proxy-skew";
+    let kubelets: BTreeMap<String, Minor> = nodes
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|n| {
+            let v = n
+                .status
+                .as_ref()?
+                .node_info
+                .as_ref()?
+                .kubelet_version
+                .parse()
+                .ok()?;
+            Some((n.metadata.name.clone()?, v))
+        })
+        .collect();
+    let proxies: Vec<&Pod> = pods.iter().filter(|p| is_kube_proxy(p)).collect();
+    if proxies.is_empty() {
+        return Check::new(
+            name,
+            CheckStatus::Skipped,
+            "skipped: no kube-proxy found (no pod in kube-system labelled k8s-app=kube-proxy or component=kube-proxy; a kube-proxy-free CNI?)",
+            vec![],
+        );
+    }
+    let mut bad = Vec::new();
+    let mut unknown = Vec::new();
+    let mut known = 0;
+    for p in proxies {
+        let pod = p.metadata.name.clone().unwrap_or_default();
+        let node = p.spec.as_ref().and_then(|s| s.node_name.clone());
+        let on = node
+            .as_deref()
+            .map(|n| format!(" on node/{n}"))
+            .unwrap_or_default();
+        let Some(v) = kube_proxy_version(p) else {
+            unknown.push(format!("pod/{pod}{on} (no version in its image tag)"));
+            continue;
+        };
+        known += 1;
+        let kubelet = node.as_ref().and_then(|n| kubelets.get(n)).copied();
+        if let Some(problem) = kube_proxy_skew_problem(v, target, kubelet) {
+            let beside = kubelet
+                .map(|k| format!(", kubelet {k}"))
+                .unwrap_or_default();
+            bad.push(format!("pod/{pod}{on} (kube-proxy {v}{beside}: {problem})"));
+        }
+    }
+    if !bad.is_empty() {
+        let n = bad.len();
+        bad.extend(unknown);
+        Check::new(
+            name,
+            CheckStatus::Fail,
+            format!("{n} kube-proxy pod(s) outside the skew policy for an apiserver at {target}"),
+            bad,
+        )
+    } else if known == 0 {
+        Check::new(
+            name,
+            CheckStatus::Skipped,
+            "skipped: kube-proxy found, but no version in its image tags",
+            unknown,
+        )
+    } else if !unknown.is_empty() {
+        Check::new(
+            name,
+            CheckStatus::Warn,
+            format!(
+                "{known} kube-proxy pod(s) within the skew policy for an apiserver at {target}; {} without a version in the image tag",
+                unknown.len()
+            ),
+            unknown,
+        )
+    } else {
+        Check::new(
+            name,
+            CheckStatus::Pass,
+            format!(
+                "all {known} kube-proxy pod(s) within the skew policy for an apiserver at {target} and their nodes' kubelets"
+            ),
+            vec![],
         )
     }
 }
@@ -574,6 +687,115 @@ mod tests {
         )
         .unwrap();
         assert!(selects(&sel, &labels));
+    }
+
+    fn node(name: &str, kubelet: &str) -> Node {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "status": {"nodeInfo": {"kubeletVersion": kubelet, "kubeProxyVersion": kubelet,
+                "architecture": "amd64", "operatingSystem": "linux", "bootID": "",
+                "containerRuntimeVersion": "", "kernelVersion": "", "machineID": "",
+                "osImage": "", "systemUUID": ""}}
+        }))
+        .unwrap()
+    }
+
+    fn proxy_pod(name: &str, node: &str, labels: serde_json::Value, image: &str) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": "kube-system", "labels": labels},
+            "spec": {"nodeName": node, "containers": [{"name": "kube-proxy", "image": image}]}
+        }))
+        .unwrap()
+    }
+
+    /// kube-proxy's version comes from its pods' images, per node: node status'
+    /// kubeProxyVersion was the kubelet's own version (and is empty from 1.33).
+    #[test]
+    fn kube_proxy_skew_reads_the_pods_not_the_node_status() {
+        let target = Minor::new(1, 35);
+        // The kubelets are fine (1.34); kube-proxy on node b is 1.31: four minors behind 1.35.
+        let nodes = vec![node("a", "v1.34.4"), node("b", "v1.34.4")];
+        let pods = vec![
+            proxy_pod(
+                "kube-proxy-1",
+                "a",
+                serde_json::json!({"k8s-app": "kube-proxy"}),
+                "registry.k8s.io/kube-proxy:v1.34.4",
+            ),
+            proxy_pod(
+                "kube-proxy-2",
+                "b",
+                serde_json::json!({"k8s-app": "kube-proxy"}),
+                "registry.k8s.io/kube-proxy:v1.31.2",
+            ),
+        ];
+        let c = kube_proxy_skew(&pods, Some(&nodes), target);
+        assert_eq!(c.status, CheckStatus::Fail, "{c:#?}");
+        assert_eq!(c.objects.len(), 1, "{c:#?}");
+        assert!(
+            c.objects[0].contains("kube-proxy-2") && c.objects[0].contains("node/b"),
+            "{c:#?}"
+        );
+        // All within the policy: pass, naming how many were checked.
+        let pods = vec![proxy_pod(
+            "kube-proxy-x",
+            "a",
+            serde_json::json!({"component": "kube-proxy"}),
+            "gke.gcr.io/kube-proxy-amd64:v1.33.1-gke.100",
+        )];
+        let c = kube_proxy_skew(&pods, Some(&nodes), target);
+        assert_eq!(c.status, CheckStatus::Pass, "{c:#?}");
+    }
+
+    /// kube-proxy may be at most three minors older or newer than the kubelet beside it (two
+    /// for kube-proxy older than 1.25), and never newer than the apiserver.
+    #[test]
+    fn kube_proxy_against_its_nodes_kubelet_and_the_target() {
+        let target = Minor::new(1, 35);
+        let pod = |v: &str| {
+            vec![proxy_pod(
+                "kube-proxy-1",
+                "a",
+                serde_json::json!({"k8s-app": "kube-proxy"}),
+                &format!("registry.k8s.io/kube-proxy:{v}"),
+            )]
+        };
+        // kubelet 1.31 (itself too old for 1.35, but that is kubelet-skew's finding), kube-proxy
+        // 1.35: four minors newer than its kubelet.
+        let nodes = vec![node("a", "v1.31.0")];
+        let c = kube_proxy_skew(&pod("v1.35.0"), Some(&nodes), target);
+        assert_eq!(c.status, CheckStatus::Fail, "{c:#?}");
+        assert!(c.objects[0].contains("kubelet"), "{c:#?}");
+        // kube-proxy 1.36: newer than the target apiserver.
+        let nodes = vec![node("a", "v1.35.0")];
+        let c = kube_proxy_skew(&pod("v1.36.0"), Some(&nodes), target);
+        assert_eq!(c.status, CheckStatus::Fail, "{c:#?}");
+        assert!(c.objects[0].contains("apiserver"), "{c:#?}");
+        // kube-proxy 1.32 beside kubelet 1.35, apiserver 1.35: three minors is allowed.
+        let c = kube_proxy_skew(&pod("v1.32.9"), Some(&nodes), target);
+        assert_eq!(c.status, CheckStatus::Pass, "{c:#?}");
+        // kube-proxy 1.24 beside kubelet 1.27 (apiserver 1.26): older than 1.25 allows two.
+        let nodes = vec![node("a", "v1.27.0")];
+        let c = kube_proxy_skew(&pod("v1.24.0"), Some(&nodes), Minor::new(1, 26));
+        assert_eq!(c.status, CheckStatus::Fail, "{c:#?}");
+        // Without node access the target is still checked.
+        let c = kube_proxy_skew(&pod("v1.31.0"), None, target);
+        assert_eq!(c.status, CheckStatus::Fail, "{c:#?}");
+    }
+
+    /// No kube-proxy (kube-proxy-free CNIs): skipped and says so, never a silent pass — also on
+    /// a 1.33+ cluster whose node status has no kubeProxyVersion.
+    #[test]
+    fn no_kube_proxy_is_skipped_and_says_so() {
+        let nodes = vec![node("a", "v1.34.4")];
+        let other: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "coredns-1", "labels": {"k8s-app": "kube-dns"}},
+            "spec": {"nodeName": "a", "containers": [{"name": "coredns", "image": "registry.k8s.io/coredns/coredns:v1.12.0"}]}
+        }))
+        .unwrap();
+        let c = kube_proxy_skew(&[other], Some(&nodes), Minor::new(1, 35));
+        assert_eq!(c.status, CheckStatus::Skipped, "{c:#?}");
+        assert!(c.message.contains("no kube-proxy found"), "{c:#?}");
     }
 
     #[test]
