@@ -564,18 +564,23 @@ async fn pdb_check(client: &kube::Client, pdbs: &[PodDisruptionBudget]) -> Resul
     })
 }
 
-async fn service_has_ready_endpoints(
-    client: &kube::Client,
-    ns: &str,
-    svc: &str,
-) -> Result<bool, Error> {
+/// What a webhook's service has, as far as we may read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoints {
+    Ready,
+    NotReady,
+    /// The EndpointSlices could not be read (the API's message, e.g. forbidden).
+    Unreadable(String),
+}
+
+async fn service_endpoints(client: &kube::Client, ns: &str, svc: &str) -> Result<Endpoints, Error> {
     let api: Api<EndpointSlice> = Api::namespaced(client.clone(), ns);
     let slices = match api
         .list(&ListParams::default().labels(&format!("kubernetes.io/service-name={svc}")))
         .await
     {
         Ok(l) => l.items,
-        Err(kube::Error::Api(s)) if s.code == 403 => return Ok(true), // cannot tell: do not accuse
+        Err(kube::Error::Api(s)) if s.code == 403 => return Ok(Endpoints::Unreadable(s.message)),
         Err(source) => {
             return Err(Error::Kube {
                 action: "list endpointslices".into(),
@@ -583,10 +588,86 @@ async fn service_has_ready_endpoints(
             });
         }
     };
-    Ok(slices
-        .iter()
-        .flat_map(|s| s.endpoints.iter())
-        .any(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true)))
+    Ok(
+        if slices
+            .iter()
+            .flat_map(|s| s.endpoints.iter())
+            .any(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true))
+        {
+            Endpoints::Ready
+        } else {
+            Endpoints::NotReady
+        },
+    )
+}
+
+/// One fail-closed webhook: "Kind/config webhook name", its service "ns/name", its endpoints.
+pub struct FailClosedHook {
+    pub hook: String,
+    pub service: String,
+    pub endpoints: Endpoints,
+}
+
+/// The `webhook-endpoints` verdict over the fail-closed webhooks: fail when one is known to have
+/// no ready endpoints; skipped (with the API's reason) when some could not be read and none is
+/// known bad — "cannot tell" is never a pass.
+pub fn webhook_verdict(hooks: &[FailClosedHook]) -> Check {
+    let name = "webhook-endpoints";
+    let mut bad = Vec::new();
+    let mut unreadable = Vec::new();
+    let mut reasons: Vec<&str> = Vec::new();
+    for h in hooks {
+        match &h.endpoints {
+            Endpoints::Ready => {}
+            Endpoints::NotReady => bad.push(format!(
+                "{}: failurePolicy Fail, service {} has no ready endpoints",
+                h.hook, h.service
+            )),
+            Endpoints::Unreadable(why) => {
+                unreadable.push(format!(
+                    "{}: service {}: endpoints not readable ({why})",
+                    h.hook, h.service
+                ));
+                if !reasons.contains(&why.as_str()) {
+                    reasons.push(why);
+                }
+            }
+        }
+    }
+    if !bad.is_empty() {
+        let n = bad.len();
+        bad.extend(unreadable);
+        Check::new(
+            name,
+            CheckStatus::Fail,
+            format!(
+                "{n} fail-closed webhook(s) without ready endpoints: matching API requests will be rejected during the upgrade"
+            ),
+            bad,
+        )
+    } else if !unreadable.is_empty() {
+        Check::new(
+            name,
+            CheckStatus::Skipped,
+            format!(
+                "skipped (forbidden: {}): the endpoints of {} of {} fail-closed webhook(s) could not be read",
+                reasons.join("; "),
+                unreadable.len(),
+                hooks.len()
+            ),
+            unreadable,
+        )
+    } else {
+        Check::new(
+            name,
+            CheckStatus::Pass,
+            format!(
+                "{} fail-closed webhook(s), all with ready endpoints",
+                hooks.len()
+            ),
+            vec![],
+        )
+    }
 }
 
 async fn webhook_check(
@@ -618,37 +699,20 @@ async fn webhook_check(
             ));
         }
     }
-    let mut bad = Vec::new();
-    let mut fail_closed = 0;
+    let mut fail_closed = Vec::new();
     for (kind, cfg, hook, policy, svc) in &hooks {
         // admissionregistration.k8s.io/v1 defaults failurePolicy to Fail.
         if policy.as_deref().unwrap_or("Fail") != "Fail" {
             continue;
         }
         let Some(svc) = svc else { continue };
-        fail_closed += 1;
-        if !service_has_ready_endpoints(client, &svc.namespace, &svc.name).await? {
-            bad.push(format!("{kind}/{cfg} webhook {hook}: failurePolicy Fail, service {}/{} has no ready endpoints", svc.namespace, svc.name));
-        }
+        fail_closed.push(FailClosedHook {
+            hook: format!("{kind}/{cfg} webhook {hook}"),
+            service: format!("{}/{}", svc.namespace, svc.name),
+            endpoints: service_endpoints(client, &svc.namespace, &svc.name).await?,
+        });
     }
-    Ok(if bad.is_empty() {
-        Check::new(
-            "webhook-endpoints",
-            CheckStatus::Pass,
-            format!("{fail_closed} fail-closed webhook(s), all with ready endpoints"),
-            vec![],
-        )
-    } else {
-        Check::new(
-            "webhook-endpoints",
-            CheckStatus::Fail,
-            format!(
-                "{} fail-closed webhook(s) without ready endpoints: matching API requests will be rejected during the upgrade",
-                bad.len()
-            ),
-            bad,
-        )
-    })
+    Ok(webhook_verdict(&fail_closed))
 }
 
 #[cfg(test)]
@@ -796,6 +860,32 @@ mod tests {
         let c = kube_proxy_skew(&[other], Some(&nodes), Minor::new(1, 35));
         assert_eq!(c.status, CheckStatus::Skipped, "{c:#?}");
         assert!(c.message.contains("no kube-proxy found"), "{c:#?}");
+    }
+
+    fn hook(name: &str, endpoints: Endpoints) -> FailClosedHook {
+        FailClosedHook {
+            hook: format!("ValidatingWebhookConfiguration/{name} webhook check.example.com"),
+            service: format!("ns/{name}"),
+            endpoints,
+        }
+    }
+
+    /// A 403 on the EndpointSlices is "cannot tell": skipped with the reason, never a pass.
+    #[test]
+    fn unreadable_webhook_endpoints_are_skipped_not_passed() {
+        let forbidden =
+            Endpoints::Unreadable("endpointslices.discovery.k8s.io is forbidden".into());
+        let c = webhook_verdict(&[hook("a", Endpoints::Ready), hook("b", forbidden.clone())]);
+        assert_eq!(c.status, CheckStatus::Skipped, "{c:#?}");
+        assert!(c.message.starts_with("skipped (forbidden: "), "{c:#?}");
+        assert!(c.objects.iter().any(|o| o.contains("ns/b")), "{c:#?}");
+        // A webhook known to be without endpoints still fails, and the unreadable one is named.
+        let c = webhook_verdict(&[hook("a", Endpoints::NotReady), hook("b", forbidden)]);
+        assert_eq!(c.status, CheckStatus::Fail, "{c:#?}");
+        assert_eq!(c.objects.len(), 2, "{c:#?}");
+        // Readable and ready: pass.
+        let c = webhook_verdict(&[hook("a", Endpoints::Ready)]);
+        assert_eq!(c.status, CheckStatus::Pass, "{c:#?}");
     }
 
     #[test]
