@@ -242,7 +242,7 @@ pub fn node_skew(
             .status
             .as_ref()
             .and_then(|s| s.node_info.as_ref())
-            .and_then(|i| get(i))
+            .and_then(get)
         else {
             continue;
         };
