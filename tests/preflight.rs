@@ -226,7 +226,16 @@ async fn cluster_sources_and_checks_each_reported_once() {
     );
     assert_eq!(live[0]["name"], "legacy");
     assert_eq!(live[0]["apiVersion"], "extensions/v1beta1");
-    assert_eq!(live[0]["severity"], "error");
+    // The test cluster no longer serves extensions/v1beta1: nobody can be writing with it today,
+    // so the annotation and the managedFields entry are history (info), with both as evidence.
+    assert_eq!(live[0]["severity"], "info");
+    assert_eq!(live[0]["usage"], "historical");
+    assert_eq!(
+        live[0]["evidence"].as_array().unwrap().len(),
+        2,
+        "{}",
+        live[0]
+    );
     assert_eq!(live[0]["replacement"], "apps/v1");
 
     let helm = findings(&report, |f| f["source"] == "helm" && in_ns(f));

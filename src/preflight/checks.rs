@@ -11,7 +11,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::{Api, ListParams};
 
-use super::version::{Minor, kubelet_skew_problem};
+use super::version::{Minor, kube_proxy_skew_problem, kubelet_skew_problem};
 use super::{Check, CheckStatus};
 use crate::error::Error;
 
@@ -75,26 +75,26 @@ pub async fn run(
         list_all::<MutatingWebhookConfiguration>(client, "mutatingwebhookconfigurations"),
     );
     let mut checks = vec![control_plane_path(current, target)];
-    checks.push(match pods? {
-        Some(p) => components(&p, current),
+    let pods = pods?;
+    let nodes = nodes?;
+    checks.push(match &pods {
+        Some(p) => components(p, current),
         None => forbidden("control-plane-components", "pods in kube-system"),
     });
-    match nodes? {
-        Some(n) => {
-            checks.push(node_skew(&n, target, "kubelet-skew", |n| {
-                Some(n.kubelet_version.clone())
-            }));
-            checks.push(node_skew(&n, target, "kube-proxy-skew", |n| {
-                Some(n.kube_proxy_version.clone())
-            }));
-            checks.push(node_health(&n));
-        }
-        None => {
-            for c in ["kubelet-skew", "kube-proxy-skew", "node-health"] {
-                checks.push(forbidden(c, "nodes"));
-            }
-        }
+    match &nodes {
+        Some(n) => checks.push(node_skew(n, target, "kubelet-skew", |n| {
+            Some(n.kubelet_version.clone())
+        })),
+        None => checks.push(forbidden("kubelet-skew", "nodes")),
     }
+    checks.push(match &pods {
+        Some(p) => kube_proxy_skew(p, nodes.as_deref(), target),
+        None => forbidden("kube-proxy-skew", "pods in kube-system"),
+    });
+    checks.push(match &nodes {
+        Some(n) => node_health(n),
+        None => forbidden("node-health", "nodes"),
+    });
     checks.push(match pdbs? {
         Some(p) => pdb_check(client, &p).await?,
         None => forbidden("pdb-disruptions", "poddisruptionbudgets"),
@@ -242,7 +242,7 @@ pub fn node_skew(
             .status
             .as_ref()
             .and_then(|s| s.node_info.as_ref())
-            .and_then(|i| get(i))
+            .and_then(get)
         else {
             continue;
         };
@@ -278,6 +278,119 @@ pub fn node_skew(
                 bad.len()
             ),
             bad,
+        )
+    }
+}
+
+/// Is this pod kube-proxy? kubeadm, EKS and most installers label its DaemonSet pods
+/// `k8s-app=kube-proxy`; GKE and AKS use `component=kube-proxy`.
+fn is_kube_proxy(p: &Pod) -> bool {
+    let labels = p.metadata.labels.as_ref();
+    let label = |k: &str| labels.and_then(|l| l.get(k)).map(String::as_str);
+    label("k8s-app") == Some("kube-proxy") || label("component") == Some("kube-proxy")
+}
+
+/// kube-proxy's version from its image tag: the container named kube-proxy, else the first with
+/// a version tag.
+fn kube_proxy_version(p: &Pod) -> Option<Minor> {
+    let containers = &p.spec.as_ref()?.containers;
+    let tagged =
+        |c: &k8s_openapi::api::core::v1::Container| c.image.as_deref().and_then(image_version);
+    containers
+        .iter()
+        .find(|c| c.name == "kube-proxy")
+        .and_then(tagged)
+        .or_else(|| containers.iter().find_map(tagged))
+}
+
+/// `kube-proxy-skew`: kube-proxy's real version, from its pods in kube-system (image tag, per
+/// node through `spec.nodeName`), against the target apiserver and the kubelet of its node. Node
+/// status' `kubeProxyVersion` is not used: the kubelet filled it with its own version up to 1.32
+/// and leaves it empty from 1.33. `nodes`: `None` when nodes cannot be listed (only the target
+/// is checked then).
+pub fn kube_proxy_skew(pods: &[Pod], nodes: Option<&[Node]>, target: Minor) -> Check {
+    let name = "kube-proxy-skew";
+    let kubelets: BTreeMap<String, Minor> = nodes
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|n| {
+            let v = n
+                .status
+                .as_ref()?
+                .node_info
+                .as_ref()?
+                .kubelet_version
+                .parse()
+                .ok()?;
+            Some((n.metadata.name.clone()?, v))
+        })
+        .collect();
+    let proxies: Vec<&Pod> = pods.iter().filter(|p| is_kube_proxy(p)).collect();
+    if proxies.is_empty() {
+        return Check::new(
+            name,
+            CheckStatus::Skipped,
+            "skipped: no kube-proxy found (no pod in kube-system labelled k8s-app=kube-proxy or component=kube-proxy; a kube-proxy-free CNI?)",
+            vec![],
+        );
+    }
+    let mut bad = Vec::new();
+    let mut unknown = Vec::new();
+    let mut known = 0;
+    for p in proxies {
+        let pod = p.metadata.name.clone().unwrap_or_default();
+        let node = p.spec.as_ref().and_then(|s| s.node_name.clone());
+        let on = node
+            .as_deref()
+            .map(|n| format!(" on node/{n}"))
+            .unwrap_or_default();
+        let Some(v) = kube_proxy_version(p) else {
+            unknown.push(format!("pod/{pod}{on} (no version in its image tag)"));
+            continue;
+        };
+        known += 1;
+        let kubelet = node.as_ref().and_then(|n| kubelets.get(n)).copied();
+        if let Some(problem) = kube_proxy_skew_problem(v, target, kubelet) {
+            let beside = kubelet
+                .map(|k| format!(", kubelet {k}"))
+                .unwrap_or_default();
+            bad.push(format!("pod/{pod}{on} (kube-proxy {v}{beside}: {problem})"));
+        }
+    }
+    if !bad.is_empty() {
+        let n = bad.len();
+        bad.extend(unknown);
+        Check::new(
+            name,
+            CheckStatus::Fail,
+            format!("{n} kube-proxy pod(s) outside the skew policy for an apiserver at {target}"),
+            bad,
+        )
+    } else if known == 0 {
+        Check::new(
+            name,
+            CheckStatus::Skipped,
+            "skipped: kube-proxy found, but no version in its image tags",
+            unknown,
+        )
+    } else if !unknown.is_empty() {
+        Check::new(
+            name,
+            CheckStatus::Warn,
+            format!(
+                "{known} kube-proxy pod(s) within the skew policy for an apiserver at {target}; {} without a version in the image tag",
+                unknown.len()
+            ),
+            unknown,
+        )
+    } else {
+        Check::new(
+            name,
+            CheckStatus::Pass,
+            format!(
+                "all {known} kube-proxy pod(s) within the skew policy for an apiserver at {target} and their nodes' kubelets"
+            ),
+            vec![],
         )
     }
 }
@@ -451,18 +564,23 @@ async fn pdb_check(client: &kube::Client, pdbs: &[PodDisruptionBudget]) -> Resul
     })
 }
 
-async fn service_has_ready_endpoints(
-    client: &kube::Client,
-    ns: &str,
-    svc: &str,
-) -> Result<bool, Error> {
+/// What a webhook's service has, as far as we may read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoints {
+    Ready,
+    NotReady,
+    /// The EndpointSlices could not be read (the API's message, e.g. forbidden).
+    Unreadable(String),
+}
+
+async fn service_endpoints(client: &kube::Client, ns: &str, svc: &str) -> Result<Endpoints, Error> {
     let api: Api<EndpointSlice> = Api::namespaced(client.clone(), ns);
     let slices = match api
         .list(&ListParams::default().labels(&format!("kubernetes.io/service-name={svc}")))
         .await
     {
         Ok(l) => l.items,
-        Err(kube::Error::Api(s)) if s.code == 403 => return Ok(true), // cannot tell: do not accuse
+        Err(kube::Error::Api(s)) if s.code == 403 => return Ok(Endpoints::Unreadable(s.message)),
         Err(source) => {
             return Err(Error::Kube {
                 action: "list endpointslices".into(),
@@ -470,10 +588,86 @@ async fn service_has_ready_endpoints(
             });
         }
     };
-    Ok(slices
-        .iter()
-        .flat_map(|s| s.endpoints.iter())
-        .any(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true)))
+    Ok(
+        if slices
+            .iter()
+            .flat_map(|s| s.endpoints.iter())
+            .any(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true))
+        {
+            Endpoints::Ready
+        } else {
+            Endpoints::NotReady
+        },
+    )
+}
+
+/// One fail-closed webhook: "Kind/config webhook name", its service "ns/name", its endpoints.
+pub struct FailClosedHook {
+    pub hook: String,
+    pub service: String,
+    pub endpoints: Endpoints,
+}
+
+/// The `webhook-endpoints` verdict over the fail-closed webhooks: fail when one is known to have
+/// no ready endpoints; skipped (with the API's reason) when some could not be read and none is
+/// known bad — "cannot tell" is never a pass.
+pub fn webhook_verdict(hooks: &[FailClosedHook]) -> Check {
+    let name = "webhook-endpoints";
+    let mut bad = Vec::new();
+    let mut unreadable = Vec::new();
+    let mut reasons: Vec<&str> = Vec::new();
+    for h in hooks {
+        match &h.endpoints {
+            Endpoints::Ready => {}
+            Endpoints::NotReady => bad.push(format!(
+                "{}: failurePolicy Fail, service {} has no ready endpoints",
+                h.hook, h.service
+            )),
+            Endpoints::Unreadable(why) => {
+                unreadable.push(format!(
+                    "{}: service {}: endpoints not readable ({why})",
+                    h.hook, h.service
+                ));
+                if !reasons.contains(&why.as_str()) {
+                    reasons.push(why);
+                }
+            }
+        }
+    }
+    if !bad.is_empty() {
+        let n = bad.len();
+        bad.extend(unreadable);
+        Check::new(
+            name,
+            CheckStatus::Fail,
+            format!(
+                "{n} fail-closed webhook(s) without ready endpoints: matching API requests will be rejected during the upgrade"
+            ),
+            bad,
+        )
+    } else if !unreadable.is_empty() {
+        Check::new(
+            name,
+            CheckStatus::Skipped,
+            format!(
+                "skipped (forbidden: {}): the endpoints of {} of {} fail-closed webhook(s) could not be read",
+                reasons.join("; "),
+                unreadable.len(),
+                hooks.len()
+            ),
+            unreadable,
+        )
+    } else {
+        Check::new(
+            name,
+            CheckStatus::Pass,
+            format!(
+                "{} fail-closed webhook(s), all with ready endpoints",
+                hooks.len()
+            ),
+            vec![],
+        )
+    }
 }
 
 async fn webhook_check(
@@ -505,37 +699,20 @@ async fn webhook_check(
             ));
         }
     }
-    let mut bad = Vec::new();
-    let mut fail_closed = 0;
+    let mut fail_closed = Vec::new();
     for (kind, cfg, hook, policy, svc) in &hooks {
         // admissionregistration.k8s.io/v1 defaults failurePolicy to Fail.
         if policy.as_deref().unwrap_or("Fail") != "Fail" {
             continue;
         }
         let Some(svc) = svc else { continue };
-        fail_closed += 1;
-        if !service_has_ready_endpoints(client, &svc.namespace, &svc.name).await? {
-            bad.push(format!("{kind}/{cfg} webhook {hook}: failurePolicy Fail, service {}/{} has no ready endpoints", svc.namespace, svc.name));
-        }
+        fail_closed.push(FailClosedHook {
+            hook: format!("{kind}/{cfg} webhook {hook}"),
+            service: format!("{}/{}", svc.namespace, svc.name),
+            endpoints: service_endpoints(client, &svc.namespace, &svc.name).await?,
+        });
     }
-    Ok(if bad.is_empty() {
-        Check::new(
-            "webhook-endpoints",
-            CheckStatus::Pass,
-            format!("{fail_closed} fail-closed webhook(s), all with ready endpoints"),
-            vec![],
-        )
-    } else {
-        Check::new(
-            "webhook-endpoints",
-            CheckStatus::Fail,
-            format!(
-                "{} fail-closed webhook(s) without ready endpoints: matching API requests will be rejected during the upgrade",
-                bad.len()
-            ),
-            bad,
-        )
-    })
+    Ok(webhook_verdict(&fail_closed))
 }
 
 #[cfg(test)]
@@ -574,6 +751,141 @@ mod tests {
         )
         .unwrap();
         assert!(selects(&sel, &labels));
+    }
+
+    fn node(name: &str, kubelet: &str) -> Node {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "status": {"nodeInfo": {"kubeletVersion": kubelet, "kubeProxyVersion": kubelet,
+                "architecture": "amd64", "operatingSystem": "linux", "bootID": "",
+                "containerRuntimeVersion": "", "kernelVersion": "", "machineID": "",
+                "osImage": "", "systemUUID": ""}}
+        }))
+        .unwrap()
+    }
+
+    fn proxy_pod(name: &str, node: &str, labels: serde_json::Value, image: &str) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": "kube-system", "labels": labels},
+            "spec": {"nodeName": node, "containers": [{"name": "kube-proxy", "image": image}]}
+        }))
+        .unwrap()
+    }
+
+    /// kube-proxy's version comes from its pods' images, per node: node status'
+    /// kubeProxyVersion was the kubelet's own version (and is empty from 1.33).
+    #[test]
+    fn kube_proxy_skew_reads_the_pods_not_the_node_status() {
+        let target = Minor::new(1, 35);
+        // The kubelets are fine (1.34); kube-proxy on node b is 1.31: four minors behind 1.35.
+        let nodes = vec![node("a", "v1.34.4"), node("b", "v1.34.4")];
+        let pods = vec![
+            proxy_pod(
+                "kube-proxy-1",
+                "a",
+                serde_json::json!({"k8s-app": "kube-proxy"}),
+                "registry.k8s.io/kube-proxy:v1.34.4",
+            ),
+            proxy_pod(
+                "kube-proxy-2",
+                "b",
+                serde_json::json!({"k8s-app": "kube-proxy"}),
+                "registry.k8s.io/kube-proxy:v1.31.2",
+            ),
+        ];
+        let c = kube_proxy_skew(&pods, Some(&nodes), target);
+        assert_eq!(c.status, CheckStatus::Fail, "{c:#?}");
+        assert_eq!(c.objects.len(), 1, "{c:#?}");
+        assert!(
+            c.objects[0].contains("kube-proxy-2") && c.objects[0].contains("node/b"),
+            "{c:#?}"
+        );
+        // All within the policy: pass, naming how many were checked.
+        let pods = vec![proxy_pod(
+            "kube-proxy-x",
+            "a",
+            serde_json::json!({"component": "kube-proxy"}),
+            "gke.gcr.io/kube-proxy-amd64:v1.33.1-gke.100",
+        )];
+        let c = kube_proxy_skew(&pods, Some(&nodes), target);
+        assert_eq!(c.status, CheckStatus::Pass, "{c:#?}");
+    }
+
+    /// kube-proxy may be at most three minors older or newer than the kubelet beside it (two
+    /// for kube-proxy older than 1.25), and never newer than the apiserver.
+    #[test]
+    fn kube_proxy_against_its_nodes_kubelet_and_the_target() {
+        let target = Minor::new(1, 35);
+        let pod = |v: &str| {
+            vec![proxy_pod(
+                "kube-proxy-1",
+                "a",
+                serde_json::json!({"k8s-app": "kube-proxy"}),
+                &format!("registry.k8s.io/kube-proxy:{v}"),
+            )]
+        };
+        // kubelet 1.31 (itself too old for 1.35, but that is kubelet-skew's finding), kube-proxy
+        // 1.35: four minors newer than its kubelet.
+        let nodes = vec![node("a", "v1.31.0")];
+        let c = kube_proxy_skew(&pod("v1.35.0"), Some(&nodes), target);
+        assert_eq!(c.status, CheckStatus::Fail, "{c:#?}");
+        assert!(c.objects[0].contains("kubelet"), "{c:#?}");
+        // kube-proxy 1.36: newer than the target apiserver.
+        let nodes = vec![node("a", "v1.35.0")];
+        let c = kube_proxy_skew(&pod("v1.36.0"), Some(&nodes), target);
+        assert_eq!(c.status, CheckStatus::Fail, "{c:#?}");
+        assert!(c.objects[0].contains("apiserver"), "{c:#?}");
+        // kube-proxy 1.32 beside kubelet 1.35, apiserver 1.35: three minors is allowed.
+        let c = kube_proxy_skew(&pod("v1.32.9"), Some(&nodes), target);
+        assert_eq!(c.status, CheckStatus::Pass, "{c:#?}");
+        // kube-proxy 1.24 beside kubelet 1.27 (apiserver 1.26): older than 1.25 allows two.
+        let nodes = vec![node("a", "v1.27.0")];
+        let c = kube_proxy_skew(&pod("v1.24.0"), Some(&nodes), Minor::new(1, 26));
+        assert_eq!(c.status, CheckStatus::Fail, "{c:#?}");
+        // Without node access the target is still checked.
+        let c = kube_proxy_skew(&pod("v1.31.0"), None, target);
+        assert_eq!(c.status, CheckStatus::Fail, "{c:#?}");
+    }
+
+    /// No kube-proxy (kube-proxy-free CNIs): skipped and says so, never a silent pass — also on
+    /// a 1.33+ cluster whose node status has no kubeProxyVersion.
+    #[test]
+    fn no_kube_proxy_is_skipped_and_says_so() {
+        let nodes = vec![node("a", "v1.34.4")];
+        let other: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "coredns-1", "labels": {"k8s-app": "kube-dns"}},
+            "spec": {"nodeName": "a", "containers": [{"name": "coredns", "image": "registry.k8s.io/coredns/coredns:v1.12.0"}]}
+        }))
+        .unwrap();
+        let c = kube_proxy_skew(&[other], Some(&nodes), Minor::new(1, 35));
+        assert_eq!(c.status, CheckStatus::Skipped, "{c:#?}");
+        assert!(c.message.contains("no kube-proxy found"), "{c:#?}");
+    }
+
+    fn hook(name: &str, endpoints: Endpoints) -> FailClosedHook {
+        FailClosedHook {
+            hook: format!("ValidatingWebhookConfiguration/{name} webhook check.example.com"),
+            service: format!("ns/{name}"),
+            endpoints,
+        }
+    }
+
+    /// A 403 on the EndpointSlices is "cannot tell": skipped with the reason, never a pass.
+    #[test]
+    fn unreadable_webhook_endpoints_are_skipped_not_passed() {
+        let forbidden =
+            Endpoints::Unreadable("endpointslices.discovery.k8s.io is forbidden".into());
+        let c = webhook_verdict(&[hook("a", Endpoints::Ready), hook("b", forbidden.clone())]);
+        assert_eq!(c.status, CheckStatus::Skipped, "{c:#?}");
+        assert!(c.message.starts_with("skipped (forbidden: "), "{c:#?}");
+        assert!(c.objects.iter().any(|o| o.contains("ns/b")), "{c:#?}");
+        // A webhook known to be without endpoints still fails, and the unreadable one is named.
+        let c = webhook_verdict(&[hook("a", Endpoints::NotReady), hook("b", forbidden)]);
+        assert_eq!(c.status, CheckStatus::Fail, "{c:#?}");
+        assert_eq!(c.objects.len(), 2, "{c:#?}");
+        // Readable and ready: pass.
+        let c = webhook_verdict(&[hook("a", Endpoints::Ready)]);
+        assert_eq!(c.status, CheckStatus::Pass, "{c:#?}");
     }
 
     #[test]

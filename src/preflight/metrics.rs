@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use super::db::{self, Database, Severity};
 use super::version::Minor;
-use super::{Finding, Source};
+use super::{Evidence, EvidenceSource, Finding, Source, Usage};
 
 const METRIC: &str = "apiserver_requested_deprecated_apis";
 
@@ -89,58 +89,75 @@ pub async fn scan(
             );
         }
     };
-    let mut findings = Vec::new();
-    for series in parse(&text) {
-        let group = series.get("group").cloned().unwrap_or_default();
-        let version = series.get("version").cloned().unwrap_or_default();
-        let resource = series.get("resource").cloned().unwrap_or_default();
-        let subresource = series.get("subresource").cloned().unwrap_or_default();
-        let removed: Option<Minor> = series.get("removed_release").and_then(|r| r.parse().ok());
-        let api_version = if group.is_empty() {
-            version.clone()
-        } else {
-            format!("{group}/{version}")
-        };
-        let entry = db
-            .by_group_version(&api_version)
-            .find(|e| db::plural(&e.kind) == resource);
-        let (severity, mut f) = match entry {
-            Some(e) => {
-                let sev = db::classify(e, target).unwrap_or(Severity::Info);
-                let f = Finding::for_entry(Source::Metrics, e, sev, String::new());
-                (sev, f)
-            }
-            None => {
-                let sev = match removed {
-                    Some(r) if r <= target => Severity::Error,
-                    _ => Severity::Warning,
-                };
-                let f = Finding {
-                    removed_in: removed,
-                    ..Finding::new(Source::Metrics, resource.clone(), api_version.clone(), sev)
-                };
-                (sev, f)
-            }
-        };
-        let what = if subresource.is_empty() {
-            resource.clone()
-        } else {
-            format!("{resource}/{subresource}")
-        };
-        f.message = format!(
-            "clients requested deprecated {api_version} {what} since the apiserver started{}",
-            match removed {
-                Some(r) => format!(" (removed in {r})"),
-                None => String::new(),
-            }
-        );
-        if let Some(r) = &f.replacement {
-            f.message.push_str(&format!("; use {r}"));
-        }
-        f.severity = severity;
-        findings.push(f);
-    }
+    let findings = parse(&text)
+        .iter()
+        .map(|series| series_finding(db, target, series))
+        .collect();
     (findings, vec![])
+}
+
+/// The finding for one series of the metric: current use (a client requested the version since
+/// the apiserver started), with the metric as its evidence.
+pub fn series_finding(db: &Database, target: Minor, series: &BTreeMap<String, String>) -> Finding {
+    let group = series.get("group").cloned().unwrap_or_default();
+    let version = series.get("version").cloned().unwrap_or_default();
+    let resource = series.get("resource").cloned().unwrap_or_default();
+    let subresource = series.get("subresource").cloned().unwrap_or_default();
+    let removed: Option<Minor> = series.get("removed_release").and_then(|r| r.parse().ok());
+    let api_version = if group.is_empty() {
+        version.clone()
+    } else {
+        format!("{group}/{version}")
+    };
+    let entry = db
+        .by_group_version(&api_version)
+        .find(|e| db::plural(&e.kind) == resource);
+    let (severity, mut f) = match entry {
+        Some(e) => {
+            let sev = db::classify(e, target).unwrap_or(Severity::Info);
+            let f = Finding::for_entry(Source::Metrics, e, sev, String::new());
+            (sev, f)
+        }
+        None => {
+            let sev = match removed {
+                Some(r) if r <= target => Severity::Error,
+                _ => Severity::Warning,
+            };
+            let f = Finding {
+                removed_in: removed,
+                ..Finding::new(Source::Metrics, resource.clone(), api_version.clone(), sev)
+            };
+            (sev, f)
+        }
+    };
+    let what = if subresource.is_empty() {
+        resource.clone()
+    } else {
+        format!("{resource}/{subresource}")
+    };
+    f.message = format!(
+        "clients requested deprecated {api_version} {what} since the apiserver started{}",
+        match removed {
+            Some(r) => format!(" (removed in {r})"),
+            None => String::new(),
+        }
+    );
+    if let Some(r) = &f.replacement {
+        f.message.push_str(&format!("; use {r}"));
+    }
+    f.severity = severity;
+    f.usage = Some(Usage::Current);
+    f.evidence = vec![Evidence {
+        source: EvidenceSource::Metrics,
+        manager: None,
+        operation: None,
+        time: None,
+        usage: Usage::Current,
+        reason: format!(
+            "{METRIC} counts requests for {api_version} {what} since the apiserver started"
+        ),
+    }];
+    f
 }
 
 #[cfg(test)]
@@ -156,5 +173,20 @@ apiserver_request_total{code=\"200\"} 5\n";
         assert_eq!(s[0]["group"], "stable.example.com");
         assert_eq!(s[0]["resource"], "widgets");
         assert_eq!(s[0]["removed_release"], "");
+    }
+
+    /// Metric findings are current use, with the metric as their evidence (in the JSON).
+    #[test]
+    fn metric_findings_carry_their_evidence() {
+        let db = crate::preflight::db::Database::embedded();
+        let series = super::parse(
+            "apiserver_requested_deprecated_apis{group=\"batch\",removed_release=\"1.25\",resource=\"cronjobs\",subresource=\"\",version=\"v1beta1\"} 1\n",
+        );
+        let f = super::series_finding(&db, super::Minor::new(1, 25), &series[0]);
+        let json = serde_json::to_value(&f).unwrap();
+        assert_eq!(json["severity"], "error");
+        assert_eq!(json["usage"], "current");
+        assert_eq!(json["evidence"][0]["source"], "metrics");
+        assert_eq!(json["evidence"][0]["usage"], "current");
     }
 }

@@ -73,6 +73,45 @@ pub struct Finding {
     pub replacement_available_in: Option<Minor>,
     pub severity: Severity,
     pub message: String,
+    /// Live and metrics findings: is the old apiVersion in use today (`current`) or only a trace
+    /// of the past (`historical`, reported as `info`)? `None` for the other sources.
+    pub usage: Option<Usage>,
+    /// How the use of the apiVersion was seen (live and metrics findings).
+    pub evidence: Vec<Evidence>,
+}
+
+/// Whether evidence shows use of an apiVersion today or only in the past.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Usage {
+    Historical,
+    Current,
+}
+
+/// Where a use of an apiVersion was seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum EvidenceSource {
+    /// The object's `kubectl.kubernetes.io/last-applied-configuration` annotation.
+    LastApplied,
+    /// One `metadata.managedFields` entry.
+    ManagedFields,
+    /// The apiserver's `apiserver_requested_deprecated_apis` metric.
+    Metrics,
+}
+
+/// One piece of evidence that an apiVersion was used, and how it was classified.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Evidence {
+    pub source: EvidenceSource,
+    /// managedFields: the field manager, its operation (`Update`/`Apply`) and its timestamp.
+    pub manager: Option<String>,
+    pub operation: Option<String>,
+    pub time: Option<String>,
+    pub usage: Usage,
+    /// Why it is `current` or `historical`.
+    pub reason: String,
 }
 
 impl Finding {
@@ -94,6 +133,8 @@ impl Finding {
             replacement_available_in: None,
             severity,
             message: String::new(),
+            usage: None,
+            evidence: Vec::new(),
         }
     }
 
@@ -196,6 +237,27 @@ pub struct Summary {
     pub checks_warned: usize,
     pub files_scanned: usize,
     pub objects_scanned: usize,
+}
+
+impl Summary {
+    /// Count the findings by severity and the failed and warned checks.
+    pub fn tally(&mut self, findings: &[Finding], checks: &[Check]) {
+        for f in findings {
+            match f.severity {
+                Severity::Error => self.errors += 1,
+                Severity::Warning => self.warnings += 1,
+                Severity::Info => self.infos += 1,
+            }
+        }
+        self.checks_failed = checks
+            .iter()
+            .filter(|c| c.status == CheckStatus::Fail)
+            .count();
+        self.checks_warned = checks
+            .iter()
+            .filter(|c| c.status == CheckStatus::Warn)
+            .count();
+    }
 }
 
 impl Report {
@@ -417,21 +479,7 @@ pub async fn preflight(
             .then(a.name.cmp(&b.name))
             .then(a.api_version.cmp(&b.api_version))
     });
-    for f in &findings {
-        match f.severity {
-            Severity::Error => summary.errors += 1,
-            Severity::Warning => summary.warnings += 1,
-            Severity::Info => summary.infos += 1,
-        }
-    }
-    summary.checks_failed = checks
-        .iter()
-        .filter(|c| c.status == CheckStatus::Fail)
-        .count();
-    summary.checks_warned = checks
-        .iter()
-        .filter(|c| c.status == CheckStatus::Warn)
-        .count();
+    summary.tally(&findings, &checks);
     Ok(Report {
         target,
         server_version: server.as_ref().map(|(_, i)| i.git_version.clone()),
@@ -448,6 +496,51 @@ pub async fn preflight(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A StatefulSet last applied as apps/v1beta1 long ago (the cluster no longer serves it) and
+    /// its ControllerRevision (which carries a copy of the annotation): no error, exit 0 even
+    /// with `--fail-on deprecated`; the history is reported as info.
+    #[test]
+    fn historical_live_evidence_never_fails_the_exit_code() {
+        let db = Database::embedded();
+        let la = serde_json::json!({"apiVersion": "apps/v1beta1", "kind": "StatefulSet", "metadata": {"name": "web"}}).to_string();
+        let sts: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta =
+            serde_json::from_value(serde_json::json!({
+                "name": "web", "namespace": "shop",
+                "annotations": {"kubectl.kubernetes.io/last-applied-configuration": la}
+            }))
+            .unwrap();
+        let mut rev = sts.clone();
+        rev.name = Some("web-6d4f7c9b8".into());
+        let served: std::collections::BTreeSet<String> =
+            ["apps/v1".to_string()].into_iter().collect();
+        let target = Minor::new(1, 35);
+        let mut findings = live::object_findings(&db, target, "StatefulSet", &sts, &served);
+        findings.extend(live::object_findings(
+            &db,
+            target,
+            "ControllerRevision",
+            &rev,
+            &served,
+        ));
+        assert_eq!(findings.len(), 1, "{findings:#?}");
+        assert_eq!(findings[0].kind, "StatefulSet");
+        let mut summary = Summary::default();
+        summary.tally(&findings, &[]);
+        assert_eq!((summary.errors, summary.warnings, summary.infos), (0, 0, 1));
+        let report = Report {
+            target,
+            server_version: None,
+            database_version: None,
+            findings,
+            checks: vec![],
+            notes: vec![],
+            summary,
+        };
+        for fail_on in [FailOn::Removed, FailOn::Deprecated] {
+            assert_eq!(report.exit(fail_on), Exit::Success, "{fail_on:?}");
+        }
+    }
 
     /// Every database entry, in a manifest, for targets before deprecation, between deprecation
     /// and removal, at removal and after it.

@@ -99,6 +99,32 @@ pub fn kubelet_skew_problem(kubelet: Minor, apiserver: Minor) -> Option<String> 
     }
 }
 
+/// Why a kube-proxy of version `proxy` may not run against an apiserver of version `apiserver`
+/// beside a kubelet of version `kubelet` (Kubernetes version-skew policy): never newer than the
+/// apiserver and at most three minors older; at most three minors older or newer than the
+/// kubelet on its node; two instead of three for kube-proxy older than 1.25.
+pub fn kube_proxy_skew_problem(
+    proxy: Minor,
+    apiserver: Minor,
+    kubelet: Option<Minor>,
+) -> Option<String> {
+    let mut problems = Vec::new();
+    // Against the apiserver the rule is the kubelet's (with kube-proxy's own version).
+    problems.extend(kubelet_skew_problem(proxy, apiserver));
+    if let Some(kubelet) = kubelet {
+        let allowed = if proxy < Minor::new(1, 25) { 2 } else { 3 };
+        let d = proxy.minors_to(kubelet);
+        if d.abs() > allowed {
+            problems.push(format!(
+                "{} minors {} than the kubelet {kubelet} on its node (at most {allowed} allowed for {proxy})",
+                d.abs(),
+                if d > 0 { "older" } else { "newer" }
+            ));
+        }
+    }
+    (!problems.is_empty()).then(|| problems.join("; "))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
