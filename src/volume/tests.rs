@@ -485,3 +485,33 @@ async fn a_stream_cut_short_is_an_error_even_at_an_entry_boundary() {
         assert!(matches!(r, Err(VolumeError::Truncated(_))), "{what}: {r:?}");
     }
 }
+
+#[test]
+fn the_kubelets_fs_group_changes_are_modelled_exactly() {
+    let e = |path: &str, kind: EntryType, mode: u32| FileEntry {
+        path: path.into(),
+        kind,
+        mode,
+        uid: 1000,
+        gid: 1000,
+        size: 0,
+        mtime: 0,
+        target: (kind == EntryType::Symlink).then(|| "x".into()),
+        chunks: vec![],
+        hash: None,
+    };
+    let tree = vec![
+        e("db", EntryType::Dir, 0o755),
+        e("db/key", EntryType::File, 0o600),
+        e("link", EntryType::Symlink, 0o777),
+    ];
+    let after = as_after_fs_group(&tree, 2000);
+    assert_eq!(
+        after.iter().map(|e| (e.mode, e.gid)).collect::<Vec<_>>(),
+        [(0o2775, 2000), (0o660, 2000), (0o777, 1000)]
+    );
+    // Exactly those changes, nothing else: another mode is still a difference.
+    let mut other = after.clone();
+    other[1].mode = 0o664;
+    assert_eq!(compare_trees(&after, &other), ["db/key: mode 664, was 660"]);
+}
