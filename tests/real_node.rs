@@ -262,6 +262,42 @@ where
     api.create(&PostParams::default(), &o).await.unwrap();
 }
 
+/// A one-replica StatefulSet `name` of busybox (`sleep`), with `security` as its pod security
+/// context and one claim of `class` per (claim, mount path, size).
+async fn busybox_statefulset(
+    ns: &TestNs,
+    name: &str,
+    security: Value,
+    claims: &[(&str, &str, &str)],
+    class: &str,
+) {
+    let mounts: Vec<Value> = claims
+        .iter()
+        .map(|(c, path, _)| json!({"name": c, "mountPath": path}))
+        .collect();
+    let templates: Vec<Value> = claims
+        .iter()
+        .map(|(c, _, size)| {
+            json!({"metadata": {"name": c}, "spec": {"accessModes": ["ReadWriteOnce"],
+                   "storageClassName": class, "resources": {"requests": {"storage": size}}}})
+        })
+        .collect();
+    create(
+        &ns.api::<StatefulSet>(),
+        json!({
+            "metadata": {"name": name},
+            "spec": {"replicas": 1, "serviceName": name, "selector": {"matchLabels": {"app": name}},
+                "template": {"metadata": {"labels": {"app": name}}, "spec": {
+                    "terminationGracePeriodSeconds": 1,
+                    "securityContext": security,
+                    "containers": [{"name": name, "image": BUSYBOX, "imagePullPolicy": "IfNotPresent",
+                        "command": ["sleep", "36000"], "volumeMounts": mounts}]}},
+                "volumeClaimTemplates": templates}
+        }),
+    )
+    .await;
+}
+
 fn mover_pods_left(pods: &[Pod]) -> Vec<String> {
     pods.iter()
         .filter(|p| {
@@ -284,23 +320,15 @@ async fn real_volumes_back_up_and_restore_byte_identical_through_busybox_tar() {
         return;
     };
     let ns = TestNs::new("rn-vol").await;
-    create(
-        &ns.api::<StatefulSet>(),
-        json!({
-            "metadata": {"name": "db"},
-            "spec": {"replicas": 1, "serviceName": "db", "selector": {"matchLabels": {"app": "db"}},
-                "template": {"metadata": {"labels": {"app": "db"}}, "spec": {
-                    "terminationGracePeriodSeconds": 1,
-                    "containers": [{"name": "db", "image": BUSYBOX, "imagePullPolicy": "IfNotPresent",
-                        "command": ["sleep", "36000"],
-                        "volumeMounts": [{"name": "data", "mountPath": "/var/lib/db"},
-                                         {"name": "logs", "mountPath": "/var/log/db"}]}]}},
-                "volumeClaimTemplates": [
-                    {"metadata": {"name": "data"}, "spec": {"accessModes": ["ReadWriteOnce"],
-                     "storageClassName": rc.class, "resources": {"requests": {"storage": "1Gi"}}}},
-                    {"metadata": {"name": "logs"}, "spec": {"accessModes": ["ReadWriteOnce"],
-                     "storageClassName": rc.class, "resources": {"requests": {"storage": "1Gi"}}}}]}
-        }),
+    busybox_statefulset(
+        &ns,
+        "db",
+        json!({}),
+        &[
+            ("data", "/var/lib/db", "1Gi"),
+            ("logs", "/var/log/db", "1Gi"),
+        ],
+        &rc.class,
     )
     .await;
     pod_ready(&client, &ns.name, "db-0", Duration::from_secs(180)).await;
@@ -827,21 +855,12 @@ async fn a_non_root_workloads_fsgroup_volume_is_read_as_that_user() {
         return;
     };
     let ns = TestNs::new("rn-user").await;
-    create(
-        &ns.api::<StatefulSet>(),
-        json!({
-            "metadata": {"name": "app"},
-            "spec": {"replicas": 1, "serviceName": "app", "selector": {"matchLabels": {"app": "app"}},
-                "template": {"metadata": {"labels": {"app": "app"}}, "spec": {
-                    "terminationGracePeriodSeconds": 1,
-                    "securityContext": {"runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 2000},
-                    "containers": [{"name": "app", "image": BUSYBOX, "imagePullPolicy": "IfNotPresent",
-                        "command": ["sleep", "36000"],
-                        "volumeMounts": [{"name": "data", "mountPath": "/data"}]}]}},
-                "volumeClaimTemplates": [
-                    {"metadata": {"name": "data"}, "spec": {"accessModes": ["ReadWriteOnce"],
-                     "storageClassName": rc.class, "resources": {"requests": {"storage": "1Gi"}}}}]}
-        }),
+    busybox_statefulset(
+        &ns,
+        "app",
+        json!({"runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 2000}),
+        &[("data", "/data", "1Gi")],
+        &rc.class,
     )
     .await;
     pod_ready(&client, &ns.name, "app-0", Duration::from_secs(180)).await;
@@ -1018,22 +1037,7 @@ async fn ctrl_c_during_real_data_movement_cleans_up_and_lists_no_backup() {
         return;
     };
     let ns = TestNs::new("rn-ctrlc").await;
-    create(
-        &ns.api::<StatefulSet>(),
-        json!({
-            "metadata": {"name": "db"},
-            "spec": {"replicas": 1, "serviceName": "db", "selector": {"matchLabels": {"app": "db"}},
-                "template": {"metadata": {"labels": {"app": "db"}}, "spec": {
-                    "terminationGracePeriodSeconds": 1,
-                    "containers": [{"name": "db", "image": BUSYBOX, "imagePullPolicy": "IfNotPresent",
-                        "command": ["sleep", "36000"],
-                        "volumeMounts": [{"name": "data", "mountPath": "/data"}]}]}},
-                "volumeClaimTemplates": [
-                    {"metadata": {"name": "data"}, "spec": {"accessModes": ["ReadWriteOnce"],
-                     "storageClassName": rc.class, "resources": {"requests": {"storage": "2Gi"}}}}]}
-        }),
-    )
-    .await;
+    busybox_statefulset(&ns, "db", json!({}), &[("data", "/data", "2Gi")], &rc.class).await;
     pod_ready(&client, &ns.name, "db-0", Duration::from_secs(180)).await;
     sh_ok(
         &client,

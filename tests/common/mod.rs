@@ -79,16 +79,21 @@ pub fn plain_env() -> &'static Env {
             "harness: the shared environment has a real node; the stand-in's tests get their own in {}",
             dir.display()
         );
-        let vars = testenv_up(&dir, &[]);
-        Env {
-            kubeconfig: vars["KUBECONFIG"].clone().into(),
-            s3: s3_from(&vars),
-            testenv_dir: Some(dir),
-            s3_dir: None,
-            external: false,
-            _tmp: Some(tmp),
-        }
+        private_env(tmp, dir, &[])
     })
+}
+
+/// Start an environment of our own in `dir` (inside `tmp`, kept alive with it) and describe it.
+fn private_env(tmp: tempfile::TempDir, dir: PathBuf, extra: &[&str]) -> Env {
+    let vars = testenv_up(&dir, extra);
+    Env {
+        kubeconfig: vars["KUBECONFIG"].clone().into(),
+        s3: s3_from(&vars),
+        testenv_dir: Some(dir),
+        s3_dir: None,
+        external: false,
+        _tmp: Some(tmp),
+    }
 }
 
 fn testenv_script() -> PathBuf {
@@ -225,15 +230,7 @@ pub fn env() -> &'static Env {
         } else {
             vec![]
         };
-        let vars = testenv_up(&dir, &extra);
-        Env {
-            kubeconfig: vars["KUBECONFIG"].clone().into(),
-            s3: s3_from(&vars),
-            testenv_dir: Some(dir),
-            s3_dir: None,
-            external: false,
-            _tmp: Some(tmp),
-        }
+        private_env(tmp, dir, &extra)
     })
 }
 
