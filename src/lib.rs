@@ -463,6 +463,33 @@ async fn backup_command(
             output::emit(out, &backup::manage::list(&repo, &args.tags).await?)?;
             Ok(Exit::Success)
         }
+        BackupCommand::Diff(a) => {
+            let opts = backup::diff::DiffOptions {
+                namespaces: a.namespaces.clone(),
+                include_resources: a.include_resources.clone(),
+                values: a.values,
+                status: a.status,
+            };
+            let repo = repo::access::open(&ropts).await?;
+            let report = match (&a.to, a.live) {
+                (Some(to), _) => backup::diff::backups(&repo, &a.from, to, &opts).await?,
+                (None, _) => {
+                    let cluster = cluster::connect(&settings.cluster_options()).await?;
+                    cluster
+                        .client
+                        .apiserver_version()
+                        .await
+                        .map_err(|source| crate::error::cluster_error(&cluster.server, source))?;
+                    backup::diff::live(&repo, &cluster.client, &a.from, &opts).await?
+                }
+            };
+            output::emit(out, &report)?;
+            Ok(if report.has_differences() {
+                Exit::Findings
+            } else {
+                Exit::Success
+            })
+        }
         BackupCommand::Describe { id } => {
             let repo = repo::access::open(&ropts).await?;
             output::emit(out, &backup::manage::describe(&repo, &id).await?)?;
@@ -526,6 +553,8 @@ async fn restore_command(
     g: &cli::GlobalArgs,
     settings: &Settings,
 ) -> Result<Exit, Error> {
+    // Bad input fails before anything is contacted.
+    let transforms = restore::transform::load_all(&a.transforms)?;
     let cluster = cluster::connect(&settings.cluster_options()).await?;
     cluster
         .client
@@ -581,6 +610,9 @@ async fn restore_command(
         pvs_as_is: a.restore_pvs_as_is,
         restore_finished_jobs: a.restore_finished_jobs,
         storage_class_map: a.storage_class_map.iter().cloned().collect(),
+        transforms,
+        names: a.names.clone(),
+        with_dependencies: a.with_dependencies,
         bind_timeout: std::time::Duration::from_secs(a.bind_timeout),
         mover: volume::mover::MoverOptions {
             image: a.mover_image.clone(),

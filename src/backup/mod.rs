@@ -25,6 +25,7 @@ use crate::repo::{BlobType, Packer, Repository, lock::Lock, new_id};
 use crate::store::layout;
 
 pub mod check;
+pub mod diff;
 pub mod manage;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]

@@ -201,6 +201,9 @@ pub enum BackupCommand {
     },
     /// Apply a retention policy and remove data no backup references
     Prune(PruneArgs),
+    /// What changed between two backups, or between a backup and the cluster now (--live):
+    /// objects added, removed and changed, with the changed fields (exit 2 when anything differs)
+    Diff(DiffArgs),
     /// Write a backup as a plain (unencrypted) tar.gz of YAML files
     Export {
         /// Backup id (or unique prefix) or `latest`
@@ -209,6 +212,30 @@ pub enum BackupCommand {
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The older backup: id, unique prefix or `latest`
+    pub from: String,
+    /// The newer backup (or give --live)
+    #[arg(required_unless_present = "live", conflicts_with = "live")]
+    pub to: Option<String>,
+    /// Compare with the cluster as it is now (the backup's types, namespaces and selector)
+    #[arg(long)]
+    pub live: bool,
+    /// Only these namespaces (repeatable)
+    #[arg(short = 'n', long = "namespace", value_name = "NS")]
+    pub namespaces: Vec<String>,
+    /// Only these resources: resource[.group], comma-separated or repeated
+    #[arg(long, value_delimiter = ',', value_name = "RESOURCES")]
+    pub include_resources: Vec<String>,
+    /// Show the old and new values of changed fields (never of Secrets)
+    #[arg(long)]
+    pub values: bool,
+    /// Compare `status` too (ignored by default: it changes without anyone changing the object)
+    #[arg(long)]
+    pub status: bool,
 }
 
 #[derive(Debug, Args)]
@@ -233,6 +260,21 @@ pub struct RestoreArgs {
     /// (repeatable), for a target cluster with other storage
     #[arg(long = "storage-class-map", value_parser = parse_kv, value_name = "OLD=NEW")]
     pub storage_class_map: Vec<(String, String)>,
+
+    /// Only objects with this name (a glob: `web`, `web-*`; repeatable), plus the namespaces
+    /// they need; what they refer to (ConfigMaps, Secrets, claims, ServiceAccount, Services) is
+    /// listed in the report
+    #[arg(long = "name", value_name = "NAME")]
+    pub names: Vec<String>,
+
+    /// With --name: also restore the objects the named ones refer to (when in the backup)
+    #[arg(long, requires = "names")]
+    pub with_dependencies: bool,
+
+    /// Rules that change or drop objects before they are created (repeatable; applied in
+    /// order): docs/restore.md#transforms
+    #[arg(long = "transform", value_name = "FILE")]
+    pub transforms: Vec<PathBuf>,
 
     /// What to do with objects that already exist
     #[arg(long, value_enum, default_value = "skip")]

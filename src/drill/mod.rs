@@ -381,6 +381,12 @@ async fn drill_body(
         restore_namespaces: false,
         // Claims that cannot bind fail the restore check; the wait stays within the drill's.
         bind_timeout: opts.timeout.min(RestoreOptions::default().bind_timeout),
+        storage_class_map: opts
+            .spec
+            .as_ref()
+            .map(|s| s.storage_class_map.clone())
+            .unwrap_or_default(),
+        transforms: opts.spec.as_ref().and_then(|s| s.loaded_transforms.clone()),
         ..Default::default()
     };
     let source = restore::Source::Repository {

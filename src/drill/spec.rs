@@ -26,6 +26,16 @@ pub struct DrillSpec {
     pub http: Vec<HttpCheck>,
     #[serde(default)]
     pub commands: Vec<CommandCheck>,
+    /// Claims (and claim templates) of storage class OLD are restored with class NEW, as
+    /// `restore --storage-class-map`.
+    #[serde(default)]
+    pub storage_class_map: std::collections::BTreeMap<String, String>,
+    /// Restore transform files (docs/restore.md#transforms), relative to this spec.
+    #[serde(default)]
+    pub transforms: Vec<String>,
+    /// The rules of `transforms`, loaded by [`parse`].
+    #[serde(skip)]
+    pub loaded_transforms: Option<std::sync::Arc<crate::restore::transform::Transforms>>,
 }
 
 /// A JSONPath-style assertion on a restored object.
@@ -85,7 +95,7 @@ pub struct CommandCheck {
 }
 
 pub fn parse(path: &Path, text: &str) -> Result<DrillSpec, Error> {
-    let spec: DrillSpec = crate::yaml::parse(path, text)?;
+    let mut spec: DrillSpec = crate::yaml::parse(path, text)?;
     if spec.api_version != "lifeboat.io/v1" || spec.kind != "DrillSpec" {
         return Err(Error::DataFile {
             path: path.to_owned(),
@@ -96,6 +106,29 @@ pub fn parse(path: &Path, text: &str) -> Result<DrillSpec, Error> {
             ),
         });
     }
+    let mut all: Option<crate::restore::transform::Transforms> = None;
+    for (i, t) in spec.transforms.iter().enumerate() {
+        let file = path.parent().unwrap_or(Path::new(".")).join(t);
+        if !file.is_file() {
+            return Err(Error::DataFile {
+                path: path.to_owned(),
+                location: crate::yaml::locate(
+                    text,
+                    &[
+                        crate::yaml::PathElem::Key("transforms".into()),
+                        crate::yaml::PathElem::Index(i),
+                    ],
+                ),
+                message: format!("transform file {} does not exist", file.display()),
+            });
+        }
+        let loaded = crate::restore::transform::Transforms::load(&file)?;
+        match &mut all {
+            Some(a) => a.extend(loaded),
+            None => all = Some(loaded),
+        }
+    }
+    spec.loaded_transforms = all.map(std::sync::Arc::new);
     Ok(spec)
 }
 

@@ -12,7 +12,9 @@ use serde::Serialize;
 use serde_json::Value;
 
 pub mod archive;
+pub mod convert;
 pub mod rules;
+pub mod transform;
 
 use crate::backup::ClusterResources;
 use crate::error::Error;
@@ -70,6 +72,13 @@ pub struct RestoreOptions {
     pub restore_finished_jobs: bool,
     /// Claims (and claim templates, PVs) of storage class OLD are restored with class NEW.
     pub storage_class_map: BTreeMap<String, String>,
+    /// `--transform` rules, applied to each object before it is created.
+    pub transforms: Option<Arc<transform::Transforms>>,
+    /// `--name`: only objects whose name matches one of these globs (plus the namespaces they
+    /// need); what they reference is listed in the report.
+    pub names: Vec<String>,
+    /// With `names`: also restore the objects they refer to (rules::references).
+    pub with_dependencies: bool,
 }
 
 impl Default for RestoreOptions {
@@ -95,8 +104,17 @@ impl Default for RestoreOptions {
             bind_timeout: Duration::from_secs(180),
             restore_finished_jobs: false,
             storage_class_map: BTreeMap::new(),
+            transforms: None,
+            names: vec![],
+            with_dependencies: false,
         }
     }
+}
+
+/// The embedded deprecation database (parsed once).
+fn deprecation_db() -> &'static crate::preflight::db::Database {
+    static DB: std::sync::OnceLock<crate::preflight::db::Database> = std::sync::OnceLock::new();
+    DB.get_or_init(crate::preflight::db::Database::embedded)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -135,6 +153,9 @@ pub struct RestoreReport {
     pub unvalidated: usize,
     pub duration_seconds: f64,
     pub items: Vec<Item>,
+    /// `--name` restores: what the restored objects refer to, and whether it was restored.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dependencies: Vec<Dependency>,
 }
 
 /// Fill each restored claim with its backed-up files through a mover pod.
@@ -601,11 +622,32 @@ pub async fn restore(
         .filter(|(_, e)| e.namespace.is_some() && ns_ok(e) && res_ok(e))
         .collect();
 
-    // Cluster-scoped objects: all, none, or (auto with -n) what the selected namespaces use.
+    // --name: only the named objects; what they reference is listed (and, with
+    // --with-dependencies, restored too).
+    let mut dependencies: Vec<Dependency> = Vec::new();
+    let by_name = !opts.names.is_empty();
+    let name_ok = |e: &TreeEntry| opts.names.iter().any(|p| transform::glob(p, &e.name));
+    if by_name {
+        candidates.retain(|(_, e)| name_ok(e));
+        let cluster_named = all
+            .iter()
+            .any(|e| e.namespace.is_none() && name_ok(e) && res_ok(e));
+        if candidates.is_empty() && !cluster_named {
+            return Err(Error::Usage(format!(
+                "no object of backup {} matches --name {} (with the other filters)",
+                source.name(),
+                opts.names.join(",")
+            )));
+        }
+        dependencies = resolve_dependencies(&source, &all, &mut candidates, opts).await?;
+    }
+
+    // Cluster-scoped objects: all, none, or (auto with -n or --name) what the selected
+    // namespaced objects use.
     let cluster_policy = match opts.include_cluster_resources {
         ClusterResources::True => Some(true),
         ClusterResources::False => Some(false),
-        ClusterResources::Auto if !filtered_ns => Some(true),
+        ClusterResources::Auto if !filtered_ns && !by_name => Some(true),
         ClusterResources::Auto => None,
     };
     // Namespaces needed by the candidates (and those selected with -n) are always restored.
@@ -662,9 +704,12 @@ pub async fn restore(
                     || (cluster_policy == Some(true) && !filtered_ns && res_ok(e)))
         } else {
             match cluster_policy {
-                Some(true) => res_ok(e),
+                Some(true) => res_ok(e) && (!by_name || name_ok(e)),
                 Some(false) => false,
-                None => wanted.contains(&(e.group.clone(), e.resource.clone(), e.name.clone())),
+                None => {
+                    wanted.contains(&(e.group.clone(), e.resource.clone(), e.name.clone()))
+                        || (by_name && name_ok(e) && res_ok(e))
+                }
             }
         };
         if take {
@@ -817,7 +862,102 @@ pub async fn restore(
         unvalidated: count(Outcome::Unvalidated),
         duration_seconds: start.elapsed().as_secs_f64(),
         items,
+        dependencies,
     })
+}
+
+/// How a referenced object of a `--name` restore is handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum DependencyStatus {
+    /// Restored too (it matched the filters, or `--with-dependencies`).
+    Restored,
+    /// In the backup, not restored: add it with `--name` or `--with-dependencies`.
+    NotRestored,
+    /// Not in the backup: the target must already have it.
+    NotInBackup,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Dependency {
+    pub kind: String,
+    /// Namespace in the backup.
+    pub namespace: Option<String>,
+    /// A name, or `PREFIX*` for a StatefulSet's claims.
+    pub name: String,
+    /// `Kind/name` of the object that refers to it.
+    pub required_by: String,
+    pub status: DependencyStatus,
+}
+
+/// The objects the `--name` candidates refer to (rules::references), looked up in the backup;
+/// with `--with-dependencies` they join the candidates.
+async fn resolve_dependencies(
+    source: &Source,
+    all: &[TreeEntry],
+    candidates: &mut Vec<(usize, TreeEntry)>,
+    opts: &RestoreOptions,
+) -> Result<Vec<Dependency>, Error> {
+    let mut chosen: BTreeSet<usize> = candidates.iter().map(|(i, _)| *i).collect();
+    let mut out = Vec::new();
+    let mut queue: Vec<(usize, TreeEntry)> = candidates.clone();
+    while let Some((idx, e)) = queue.pop() {
+        let Some(ns) = &e.namespace else { continue };
+        let obj = source.load(&e, idx).await?;
+        for r in rules::references(&e.group, &e.resource, &obj) {
+            let found: Vec<usize> = all
+                .iter()
+                .enumerate()
+                .filter(|(_, x)| {
+                    x.group == r.group
+                        && x.resource == r.resource
+                        && x.namespace.as_deref() == Some(ns.as_str())
+                        && if r.prefix {
+                            x.name.strip_prefix(r.name.as_str()).is_some_and(|i| {
+                                !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit())
+                            })
+                        } else {
+                            x.name == r.name
+                        }
+                })
+                .map(|(i, _)| i)
+                .collect();
+            let required_by = format!("{}/{}", e.kind, e.name);
+            if found.is_empty() {
+                out.push(Dependency {
+                    kind: r.kind.into(),
+                    namespace: Some(ns.clone()),
+                    name: if r.prefix { format!("{}*", r.name) } else { r.name.clone() },
+                    required_by,
+                    status: DependencyStatus::NotInBackup,
+                });
+                continue;
+            }
+            for i in found {
+                let status = if chosen.contains(&i) {
+                    DependencyStatus::Restored
+                } else if opts.with_dependencies {
+                    chosen.insert(i);
+                    candidates.push((i, all[i].clone()));
+                    queue.push((i, all[i].clone()));
+                    DependencyStatus::Restored
+                } else {
+                    DependencyStatus::NotRestored
+                };
+                out.push(Dependency {
+                    kind: r.kind.into(),
+                    namespace: Some(ns.clone()),
+                    name: all[i].name.clone(),
+                    required_by: required_by.clone(),
+                    status,
+                });
+            }
+        }
+    }
+    out.sort_by(|a, b| (&a.namespace, &a.kind, &a.name).cmp(&(&b.namespace, &b.kind, &b.name)));
+    out.dedup_by(|a, b| a.namespace == b.namespace && a.kind == b.kind && a.name == b.name);
+    Ok(out)
 }
 
 /// Wait until every claim this restore created or found, and that was Bound in the backup, is
@@ -1442,11 +1582,64 @@ impl Ctx<'_> {
                 );
             }
         }
-        let Some((ar, caps)) =
-            self.target
-                .by_gvk
-                .get(&(e.group.clone(), e.version.clone(), e.kind.clone()))
-        else {
+        // Restoring into a newer Kubernetes: convert what the target no longer serves.
+        let mut gvk = (e.group.clone(), e.version.clone(), e.kind.clone());
+        let mut notes: Vec<String> = Vec::new();
+        if !self.target.by_gvk.contains_key(&gvk)
+            && rules::is_builtin_group(&e.group)
+            && !(self.opts.dry_run && self.dry_new_types.contains(&(e.group.clone(), e.kind.clone())))
+        {
+            let served = |g: &str, v: &str, k: &str| {
+                self.target
+                    .by_gvk
+                    .contains_key(&(g.to_string(), v.to_string(), k.to_string()))
+            };
+            match convert::convert(&mut obj, deprecation_db(), served) {
+                Ok(Some(c)) => {
+                    let (g, v) = match c.api_version.split_once('/') {
+                        Some((g, v)) => (g.to_string(), v.to_string()),
+                        None => (String::new(), c.api_version.clone()),
+                    };
+                    gvk = (g, v, e.kind.clone());
+                    item.api_version = c.api_version.clone();
+                    notes.push(c.describe());
+                }
+                Ok(None) => {}
+                Err(msg) => {
+                    item.message = Some(msg);
+                    return Some((item, Some(obj)));
+                }
+            }
+        }
+        if let Some(t) = &self.opts.transforms {
+            let groups = [e.group.as_str(), gvk.0.as_str()];
+            let target = transform::Target {
+                kind: &e.kind,
+                resource: &e.resource,
+                groups: &groups,
+                backup_namespace: e.namespace.as_deref(),
+            };
+            match t.apply(&target, &mut obj) {
+                Ok(transform::Applied::Changed(names)) if !names.is_empty() => {
+                    notes.push(format!("transformed by {}", names.join(", ")));
+                }
+                Ok(transform::Applied::Changed(_)) => {}
+                Ok(transform::Applied::Dropped(rule)) => {
+                    item.outcome = Outcome::Skipped;
+                    item.message = Some(format!("dropped by transform {rule}"));
+                    return Some((item, None));
+                }
+                Err(msg) => {
+                    item.message = Some(msg);
+                    return Some((item, Some(obj)));
+                }
+            }
+        }
+        if let Some(n) = created_note.take() {
+            notes.insert(0, n);
+        }
+        let created_note = (!notes.is_empty()).then(|| notes.join("; "));
+        let Some((ar, caps)) = self.target.by_gvk.get(&gvk) else {
             if self.opts.dry_run
                 && self
                     .dry_new_types
@@ -1481,12 +1674,12 @@ impl Ctx<'_> {
         match api.create(&pp, &dobj).await {
             Ok(created) => {
                 item.outcome = Outcome::Created;
-                item.message = created_note;
+                item.message = created_note.clone();
                 if !self.opts.dry_run
                     && let Some(uid) = created.metadata.uid
                 {
                     let key = (
-                        e.group.clone(),
+                        gvk.0.clone(),
                         e.kind.clone(),
                         item.namespace.clone(),
                         item.name.clone(),
@@ -1494,8 +1687,8 @@ impl Ctx<'_> {
                     self.uids.lock().expect("not poisoned").insert(key, uid);
                     if !owners.is_empty() {
                         self.links.lock().expect("not poisoned").push(Link {
-                            group: e.group.clone(),
-                            version: e.version.clone(),
+                            group: gvk.0.clone(),
+                            version: gvk.1.clone(),
                             kind: e.kind.clone(),
                             namespace: item.namespace.clone(),
                             name: item.name.clone(),
@@ -1567,6 +1760,15 @@ impl Ctx<'_> {
             Err(kube::Error::Api(s)) => item.message = Some(format!("{} ({})", s.message, s.code)),
             Err(err) => item.message = Some(crate::error::display_chain(&err)),
         }
+        // Conversions and transforms are reported whatever the outcome.
+        if let Some(n) = created_note
+            && item.message.as_deref() != Some(n.as_str())
+        {
+            item.message = Some(match item.message.take() {
+                Some(m) => format!("{m} ({n})"),
+                None => n,
+            });
+        }
         Some((item, Some(obj)))
     }
 }
@@ -1623,6 +1825,20 @@ impl crate::output::Render for RestoreReport {
                 "{outcome:<11} {what}: {}",
                 i.message.as_deref().unwrap_or("")
             )?;
+        }
+        for d in &self.dependencies {
+            let what = match &d.namespace {
+                Some(ns) => format!("{}/{}/{}", d.kind, ns, d.name),
+                None => format!("{}/{}", d.kind, d.name),
+            };
+            let status = match d.status {
+                DependencyStatus::Restored => "restored too",
+                DependencyStatus::NotRestored => {
+                    "in the backup, not restored (--with-dependencies restores it)"
+                }
+                DependencyStatus::NotInBackup => "not in the backup: the target must have it",
+            };
+            writeln!(w, "depends on  {what} (by {}): {status}", d.required_by)?;
         }
         writeln!(
             w,

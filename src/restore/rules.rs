@@ -1435,3 +1435,152 @@ mod tests {
         );
     }
 }
+
+/// An object another object refers to by name, in the same namespace (for `restore --name`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Reference {
+    pub group: &'static str,
+    pub resource: &'static str,
+    pub kind: &'static str,
+    /// A name, or a prefix of the claims a StatefulSet's claim templates make.
+    pub name: String,
+    pub prefix: bool,
+}
+
+fn pod_spec<'a>(group: &str, resource: &str, obj: &'a Value) -> Option<&'a Value> {
+    Some(match (group, resource) {
+        ("", "pods") => &obj["spec"],
+        ("batch", "cronjobs") => &obj["spec"]["jobTemplate"]["spec"]["template"]["spec"],
+        ("apps", "deployments" | "statefulsets" | "daemonsets" | "replicasets")
+        | ("batch", "jobs")
+        | ("", "replicationcontrollers") => &obj["spec"]["template"]["spec"],
+        _ => return None,
+    })
+}
+
+/// What `obj` names in its own namespace: the ConfigMaps, Secrets, claims and ServiceAccount of
+/// a pod template, an Ingress's Services and TLS Secrets, a RoleBinding's Role and
+/// ServiceAccounts, an HPA's or PDB's target is not included (they select, not name).
+pub fn references(group: &str, resource: &str, obj: &Value) -> Vec<Reference> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut add = |group, resource, kind, name: Option<&str>, prefix| {
+        if let Some(n) = name.filter(|n| !n.is_empty()) {
+            out.insert(Reference {
+                group,
+                resource,
+                kind,
+                name: n.to_string(),
+                prefix,
+            });
+        }
+    };
+    if let Some(spec) = pod_spec(group, resource, obj) {
+        let (claims, prefixes) = claims_used(group, resource, obj);
+        for c in &claims {
+            add("", "persistentvolumeclaims", "PersistentVolumeClaim", Some(c), false);
+        }
+        for p in &prefixes {
+            add("", "persistentvolumeclaims", "PersistentVolumeClaim", Some(p), true);
+        }
+        add(
+            "",
+            "serviceaccounts",
+            "ServiceAccount",
+            spec["serviceAccountName"].as_str().filter(|s| *s != "default"),
+            false,
+        );
+        for s in spec["imagePullSecrets"].as_array().into_iter().flatten() {
+            add("", "secrets", "Secret", s["name"].as_str(), false);
+        }
+        for v in spec["volumes"].as_array().into_iter().flatten() {
+            add("", "configmaps", "ConfigMap", v["configMap"]["name"].as_str(), false);
+            add("", "secrets", "Secret", v["secret"]["secretName"].as_str(), false);
+            for src in v["projected"]["sources"].as_array().into_iter().flatten() {
+                add("", "configmaps", "ConfigMap", src["configMap"]["name"].as_str(), false);
+                add("", "secrets", "Secret", src["secret"]["name"].as_str(), false);
+            }
+        }
+        for list in ["containers", "initContainers", "ephemeralContainers"] {
+            for c in spec[list].as_array().into_iter().flatten() {
+                for e in c["env"].as_array().into_iter().flatten() {
+                    let vf = &e["valueFrom"];
+                    add("", "configmaps", "ConfigMap", vf["configMapKeyRef"]["name"].as_str(), false);
+                    add("", "secrets", "Secret", vf["secretKeyRef"]["name"].as_str(), false);
+                }
+                for e in c["envFrom"].as_array().into_iter().flatten() {
+                    add("", "configmaps", "ConfigMap", e["configMapRef"]["name"].as_str(), false);
+                    add("", "secrets", "Secret", e["secretRef"]["name"].as_str(), false);
+                }
+            }
+        }
+    }
+    match (group, resource) {
+        ("networking.k8s.io" | "extensions", "ingresses") => {
+            let backends = obj["spec"]["rules"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|r| r["http"]["paths"].as_array().into_iter().flatten())
+                .map(|p| &p["backend"])
+                .chain([&obj["spec"]["defaultBackend"], &obj["spec"]["backend"]]);
+            for b in backends {
+                add(
+                    "",
+                    "services",
+                    "Service",
+                    b["service"]["name"].as_str().or(b["serviceName"].as_str()),
+                    false,
+                );
+            }
+            for t in obj["spec"]["tls"].as_array().into_iter().flatten() {
+                add("", "secrets", "Secret", t["secretName"].as_str(), false);
+            }
+        }
+        ("rbac.authorization.k8s.io", "rolebindings") => {
+            if obj["roleRef"]["kind"] == "Role" {
+                add("rbac.authorization.k8s.io", "roles", "Role", obj["roleRef"]["name"].as_str(), false);
+            }
+            for s in obj["subjects"].as_array().into_iter().flatten() {
+                if s["kind"] == "ServiceAccount" && s["namespace"] == obj["metadata"]["namespace"] {
+                    add("", "serviceaccounts", "ServiceAccount", s["name"].as_str(), false);
+                }
+            }
+        }
+        _ => {}
+    }
+    out.into_iter().collect()
+}
+
+#[cfg(test)]
+mod reference_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_deployment_names_its_config_secrets_claims_and_account() {
+        let d = json!({"metadata": {"name": "web"}, "spec": {"template": {"spec": {
+            "serviceAccountName": "web",
+            "imagePullSecrets": [{"name": "regcred"}],
+            "volumes": [{"name": "c", "configMap": {"name": "web-config"}},
+                        {"name": "d", "persistentVolumeClaim": {"claimName": "data"}},
+                        {"name": "p", "projected": {"sources": [{"secret": {"name": "tls"}}]}}],
+            "containers": [{"name": "a", "env": [{"name": "X", "valueFrom": {"secretKeyRef": {"name": "db", "key": "pw"}}}],
+                            "envFrom": [{"configMapRef": {"name": "env"}}]}]}}}});
+        let names: Vec<String> = references("apps", "deployments", &d)
+            .into_iter()
+            .map(|r| format!("{}/{}", r.kind, r.name))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "ConfigMap/env",
+                "ConfigMap/web-config",
+                "PersistentVolumeClaim/data",
+                "Secret/db",
+                "Secret/regcred",
+                "Secret/tls",
+                "ServiceAccount/web"
+            ]
+        );
+    }
+}

@@ -1306,11 +1306,26 @@ async fn restore(ctx: &Ctx<'_>, r: &RestoreAction) -> R<Outcome> {
         Some("fail") => crate::restore::Existing::Fail,
         Some(other) => return Err(format!("existing: {other:?} is not skip, update or fail")),
     };
+    let mut transforms: Option<crate::restore::transform::Transforms> = None;
+    for f in &r.transforms {
+        let text = ctx
+            .files
+            .get(f)
+            .ok_or_else(|| format!("transform file {f} is not embedded in the plan"))?;
+        let t = crate::restore::transform::Transforms::parse(std::path::Path::new(f), text)
+            .map_err(|e| crate::error::display_chain(&e))?;
+        match &mut transforms {
+            Some(a) => a.extend(t),
+            None => transforms = Some(t),
+        }
+    }
     let opts = crate::restore::RestoreOptions {
         namespaces: r.namespaces.clone(),
         namespace_map: r.namespace_map.clone().into_iter().collect(),
         existing,
         dry_run: r.dry_run || ctx.dry_run,
+        storage_class_map: r.storage_class_map.clone(),
+        transforms: transforms.map(std::sync::Arc::new),
         ..Default::default()
     };
     let rep = crate::restore::restore(&ctx.cluster.client, source, &opts)

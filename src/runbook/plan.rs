@@ -241,6 +241,19 @@ fn embed_files(l: &Loaded) -> Result<BTreeMap<String, String>, Error> {
             actions.push(a);
         }
         for a in actions {
+            if let Action::Restore(r) = a {
+                for f in &r.transforms {
+                    let path = base.join(f);
+                    let text =
+                        std::fs::read_to_string(&path).map_err(|source| Error::ReadFile {
+                            path: path.clone(),
+                            source,
+                        })?;
+                    // Checked now: a bad rule fails the plan, not the incident.
+                    crate::restore::transform::Transforms::parse(&path, &text)?;
+                    files.insert(f.clone(), text);
+                }
+            }
             if let Action::Apply(ap) = a
                 && let Some(f) = &ap.file
             {

@@ -403,6 +403,13 @@ pub struct RestoreAction {
     pub existing: Option<String>,
     #[serde(default)]
     pub dry_run: bool,
+    /// Storage class OLD restored as NEW (`restore --storage-class-map`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub storage_class_map: BTreeMap<String, String>,
+    /// Restore transform files, relative to the runbook (embedded in the plan):
+    /// docs/restore.md#transforms.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub transforms: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -708,41 +715,7 @@ impl<'de> Deserialize<'de> for Step {
     }
 }
 
-/// Locate a node of `text` by a path of mapping keys and sequence indexes (1-based line:col).
-pub fn locate(text: &str, path: &[PathElem]) -> String {
-    fn go<'a>(node: &'a marked_yaml::Node, path: &[PathElem]) -> Option<&'a marked_yaml::Node> {
-        let Some((first, rest)) = path.split_first() else {
-            return Some(node);
-        };
-        let next = match (node, first) {
-            (marked_yaml::Node::Mapping(m), PathElem::Key(k)) => m.get_node(k)?,
-            (marked_yaml::Node::Sequence(s), PathElem::Index(i)) => s.get(*i)?,
-            _ => return None,
-        };
-        go(next, rest).or(Some(next))
-    }
-    let Ok(root) = marked_yaml::parse_yaml(0, text) else {
-        return "1:1".into();
-    };
-    // Prefer the key's position for a mapping entry (where the user's eye goes).
-    if let Some((PathElem::Key(k), parent_path)) = path.split_last()
-        && let Some(marked_yaml::Node::Mapping(m)) = go(&root, parent_path)
-        && let Some((key, _)) = m.iter().find(|(key, _)| key.as_str() == k)
-        && let Some(start) = key.span().start()
-    {
-        return format!("{}:{}", start.line(), start.column());
-    }
-    go(&root, path)
-        .and_then(|n| n.span().start().copied())
-        .map(|m| format!("{}:{}", m.line(), m.column()))
-        .unwrap_or_else(|| "1:1".into())
-}
-
-#[derive(Debug, Clone)]
-pub enum PathElem {
-    Key(String),
-    Index(usize),
-}
+pub use crate::yaml::{PathElem, locate};
 
 fn key(s: &str) -> PathElem {
     PathElem::Key(s.into())
@@ -892,7 +865,7 @@ fn with(path: &[PathElem], more: &[&str]) -> Vec<PathElem> {
 
 /// Parse and check a runbook. Errors are `file:line:col: message`.
 pub fn parse(path: &Path, text: &str) -> Result<Loaded, Error> {
-    let runbook: Runbook = crate::yaml::parse(path, text).map_err(|e| refine(e, text))?;
+    let runbook: Runbook = crate::yaml::parse(path, text)?;
     let mut loaded = Loaded {
         path: path.to_owned(),
         text: text.to_owned(),
@@ -1136,48 +1109,6 @@ fn check(l: &Loaded) -> Result<(), Error> {
     Ok(())
 }
 
-/// serde reports an unknown key at the start of the mapping that holds it; point at the key
-/// itself (serde_norway prefixes the message with the path, e.g. `steps[0].scale: `).
-fn refine(e: Error, text: &str) -> Error {
-    let Error::DataFile {
-        path,
-        location,
-        message,
-    } = e
-    else {
-        return e;
-    };
-    let name = ["unknown field `", "unknown step field or action `"]
-        .iter()
-        .find_map(|m| message.split(m).nth(1))
-        .and_then(|r| r.split('`').next());
-    let prefix = message.split(": ").next().unwrap_or("");
-    let location = match name {
-        Some(name) if prefix != message && !prefix.contains(' ') => {
-            let mut at = Vec::new();
-            for part in prefix.split('.') {
-                let (k, rest) = part.split_once('[').unwrap_or((part, ""));
-                if !k.is_empty() {
-                    at.push(key(k));
-                }
-                for idx in rest.split('[') {
-                    if let Ok(i) = idx.trim_end_matches(']').parse() {
-                        at.push(PathElem::Index(i));
-                    }
-                }
-            }
-            at.push(key(name));
-            let l = locate(text, &at);
-            if l == "1:1" { location } else { l }
-        }
-        _ => location,
-    };
-    Error::DataFile {
-        path,
-        location,
-        message,
-    }
-}
 
 fn is_identifier(s: &str) -> bool {
     !s.is_empty()
