@@ -872,3 +872,77 @@ async fn cronjob_manifests_apply_and_their_rbac_is_enough_and_no_more() {
     let _ = nss.delete(&sys, &Default::default()).await;
     f.ns.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_drill_applies_its_specs_transforms_and_checks_against_them() {
+    let f = fixture("drill-xf", true).await;
+    let dir = f.lb.home.path().join("specs");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("scratch.yaml"),
+        "apiVersion: lifeboat.io/v1\nkind: RestoreTransform\nrules:\n  - name: drill-mode\n    match: {kinds: [ConfigMap], names: [settings]}\n    mergePatch: {data: {mode: drill}}\n  - name: no-db-secret\n    match: {kinds: [Secret], names: [db]}\n    drop: true\n",
+    )
+    .unwrap();
+    // A missing transform file: the spec's own file:line:col, exit 1, no scratch namespace.
+    let bad = dir.join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "apiVersion: lifeboat.io/v1\nkind: DrillSpec\ntransforms:\n  - scratch.yaml\n  - missing.yaml\n",
+    )
+    .unwrap();
+    let r = f.lb.run(&["drill", "run", "-n", &f.ns.name, "--spec", bad.to_str().unwrap()]);
+    r.code_is(1);
+    assert!(
+        r.stderr().contains(&format!("{}:5:5", bad.display())) && r.stderr().contains("missing.yaml"),
+        "{}",
+        r.describe()
+    );
+    assert!(drill_namespaces(&f.ns.client, &f.ns.name).await.is_empty());
+
+    let spec = dir.join("spec.yaml");
+    std::fs::write(
+        &spec,
+        "apiVersion: lifeboat.io/v1\nkind: DrillSpec\ntransforms: [scratch.yaml]\n",
+    )
+    .unwrap();
+    let r = f.lb.run(&[
+        "drill",
+        "run",
+        "-n",
+        &f.ns.name,
+        "--spec",
+        spec.to_str().unwrap(),
+        "--timeout",
+        "90s",
+        "--keep",
+        "-o",
+        "json",
+    ]);
+    r.code_is(0);
+    let v = r.json();
+    assert_eq!(v["passed"], true, "{v:#}");
+    let scratch = v["namespaces"][0]["scratch"].as_str().unwrap().to_string();
+    let cms: Api<ConfigMap> = Api::namespaced(f.ns.client.clone(), &scratch);
+    assert_eq!(
+        cms.get("settings").await.unwrap().data.unwrap()["mode"],
+        "drill",
+        "the transform was applied in the scratch namespace"
+    );
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(f.ns.client.clone(), &scratch);
+    assert!(secrets.get_opt("db").await.unwrap().is_none(), "dropped by the transform");
+    let present = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "objects-present")
+        .unwrap();
+    assert!(
+        !present["message"].as_str().unwrap().contains("Secret"),
+        "the dropped Secret is not expected: {present}"
+    );
+    let _ = Api::<Namespace>::all(f.ns.client.clone())
+        .delete(&scratch, &Default::default())
+        .await;
+    f.ns.cleanup().await;
+}

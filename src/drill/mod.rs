@@ -473,7 +473,8 @@ async fn drill_body(
 
     // 3. Every object of each namespace is there; ConfigMap and Secret data are equal.
     for m in mapping {
-        checks.extend(compare_namespace(client, &repo, entries, m).await?);
+        let transforms = opts.spec.as_ref().and_then(|s| s.loaded_transforms.as_deref());
+        checks.extend(compare_namespace(client, &repo, entries, m, transforms).await?);
     }
 
     // 4. Volume data: each restored volume's files equal the backed-up tree.
@@ -727,6 +728,7 @@ async fn compare_namespace(
     repo: &Repository,
     entries: &[TreeEntry],
     m: &NamespaceMapping,
+    transforms: Option<&crate::restore::transform::Transforms>,
 ) -> Result<Vec<CheckResult>, Error> {
     let ns = Some(m.scratch.as_str());
     // Backed-up objects of this namespace, by type.
@@ -773,7 +775,7 @@ async fn compare_namespace(
         let mut expected = 0;
         let mut found = 0;
         for e in list {
-            let obj: Value = match repo.read_blob_json(&e.blob).await {
+            let mut obj: Value = match repo.read_blob_json(&e.blob).await {
                 Ok(o) => o,
                 Err(err) => {
                     // The backup itself is damaged: the object cannot have been restored.
@@ -789,6 +791,22 @@ async fn compare_namespace(
                 .is_some()
             {
                 continue; // not restored by design (docs/restore.md)
+            }
+            // The spec's transforms: what the restore was asked to make of the object.
+            if let Some(t) = transforms {
+                let groups = [e.group.as_str()];
+                let target = crate::restore::transform::Target {
+                    kind: &e.kind,
+                    resource: &e.resource,
+                    groups: &groups,
+                    backup_namespace: e.namespace.as_deref(),
+                };
+                match t.apply(&target, &mut obj) {
+                    Ok(crate::restore::transform::Applied::Dropped(_)) => continue,
+                    Ok(_) => {}
+                    // The restore reported it failed; the object counts as missing.
+                    Err(_) => {}
+                }
             }
             expected += 1;
             match present.get(&e.name) {

@@ -87,6 +87,8 @@ pub fn read(file: &Path) -> Result<Vec<(TreeEntry, Value)>, Error> {
             .map_err(|e| bad(e.to_string()))?
             .to_string_lossy()
             .to_string();
+        // `tar -C dir .` writes `./ns/…`: the same tree.
+        let path = path.trim_start_matches("./").to_string();
         if !path.ends_with(".yaml") {
             continue;
         }
