@@ -234,6 +234,10 @@ async fn runbook_command(
             output::emit(out, &runbook::list(None)?)?;
             Ok(Exit::Success)
         }
+        RunbookCommand::Logs { run, step, follow } => {
+            runbook::logs(&run, step.as_deref(), follow, None, &mut std::io::stdout()).await?;
+            Ok(Exit::Success)
+        }
         RunbookCommand::Status { run } => {
             output::emit(out, &runbook::status(run.as_deref(), None)?)?;
             Ok(Exit::Success)
@@ -299,7 +303,7 @@ async fn runbook_command(
             };
             let report = runbook::continue_run(&env, &run, &opts, Some(&to)).await?;
             output::emit(out, &report)?;
-            Ok(report.exit_code())
+            Ok(report.rollback_exit_code())
         }
     }
 }

@@ -595,14 +595,10 @@ steps:
         r.describe()
     );
 
-    // Someone else holds this plan's lease and renewed it just now.
-    let hash = text
-        .lines()
-        .find_map(|l| l.strip_prefix("contentHash: "))
-        .unwrap()
-        .trim()
-        .to_string();
-    let lease_name = lifeboat::runbook::lease::lease_name(&hash);
+    // Someone else holds this change's lease and renewed it just now.
+    let (planned, _) = lifeboat::runbook::plan::load(&plan).unwrap();
+    let lease_name =
+        lifeboat::runbook::lease::lease_name(&lifeboat::runbook::plan::change_key(&planned));
     let now = jiff::Timestamp::now();
     let micro = format!(
         "{}.{:06}Z",
@@ -628,7 +624,7 @@ steps:
     r.code_is(1);
     assert!(
         r.stderr()
-            .contains("this plan is being run by run=someone-else user=alice"),
+            .contains("this change (runbook and parameters) is being run by run=someone-else user=alice"),
         "{}",
         r.describe()
     );
@@ -757,26 +753,35 @@ async fn shipped_namespace_restore_restores_after_approval_and_verifies_workload
     available(&ns, "shop").await;
     let w = Work::new();
     w.run(&["repo", "init"]).success();
-    w.run(&["backup", "create", "-n", &ns.name]).success();
+    let good = w
+        .run(&["backup", "create", "-n", &ns.name, "-o", "json"])
+        .success()
+        .json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     // The incident: the namespace is gone.
     let namespaces = Api::<k8s_openapi::api::core::v1::Namespace>::all(ns.client.clone());
-    namespaces
-        .delete(&ns.name, &DeleteParams::default())
-        .await
-        .unwrap();
-    eventually("the namespace to be gone", Duration::from_secs(90), || {
-        let namespaces = namespaces.clone();
-        let name = ns.name.clone();
-        async move {
-            namespaces
-                .get_opt(&name)
-                .await
-                .unwrap()
-                .is_none()
-                .then_some(())
-        }
-    })
-    .await;
+    let gone = || async {
+        namespaces
+            .delete(&ns.name, &DeleteParams::default())
+            .await
+            .unwrap();
+        eventually("the namespace to be gone", Duration::from_secs(90), || {
+            let namespaces = namespaces.clone();
+            let name = ns.name.clone();
+            async move {
+                namespaces
+                    .get_opt(&name)
+                    .await
+                    .unwrap()
+                    .is_none()
+                    .then_some(())
+            }
+        })
+        .await;
+    };
+    gone().await;
 
     let rb = common::repo_root().join("runbooks/namespace-restore.yaml");
     let plan = w.plan(&rb, &[&format!("namespace={}", ns.name)]);
@@ -784,9 +789,29 @@ async fn shipped_namespace_restore_restores_after_approval_and_verifies_workload
     r.code_is(3);
     let run = run_id(&r);
     assert!(
+        format!("{}{}", r.stdout(), r.stderr()).contains(&good),
+        "the approval names the backup the dry run checked: {}",
+        r.describe()
+    );
+    assert!(
         namespaces.get_opt(&ns.name).await.unwrap().is_none(),
         "the dry run wrote nothing"
     );
+    // While the run waits for approval, someone backs up a broken copy of the namespace: it is
+    // now `latest`, but the approved restore restores the backup the dry run checked.
+    let bad_ns: k8s_openapi::api::core::v1::Namespace =
+        obj(json!({"metadata": {"name": ns.name, "labels": {"lifeboat.io/test": "true"}}}));
+    namespaces
+        .create(&PostParams::default(), &bad_ns)
+        .await
+        .unwrap();
+    let bad: ConfigMap = obj(json!({"metadata": {"name": "settings"}, "data": {"currency": "broken"}}));
+    ns.api::<ConfigMap>()
+        .create(&PostParams::default(), &bad)
+        .await
+        .unwrap();
+    w.run(&["backup", "create", "-n", &ns.name]).success();
+    gone().await;
     let r = w.run(&[
         "runbook",
         "resume",
@@ -1084,7 +1109,7 @@ steps:
 }
 
 #[tokio::test]
-async fn a_second_run_of_a_running_plan_is_refused_by_the_lease() {
+async fn a_second_plan_of_the_same_change_is_refused_while_the_first_runs() {
     let ns = TestNs::new("rb-lease").await;
     let w = Work::new();
     let marker = w.path("first-started");
@@ -1096,6 +1121,8 @@ async fn a_second_run_of_a_running_plan_is_refused_by_the_lease() {
         ),
     );
     let plan = w.plan(&rb, &[]);
+    // A second responder's own plan of the same change (another creation time, another hash).
+    let plan2 = w.plan(&rb, &[]);
     let args = [
         "runbook",
         "run",
@@ -1113,12 +1140,14 @@ async fn a_second_run_of_a_running_plan_is_refused_by_the_lease() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let second = w.run(&args);
+    let mut args2 = args;
+    args2[2] = plan2.to_str().unwrap();
+    let second = w.run(&args2);
     second.code_is(1);
     assert!(
         second
             .stderr()
-            .contains("this plan is being run by run=long-")
+            .contains("this change (runbook and parameters) is being run by run=long-")
             && second.stderr().contains("user=test-operator"),
         "{}",
         second.describe()
@@ -1195,7 +1224,8 @@ steps:
     let r = w.run(&[
         "runbook", "rollback", run, "--to", "start", "--force", "--yes", "-o", "json",
     ]);
-    r.code_is(2);
+    // A requested rollback that completes is a success (issue 15 item 11).
+    r.code_is(0);
     assert_eq!(r.json()["status"], "rolled-back");
     let d = ns.api::<Deployment>().get("web").await.unwrap();
     assert_eq!(d.spec.unwrap().replicas, Some(1));
@@ -1370,5 +1400,271 @@ steps:
     assert_eq!(api.get("existing").await.unwrap().data.unwrap()["v"], "old");
     assert!(api.get_opt("created").await.unwrap().is_none());
     assert!(api.get_opt("doomed").await.unwrap().is_none());
+    ns.cleanup().await;
+}
+
+/// A TCP relay on 127.0.0.1 whose destination can be switched: an access proxy or tunnel in
+/// front of "the cluster" that may lead to another one.
+struct Relay {
+    url: String,
+    to: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Relay {
+    async fn start(to: String) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("https://{}", listener.local_addr().unwrap());
+        let dest = std::sync::Arc::new(std::sync::Mutex::new(to));
+        let d = dest.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                let target = d.lock().unwrap().clone();
+                tokio::spawn(async move {
+                    if let Ok(mut out) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    }
+                });
+            }
+        });
+        Relay { url, to: dest }
+    }
+
+    fn point_at(&self, to: String) {
+        *self.to.lock().unwrap() = to;
+    }
+}
+
+/// The first cluster, user and server of a kubeconfig file.
+fn kubeconfig_parts(path: &Path) -> (Value, Value, String) {
+    let kc: Value = serde_norway::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let cluster = kc["clusters"][0]["cluster"].clone();
+    let server = cluster["server"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("https://")
+        .to_string();
+    (cluster, kc["users"][0]["user"].clone(), server)
+}
+
+// Multi-threaded: the relay's tasks run while the test thread waits for lifeboat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_is_refused_on_another_cluster_behind_the_same_url() {
+    let (cluster_a, user_a, addr_a) = kubeconfig_parts(&common::env().kubeconfig);
+    let (cluster_b, user_b, addr_b) = kubeconfig_parts(&common::second_env().kubeconfig);
+    let relay = Relay::start(addr_a.clone()).await;
+    // One URL, two clusters behind it (as in a pod, behind a proxy or a tunnel).
+    let with_server = |mut c: Value| {
+        c["server"] = json!(relay.url);
+        c
+    };
+    let kc = json!({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "a", "cluster": with_server(cluster_a)},
+                     {"name": "b", "cluster": with_server(cluster_b)}],
+        "users": [{"name": "a", "user": user_a}, {"name": "b", "user": user_b}],
+        "contexts": [{"name": "a", "context": {"cluster": "a", "user": "a"}},
+                     {"name": "b", "context": {"cluster": "b", "user": "b"}}],
+        "current-context": "a"
+    });
+    let w = Work::new();
+    let kc_path = w.write("relay.kubeconfig", &serde_norway::to_string(&kc).unwrap());
+    let rb = w.write(
+        "identity.yaml",
+        "apiVersion: lifeboat.io/v1\nkind: Runbook\nmetadata: {name: identity}\nsteps:\n  - id: hello\n    run: {command: \"echo hello\"}\n",
+    );
+    let via_relay = |args: &[&str]| {
+        let mut cmd_args = vec!["--kubeconfig", kc_path.to_str().unwrap()];
+        cmd_args.extend_from_slice(args);
+        w.run(&cmd_args)
+    };
+    let plan = w.path("identity.plan.yaml");
+    via_relay(&[
+        "--context",
+        "a",
+        "runbook",
+        "plan",
+        rb.to_str().unwrap(),
+        "-f",
+        plan.to_str().unwrap(),
+    ])
+    .success();
+    let plan_text = std::fs::read_to_string(&plan).unwrap();
+    assert!(plan_text.contains("uid:"), "{plan_text}");
+
+    // The relay now leads to the other cluster: same URL, refused before any step runs.
+    relay.point_at(addr_b);
+    let r = via_relay(&["--context", "b", "runbook", "run", plan.to_str().unwrap(), "--yes"]);
+    r.code_is(1);
+    assert!(
+        r.stderr().contains("was planned for cluster") && r.stderr().contains("reaches cluster"),
+        "{}",
+        r.describe()
+    );
+    assert!(!r.stdout().contains("hello"), "{}", r.describe());
+
+    // The planned cluster reached at another address (no relay) is the same cluster: it runs.
+    relay.point_at(addr_a);
+    let r = w.run(&["runbook", "run", plan.to_str().unwrap(), "--yes", "-o", "json"]);
+    r.success();
+    assert_eq!(r.json()["status"], "succeeded");
+}
+
+#[tokio::test]
+async fn a_run_awaiting_approval_keeps_the_change_locked_until_it_is_resumed() {
+    let ns = TestNs::new("rb-park").await;
+    let w = Work::new();
+    let rb = w.write(
+        "rb.yaml",
+        "apiVersion: lifeboat.io/v1\nkind: Runbook\nmetadata: {name: parked}\nsteps:\n  - id: first\n    run: {command: \"echo first\"}\n  - id: ok\n    approve: {message: go on?}\n  - id: second\n    run: {command: \"echo second\"}\n",
+    );
+    let plan = w.plan(&rb, &[]);
+    let plan2 = w.plan(&rb, &[]);
+    let lease_ns = ["--lease-namespace", ns.name.as_str()];
+    let run = |plan: &Path, extra: &[&str]| {
+        let mut a = vec!["runbook", "run", plan.to_str().unwrap(), "--yes"];
+        a.extend_from_slice(&lease_ns);
+        a.extend_from_slice(extra);
+        w.run(&a)
+    };
+    let r = run(&plan, &[]);
+    r.code_is(3);
+    let id = run_id(&r);
+    let leases = ns.api::<k8s_openapi::api::coordination::v1::Lease>();
+    let held = leases.list(&Default::default()).await.unwrap().items;
+    assert_eq!(held.len(), 1, "the lease is kept while awaiting approval");
+    let holder = held[0].spec.as_ref().unwrap().holder_identity.clone().unwrap();
+    assert!(holder.starts_with(&format!("run={id} ")), "{holder}");
+
+    // Another responder's plan of the same change is refused meanwhile.
+    let r = run(&plan2, &[]);
+    r.code_is(1);
+    assert!(r.stderr().contains("waits for approval"), "{}", r.describe());
+
+    // The waiting run itself resumes, finishes and gives the lock back.
+    let mut a = vec!["runbook", "resume", id.as_str(), "--yes", "--approve", "ok"];
+    a.extend_from_slice(&lease_ns);
+    w.run(&a).success();
+    assert!(leases.list(&Default::default()).await.unwrap().items.is_empty());
+    run(&plan2, &["--approve", "ok"]).success();
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_declared_irreversible_step_that_failed_part_way_is_no_clean_rollback() {
+    let ns = TestNs::new("rb-partway").await;
+    deployment(&ns, "web", 1, "nginx:1.26", json!({})).await;
+    let w = Work::new();
+    let rb = w.write(
+        "rb.yaml",
+        &format!(
+            r#"apiVersion: lifeboat.io/v1
+kind: Runbook
+metadata: {{name: partway}}
+steps:
+  - id: scale
+    scale: {{kind: Deployment, name: web, namespace: {ns}, replicas: 3}}
+  - id: migrate
+    description: a migration that dies half-way
+    run: {{command: "echo half; exit 1"}}
+    undo: none
+"#,
+            ns = ns.name
+        ),
+    );
+    let plan = w.plan(&rb, &[]);
+    let r = w.run(&["runbook", "run", plan.to_str().unwrap(), "--yes", "-o", "json"]);
+    r.code_is(4);
+    let report = r.json();
+    assert_eq!(report["status"], "rollback-failed", "{report:#}");
+    let msg = report["message"].as_str().unwrap();
+    assert!(msg.contains("migrate") && msg.contains("by hand"), "{msg}");
+    // What could be undone was undone.
+    let d = ns.api::<Deployment>().get("web").await.unwrap();
+    assert_eq!(d.spec.unwrap().replicas, Some(1));
+    ns.cleanup().await;
+}
+
+fn alive(pid: &str) -> bool {
+    std::process::Command::new("kill")
+        .args(["-0", pid])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+}
+
+#[tokio::test]
+async fn ctrl_c_kills_what_a_run_step_started_and_its_output_is_in_the_logs() {
+    let ns = TestNs::new("rb-logs").await;
+    let w = Work::new();
+    let pidfile = w.path("child.pid");
+    let rb = w.write(
+        "rb.yaml",
+        &format!(
+            "apiVersion: lifeboat.io/v1\nkind: Runbook\nmetadata: {{name: logs}}\nsteps:\n  - id: hello\n    run: {{command: \"echo hello from the step; echo to stderr >&2\"}}\n  - id: slow\n    run: {{command: \"echo slow started; sleep 300 & echo $! > {}; wait\"}}\n",
+            pidfile.display()
+        ),
+    );
+    let plan = w.plan(&rb, &[]);
+    let mut child = w.lb.spawn(&[
+        "runbook",
+        "run",
+        plan.to_str().unwrap(),
+        "--yes",
+        "--lease-namespace",
+        &ns.name,
+    ]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let grandchild = loop {
+        if let Ok(p) = std::fs::read_to_string(&pidfile)
+            && !p.trim().is_empty()
+        {
+            break p.trim().to_string();
+        }
+        assert!(std::time::Instant::now() < deadline, "step slow never started");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(alive(&grandchild));
+    std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(
+        common::wait_bounded(&mut child, "runbook run (SIGINT)").code(),
+        Some(130)
+    );
+    // The command's own children die with it (not only `sh`).
+    let gone = std::time::Instant::now() + Duration::from_secs(10);
+    while alive(&grandchild) {
+        assert!(
+            std::time::Instant::now() < gone,
+            "the step's `sleep 300` (pid {grandchild}) outlived Ctrl-C"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let list = w.run(&["runbook", "list", "-o", "json"]);
+    let run = list.json()["runs"][0]["run"].as_str().unwrap().to_string();
+    let one = w.run(&["runbook", "logs", &run, "hello"]);
+    one.success();
+    assert!(
+        one.stdout().contains("hello from the step") && one.stdout().contains("to stderr"),
+        "{}",
+        one.describe()
+    );
+    // Following a run that has stopped prints what there is and returns.
+    let all = w.run(&["runbook", "logs", &run, "-f"]);
+    all.success();
+    assert!(
+        all.stdout().contains("hello │ hello from the step")
+            && all.stdout().contains("slow │ slow started"),
+        "{}",
+        all.describe()
+    );
+    let bad = w.run(&["runbook", "logs", &run, "no-such-step"]);
+    bad.code_is(64);
     ns.cleanup().await;
 }

@@ -88,4 +88,14 @@ pub enum RunbookCommand {
     },
     /// List runs, newest first
     List,
+    /// The output of a run's `run` steps (secrets redacted), as recorded in its log files
+    Logs {
+        /// Run id (see `runbook list`)
+        run: String,
+        /// Only this step (default: every step that has output, in runbook order)
+        step: Option<String>,
+        /// Keep printing new output until the run stops (finishes, fails, awaits approval)
+        #[arg(short = 'f', long)]
+        follow: bool,
+    },
 }

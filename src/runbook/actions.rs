@@ -34,6 +34,10 @@ pub struct Ctx<'a> {
     pub dry_run: bool,
     /// Where a step records the temporary objects it creates (deleted on Ctrl-C).
     pub cleanup: &'a crate::volume::snapshots::Cleanup,
+    /// Where `run` steps write their output (`<step>.log`); None: nowhere (plans, dry runs).
+    pub log_dir: Option<&'a std::path::Path>,
+    /// Show a `run` step's output as it comes (on stderr).
+    pub live: bool,
 }
 
 /// What a step produced.
@@ -1088,6 +1092,53 @@ async fn wait_workloads(ctx: &Ctx<'_>, ns: &str, timeout: Duration) -> R<String>
     }
 }
 
+/// Kills the command's whole process group when dropped (Ctrl-C drops the step's future; a
+/// timeout too): the shell and whatever it started, not the shell alone.
+struct GroupKill(Option<u32>);
+
+impl Drop for GroupKill {
+    fn drop(&mut self) {
+        #[cfg(unix)]
+        if let Some(pid) = self.0.take()
+            && let Ok(pid) = i32::try_from(pid)
+        {
+            // SAFETY: kill(2) with a negative pid signals that process group; no memory involved.
+            unsafe {
+                libc::kill(-pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+/// Copy one output stream of a `run` command line by line: into `keep` (bounded), the step's
+/// log file and, when live, stderr; secrets redacted on the way.
+async fn pump<S: tokio::io::AsyncRead + Unpin>(
+    stream: S,
+    keep: &mut Vec<u8>,
+    log: Option<&std::sync::Mutex<std::fs::File>>,
+    live: bool,
+    redactor: &Redactor,
+) {
+    use tokio::io::AsyncBufReadExt;
+    const KEEP: usize = 1 << 20;
+    let mut lines = tokio::io::BufReader::new(stream).split(b'\n');
+    while let Ok(Some(line)) = lines.next_segment().await {
+        if keep.len() < KEEP {
+            keep.extend_from_slice(&line[..line.len().min(KEEP - keep.len())]);
+            keep.push(b'\n');
+        }
+        let text = redactor.redact(&String::from_utf8_lossy(&line));
+        if let Some(f) = log {
+            use std::io::Write;
+            let mut f = f.lock().expect("log file");
+            let _ = writeln!(f, "{text}");
+        }
+        if live {
+            eprintln!("    │ {text}");
+        }
+    }
+}
+
 async fn run_command(ctx: &Ctx<'_>, r: &RunAction, timeout: Duration) -> R<Outcome> {
     let dir = tempfile_dir()?;
     let out_file = dir.join("output");
@@ -1105,22 +1156,51 @@ async fn run_command(ctx: &Ctx<'_>, r: &RunAction, timeout: Duration) -> R<Outco
         .kill_on_drop(true);
     #[cfg(unix)]
     cmd.process_group(0);
-    let child = cmd.spawn().map_err(|e| format!("cannot start sh: {e}"))?;
-    let pid = child.id();
-    let res = tokio::time::timeout(timeout, child.wait_with_output()).await;
-    let output = match res {
-        Ok(o) => o.map_err(|e| e.to_string())?,
+    // The step's log (appended to by every attempt), for `runbook logs`.
+    let log = match ctx.log_dir {
+        Some(d) => {
+            std::fs::create_dir_all(d)
+                .map_err(|e| format!("cannot create {}: {e}", d.display()))?;
+            let path = d.join(format!("{}.log", ctx.step_id));
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+            use std::io::Write;
+            let _ = writeln!(f, "--- {} attempt at {}", ctx.step_id, jiff::Timestamp::now());
+            Some(std::sync::Mutex::new(f))
+        }
+        None => None,
+    };
+    let mut child = cmd.spawn().map_err(|e| format!("cannot start sh: {e}"))?;
+    let mut group = GroupKill(child.id());
+    let (so, se) = (
+        child.stdout.take().expect("piped"),
+        child.stderr.take().expect("piped"),
+    );
+    let (mut out_buf, mut err_buf) = (Vec::new(), Vec::new());
+    let work = async {
+        tokio::join!(
+            pump(so, &mut out_buf, log.as_ref(), ctx.live, ctx.redactor),
+            pump(se, &mut err_buf, log.as_ref(), ctx.live, ctx.redactor),
+        );
+        child.wait().await
+    };
+    let status = match tokio::time::timeout(timeout, work).await {
+        Ok(st) => st.map_err(|e| e.to_string())?,
         Err(_) => {
-            #[cfg(unix)]
-            if let Some(pid) = pid {
-                // The whole process group: the shell and whatever it started.
-                let _ = std::process::Command::new("kill")
-                    .args(["-KILL", &format!("-{pid}")])
-                    .status();
-            }
+            drop(group); // the whole process group
             let _ = std::fs::remove_dir_all(&dir);
             return Err(format!("command timed out after {}s", timeout.as_secs()));
         }
+    };
+    // It finished by itself; what it left running in its group is killed too.
+    drop(std::mem::replace(&mut group, GroupKill(None)));
+    let output = std::process::Output {
+        status,
+        stdout: out_buf,
+        stderr: err_buf,
     };
     let mut o = Outcome::default();
     let text = std::fs::read_to_string(&out_file).unwrap_or_default();
@@ -1333,6 +1413,8 @@ async fn restore(ctx: &Ctx<'_>, r: &RestoreAction) -> R<Outcome> {
         .map_err(|e| crate::error::display_chain(&e))?;
     let mut o = Outcome::default();
     o.outputs.insert("restoreId".into(), json!(rep.id));
+    // The backup `latest` (or a prefix) resolved to: later steps restore exactly this one.
+    o.outputs.insert("backupId".into(), json!(rep.backup));
     o.outputs.insert("created".into(), json!(rep.created));
     o.outputs.insert("failed".into(), json!(rep.failed));
     if rep.failed > 0 {

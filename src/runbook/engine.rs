@@ -112,6 +112,8 @@ pub struct Runner<'a> {
     /// Temporary volume objects of a `backup` step in flight, deleted when the run is
     /// interrupted.
     pub cleanup: crate::volume::snapshots::Cleanup,
+    /// Where `run` steps write their output (`runbook logs`); None in dry runs.
+    pub log_dir: Option<std::path::PathBuf>,
 }
 
 pub struct Progress<'a> {
@@ -149,6 +151,8 @@ impl Runner<'_> {
             redactor: &self.redactor,
             dry_run,
             cleanup: &self.cleanup,
+            log_dir: self.log_dir.as_deref(),
+            live: !self.quiet,
         }
     }
 
@@ -213,16 +217,17 @@ impl Runner<'_> {
                 continue;
             }
             if state == Some(StepStatus::InDoubt) && !self.dry_run {
-                if let Action::Run(_) = step.action {
+                if !step.action.safe_to_repeat() {
                     let choice = match self.in_doubt {
                         Some(c) => c,
                         None => match self.prompter.in_doubt(step)? {
                             Some(c) => c,
                             None => {
                                 return Err(Error::Usage(format!(
-                                    "step {} (a `run` command) was started by a run that stopped before it finished; \
+                                    "step {} (a `{}` step, not safe to repeat) was started by a run that stopped before it finished; \
                                      it may have half-run. Give --in-doubt rerun or --in-doubt skip",
-                                    step.id
+                                    step.id,
+                                    step.action.name()
                                 )));
                             }
                         },
@@ -641,6 +646,9 @@ impl Runner<'_> {
                 None => false,
             })
             .collect();
+        // Irreversible steps that started and failed: they may have changed something part-way
+        // (id, whether the runbook declared `undo: none` itself).
+        let mut unfinished: Vec<(String, bool)> = Vec::new();
         for (k, s) in todo.iter().enumerate().rev() {
             let st = p.replay.steps.get(&s.id).cloned().unwrap_or_default();
             let completed = matches!(st.status, StepStatus::Succeeded | StepStatus::UndoFailed);
@@ -673,6 +681,7 @@ impl Runner<'_> {
                         "did not complete and cannot be undone automatically; check it by hand"
                             .into(),
                     )?;
+                    unfinished.push((s.id.clone(), matches!(s.undo, Some(Undo::None))));
                     continue;
                 }
                 Undo::None if self.force => {
@@ -755,10 +764,29 @@ impl Runner<'_> {
                 }
             }
         }
-        Ok((
-            RunStatus::RolledBack,
-            Some(format!("rolled back to {}", to.unwrap_or("start"))),
-        ))
+        let target = to.unwrap_or("start");
+        if unfinished.iter().any(|(_, declared)| *declared) {
+            // The runbook said this step cannot be undone, and it stopped part-way: not a clean
+            // rollback.
+            let ids: Vec<&str> = unfinished.iter().map(|(id, _)| id.as_str()).collect();
+            let msg = format!(
+                "rolled back to {target}, except step {} (undo: none), which failed part-way and cannot be undone; check it by hand",
+                ids.join(", ")
+            );
+            self.say(&format!("  ✗ {msg}"));
+            return Ok((RunStatus::RollbackFailed, Some(msg)));
+        }
+        if !unfinished.is_empty() {
+            let ids: Vec<&str> = unfinished.iter().map(|(id, _)| id.as_str()).collect();
+            return Ok((
+                RunStatus::RolledBack,
+                Some(format!(
+                    "rolled back to {target}; step {} failed and has no undo: check what it did by hand",
+                    ids.join(", ")
+                )),
+            ));
+        }
+        Ok((RunStatus::RolledBack, Some(format!("rolled back to {target}"))))
     }
 }
 

@@ -1,7 +1,9 @@
-//! One run of a plan at a time: a `coordination.k8s.io/v1` Lease per plan (named after the plan's
-//! content hash) held while a run, resume or rollback executes, renewed in the background. A
-//! crashed run's lease expires after [`LEASE_SECONDS`]; the same run may take its own lease back
-//! at once (resume after kill -9).
+//! One run of a change at a time: a `coordination.k8s.io/v1` Lease per change (named after
+//! [`super::plan::change_key`]: the runbook and its parameters, so two responders' plans of the
+//! same change share it) held while a run, resume or rollback executes, renewed in the
+//! background. A crashed run's lease expires after [`LEASE_SECONDS`]; a run that waits for
+//! approval keeps it for [`PARKED_SECONDS`] (see [`LeaseGuard::park`]); the same run may take its
+//! own lease back at once (resume after kill -9 or after approval).
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
@@ -11,6 +13,8 @@ use serde_json::{Value, json};
 use crate::error::Error;
 
 pub const LEASE_SECONDS: i64 = 60;
+/// How long a run awaiting approval keeps the change locked without renewing.
+pub const PARKED_SECONDS: i64 = 24 * 3600;
 const RENEW_EVERY: Duration = Duration::from_secs(15);
 
 pub struct LeaseGuard {
@@ -34,7 +38,7 @@ pub fn lease_name(plan_hash: &str) -> String {
         .chars()
         .take(16)
         .collect();
-    format!("lifeboat-plan-{hex}")
+    format!("lifeboat-change-{hex}")
 }
 
 fn busy(msg: String) -> Error {
@@ -94,8 +98,13 @@ pub async fn acquire(
                 let ago = renewed
                     .map(|r| format!("{}s ago", now.duration_since(r).as_secs()))
                     .unwrap_or_else(|| "at an unknown time".into());
+                let waiting = if dur > LEASE_SECONDS {
+                    " and waits for approval: resume or roll back that run, or delete the lease by hand once it is abandoned"
+                } else {
+                    ""
+                };
                 return Err(busy(format!(
-                    "this plan is being run by {cur} (lease {namespace}/{name}, renewed {ago}); \
+                    "this change (runbook and parameters) is being run by {cur}{waiting} (lease {namespace}/{name}, renewed {ago}); \
                      wait for it to finish, or for the lease to expire {dur}s after its holder stopped"
                 )));
             }
@@ -151,6 +160,30 @@ pub async fn acquire(
 }
 
 impl LeaseGuard {
+    /// Keep the lease while the run waits for approval: renewed now for [`PARKED_SECONDS`], so
+    /// no other run of the change starts; `resume` of this run takes it back.
+    pub async fn park(self) {
+        self.renew.abort();
+        let Ok(cur) = self.api.get(&self.name).await else {
+            return;
+        };
+        if cur.spec.as_ref().and_then(|s| s.holder_identity.as_deref())
+            != Some(self.holder.as_str())
+        {
+            return;
+        }
+        let patch = json!({"metadata": {"resourceVersion": cur.metadata.resource_version},
+                           "spec": {"renewTime": micro_time(jiff::Timestamp::now()),
+                                    "leaseDurationSeconds": PARKED_SECONDS}});
+        if let Err(e) = self
+            .api
+            .patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            tracing::warn!(error = %crate::error::display_chain(&e), "cannot keep the change lease while awaiting approval");
+        }
+    }
+
     /// Give the lease up (best effort: an unreleased lease expires by itself).
     /// Only a lease this run still holds is deleted (with its resourceVersion as precondition).
     pub async fn release(self) {
@@ -184,7 +217,7 @@ mod tests {
         assert_eq!(super::micro_time(t), "2026-11-27T04:05:06.123456Z");
         assert_eq!(
             super::lease_name("sha256:0123456789abcdef0123"),
-            "lifeboat-plan-0123456789abcdef"
+            "lifeboat-change-0123456789abcdef"
         );
     }
 }

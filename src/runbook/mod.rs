@@ -6,7 +6,7 @@
 //! - [`actions`]: what each action does, its prior state and its undo;
 //! - [`engine`]: execution, approvals, failures, rollback;
 //! - [`journal`]: the crash-safe JSONL journal and its replay;
-//! - [`lease`]: one run per plan at a time.
+//! - [`lease`]: one run per change (runbook + parameters) at a time.
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -347,6 +347,15 @@ impl RunReport {
             None => crate::error::Exit::Success,
         }
     }
+
+    /// For `runbook rollback`: the rollback was what was asked for, so one that completes is a
+    /// success (0); 2 stays for a run that failed and was rolled back by itself.
+    pub fn rollback_exit_code(&self) -> crate::error::Exit {
+        match self.exit {
+            Some(RunStatus::RolledBack) => crate::error::Exit::Success,
+            _ => self.exit_code(),
+        }
+    }
 }
 
 /// Asks on the terminal (dialoguer).
@@ -531,13 +540,56 @@ pub struct Env<'a> {
     pub repo: &'a RepoOptions,
 }
 
-fn check_cluster(p: &plan::Plan, plan_file: &str, cluster: &Cluster) -> Result<(), Error> {
-    if p.cluster.server != cluster.server {
-        return Err(Error::Runbook(format!(
-            "{plan_file} was planned for the cluster at {} but the current context points at {}; \
-             switch context (--context) or make a new plan",
-            p.cluster.server, cluster.server
-        )));
+/// The plan must run on the cluster it was made for: the same `kube-system` UID when the plan
+/// has one (the URL may differ: another address of the same cluster), else the same server URL.
+/// A different context or server version is only reported.
+async fn check_cluster(p: &plan::Plan, plan_file: &str, cluster: &Cluster) -> Result<(), Error> {
+    // Reachable at all? (Else "cannot confirm the cluster" would hide "cannot reach it".)
+    let info = cluster
+        .client
+        .apiserver_version()
+        .await
+        .map_err(|source| crate::error::cluster_error(&cluster.server, source))?;
+    match &p.cluster.uid {
+        Some(want) => match crate::cluster::cluster_uid(&cluster.client).await {
+            Some(got) if &got == want => {
+                if p.cluster.server != cluster.server {
+                    tracing::info!(
+                        "{plan_file}: the same cluster (kube-system {want}) at another address: {} (planned at {})",
+                        cluster.server,
+                        p.cluster.server
+                    );
+                }
+            }
+            Some(got) => {
+                return Err(Error::Runbook(format!(
+                    "{plan_file} was planned for cluster {want} (kube-system namespace UID, at {}) but the current context reaches cluster {got} at {}; \
+                     switch context (--context) or make a new plan",
+                    p.cluster.server, cluster.server
+                )));
+            }
+            None => {
+                return Err(Error::Runbook(format!(
+                    "{plan_file} was planned for cluster {want} (kube-system namespace UID) but the namespace kube-system cannot be read at {} to confirm it is the same cluster; \
+                     run with an identity that may get namespace kube-system",
+                    cluster.server
+                )));
+            }
+        },
+        None if p.cluster.server != cluster.server => {
+            return Err(Error::Runbook(format!(
+                "{plan_file} was planned for the cluster at {} but the current context points at {}; \
+                 switch context (--context) or make a new plan",
+                p.cluster.server, cluster.server
+            )));
+        }
+        None => {}
+    }
+    if info.git_version != p.cluster.server_version {
+        eprintln!(
+            "note: {plan_file} was planned on Kubernetes {}; the cluster now runs {}",
+            p.cluster.server_version, info.git_version
+        );
     }
     Ok(())
 }
@@ -581,6 +633,7 @@ async fn exec_with_lease(
         dry_run: opts.dry_run,
         quiet: opts.quiet,
         cleanup: Default::default(),
+        log_dir: (!opts.dry_run).then(|| run_logs_dir(journal_path, run)),
     };
     let volume_cleanup = runner.cleanup.clone();
     let replay = journal::replay(&records);
@@ -642,7 +695,13 @@ async fn exec_with_lease(
         }
     };
     if let Some(l) = lease {
-        l.release().await;
+        if status == RunStatus::AwaitingApproval {
+            // A run waiting for approval may have a node half-drained: the change stays locked
+            // until it is resumed (by this run only) or finished.
+            l.park().await;
+        } else {
+            l.release().await;
+        }
     }
     let records = if opts.dry_run {
         progress.records
@@ -681,12 +740,7 @@ pub async fn run_plan(
 ) -> Result<RunReport, Error> {
     let (plan, loaded) = plan::load(plan_path)?;
     let plan_file = plan_path.display().to_string();
-    check_cluster(&plan, &plan_file, env.cluster)?;
-    env.cluster
-        .client
-        .apiserver_version()
-        .await
-        .map_err(|source| crate::error::cluster_error(&env.cluster.server, source))?;
+    check_cluster(&plan, &plan_file, env.cluster).await?;
     let actor = actor(&env.cluster.client).await;
     let redactor = Redactor::default();
     let run = new_run_id(&plan.runbook.name);
@@ -743,6 +797,14 @@ pub async fn run_plan(
     .await
 }
 
+/// `<runs dir>/<run>.logs/`: the output of the run's `run` steps, one `<step>.log` each.
+fn run_logs_dir(journal_path: &Path, run: &str) -> PathBuf {
+    journal_path
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join(format!("{run}.logs"))
+}
+
 async fn take_lease(
     env: &Env<'_>,
     opts: &ExecOptions,
@@ -756,7 +818,7 @@ async fn take_lease(
     lease::acquire(
         &env.cluster.client,
         &opts.lease_namespace,
-        &plan.content_hash,
+        &plan::change_key(plan),
         run,
         &actor.user,
     )
@@ -788,7 +850,7 @@ pub async fn continue_run(
     let redactor = Redactor::default();
     let mut j = Journal::open(&dir, run, redactor.clone())?;
     let (plan, loaded) = plan::load(&plan_copy)?;
-    check_cluster(&plan, &plan_copy.display().to_string(), env.cluster)?;
+    check_cluster(&plan, &plan_copy.display().to_string(), env.cluster).await?;
     let records = journal::read(&journal_path)?;
     let state = journal::replay(&records);
     let plan_file = state
@@ -930,6 +992,97 @@ fn checkpoints(l: &spec::Loaded) -> String {
 }
 
 /// `runbook status [RUN]`.
+/// `runbook logs RUN [STEP] [-f]`: the run's step logs (`<run>.logs/<step>.log`, redacted when
+/// written) to `w`, in runbook order; with `follow`, new output until the journal's last record
+/// says the run stopped.
+pub async fn logs(
+    run: &str,
+    step: Option<&str>,
+    follow: bool,
+    state_dir: Option<&Path>,
+    w: &mut dyn std::io::Write,
+) -> Result<(), Error> {
+    use std::io::{Read, Seek};
+    let opts = ExecOptions {
+        state_dir: state_dir.map(Path::to_path_buf),
+        ..Default::default()
+    };
+    let (_, journal_path, plan_copy) = open_run(&opts, run)?;
+    let (_, loaded) = plan::load(&plan_copy)?;
+    let dir = run_logs_dir(&journal_path, run);
+    let all: Vec<String> = loaded
+        .steps
+        .iter()
+        .chain(loaded.runbook.finally.iter())
+        .map(|s| s.id.clone())
+        .collect();
+    let ids: Vec<String> = match step {
+        Some(s) if !all.iter().any(|id| id == s) => {
+            return Err(Error::Usage(format!("{s} is not a step of run {run}")));
+        }
+        Some(s) => vec![s.to_string()],
+        None => all,
+    };
+    let out_err = |source| Error::Output { source };
+    let mut offsets: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut printed_any = false;
+    loop {
+        // Read the journal first: output written before it says "stopped" is still printed.
+        let stopped = journal::read(&journal_path)?
+            .last()
+            .is_some_and(|r| r.event == journal::Event::RunFinished);
+        for id in &ids {
+            let path = dir.join(format!("{id}.log"));
+            let Ok(mut f) = std::fs::File::open(&path) else {
+                continue;
+            };
+            let off = offsets.entry(id.clone()).or_insert(0);
+            f.seek(std::io::SeekFrom::Start(*off)).map_err(|source| Error::ReadFile {
+                path: path.clone(),
+                source,
+            })?;
+            let mut buf = Vec::new();
+            f.read_to_end(&mut buf).map_err(|source| Error::ReadFile {
+                path: path.clone(),
+                source,
+            })?;
+            // Whole lines only (a line being written is printed once complete).
+            let upto = match buf.iter().rposition(|&b| b == b'\n') {
+                Some(i) => i + 1,
+                None if stopped => buf.len(),
+                None => 0,
+            };
+            if upto == 0 {
+                continue;
+            }
+            *off += upto as u64;
+            printed_any = true;
+            if ids.len() > 1 {
+                for line in String::from_utf8_lossy(&buf[..upto]).lines() {
+                    writeln!(w, "{id} │ {line}").map_err(out_err)?;
+                }
+            } else {
+                w.write_all(&buf[..upto]).map_err(out_err)?;
+            }
+            w.flush().map_err(out_err)?;
+        }
+        if !follow || stopped {
+            break;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_millis(250)) => {}
+            _ = crate::wait_for_signal() => return Err(Error::Interrupted),
+        }
+    }
+    if !printed_any && !follow {
+        eprintln!(
+            "no output recorded for {} of run {run} (only `run` steps record output)",
+            step.map(|s| format!("step {s}")).unwrap_or_else(|| "any step".into())
+        );
+    }
+    Ok(())
+}
+
 pub fn status(run: Option<&str>, state_dir: Option<&Path>) -> Result<RunReport, Error> {
     let opts = ExecOptions {
         state_dir: state_dir.map(Path::to_path_buf),

@@ -59,6 +59,12 @@ pub struct PlanCluster {
     pub context: Option<String>,
     pub server: String,
     pub server_version: String,
+    /// The UID of the cluster's `kube-system` namespace: its identity, whatever address it is
+    /// reached at (in a pod, behind a proxy or a tunnel many clusters share one URL). `None`:
+    /// it could not be read when planning (older plans, or no permission); then only the server
+    /// URL is compared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -72,6 +78,14 @@ pub struct PreviewStep {
     pub checkpoint: bool,
     pub undo: String,
     pub preview: String,
+}
+
+/// What a run changes, independent of who planned it and when: the runbook and its rendered
+/// parameters (which name the targets). Two plans of the same change share one lock.
+pub fn change_key(p: &Plan) -> String {
+    let what = serde_json::json!({"runbook": p.runbook.name, "params": p.params});
+    let bytes = serde_json::to_vec(&what).expect("plans serialize");
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(&bytes)))
 }
 
 pub fn content_hash(p: &Plan) -> String {
@@ -184,6 +198,8 @@ pub async fn make(input: PlanInput<'_>) -> Result<(Plan, Vec<String>), Error> {
                     redactor: &redactor,
                     dry_run: true,
                     cleanup: &Default::default(),
+                    log_dir: None,
+                    live: false,
                 };
                 match actions::preview(&ctx, &action).await {
                     Ok(p) => p,
@@ -224,6 +240,7 @@ pub async fn make(input: PlanInput<'_>) -> Result<(Plan, Vec<String>), Error> {
             context: context_name(input.cluster_options),
             server: input.cluster.server.clone(),
             server_version: info.git_version,
+            uid: crate::cluster::cluster_uid(&input.cluster.client).await,
         },
         preview,
         content_hash: String::new(),
@@ -350,6 +367,7 @@ mod tests {
                 context: None,
                 server: "https://a".into(),
                 server_version: "v1.34.4".into(),
+                uid: Some("0d6c0f8e-1".into()),
             },
             preview: vec![],
             content_hash: String::new(),
@@ -359,5 +377,14 @@ mod tests {
         assert_eq!(content_hash(&p), h, "the hash field itself is not hashed");
         p.params.insert("replicas".into(), json!(4));
         assert_ne!(content_hash(&p), h);
+        let key = change_key(&p);
+        p.metadata.created = "later".into();
+        p.metadata.created_by.user = "bob".into();
+        assert_eq!(change_key(&p), key, "another plan of the same change: one lock");
+        p.params.insert("replicas".into(), json!(5));
+        assert_ne!(change_key(&p), key);
+        let h4 = content_hash(&p);
+        p.cluster.uid = Some("another-cluster".into());
+        assert_ne!(content_hash(&p), h4, "the cluster identity is hashed");
     }
 }

@@ -362,6 +362,16 @@ pub struct HttpAction {
     pub body_contains: Option<String>,
 }
 
+impl HttpAction {
+    /// GET, HEAD or OPTIONS: a request that changes nothing.
+    pub fn read_only(&self) -> bool {
+        matches!(
+            self.method.to_ascii_uppercase().as_str(),
+            "GET" | "HEAD" | "OPTIONS"
+        )
+    }
+}
+
 fn get() -> String {
     "GET".into()
 }
@@ -544,8 +554,11 @@ impl Action {
             | Action::Drill(_)
             | Action::Wait(_)
             | Action::WaitWorkloads(_)
-            | Action::Http(_)
             | Action::Approve(_) => Reversibility::ReadOnly,
+            // GET and HEAD only read; POST, PUT, PATCH and DELETE change something elsewhere
+            // that lifeboat cannot undo (say `undo: skip` for a notification).
+            Action::Http(h) if h.read_only() => Reversibility::ReadOnly,
+            Action::Http(_) => Reversibility::Irreversible,
             Action::Restore(r) if r.dry_run => Reversibility::ReadOnly,
             Action::Restore(_) | Action::RolloutRestart(_) | Action::Delete(_) | Action::Run(_) => {
                 Reversibility::Irreversible
@@ -556,6 +569,17 @@ impl Action {
     /// Whether the step changes the cluster (an interactive run asks before it).
     pub fn mutates(&self) -> bool {
         !matches!(self.reversibility(), Reversibility::ReadOnly)
+    }
+
+    /// Whether running the step a second time, after a crash left it half-done, is harmless.
+    /// Those that are not (`run`, `http` other than GET/HEAD) are "in doubt" on resume and need
+    /// `--in-doubt rerun|skip` or an answer.
+    pub fn safe_to_repeat(&self) -> bool {
+        match self {
+            Action::Run(_) => false,
+            Action::Http(h) => h.read_only(),
+            _ => true,
+        }
     }
 }
 
@@ -1215,6 +1239,28 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(l.steps[0].effective_undo(), Undo::Auto));
+        assert!(matches!(l.steps[1].effective_undo(), Undo::None));
+        assert!(matches!(l.steps[2].effective_undo(), Undo::Skip));
+    }
+
+    #[test]
+    fn http_requests_that_change_something_are_not_read_only_or_repeated_blindly() {
+        let l = parse_str(
+            "steps:
+  - id: get
+    http: {url: 'http://a/health'}
+  - id: post
+    http: {url: 'http://a/deploy', method: post}
+  - id: notify
+    http: {url: 'http://a/hook', method: POST}
+    undo: skip
+",
+        )
+        .unwrap();
+        assert!(!l.steps[0].action.mutates() && l.steps[0].action.safe_to_repeat());
+        assert!(matches!(l.steps[0].effective_undo(), Undo::Skip));
+        assert!(l.steps[1].action.mutates(), "asks before it");
+        assert!(!l.steps[1].action.safe_to_repeat(), "in doubt after a crash");
         assert!(matches!(l.steps[1].effective_undo(), Undo::None));
         assert!(matches!(l.steps[2].effective_undo(), Undo::Skip));
     }

@@ -51,6 +51,22 @@ pub struct Env {
 
 static ENV: OnceLock<Env> = OnceLock::new();
 static PLAIN: OnceLock<Env> = OnceLock::new();
+static SECOND: OnceLock<Env> = OnceLock::new();
+
+/// Another cluster: a control plane of this test binary's own (another `kube-system` UID, its
+/// own CA and credentials), for tests about telling clusters apart.
+#[allow(dead_code)]
+pub fn second_env() -> &'static Env {
+    SECOND.get_or_init(|| {
+        let tmp = tempfile::Builder::new()
+            .prefix("lifeboat-second-")
+            .tempdir()
+            .unwrap();
+        let dir = tmp.path().join("env");
+        eprintln!("harness: a second cluster in {}", dir.display());
+        private_env(tmp, dir, &[])
+    })
+}
 
 /// Whether the shared environment has the real node (and with it the real snapshot-controller).
 pub fn has_real_node() -> bool {
