@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::{Lifeboat, Run, TestNs, eventually, unique};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Secret};
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
 const PASSWORD: &str = "runbook-test-password";
@@ -388,12 +388,17 @@ steps:
 
 /// A kwok node of the test's own: tainted so only the test's pods land on it.
 async fn own_node(client: &kube::Client, name: &str) {
+    own_node_at(client, name, &common::Env::pinned_k8s_version()).await
+}
+
+/// A kwok Node of our own whose kubelet reports `kubelet`.
+async fn own_node_at(client: &kube::Client, name: &str, kubelet: &str) {
     let n: Node = obj(json!({
         "metadata": {"name": name,
             "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
             "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "type": "kwok"}},
         "spec": {"taints": [{"key": "lifeboat.io/test-node", "value": name, "effect": "NoSchedule"}]},
-        "status": {"nodeInfo": {"kubeletVersion": common::Env::pinned_k8s_version(), "kubeProxyVersion": common::Env::pinned_k8s_version(),
+        "status": {"nodeInfo": {"kubeletVersion": kubelet, "kubeProxyVersion": kubelet,
                                 "architecture": "amd64", "operatingSystem": "linux"},
                    "allocatable": {"cpu": "32", "memory": "256Gi", "pods": "110"},
                    "capacity": {"cpu": "32", "memory": "256Gi", "pods": "110"}}
@@ -842,8 +847,17 @@ async fn shipped_namespace_restore_restores_after_approval_and_verifies_workload
 #[tokio::test]
 async fn shipped_cluster_upgrade_gates_backs_up_and_upgrades_node_by_node() {
     let ns = TestNs::new("rb-upgrade").await;
+    let pinned = common::Env::pinned_k8s_version();
+    let minor: u32 = pinned
+        .trim_start_matches('v')
+        .split('.')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    // A node one minor behind the control plane.
     let node = unique("lbt-node");
-    own_node(&ns.client, &node).await;
+    own_node_at(&ns.client, &node, &format!("v1.{}.3", minor - 1)).await;
     deployment(&ns, "worker", 1, "example/worker:1", pinned_to(&node)).await;
     available(&ns, "worker").await;
     let w = Work::new();
@@ -851,25 +865,41 @@ async fn shipped_cluster_upgrade_gates_backs_up_and_upgrades_node_by_node() {
     let hook = w.path("hook.log");
     let upgrade = format!("echo \"$NODE $TARGET\" >> {}", hook.display());
     let rb = common::repo_root().join("runbooks/cluster-upgrade.yaml");
-    let minor: u32 = common::Env::pinned_k8s_version()
-        .trim_start_matches('v')
-        .split('.')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let target = format!("1.{}", minor + 1);
     // Other tests run in the same cluster at the same time (their PDBs and webhooks would be
-    // blockers here): the gate reports but does not fail in this test.
-    let plan = w.plan(
-        &rb,
-        &[
-            &format!("target={target}"),
-            &format!("nodes={node}"),
-            &format!("upgradeCommand={upgrade}"),
-            "failOn=none",
-        ],
+    // blockers here): failOn=none. The API server version and the kubelet skew are gates anyway.
+    let plan_for = |target: &str| {
+        w.plan(
+            &rb,
+            &[
+                &format!("target={target}"),
+                &format!("nodes={node}"),
+                &format!("upgradeCommand={upgrade}"),
+                &format!("checkNamespace={}", ns.name),
+                "failOn=none",
+            ],
+        )
+    };
+
+    // Nodes to a minor the API server does not run yet: refused before anything changes.
+    let ahead = plan_for(&format!("1.{}", minor + 1));
+    let r = w.run(&["runbook", "run", ahead.to_str().unwrap(), "--yes", "-o", "json"]);
+    r.code_is(2);
+    let msg = r.json()["message"].as_str().unwrap().to_string();
+    assert!(
+        msg.contains("step gate failed") || msg.contains("rolled back"),
+        "{}",
+        r.describe()
     );
+    assert!(
+        r.stdout().contains("upgrade the control plane to"),
+        "{}",
+        r.describe()
+    );
+    assert!(!hook.exists(), "the hook ran before the control plane was at the target");
+    assert!(!unschedulable(&ns.client, &node).await);
+
+    let target = format!("1.{minor}");
+    let plan = plan_for(&target);
     let plan_text = std::fs::read_to_string(&plan).unwrap();
     assert!(
         plan_text.contains(&format!("node-{node}-drain")),
@@ -878,23 +908,36 @@ async fn shipped_cluster_upgrade_gates_backs_up_and_upgrades_node_by_node() {
     let r = w.run(&["runbook", "run", plan.to_str().unwrap(), "--yes"]);
     r.code_is(3);
     let run = run_id(&r);
-    let r = w.run(&[
-        "runbook",
-        "resume",
-        &run,
-        "--yes",
-        "--approve",
-        "go",
-        "-o",
-        "json",
-    ]);
-    r.success();
+    let mut resume = w.lb.spawn(&["runbook", "resume", &run, "--yes", "--approve", "go"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !hook.exists() {
+        assert!(std::time::Instant::now() < deadline, "the hook never ran");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The hook ran, the kubelet still reports the old version: the run waits, cordoned.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        resume.try_wait().unwrap().is_none(),
+        "the run did not wait for the new kubelet"
+    );
+    assert!(unschedulable(&ns.client, &node).await, "uncordoned before the upgrade showed");
+    // "The new kubelet" reports its version; kwok's next heartbeat makes it fresh.
+    Api::<Node>::all(ns.client.clone())
+        .patch_status(
+            &node,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"nodeInfo": {"kubeletVersion": pinned}}})),
+        )
+        .await
+        .unwrap();
+    let status = common::wait_bounded(&mut resume, "runbook resume (cluster-upgrade)");
+    assert_eq!(status.code(), Some(0), "{}", w.run(&["runbook", "status", &run]).stdout());
     assert_eq!(
         std::fs::read_to_string(&hook).unwrap().trim(),
         format!("{node} {target}")
     );
     let j = w.journal(&run);
-    for s in ["cordon", "drain", "upgrade", "uncordon", "ready"] {
+    for s in ["cordon", "drain", "upgrade", "upgraded", "uncordon", "healthy"] {
         let id = format!("node-{node}-{s}");
         assert_eq!(
             events(&j, "result", &id).last().unwrap()["status"],
@@ -902,6 +945,10 @@ async fn shipped_cluster_upgrade_gates_backs_up_and_upgrades_node_by_node() {
             "{id}"
         );
     }
+    assert_eq!(
+        events(&j, "result", &format!("node-{node}-upgraded"))[0]["outputs"]["kubeletVersion"],
+        json!(pinned)
+    );
     let backup_id = events(&j, "result", "backup")[0]["outputs"]["backupId"]
         .as_str()
         .unwrap()

@@ -51,11 +51,13 @@ fn forbidden(name: &str, what: &str) -> Check {
     )
 }
 
-/// All checks. `current` is the apiserver's version now.
+/// All checks. `current` is the apiserver's version now. `nodes`: node-upgrade mode (`target`
+/// is what the kubelets go to; the control plane must be there already).
 pub async fn run(
     client: &kube::Client,
     current: Minor,
     target: Minor,
+    node_mode: bool,
 ) -> Result<Vec<Check>, Error> {
     let (nodes, pods, pdbs, vwh, mwh) = tokio::join!(
         list_all::<Node>(client, "nodes"),
@@ -74,7 +76,13 @@ pub async fn run(
         list_all::<ValidatingWebhookConfiguration>(client, "validatingwebhookconfigurations"),
         list_all::<MutatingWebhookConfiguration>(client, "mutatingwebhookconfigurations"),
     );
-    let mut checks = vec![control_plane_path(current, target)];
+    // Node upgrades: what the kubelets are measured against is the API server as it is now.
+    let skew_against = if node_mode { current } else { target };
+    let mut checks = vec![if node_mode {
+        apiserver_at_node_target(current, target)
+    } else {
+        control_plane_path(current, target)
+    }];
     let pods = pods?;
     let nodes = nodes?;
     checks.push(match &pods {
@@ -82,13 +90,13 @@ pub async fn run(
         None => forbidden("control-plane-components", "pods in kube-system"),
     });
     match &nodes {
-        Some(n) => checks.push(node_skew(n, target, "kubelet-skew", |n| {
+        Some(n) => checks.push(node_skew(n, skew_against, "kubelet-skew", |n| {
             Some(n.kubelet_version.clone())
         })),
         None => checks.push(forbidden("kubelet-skew", "nodes")),
     }
     checks.push(match &pods {
-        Some(p) => kube_proxy_skew(p, nodes.as_deref(), target),
+        Some(p) => kube_proxy_skew(p, nodes.as_deref(), skew_against),
         None => forbidden("kube-proxy-skew", "pods in kube-system"),
     });
     checks.push(match &nodes {
@@ -104,6 +112,42 @@ pub async fn run(
         _ => forbidden("webhook-endpoints", "webhook configurations"),
     });
     Ok(checks)
+}
+
+/// Node-upgrade mode: kubelets go to `target` only once the API server is there (a kubelet may
+/// never be newer than the API server).
+pub fn apiserver_at_node_target(current: Minor, target: Minor) -> Check {
+    let name = "apiserver-at-target";
+    match current.minors_to(target) {
+        d if d > 0 => Check::new(
+            name,
+            CheckStatus::Fail,
+            format!(
+                "the API server is at {current}: upgrade the control plane to {target} before the nodes (a kubelet may never be newer than the API server)"
+            ),
+            vec![],
+        ),
+        0 => Check::new(
+            name,
+            CheckStatus::Pass,
+            format!("the API server is at {target}: nodes may follow"),
+            vec![],
+        ),
+        _ => match kubelet_skew_problem(target, current) {
+            Some(p) => Check::new(
+                name,
+                CheckStatus::Fail,
+                format!("kubelets at {target} would be {p}"),
+                vec![],
+            ),
+            None => Check::new(
+                name,
+                CheckStatus::Pass,
+                format!("the API server is at {current}; kubelets at {target} are within the skew policy"),
+                vec![],
+            ),
+        },
+    }
 }
 
 pub fn control_plane_path(current: Minor, target: Minor) -> Check {

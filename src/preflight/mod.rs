@@ -37,6 +37,9 @@ pub enum FailOn {
 #[derive(Debug, Clone)]
 pub struct PreflightOptions {
     pub target: Option<Minor>,
+    /// Node-upgrade mode (`--nodes-to 1.N`): the control plane must already be at N (kubelets
+    /// may never be newer than the API server); skew is checked against the API server now.
+    pub nodes_to: Option<Minor>,
     pub manifests: Vec<PathBuf>,
     /// `None`: on when a cluster is used.
     pub helm: Option<bool>,
@@ -218,6 +221,9 @@ impl Check {
 #[serde(rename_all = "camelCase")]
 pub struct Report {
     pub target: Minor,
+    /// Node-upgrade mode (`--nodes-to`): `target` is the nodes' target.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub node_upgrade: bool,
     pub server_version: Option<String>,
     pub database_version: Option<String>,
     pub findings: Vec<Finding>,
@@ -386,7 +392,12 @@ pub async fn preflight(
     let current = server.as_ref().and_then(|(_, i)| {
         Minor::from_parts(&i.major, &i.minor).or_else(|| i.git_version.parse().ok())
     });
-    let target = match (opts.target, current) {
+    if opts.nodes_to.is_some() && server.is_none() {
+        return Err(Error::Usage(
+            "--nodes-to needs the cluster: it compares the nodes with the API server".into(),
+        ));
+    }
+    let target = match (opts.nodes_to.or(opts.target), current) {
         (Some(t), _) => t,
         (None, Some(c)) => c.next(),
         (None, None) => {
@@ -435,7 +446,7 @@ pub async fn preflight(
             },
             metrics::scan(client, &db, target),
             crds::scan(client),
-            checks::run(client, current.unwrap_or(target), target),
+            checks::run(client, current.unwrap_or(target), target, opts.nodes_to.is_some()),
         );
         let (f, n, nt) = live?;
         findings.extend(f);
@@ -482,6 +493,7 @@ pub async fn preflight(
     summary.tally(&findings, &checks);
     Ok(Report {
         target,
+        node_upgrade: opts.nodes_to.is_some(),
         server_version: server.as_ref().map(|(_, i)| i.git_version.clone()),
         database_version: db::parse(std::path::Path::new("data/deprecations.yaml"), db::EMBEDDED)
             .ok()
@@ -530,6 +542,7 @@ mod tests {
         assert_eq!((summary.errors, summary.warnings, summary.infos), (0, 0, 1));
         let report = Report {
             target,
+            node_upgrade: false,
             server_version: None,
             database_version: None,
             findings,

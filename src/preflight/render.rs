@@ -54,6 +54,10 @@ impl Render for Report {
     fn table(&self, w: &mut dyn Write) -> io::Result<()> {
         let target = self.target.to_string();
         match &self.server_version {
+            Some(s) if self.node_upgrade => writeln!(
+                w,
+                "Preflight for upgrading the nodes to {target} (API server at {s})"
+            )?,
             Some(s) => writeln!(w, "Preflight for an upgrade to {target} (cluster at {s})")?,
             None => writeln!(w, "Preflight for {target} (no cluster: manifests only)")?,
         }

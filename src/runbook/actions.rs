@@ -693,6 +693,16 @@ pub async fn execute(ctx: &Ctx<'_>, action: &Action, timeout: Duration) -> R<Out
         Action::Preflight(p) => {
             out = preflight(ctx, p).await?;
         }
+        Action::WaitNodeVersion(w) => {
+            if ctx.dry_run {
+                out.summary = format!(
+                    "would wait until node {} runs a kubelet {}",
+                    w.node, w.kubelet_version
+                );
+            } else {
+                out = wait_node_version(ctx, w, timeout).await?;
+            }
+        }
         Action::Drill(d) => {
             if ctx.dry_run {
                 out.summary = format!("would drill backup {}", d.backup);
@@ -1467,8 +1477,17 @@ async fn preflight(ctx: &Ctx<'_>, p: &PreflightAction) -> R<Outcome> {
                 .map_err(|e| format!("target: {e}"))
         })
         .transpose()?;
+    let nodes_to = p
+        .nodes_to
+        .as_deref()
+        .map(|t| {
+            t.parse::<crate::preflight::version::Minor>()
+                .map_err(|e| format!("nodesTo: {e}"))
+        })
+        .transpose()?;
     let opts = PreflightOptions {
-        target,
+        target: if nodes_to.is_some() { None } else { target },
+        nodes_to,
         manifests: vec![],
         helm: None,
         no_cluster: false,
@@ -1489,6 +1508,20 @@ async fn preflight(ctx: &Ctx<'_>, p: &PreflightAction) -> R<Outcome> {
         "preflight for {}: {} removed APIs, {} deprecated, {} failed checks",
         rep.target, s.errors, s.warnings, s.checks_failed
     );
+    // A node upgrade never goes ahead of the API server, whatever failOn waives.
+    let hard: Vec<String> = rep
+        .checks
+        .iter()
+        .filter(|c| {
+            nodes_to.is_some()
+                && c.status == crate::preflight::CheckStatus::Fail
+                && matches!(c.name.as_str(), "apiserver-at-target" | "kubelet-skew")
+        })
+        .map(|c| format!("{}: {}", c.name, c.message))
+        .collect();
+    if !hard.is_empty() {
+        return Err(format!("{line} ({})", hard.join("; ")));
+    }
     if rep.exit(fail_on) != crate::error::Exit::Success {
         let why: Vec<String> = rep
             .checks
@@ -1508,6 +1541,115 @@ async fn preflight(ctx: &Ctx<'_>, p: &PreflightAction) -> R<Outcome> {
     }
     o.summary = line;
     Ok(o)
+}
+
+/// Whether kubelet version `v` ("v1.35.2") is `want` ("1.35": any patch; "v1.35.2": exactly).
+fn kubelet_matches(v: &str, want: &str) -> bool {
+    let v = v.trim_start_matches('v');
+    let want = want.trim_start_matches('v');
+    let base = v.split(['-', '+']).next().unwrap_or(v);
+    if want.split('.').count() >= 3 {
+        base == want
+    } else {
+        base == want || base.starts_with(&format!("{want}."))
+    }
+}
+
+/// A node's latest signs of life: its Ready condition (status, heartbeat, transition) and its
+/// kube-node-lease renew time, all as the API server records them (no local clock involved).
+async fn node_life(ctx: &Ctx<'_>, name: &str) -> R<Option<(String, bool, String, String)>> {
+    let nodes: Api<Node> = Api::all(ctx.cluster.client.clone());
+    let Some(n) = nodes.get_opt(name).await.map_err(kerr)? else {
+        return Ok(None);
+    };
+    let status = n.status.unwrap_or_default();
+    let version = status
+        .node_info
+        .map(|i| i.kubelet_version)
+        .unwrap_or_default();
+    let ready = status
+        .conditions
+        .unwrap_or_default()
+        .into_iter()
+        .find(|c| c.type_ == "Ready");
+    let is_ready = ready.as_ref().is_some_and(|c| c.status == "True");
+    let beat = ready
+        .as_ref()
+        .and_then(|c| c.last_heartbeat_time.as_ref().or(c.last_transition_time.as_ref()))
+        .map(|t| t.0.to_string())
+        .unwrap_or_default();
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(ctx.cluster.client.clone(), "kube-node-lease");
+    let renewed = match leases.get_opt(name).await {
+        Ok(Some(l)) => l
+            .spec
+            .and_then(|s| s.renew_time)
+            .map(|t| t.0.to_string())
+            .unwrap_or_default(),
+        _ => String::new(),
+    };
+    Ok(Some((version, is_ready, beat, renewed)))
+}
+
+/// `waitNodeVersion`: the node's kubelet reports the target version and the node is Ready with
+/// a heartbeat newer than any it had when the step started (a Ready read right after a kubelet
+/// restart may be the old kubelet's, still within its grace period). Transient API errors are
+/// retried until the timeout.
+async fn wait_node_version(ctx: &Ctx<'_>, w: &WaitNodeVersionAction, timeout: Duration) -> R<Outcome> {
+    let deadline = Instant::now() + timeout;
+    // The heartbeats at the start (server timestamps, compared as RFC 3339 strings of one
+    // clock: the API server's).
+    let start = loop {
+        match node_life(ctx, &w.node).await {
+            Ok(Some((_, _, beat, renewed))) => break (beat, renewed),
+            Ok(None) => break (String::new(), String::new()),
+            Err(e) if Instant::now() < deadline => {
+                tracing::warn!("node {}: {e}; retrying", w.node);
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    loop {
+        let last;
+        match node_life(ctx, &w.node).await {
+            Ok(Some((version, ready, beat, renewed))) => {
+                let fresh = (!beat.is_empty() && beat > start.0)
+                    || (!renewed.is_empty() && renewed > start.1);
+                if kubelet_matches(&version, &w.kubelet_version) && ready && fresh {
+                    let mut o = Outcome::default();
+                    o.outputs.insert("kubeletVersion".into(), json!(version));
+                    o.summary = format!(
+                        "node {} runs kubelet {version} and is Ready (heartbeat {})",
+                        w.node,
+                        if beat > start.0 { &beat } else { &renewed }
+                    );
+                    return Ok(o);
+                }
+                last = format!(
+                    "kubelet {}, {}, {}",
+                    if version.is_empty() { "unknown" } else { &version },
+                    if ready { "Ready" } else { "not Ready" },
+                    if fresh {
+                        "heartbeat after the step started"
+                    } else {
+                        "no heartbeat since the step started"
+                    }
+                );
+            }
+            Ok(None) => last = "the node does not exist (replaced under another name?)".into(),
+            Err(e) => last = format!("cannot read it: {e}"),
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "node {} did not come back with kubelet {} within {}s: {last}",
+                w.node,
+                w.kubelet_version,
+                timeout.as_secs()
+            ));
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
 }
 
 async fn drill(ctx: &Ctx<'_>, d: &DrillAction) -> R<Outcome> {
@@ -1678,12 +1820,34 @@ pub async fn preview(ctx: &Ctx<'_>, action: &Action) -> R<String> {
             r.backup,
             if r.dry_run { " (server dry-run)" } else { "" }
         ),
-        Action::Preflight(p) => format!(
-            "preflight for {}",
-            p.target.as_deref().unwrap_or("the next minor version")
+        Action::Preflight(p) => match &p.nodes_to {
+            Some(n) => format!("preflight for a node upgrade to {n} (the API server must be there)"),
+            None => format!(
+                "preflight for {}",
+                p.target.as_deref().unwrap_or("the next minor version")
+            ),
+        },
+        Action::WaitNodeVersion(w) => format!(
+            "wait until node {} runs a kubelet {} and reports Ready again",
+            w.node, w.kubelet_version
         ),
         Action::Drill(d) => format!("drill backup {}", d.backup),
     })
+}
+
+#[cfg(test)]
+mod node_version_tests {
+    #[test]
+    fn kubelet_versions_match_by_minor_or_exactly() {
+        use super::kubelet_matches;
+        assert!(kubelet_matches("v1.35.2", "1.35"));
+        assert!(kubelet_matches("v1.35.0-eks-1", "1.35"));
+        assert!(!kubelet_matches("v1.3.5", "1.35"));
+        assert!(!kubelet_matches("v1.350.1", "1.35"));
+        assert!(kubelet_matches("v1.35.2", "v1.35.2"));
+        assert!(!kubelet_matches("v1.35.3", "1.35.2"));
+        assert!(!kubelet_matches("", "1.35"));
+    }
 }
 
 #[cfg(test)]

@@ -330,6 +330,16 @@ pub struct WaitAction {
 }
 
 /// Wait until every Deployment, StatefulSet, DaemonSet, Job and PVC in a namespace is ready.
+/// `waitNodeVersion`: the node's kubelet reports `kubeletVersion` ("1.35": any patch of it;
+/// "v1.35.2": exactly) and the node is Ready with a heartbeat newer than any it had when the
+/// step started.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct WaitNodeVersionAction {
+    pub node: String,
+    pub kubelet_version: String,
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct WaitWorkloadsAction {
@@ -428,6 +438,11 @@ pub struct PreflightAction {
     /// Target minor version ("1.35"); default: the next minor.
     #[serde(default)]
     pub target: Option<String>,
+    /// Node-upgrade mode (`preflight --nodes-to`): the nodes go to this minor. Whatever
+    /// `failOn` says, the step fails when the API server is not there yet or a kubelet is
+    /// outside the skew policy against it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes_to: Option<String>,
     /// removed | deprecated | none (default removed).
     #[serde(default)]
     pub fail_on: Option<String>,
@@ -466,6 +481,7 @@ pub enum Action {
     Delete(ObjectRef),
     Wait(WaitAction),
     WaitWorkloads(WaitWorkloadsAction),
+    WaitNodeVersion(WaitNodeVersionAction),
     Run(RunAction),
     Http(HttpAction),
     Approve(ApproveAction),
@@ -487,6 +503,7 @@ pub const ACTIONS: &[&str] = &[
     "delete",
     "wait",
     "waitWorkloads",
+    "waitNodeVersion",
     "run",
     "http",
     "approve",
@@ -534,6 +551,7 @@ impl Action {
             Action::Delete(_) => "delete",
             Action::Wait(_) => "wait",
             Action::WaitWorkloads(_) => "waitWorkloads",
+            Action::WaitNodeVersion(_) => "waitNodeVersion",
             Action::Run(_) => "run",
             Action::Http(_) => "http",
             Action::Approve(_) => "approve",
@@ -554,6 +572,7 @@ impl Action {
             | Action::Drill(_)
             | Action::Wait(_)
             | Action::WaitWorkloads(_)
+            | Action::WaitNodeVersion(_)
             | Action::Approve(_) => Reversibility::ReadOnly,
             // GET and HEAD only read; POST, PUT, PATCH and DELETE change something elsewhere
             // that lifeboat cannot undo (say `undo: skip` for a notification).
@@ -662,6 +681,7 @@ impl<'de> Visitor<'de> for EntryVisitor {
                 "delete" => act!(Delete),
                 "wait" => act!(Wait),
                 "waitWorkloads" => act!(WaitWorkloads),
+                "waitNodeVersion" => act!(WaitNodeVersion),
                 "run" => act!(Run),
                 "http" => act!(Http),
                 "approve" => act!(Approve),
