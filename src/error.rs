@@ -88,6 +88,13 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    #[error("cannot write {path}")]
+    WriteFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
     #[error("--target 1.N is required: {reason}")]
     NeedTarget { reason: String },
 
@@ -167,6 +174,7 @@ impl Error {
             | Error::Encode { .. }
             | Error::DataFile { .. }
             | Error::ReadFile { .. }
+            | Error::WriteFile { .. }
             | Error::NeedTarget { .. }
             | Error::Discovery { .. }
             | Error::Kube { .. }

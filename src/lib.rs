@@ -221,7 +221,31 @@ async fn runbook_command(
         force: e.force,
         lease_namespace: e.lease_namespace.clone(),
         quiet: g.quiet,
+        shared_journal: !e.no_shared_journal,
         ..Default::default()
+    };
+    // Shared journals of runs this machine does not have (best effort for listing).
+    let pull = |ns: String, quiet_errors: bool| {
+        let cluster_options = settings.cluster_options();
+        async move {
+            let mut copts = cluster_options;
+            copts
+                .connect_timeout
+                .get_or_insert(std::time::Duration::from_secs(5));
+            let r = async {
+                let c = cluster::connect(&copts).await?;
+                runbook::pull_shared(&c.client, &ns, None).await
+            }
+            .await;
+            match r {
+                Ok(_) => Ok(()),
+                Err(e) if quiet_errors => {
+                    tracing::info!("shared run journals not read: {}", error::display_chain(&e));
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            }
+        }
     };
     let cluster_options = settings.cluster_options();
     let repo = settings.repo_options(g);
@@ -230,7 +254,13 @@ async fn runbook_command(
             output::emit(out, &runbook::validate(&file, &set)?)?;
             Ok(Exit::Success)
         }
-        RunbookCommand::List => {
+        RunbookCommand::List {
+            lease_namespace,
+            local,
+        } => {
+            if !local {
+                pull(lease_namespace, true).await?;
+            }
             output::emit(out, &runbook::list(None)?)?;
             Ok(Exit::Success)
         }
@@ -238,7 +268,15 @@ async fn runbook_command(
             runbook::logs(&run, step.as_deref(), follow, None, &mut std::io::stdout()).await?;
             Ok(Exit::Success)
         }
-        RunbookCommand::Status { run } => {
+        RunbookCommand::Status {
+            run,
+            lease_namespace,
+        } => {
+            // Another machine may have gone on with the run: the newest copy is shown.
+            match &run {
+                Some(r) if !runbook::is_local_run(r, None) => pull(lease_namespace, false).await?,
+                _ => pull(lease_namespace, true).await?,
+            }
             output::emit(out, &runbook::status(run.as_deref(), None)?)?;
             Ok(Exit::Success)
         }
@@ -281,7 +319,9 @@ async fn runbook_command(
         } => {
             let mut opts = exec(&e);
             opts.in_doubt = in_doubt;
-            runbook::status(Some(&run), None)?; // an unknown run id fails before connecting
+            if e.no_shared_journal {
+                runbook::status(Some(&run), None)?; // an unknown run id fails before connecting
+            }
             let cluster = cluster::connect(&cluster_options).await?;
             let env = runbook::Env {
                 cluster: &cluster,
@@ -294,7 +334,9 @@ async fn runbook_command(
         }
         RunbookCommand::Rollback { run, to, exec: e } => {
             let opts = exec(&e);
-            runbook::status(Some(&run), None)?;
+            if e.no_shared_journal {
+                runbook::status(Some(&run), None)?;
+            }
             let cluster = cluster::connect(&cluster_options).await?;
             let env = runbook::Env {
                 cluster: &cluster,

@@ -1715,3 +1715,61 @@ async fn ctrl_c_kills_what_a_run_step_started_and_its_output_is_in_the_logs() {
     bad.code_is(64);
     ns.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_run_is_resumed_and_rolled_back_from_another_machine_through_the_shared_journal() {
+    let ns = TestNs::new("rb-shared").await;
+    deployment(&ns, "web", 1, "nginx:1.26", json!({})).await;
+    let a = Work::new();
+    let b = Work::new(); // another machine: its own state directory, nothing of A's
+    let rb = a.write(
+        "rb.yaml",
+        &format!(
+            "apiVersion: lifeboat.io/v1\nkind: Runbook\nmetadata: {{name: shared}}\nsteps:\n  - id: scale\n    scale: {{kind: Deployment, name: web, namespace: {ns}, replicas: 3}}\n    checkpoint: true\n  - id: ok\n    approve: {{message: go on?}}\n  - id: image\n    setImage: {{kind: Deployment, name: web, namespace: {ns}, container: app, image: \"nginx:1.27\"}}\n",
+            ns = ns.name
+        ),
+    );
+    let plan = a.plan(&rb, &[]);
+    let lease_ns = ["--lease-namespace", ns.name.as_str()];
+    let with_ns = |w: &Work, args: &[&str]| {
+        let mut v = args.to_vec();
+        v.extend_from_slice(&lease_ns);
+        w.run(&v)
+    };
+    let r = with_ns(&a, &["runbook", "run", plan.to_str().unwrap(), "--yes"]);
+    r.code_is(3);
+    let run = run_id(&r);
+    let secrets = ns.api::<k8s_openapi::api::core::v1::Secret>();
+    assert!(
+        secrets
+            .get_opt(&format!("lifeboat-run-{run}"))
+            .await
+            .unwrap()
+            .is_some(),
+        "the journal is shared in the cluster"
+    );
+
+    // Machine B sees the run, resumes it with the approval, and finishes it.
+    let list = with_ns(&b, &["runbook", "list", "-o", "json"]);
+    list.success();
+    assert_eq!(list.json()["runs"][0]["run"], run.as_str(), "{}", list.describe());
+    let st = with_ns(&b, &["runbook", "status", &run, "-o", "json"]);
+    assert_eq!(st.success().json()["status"], "awaiting-approval");
+    let r = with_ns(&b, &["runbook", "resume", &run, "--yes", "--approve", "ok", "-o", "json"]);
+    r.success();
+    assert_eq!(r.json()["status"], "succeeded");
+    let d = ns.api::<Deployment>().get("web").await.unwrap();
+    assert_eq!(replicas_and_image(&d), (3, "nginx:1.27".to_string()));
+
+    // B rolls it back to the start: the undo data came with the journal.
+    let r = with_ns(&b, &["runbook", "rollback", &run, "--to", "start", "--yes", "-o", "json"]);
+    r.success();
+    assert_eq!(r.json()["status"], "rolled-back");
+    let d = ns.api::<Deployment>().get("web").await.unwrap();
+    assert_eq!(replicas_and_image(&d), (1, "nginx:1.26".to_string()));
+
+    // Machine A, whose copy is behind, shows what B did.
+    let st = with_ns(&a, &["runbook", "status", &run, "-o", "json"]);
+    assert_eq!(st.success().json()["status"], "rolled-back", "{}", st.describe());
+    ns.cleanup().await;
+}

@@ -28,6 +28,10 @@ pub struct ExecArgs {
     /// Namespace of the Lease that keeps two people from running the same plan at once
     #[arg(long, default_value = "default", value_name = "NS")]
     pub lease_namespace: String,
+    /// Keep the run's journal on this machine only (default: also a Secret
+    /// `lifeboat-run-<run>` in the lease namespace, so other machines can resume or roll back)
+    #[arg(long)]
+    pub no_shared_journal: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -83,11 +87,23 @@ pub enum RunbookCommand {
     },
     /// Show a run: status, each step, who approved what
     Status {
-        /// Run id (default: the most recent run)
+        /// Run id (default: the most recent run); a run this machine does not have is read
+        /// from its shared journal in the cluster
         run: Option<String>,
+        /// Namespace of the shared journals
+        #[arg(long, default_value = "default", value_name = "NS")]
+        lease_namespace: String,
     },
-    /// List runs, newest first
-    List,
+    /// List runs, newest first (this machine's, and the shared journals in the cluster when
+    /// it is reachable)
+    List {
+        /// Namespace of the shared journals
+        #[arg(long, default_value = "default", value_name = "NS")]
+        lease_namespace: String,
+        /// Only this machine's runs; do not contact the cluster
+        #[arg(long)]
+        local: bool,
+    },
     /// The output of a run's `run` steps (secrets redacted), as recorded in its log files
     Logs {
         /// Run id (see `runbook list`)

@@ -120,6 +120,10 @@ pub struct Journal {
     /// Holds the exclusive lock: one process per run (a killed process releases it).
     _lock: Option<std::fs::File>,
     redactor: Redactor,
+    /// The journal as written so far (what the shared copy is given).
+    text: Vec<u8>,
+    /// The shared copy in the cluster (super::shared), written after each local append.
+    mirror: Option<super::shared::Shared>,
 }
 
 fn lock(file: &std::fs::File, run: &str, path: &Path) -> Result<(), Error> {
@@ -161,6 +165,8 @@ impl Journal {
             file,
             _lock: None,
             redactor,
+            text: Vec::new(),
+            mirror: None,
         })
     }
 
@@ -181,6 +187,8 @@ impl Journal {
             locked.set_len(keep as u64).map_err(|e| io_err(&path, e))?;
             locked.sync_data().map_err(|e| io_err(&path, e))?;
         }
+        let mut text = text;
+        text.truncate(keep);
         let file = std::fs::OpenOptions::new()
             .append(true)
             .open(&path)
@@ -191,6 +199,8 @@ impl Journal {
             path,
             file,
             _lock: Some(locked),
+            text,
+            mirror: None,
             redactor,
         })
     }
@@ -203,7 +213,27 @@ impl Journal {
         self.file
             .write_all(&line)
             .and_then(|_| self.file.sync_data())
-            .map_err(|e| io_err(&self.path, e))
+            .map_err(|e| io_err(&self.path, e))?;
+        self.text.extend_from_slice(&line);
+        // The shared copy before going on: a step's intent must be visible to another machine
+        // before the step runs (else a resume there would not know it may have half-run).
+        if let Some(m) = self.mirror.as_mut() {
+            let text = &self.text;
+            tokio::task::block_in_place(|| {
+                tokio::runtime::Handle::current().block_on(m.push(text))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Keep the shared copy in step from now on.
+    pub fn attach(&mut self, mirror: super::shared::Shared) {
+        self.mirror = Some(mirror);
+    }
+
+    /// Everything written so far.
+    pub fn bytes(&self) -> &[u8] {
+        &self.text
     }
 }
 
@@ -401,6 +431,17 @@ pub fn replay(records: &[Record]) -> Replay {
 
 /// All runs in `dir`, newest first (by file name, which starts with the runbook name, so sort
 /// by modification time).
+/// A run id as lifeboat makes them (`<runbook>-<date>-<time>-<hex>`): letters, digits, `-`,
+/// `_`, `.`; never a path.
+pub fn valid_run_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 200
+        && !id.starts_with('.')
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
 pub fn list_runs(dir: &Path) -> Result<Vec<(String, PathBuf)>, Error> {
     let rd = match std::fs::read_dir(dir) {
         Ok(rd) => rd,

@@ -16,6 +16,7 @@ pub mod engine;
 pub mod journal;
 pub mod lease;
 pub mod plan;
+pub mod shared;
 pub mod spec;
 pub mod template;
 
@@ -39,6 +40,8 @@ pub struct ExecOptions {
     pub quiet: bool,
     /// Override of the state directory (tests); default `$LIFEBOAT_STATE_DIR` / XDG state.
     pub state_dir: Option<PathBuf>,
+    /// Keep a shared copy of the journal in the cluster (shared.rs), in `lease_namespace`.
+    pub shared_journal: bool,
 }
 
 /// What `validate` found.
@@ -750,6 +753,36 @@ pub async fn run_plan(
     let mut records = Vec::new();
     let lease = take_lease(env, opts, &plan, &run, &actor).await?;
     if !opts.dry_run {
+        let plan_text = std::fs::read(plan_path).map_err(|source| Error::ReadFile {
+            path: plan_path.to_owned(),
+            source,
+        });
+        // The shared copy first: when the cluster refuses it, nothing is left behind here.
+        let mirror = match plan_text {
+            Ok(text) if opts.shared_journal => Some(
+                shared::Shared::create(
+                    &env.cluster.client,
+                    &opts.lease_namespace,
+                    &run,
+                    &plan.runbook.name,
+                    &text,
+                    b"",
+                )
+                .await,
+            ),
+            Ok(_) => None,
+            Err(e) => Some(Err(e)),
+        }
+        .transpose();
+        let mirror = match mirror {
+            Ok(m) => m,
+            Err(e) => {
+                if let Some(l) = lease {
+                    l.release().await;
+                }
+                return Err(e);
+            }
+        };
         let mut j = match Journal::create(&dir, &run, redactor.clone()) {
             Ok(j) => j,
             Err(e) => {
@@ -759,6 +792,9 @@ pub async fn run_plan(
                 return Err(e);
             }
         };
+        if let Some(m) = mirror {
+            j.attach(m);
+        }
         crate::drill::report::write_atomic(
             &plan_copy,
             &std::fs::read_to_string(plan_path).map_err(|source| Error::ReadFile {
@@ -795,6 +831,93 @@ pub async fn run_plan(
         Work::Execute,
     )
     .await
+}
+
+enum SharedState {
+    /// The local journal equals the shared one (taken from it if the shared one was ahead).
+    Attached(shared::Shared),
+    /// The local journal is ahead (a crash between the local write and the shared one).
+    PushLocal(shared::Shared),
+    /// No shared copy yet (an older run, or one made with --no-shared-journal).
+    Missing,
+}
+
+/// Bring the local copy of `run` in line with the shared one: fetched when this machine has
+/// none or an older one. Diverged copies are refused.
+async fn sync_shared(
+    client: &kube::Client,
+    opts: &ExecOptions,
+    run: &str,
+) -> Result<Option<SharedState>, Error> {
+    let dir = journal::runs_dir(opts.state_dir.as_deref())?;
+    let (journal_path, plan_copy) = run_files(&dir, run);
+    let local = std::fs::read(&journal_path).ok();
+    let Some(f) = shared::Shared::fetch(client, &opts.lease_namespace, run).await? else {
+        return Ok(local.map(|_| SharedState::Missing));
+    };
+    let take = |f: &shared::Fetched| -> Result<(), Error> {
+        shared::write_local(&plan_copy, &f.plan)?;
+        shared::write_local(&journal_path, &f.journal)
+    };
+    match local {
+        None => {
+            take(&f)?;
+            eprintln!(
+                "run {run}: journal taken from the cluster ({}/{})",
+                opts.lease_namespace,
+                shared::secret_name(run)
+            );
+            Ok(Some(SharedState::Attached(f.handle)))
+        }
+        Some(l) => match shared::relate(&l, &f.journal) {
+            shared::Relation::Same => Ok(Some(SharedState::Attached(f.handle))),
+            shared::Relation::SharedAhead => {
+                // Only while nobody holds the local journal (a lock taken and released).
+                drop(Journal::open(&dir, run, Redactor::default())?);
+                take(&f)?;
+                eprintln!("run {run}: the cluster's journal is newer than this machine's; continuing from it");
+                Ok(Some(SharedState::Attached(f.handle)))
+            }
+            shared::Relation::LocalAhead => Ok(Some(SharedState::PushLocal(f.handle))),
+            shared::Relation::Diverged => Err(Error::Runbook(format!(
+                "the journal of run {run} on this machine ({}) and the one in the cluster ({}/{}) differ: two machines worked on it; \
+                 compare them and keep one before going on",
+                journal_path.display(),
+                opts.lease_namespace,
+                shared::secret_name(run)
+            ))),
+        },
+    }
+}
+
+/// Fetch the shared journals this machine does not have (or has older copies of) into the
+/// local state directory; returns how many were taken. Runs in progress here are left alone.
+pub async fn pull_shared(
+    client: &kube::Client,
+    namespace: &str,
+    state_dir: Option<&Path>,
+) -> Result<usize, Error> {
+    let dir = journal::runs_dir(state_dir)?;
+    let mut n = 0;
+    for (run, f) in shared::Shared::list(client, namespace).await? {
+        if !journal::valid_run_id(&run) {
+            continue;
+        }
+        let (journal_path, plan_copy) = run_files(&dir, &run);
+        let take = match std::fs::read(&journal_path) {
+            Err(_) => true,
+            Ok(l) => {
+                shared::relate(&l, &f.journal) == shared::Relation::SharedAhead
+                    && Journal::open(&dir, &run, Redactor::default()).is_ok()
+            }
+        };
+        if take {
+            shared::write_local(&plan_copy, &f.plan)?;
+            shared::write_local(&journal_path, &f.journal)?;
+            n += 1;
+        }
+    }
+    Ok(n)
 }
 
 /// `<runs dir>/<run>.logs/`: the output of the run's `run` steps, one `<step>.log` each.
@@ -845,10 +968,43 @@ pub async fn continue_run(
     opts: &ExecOptions,
     rollback_to: Option<&str>,
 ) -> Result<RunReport, Error> {
+    // The shared copy: another machine may have started or continued this run.
+    let mirror = if opts.shared_journal {
+        sync_shared(&env.cluster.client, opts, run).await?
+    } else {
+        None
+    };
     let (dir, journal_path, plan_copy) = open_run(opts, run)?;
     // First the journal's lock: another process working on this run stops us here.
     let redactor = Redactor::default();
     let mut j = Journal::open(&dir, run, redactor.clone())?;
+    match mirror {
+        Some(SharedState::Attached(m)) => j.attach(m),
+        Some(SharedState::PushLocal(mut m)) => {
+            m.push(j.bytes()).await?;
+            j.attach(m);
+        }
+        Some(SharedState::Missing) => {
+            let plan_text = std::fs::read(&plan_copy).map_err(|source| Error::ReadFile {
+                path: plan_copy.clone(),
+                source,
+            })?;
+            let runbook = plan::load(&plan_copy)
+                .map(|(p, _)| p.runbook.name)
+                .unwrap_or_default();
+            let m = shared::Shared::create(
+                &env.cluster.client,
+                &opts.lease_namespace,
+                run,
+                &runbook,
+                &plan_text,
+                j.bytes(),
+            )
+            .await?;
+            j.attach(m);
+        }
+        None => {}
+    }
     let (plan, loaded) = plan::load(&plan_copy)?;
     check_cluster(&plan, &plan_copy.display().to_string(), env.cluster).await?;
     let records = journal::read(&journal_path)?;
@@ -1081,6 +1237,13 @@ pub async fn logs(
         );
     }
     Ok(())
+}
+
+/// Whether this machine has `run`'s journal.
+pub fn is_local_run(run: &str, state_dir: Option<&Path>) -> bool {
+    journal::runs_dir(state_dir)
+        .map(|d| run_files(&d, run).0.exists())
+        .unwrap_or(false)
 }
 
 pub fn status(run: Option<&str>, state_dir: Option<&Path>) -> Result<RunReport, Error> {
