@@ -255,11 +255,11 @@ async fn runbook_command(
             Ok(Exit::Success)
         }
         RunbookCommand::List {
+            shared,
             lease_namespace,
-            local,
         } => {
-            if !local {
-                pull(lease_namespace, true).await?;
+            if shared {
+                pull(lease_namespace, false).await?;
             }
             output::emit(out, &runbook::list(None)?)?;
             Ok(Exit::Success)
@@ -275,7 +275,8 @@ async fn runbook_command(
             // Another machine may have gone on with the run: the newest copy is shown.
             match &run {
                 Some(r) if !runbook::is_local_run(r, None) => pull(lease_namespace, false).await?,
-                _ => pull(lease_namespace, true).await?,
+                Some(_) => pull(lease_namespace, true).await?,
+                None => {} // this machine's most recent run
             }
             output::emit(out, &runbook::status(run.as_deref(), None)?)?;
             Ok(Exit::Success)

@@ -905,6 +905,12 @@ async fn shipped_cluster_upgrade_gates_backs_up_and_upgrades_node_by_node() {
         plan_text.contains(&format!("node-{node}-drain")),
         "{plan_text}"
     );
+    // The dry run walks the whole plan (outputs of steps it only simulates are unknown) and
+    // changes nothing.
+    let dry = w.run(&["runbook", "run", plan.to_str().unwrap(), "--dry-run", "--yes", "-o", "json"]);
+    dry.success();
+    assert_eq!(dry.json()["status"], "succeeded", "{}", dry.describe());
+    assert!(!hook.exists() && !unschedulable(&ns.client, &node).await);
     let r = w.run(&["runbook", "run", plan.to_str().unwrap(), "--yes"]);
     r.code_is(3);
     let run = run_id(&r);
@@ -1750,7 +1756,12 @@ async fn a_run_is_resumed_and_rolled_back_from_another_machine_through_the_share
     );
 
     // Machine B sees the run, resumes it with the approval, and finishes it.
-    let list = with_ns(&b, &["runbook", "list", "-o", "json"]);
+    assert_eq!(
+        with_ns(&b, &["runbook", "list", "-o", "json"]).success().json()["runs"],
+        json!([]),
+        "without --shared: this machine's runs only"
+    );
+    let list = with_ns(&b, &["runbook", "list", "--shared", "-o", "json"]);
     list.success();
     assert_eq!(list.json()["runs"][0]["run"], run.as_str(), "{}", list.describe());
     let st = with_ns(&b, &["runbook", "status", &run, "-o", "json"]);

@@ -94,15 +94,14 @@ pub enum RunbookCommand {
         #[arg(long, default_value = "default", value_name = "NS")]
         lease_namespace: String,
     },
-    /// List runs, newest first (this machine's, and the shared journals in the cluster when
-    /// it is reachable)
+    /// List this machine's runs, newest first
     List {
+        /// Also the runs other machines shared in the cluster (their journals are fetched)
+        #[arg(long)]
+        shared: bool,
         /// Namespace of the shared journals
         #[arg(long, default_value = "default", value_name = "NS")]
         lease_namespace: String,
-        /// Only this machine's runs; do not contact the cluster
-        #[arg(long)]
-        local: bool,
     },
     /// The output of a run's `run` steps (secrets redacted), as recorded in its log files
     Logs {

@@ -345,6 +345,7 @@ impl Runner<'_> {
         };
         let tctx = plan::with_vars(self.template_ctx(p), step);
         let engine = template::Engine::with_redactor(self.redactor.clone());
+        let engine = if self.dry_run { engine.lenient() } else { engine };
         if let Some(w) = &step.when {
             match engine.condition(w, &tctx) {
                 Ok(true) => {}

@@ -295,6 +295,9 @@ impl crate::output::Render for RunReport {
                 if s.checkpoint { " ⚑" } else { "" }
             )?;
         }
+        if self.dry_run {
+            return writeln!(w, "(dry run: nothing was changed and no journal was written)");
+        }
         writeln!(w, "Journal: {}", self.journal)?;
         match self.status.as_str() {
             "awaiting-approval" | "stopped" | "interrupted" | "incomplete" | "failed" => {
@@ -546,7 +549,12 @@ pub struct Env<'a> {
 /// The plan must run on the cluster it was made for: the same `kube-system` UID when the plan
 /// has one (the URL may differ: another address of the same cluster), else the same server URL.
 /// A different context or server version is only reported.
-async fn check_cluster(p: &plan::Plan, plan_file: &str, cluster: &Cluster) -> Result<(), Error> {
+async fn check_cluster(
+    p: &plan::Plan,
+    plan_file: &str,
+    cluster: &Cluster,
+    context: Option<String>,
+) -> Result<(), Error> {
     // Reachable at all? (Else "cannot confirm the cluster" would hide "cannot reach it".)
     let info = cluster
         .client
@@ -587,6 +595,13 @@ async fn check_cluster(p: &plan::Plan, plan_file: &str, cluster: &Cluster) -> Re
             )));
         }
         None => {}
+    }
+    if let (Some(planned), Some(now)) = (&p.cluster.context, &context)
+        && planned != now
+    {
+        eprintln!(
+            "note: {plan_file} was planned with kubeconfig context {planned}; this run uses {now} (the same cluster)"
+        );
     }
     if info.git_version != p.cluster.server_version {
         eprintln!(
@@ -743,7 +758,13 @@ pub async fn run_plan(
 ) -> Result<RunReport, Error> {
     let (plan, loaded) = plan::load(plan_path)?;
     let plan_file = plan_path.display().to_string();
-    check_cluster(&plan, &plan_file, env.cluster).await?;
+    check_cluster(
+        &plan,
+        &plan_file,
+        env.cluster,
+        plan::context_name(env.cluster_options),
+    )
+    .await?;
     let actor = actor(&env.cluster.client).await;
     let redactor = Redactor::default();
     let run = new_run_id(&plan.runbook.name);
@@ -1006,7 +1027,13 @@ pub async fn continue_run(
         None => {}
     }
     let (plan, loaded) = plan::load(&plan_copy)?;
-    check_cluster(&plan, &plan_copy.display().to_string(), env.cluster).await?;
+    check_cluster(
+        &plan,
+        &plan_copy.display().to_string(),
+        env.cluster,
+        plan::context_name(env.cluster_options),
+    )
+    .await?;
     let records = journal::read(&journal_path)?;
     let state = journal::replay(&records);
     let plan_file = state

@@ -262,6 +262,16 @@ pub fn relate(local: &[u8], shared: &[u8]) -> Relation {
     }
 }
 
+/// The time of a journal's last record (what a fetched copy's file time is set to, so "newest
+/// first" stays the runs' order, not the order they were fetched in).
+fn last_record_time(journal: &[u8]) -> Option<std::time::SystemTime> {
+    let text = String::from_utf8_lossy(journal);
+    let line = text.lines().rev().find(|l| !l.trim().is_empty())?;
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    let t: jiff::Timestamp = v["time"].as_str()?.parse().ok()?;
+    Some(std::time::SystemTime::from(t))
+}
+
 /// Write `bytes` to `path` atomically (temp file + rename), private to the owner.
 pub fn write_local(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     use std::io::Write;
@@ -282,6 +292,9 @@ pub fn write_local(path: &Path, bytes: &[u8]) -> Result<(), Error> {
         let _ = f.set_permissions(std::fs::Permissions::from_mode(0o600));
     }
     f.write_all(bytes).map_err(io)?;
+    if let Some(t) = last_record_time(bytes) {
+        let _ = f.set_modified(t);
+    }
     f.sync_all().map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)?;
     Ok(())

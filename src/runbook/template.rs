@@ -79,6 +79,13 @@ impl Engine {
         Engine::with_redactor(Redactor::default())
     }
 
+    /// For dry runs: what a skipped step would have output is not known, so an undefined value
+    /// renders as nothing instead of failing the walk (plans checked the references already).
+    pub fn lenient(mut self) -> Engine {
+        self.env.set_undefined_behavior(UndefinedBehavior::Chainable);
+        self
+    }
+
     pub fn with_redactor(redactor: Redactor) -> Engine {
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::Strict);
