@@ -1784,3 +1784,48 @@ async fn a_run_is_resumed_and_rolled_back_from_another_machine_through_the_share
     assert_eq!(st.success().json()["status"], "rolled-back", "{}", st.describe());
     ns.cleanup().await;
 }
+
+#[tokio::test]
+async fn drain_refuses_to_lose_a_bare_pod_before_cordoning_unless_forced() {
+    let ns = TestNs::new("rb-bare").await;
+    let node = unique("lbt-node");
+    own_node(&ns.client, &node).await;
+    let mut spec = json!({"containers": [{"name": "app", "image": "example/one-off:1"}]});
+    spec.as_object_mut()
+        .unwrap()
+        .extend(pinned_to(&node).as_object().unwrap().clone());
+    let p: k8s_openapi::api::core::v1::Pod =
+        obj(json!({"metadata": {"name": "one-off"}, "spec": spec}));
+    ns.api::<k8s_openapi::api::core::v1::Pod>()
+        .create(&PostParams::default(), &p)
+        .await
+        .unwrap();
+    let w = Work::new();
+    let rb = |force: bool| {
+        w.write(
+            &format!("drain-{force}.yaml"),
+            &format!(
+                "apiVersion: lifeboat.io/v1\nkind: Runbook\nmetadata: {{name: drain-bare}}\nsteps:\n  - id: drain\n    drain: {{node: {node}, force: {force}}}\n    timeout: 60s\n"
+            ),
+        )
+    };
+    let plan = w.plan(&rb(false), &[]);
+    let r = w.run(&["runbook", "run", plan.to_str().unwrap(), "--yes", "--lease-namespace", &ns.name]);
+    r.code_is(2);
+    assert!(
+        r.stdout().contains(&format!("{}/one-off", ns.name)) && r.stdout().contains("force: true"),
+        "{}",
+        r.describe()
+    );
+    assert!(!unschedulable(&ns.client, &node).await, "a refused drain cordoned the node");
+    assert!(ns.api::<k8s_openapi::api::core::v1::Pod>().get_opt("one-off").await.unwrap().is_some());
+
+    let plan = w.plan(&rb(true), &[]);
+    w.run(&["runbook", "run", plan.to_str().unwrap(), "--yes", "--lease-namespace", &ns.name])
+        .success();
+    assert!(unschedulable(&ns.client, &node).await);
+    let _ = Api::<Node>::all(ns.client.clone())
+        .delete(&node, &DeleteParams::default())
+        .await;
+    ns.cleanup().await;
+}

@@ -53,6 +53,16 @@ fn kerr(e: kube::Error) -> String {
     crate::error::display_chain(&e)
 }
 
+/// An error worth retrying until the step's timeout: the API server busy or restarting, a
+/// connection that broke (not a refusal: 4xx other than 429 are answers).
+fn transient(e: &kube::Error) -> bool {
+    match e {
+        kube::Error::Api(s) => matches!(s.code, 429 | 500 | 502 | 503 | 504),
+        kube::Error::HyperError(_) | kube::Error::Service(_) => true,
+        _ => false,
+    }
+}
+
 fn status_code(e: &kube::Error) -> Option<u16> {
     match e {
         kube::Error::Api(s) => Some(s.code),
@@ -784,16 +794,108 @@ fn evictable(p: &Pod) -> bool {
     !mirror && !daemon && !done && p.metadata.deletion_timestamp.is_none()
 }
 
+/// kubectl drain's safety checks, before anything changes: pods that no controller would
+/// recreate (`force`), pods whose emptyDir data would be lost (`deleteEmptyDirData`), DaemonSet
+/// pods (left in place unless `ignoreDaemonSets: false`, which refuses like kubectl without
+/// --ignore-daemonsets).
+fn drain_refusals(a: &DrainAction, pods: &[Pod]) -> Vec<String> {
+    let name = |p: &Pod| {
+        format!(
+            "{}/{}",
+            p.metadata.namespace.clone().unwrap_or_default(),
+            p.metadata.name.clone().unwrap_or_default()
+        )
+    };
+    let controller_kind = |p: &Pod| -> Option<String> {
+        p.metadata
+            .owner_references
+            .as_ref()?
+            .iter()
+            .find(|o| o.controller == Some(true))
+            .map(|o| o.kind.clone())
+    };
+    let mut bare = Vec::new();
+    let mut empty_dir = Vec::new();
+    let mut daemons = Vec::new();
+    for p in pods {
+        let mirror = p
+            .metadata
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key("kubernetes.io/config.mirror"));
+        let done = matches!(
+            p.status.as_ref().and_then(|s| s.phase.as_deref()),
+            Some("Succeeded") | Some("Failed")
+        );
+        if mirror || done || p.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        match controller_kind(p).as_deref() {
+            Some("DaemonSet") => {
+                daemons.push(name(p));
+                continue;
+            }
+            None => bare.push(name(p)),
+            Some(_) => {}
+        }
+        let has_empty_dir = p
+            .spec
+            .as_ref()
+            .and_then(|s| s.volumes.as_ref())
+            .is_some_and(|v| v.iter().any(|v| v.empty_dir.is_some()));
+        if has_empty_dir {
+            empty_dir.push(name(p));
+        }
+    }
+    let mut out = Vec::new();
+    if !bare.is_empty() && !a.force {
+        out.push(format!(
+            "pods not managed by a controller would be deleted for good: {} (set force: true to evict them anyway)",
+            bare.join(", ")
+        ));
+    }
+    if !empty_dir.is_empty() && !a.delete_empty_dir_data {
+        out.push(format!(
+            "pods with emptyDir volumes would lose that data: {} (set deleteEmptyDirData: true to evict them anyway)",
+            empty_dir.join(", ")
+        ));
+    }
+    if !daemons.is_empty() && !a.ignore_daemon_sets {
+        out.push(format!(
+            "DaemonSet-managed pods cannot be evicted: {} (set ignoreDaemonSets: true to leave them in place)",
+            daemons.join(", ")
+        ));
+    }
+    out
+}
+
 async fn drain(ctx: &Ctx<'_>, a: &DrainAction, timeout: Duration) -> R<String> {
     let client = &ctx.cluster.client;
     let deadline = Instant::now() + timeout;
-    set_unschedulable(ctx, &a.node, true).await?;
     let pods: Api<Pod> = Api::all(client.clone());
     let lp = ListParams::default().fields(&format!("spec.nodeName={}", a.node));
-    let list = pods
-        .list(&lp)
-        .await
-        .map_err(|e| format!("cannot list the pods on node {}: {}", a.node, kerr(e)))?;
+    let list = loop {
+        match pods.list(&lp).await {
+            Ok(l) => break l,
+            Err(e) if transient(&e) && Instant::now() < deadline => {
+                tracing::warn!("cannot list the pods on node {}: {}; retrying", a.node, kerr(e));
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            Err(e) => {
+                return Err(format!("cannot list the pods on node {}: {}", a.node, kerr(e)));
+            }
+        }
+    };
+    // Refused before the node is even cordoned: a refused drain changes nothing.
+    let refusals = drain_refusals(a, &list.items);
+    if !refusals.is_empty() {
+        return Err(format!(
+            "drain of node {} refused: {}",
+            a.node,
+            refusals.join("; ")
+        ));
+    }
+    set_unschedulable(ctx, &a.node, true).await?;
     let targets: Vec<Pod> = list.items.into_iter().filter(evictable).collect();
     if ctx.dry_run {
         return Ok(format!(
@@ -830,6 +932,10 @@ async fn drain(ctx: &Ctx<'_>, a: &DrainAction, timeout: Duration) -> R<String> {
                     last_refusal.insert(format!("{ns}/{name}"), why);
                     still.push(p);
                 }
+                Err(e) if transient(&e) => {
+                    last_refusal.insert(format!("{ns}/{name}"), kerr(e));
+                    still.push(p);
+                }
                 Err(e) => return Err(format!("cannot evict pod {ns}/{name}: {}", kerr(e))),
             }
         }
@@ -863,10 +969,15 @@ async fn drain(ctx: &Ctx<'_>, a: &DrainAction, timeout: Duration) -> R<String> {
     }
     // Wait for the evicted pods to be gone (like kubectl drain).
     loop {
-        let left: Vec<String> = pods
-            .list(&lp)
-            .await
-            .map_err(kerr)?
+        let now = match pods.list(&lp).await {
+            Ok(l) => l,
+            Err(e) if transient(&e) && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                continue;
+            }
+            Err(e) => return Err(kerr(e)),
+        };
+        let left: Vec<String> = now
             .items
             .into_iter()
             .filter(|p| {
@@ -1033,11 +1144,17 @@ async fn wait(ctx: &Ctx<'_>, w: &WaitAction, timeout: Duration) -> R<String> {
     };
     let mut last = String::from("not found yet");
     loop {
-        if let Some(obj) = api
-            .get_opt(&w.name)
-            .await
-            .map_err(|e| format!("{what}: {}", kerr(e)))?
-        {
+        let got = match api.get_opt(&w.name).await {
+            Ok(o) => o,
+            // A restarting API server is not the answer: keep waiting until the timeout.
+            Err(e) if transient(&e) && !ctx.dry_run && Instant::now() < deadline => {
+                last = format!("cannot read it: {}", kerr(e));
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                continue;
+            }
+            Err(e) => return Err(format!("{what}: {}", kerr(e))),
+        };
+        if let Some(obj) = got {
             let o = serde_json::to_value(obj).expect("serializes");
             let (ok, now) = if let Some(c) = &w.condition {
                 let want = w.status.as_deref().unwrap_or("True");
@@ -1833,6 +1950,48 @@ pub async fn preview(ctx: &Ctx<'_>, action: &Action) -> R<String> {
         ),
         Action::Drill(d) => format!("drill backup {}", d.backup),
     })
+}
+
+#[cfg(test)]
+mod drain_tests {
+    use super::*;
+
+    fn pod(name: &str, owner: Option<&str>, empty_dir: bool) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "shop",
+                "ownerReferences": owner.map(|k| vec![json!({"apiVersion": "apps/v1", "kind": k, "name": "x", "uid": "u", "controller": true})])},
+            "spec": {"containers": [{"name": "c", "image": "i"}],
+                     "volumes": if empty_dir { json!([{"name": "scratch", "emptyDir": {}}]) } else { json!([]) }},
+            "status": {"phase": "Running"}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn kubectl_drain_safety_checks() {
+        let a: DrainAction = serde_json::from_value(json!({"node": "n"})).unwrap();
+        assert!(a.ignore_daemon_sets && !a.force && !a.delete_empty_dir_data);
+        let pods = vec![
+            pod("web", Some("ReplicaSet"), false),
+            pod("agent", Some("DaemonSet"), true),
+            pod("bare", None, false),
+            pod("cache", Some("ReplicaSet"), true),
+        ];
+        let r = drain_refusals(&a, &pods);
+        assert_eq!(r.len(), 2, "{r:?}");
+        assert!(r[0].contains("shop/bare") && r[0].contains("force: true"));
+        assert!(r[1].contains("shop/cache") && !r[1].contains("agent"));
+        let all: DrainAction = serde_json::from_value(
+            json!({"node": "n", "force": true, "deleteEmptyDirData": true}),
+        )
+        .unwrap();
+        assert!(drain_refusals(&all, &pods).is_empty());
+        let strict: DrainAction =
+            serde_json::from_value(json!({"node": "n", "ignoreDaemonSets": false, "force": true, "deleteEmptyDirData": true}))
+                .unwrap();
+        let r = drain_refusals(&strict, &pods);
+        assert!(r.len() == 1 && r[0].contains("shop/agent"), "{r:?}");
+    }
 }
 
 #[cfg(test)]

@@ -265,6 +265,20 @@ pub struct DrainAction {
     /// Grace period given to evicted pods (default: each pod's own).
     #[serde(default)]
     pub grace_period_seconds: Option<i64>,
+    /// Evict pods that no controller manages (kubectl drain --force): they are gone for good.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
+    /// Evict pods with emptyDir volumes, losing that data (kubectl --delete-emptydir-data).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub delete_empty_dir_data: bool,
+    /// Leave DaemonSet pods in place (default true: kubectl drain needs --ignore-daemonsets for
+    /// the same); false refuses the drain when the node has any.
+    #[serde(default = "yes")]
+    pub ignore_daemon_sets: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
