@@ -333,6 +333,28 @@ async fn runbook_command(
             output::emit(out, &report)?;
             Ok(report.exit_code())
         }
+        RunbookCommand::Approve {
+            run,
+            step,
+            lease_namespace,
+            no_shared_journal,
+        } => {
+            let opts = runbook::ExecOptions {
+                lease_namespace,
+                shared_journal: !no_shared_journal,
+                quiet: g.quiet,
+                ..Default::default()
+            };
+            let cluster = cluster::connect(&cluster_options).await?;
+            let env = runbook::Env {
+                cluster: &cluster,
+                cluster_options: &cluster_options,
+                repo: &repo,
+            };
+            let msg = runbook::approve(&env, &run, &step, &opts).await?;
+            println!("{msg}");
+            Ok(Exit::Success)
+        }
         RunbookCommand::Rollback { run, to, exec: e } => {
             let opts = exec(&e);
             if e.no_shared_journal {

@@ -1829,3 +1829,68 @@ async fn drain_refuses_to_lose_a_bare_pod_before_cordoning_unless_forced() {
         .await;
     ns.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_four_eyes_approval_comes_from_another_identity_on_another_machine() {
+    let ns = TestNs::new("rb-4eyes").await;
+    deployment(&ns, "web", 1, "nginx:1.26", json!({})).await;
+    // The second person: their own Kubernetes identity, just enough rights to approve.
+    let (approver_kc, role) = common::cluster_identity(
+        &ns,
+        "approver",
+        json!([{"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get"]},
+               {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "create", "patch"]}]),
+    )
+    .await;
+    let starter = Work::new();
+    let second = Work::new();
+    let rb = starter.write(
+        "rb.yaml",
+        &format!(
+            "apiVersion: lifeboat.io/v1\nkind: Runbook\nmetadata: {{name: four-eyes}}\nsteps:\n  - id: ok\n    approve: {{message: scale web to 3?, approvers: {{notStarter: true}}}}\n  - id: scale\n    scale: {{kind: Deployment, name: web, namespace: {ns}, replicas: 3}}\n",
+            ns = ns.name
+        ),
+    );
+    let plan = starter.plan(&rb, &[]);
+    let ln = ["--lease-namespace", ns.name.as_str()];
+    let run_with = |w: &Work, kc: Option<&Path>, args: &[&str]| {
+        let mut v: Vec<&str> = Vec::new();
+        if let Some(k) = kc {
+            v.extend(["--kubeconfig", k.to_str().unwrap()]);
+        }
+        v.extend_from_slice(args);
+        v.extend_from_slice(&ln);
+        w.run(&v)
+    };
+    let r = run_with(&starter, None, &["runbook", "run", plan.to_str().unwrap(), "--yes"]);
+    r.code_is(3);
+    let run = run_id(&r);
+    // The one who started it cannot approve it, neither way.
+    let r = run_with(&starter, None, &["runbook", "approve", &run, "ok"]);
+    r.code_is(1);
+    assert!(r.stderr().contains("started this run"), "{}", r.describe());
+    let r = run_with(&starter, None, &["runbook", "resume", &run, "--yes", "--approve", "ok"]);
+    r.code_is(1);
+    assert!(r.stderr().contains("started this run"), "{}", r.describe());
+    let d = ns.api::<Deployment>().get("web").await.unwrap();
+    assert_eq!(d.spec.unwrap().replicas, Some(1));
+
+    // Another person, on another machine, approves; the starter's resume goes on.
+    let r = run_with(&second, Some(&approver_kc), &["runbook", "approve", &run, "ok"]);
+    r.success();
+    assert!(r.stdout().contains(&format!("system:serviceaccount:{}:approver", ns.name)), "{}", r.describe());
+    let r = run_with(&starter, None, &["runbook", "resume", &run, "--yes", "-o", "json"]);
+    r.success();
+    assert_eq!(r.json()["status"], "succeeded");
+    let d = ns.api::<Deployment>().get("web").await.unwrap();
+    assert_eq!(d.spec.unwrap().replicas, Some(3));
+    let j = starter.journal(&run);
+    let approval = j.iter().find(|r| r["event"] == "approval").unwrap();
+    assert_eq!(
+        approval["actor"]["kubernetes"],
+        format!("system:serviceaccount:{}:approver", ns.name)
+    );
+    assert!(approval["details"]["planHash"].as_str().unwrap().starts_with("sha256:"));
+    common::delete_cluster_identity(&ns.client, &role).await;
+    ns.cleanup().await;
+}

@@ -75,6 +75,20 @@ pub enum RunbookCommand {
         #[arg(long, value_enum)]
         in_doubt: Option<InDoubt>,
     },
+    /// Approve the step a run waits for, from any machine (recorded in its shared journal and
+    /// checked against the step's approvers); the run goes on at its next `resume`
+    Approve {
+        /// Run id
+        run: String,
+        /// The approve step
+        step: String,
+        /// Namespace of the shared journals
+        #[arg(long, default_value = "default", value_name = "NS")]
+        lease_namespace: String,
+        /// Only this machine's journal (the run was made with --no-shared-journal)
+        #[arg(long)]
+        no_shared_journal: bool,
+    },
     /// Undo a run's completed steps back to a checkpoint (or the start)
     Rollback {
         /// Run id

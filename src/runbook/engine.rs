@@ -105,6 +105,8 @@ pub struct Runner<'a> {
     pub actor: Actor,
     pub prompter: &'a dyn Prompter,
     pub pre_approved: Vec<String>,
+    /// The Kubernetes user and groups of whoever runs this (for steps that name approvers).
+    pub approver: Option<(String, Vec<String>)>,
     pub in_doubt: Option<InDoubt>,
     pub force: bool,
     pub dry_run: bool,
@@ -394,12 +396,56 @@ impl Runner<'_> {
                 return Ok(StepEnd::Done);
             }
             let pre = self.pre_approved.iter().any(|s| s == &step.id);
-            let already = p
+            // An approval in the journal counts only for this plan (its content hash).
+            let already = p.records.iter().any(|r| {
+                r.event == journal::Event::Approval
+                    && r.step.as_deref() == Some(step.id.as_str())
+                    && r.details
+                        .as_ref()
+                        .and_then(|d| d["planHash"].as_str())
+                        .is_none_or(|h| h == self.plan.content_hash)
+            }) && p
                 .replay
                 .steps
                 .get(&step.id)
                 .and_then(|s| s.approved_by.clone())
                 .is_some();
+            // Approvers named by the step: checked for whoever approves here (the journal's
+            // approvals were checked by `runbook approve`).
+            if let Some(rules) = &a.approvers
+                && !already
+            {
+                let starter = p
+                    .replay
+                    .started
+                    .as_ref()
+                    .and_then(|r| r.actor.as_ref())
+                    .and_then(|a| a.kubernetes.clone());
+                if let Some(why) =
+                    approval_refusal(rules, self.approver.as_ref(), starter.as_deref())
+                {
+                    if pre {
+                        return Err(Error::Runbook(format!(
+                            "--approve {}: {why}",
+                            step.id
+                        )));
+                    }
+                    self.record(
+                        p,
+                        Record::new(&p.run_id, Event::AwaitingApproval)
+                            .step(&step.id)
+                            .message(&a.message),
+                    )?;
+                    self.say(&format!(
+                        "  ⏸ needs approval by an approver of this step ({why}): lifeboat runbook approve {} {}",
+                        p.run_id, step.id
+                    ));
+                    return Ok(StepEnd::Paused(
+                        RunStatus::AwaitingApproval,
+                        format!("step {} needs approval: {}", step.id, a.message),
+                    ));
+                }
+            }
             let verdict = if pre || already {
                 Some(true)
             } else {
@@ -412,9 +458,11 @@ impl Runner<'_> {
                     if !already {
                         let mut rec = Record::new(&p.run_id, Event::Approval).step(&step.id);
                         rec.actor = Some(self.actor.clone());
-                        rec.details = Some(
-                            json!({"via": if pre { "--approve" } else { "prompt" }, "message": a.message}),
-                        );
+                        rec.details = Some(json!({
+                            "via": if pre { "--approve" } else { "prompt" },
+                            "message": a.message,
+                            "planHash": self.plan.content_hash,
+                        }));
                         self.record(p, rec)?;
                     }
                     self.record(
@@ -830,6 +878,11 @@ pub fn os_user() -> String {
 
 /// Who the cluster says we are (SelfSubjectReview); None when the API is not allowed.
 pub async fn kubernetes_identity(client: &kube::Client) -> Option<String> {
+    kubernetes_user(client).await.map(|(u, _)| u)
+}
+
+/// The Kubernetes user name and groups lifeboat acts as (SelfSubjectReview).
+pub async fn kubernetes_user(client: &kube::Client) -> Option<(String, Vec<String>)> {
     use k8s_openapi::api::authentication::v1::SelfSubjectReview;
     let api: kube::Api<SelfSubjectReview> = kube::Api::all(client.clone());
     let review: SelfSubjectReview = serde_json::from_value(json!({
@@ -840,5 +893,62 @@ pub async fn kubernetes_identity(client: &kube::Client) -> Option<String> {
         .create(&kube::api::PostParams::default(), &review)
         .await
         .ok()?;
-    r.status?.user_info?.username
+    let ui = r.status?.user_info?;
+    Some((ui.username?, ui.groups.unwrap_or_default()))
 }
+
+/// Why `who` (Kubernetes user, groups) may not approve under `rules`; `starter` is the
+/// Kubernetes identity that started the run.
+pub fn approval_refusal(
+    rules: &crate::runbook::spec::Approvers,
+    who: Option<&(String, Vec<String>)>,
+    starter: Option<&str>,
+) -> Option<String> {
+    let Some((user, groups)) = who else {
+        return Some(
+            "this step names approvers, and the Kubernetes identity of whoever approves could not be read (SelfSubjectReview)"
+                .into(),
+        );
+    };
+    if rules.not_starter && starter == Some(user.as_str()) {
+        return Some(format!(
+            "{user} started this run; this step needs another person's approval"
+        ));
+    }
+    let listed = !rules.users.is_empty() || !rules.groups.is_empty();
+    if listed
+        && !rules.users.iter().any(|u| u == user)
+        && !rules.groups.iter().any(|g| groups.contains(g))
+    {
+        return Some(format!(
+            "{user} is not an approver of this step (users: {}; groups: {})",
+            if rules.users.is_empty() { "-".to_string() } else { rules.users.join(", ") },
+            if rules.groups.is_empty() { "-".to_string() } else { rules.groups.join(", ") }
+        ));
+    }
+    None
+}
+
+#[cfg(test)]
+mod approver_tests {
+    use super::approval_refusal;
+    use crate::runbook::spec::Approvers;
+
+    #[test]
+    fn approvers_by_user_group_and_four_eyes() {
+        let rules = Approvers {
+            users: vec!["alice".into()],
+            groups: vec!["ops-leads".into()],
+            not_starter: true,
+        };
+        let who = |u: &str, g: &[&str]| Some((u.to_string(), g.iter().map(|s| s.to_string()).collect()));
+        assert!(approval_refusal(&rules, who("alice", &[]).as_ref(), Some("bob")).is_none());
+        assert!(approval_refusal(&rules, who("carol", &["ops-leads"]).as_ref(), Some("bob")).is_none());
+        assert!(approval_refusal(&rules, who("dave", &["dev"]).as_ref(), Some("bob")).unwrap().contains("not an approver"));
+        assert!(approval_refusal(&rules, who("alice", &[]).as_ref(), Some("alice")).unwrap().contains("started this run"));
+        assert!(approval_refusal(&rules, None, Some("bob")).is_some(), "unknown identity: refused");
+        let anyone_else = Approvers { not_starter: true, ..Default::default() };
+        assert!(approval_refusal(&anyone_else, who("dave", &[]).as_ref(), Some("bob")).is_none());
+    }
+}
+

@@ -646,6 +646,7 @@ async fn exec_with_lease(
         actor,
         prompter: prompter.as_ref(),
         pre_approved: opts.approve.clone(),
+        approver: engine::kubernetes_user(&env.cluster.client).await,
         in_doubt: opts.in_doubt,
         force: opts.force,
         dry_run: opts.dry_run,
@@ -758,6 +759,11 @@ pub async fn run_plan(
 ) -> Result<RunReport, Error> {
     let (plan, loaded) = plan::load(plan_path)?;
     let plan_file = plan_path.display().to_string();
+    if !opts.approve.is_empty() {
+        // The one who starts the run is who `notStarter` means.
+        let me = engine::kubernetes_identity(&env.cluster.client).await;
+        check_pre_approvals(env, opts, &loaded, me.as_deref()).await?;
+    }
     check_cluster(
         &plan,
         &plan_file,
@@ -982,13 +988,14 @@ fn open_run(opts: &ExecOptions, run: &str) -> Result<(PathBuf, PathBuf, PathBuf)
     Ok((dir, journal_path, plan_copy))
 }
 
-/// `runbook resume RUN` and `runbook rollback RUN --to …`.
-pub async fn continue_run(
+/// Open a run's journal (locked), in step with its shared copy in the cluster: fetched when
+/// this machine has none or an older one, pushed when this one is ahead, created when missing.
+async fn open_synced(
     env: &Env<'_>,
-    run: &str,
     opts: &ExecOptions,
-    rollback_to: Option<&str>,
-) -> Result<RunReport, Error> {
+    run: &str,
+    redactor: &Redactor,
+) -> Result<(PathBuf, PathBuf, PathBuf, Journal), Error> {
     // The shared copy: another machine may have started or continued this run.
     let mirror = if opts.shared_journal {
         sync_shared(&env.cluster.client, opts, run).await?
@@ -997,7 +1004,6 @@ pub async fn continue_run(
     };
     let (dir, journal_path, plan_copy) = open_run(opts, run)?;
     // First the journal's lock: another process working on this run stops us here.
-    let redactor = Redactor::default();
     let mut j = Journal::open(&dir, run, redactor.clone())?;
     match mirror {
         Some(SharedState::Attached(m)) => j.attach(m),
@@ -1026,6 +1032,20 @@ pub async fn continue_run(
         }
         None => {}
     }
+    Ok((dir, journal_path, plan_copy, j))
+}
+
+/// `runbook approve RUN STEP`: record an approval of a run that waits for it, from any machine
+/// (the shared journal), checked against the step's approvers; the run goes on at its next
+/// `resume` (by anyone).
+pub async fn approve(
+    env: &Env<'_>,
+    run: &str,
+    step: &str,
+    opts: &ExecOptions,
+) -> Result<String, Error> {
+    let redactor = Redactor::default();
+    let (_dir, journal_path, plan_copy, mut j) = open_synced(env, opts, run, &redactor).await?;
     let (plan, loaded) = plan::load(&plan_copy)?;
     check_cluster(
         &plan,
@@ -1036,6 +1056,117 @@ pub async fn continue_run(
     .await?;
     let records = journal::read(&journal_path)?;
     let state = journal::replay(&records);
+    let waiting = records
+        .iter()
+        .rev()
+        .find(|r| r.event == Event::AwaitingApproval)
+        .and_then(|r| r.step.clone());
+    let decided = state
+        .steps
+        .get(step)
+        .is_some_and(|s| matches!(s.status, StepStatus::Succeeded | StepStatus::Failed));
+    let over = matches!(
+        state.finished.as_deref(),
+        Some("succeeded" | "rolled-back" | "rollback-failed")
+    );
+    if decided || over || waiting.as_deref() != Some(step) {
+        return Err(Error::Usage(format!(
+            "run {run} is not waiting for the approval of step {step} (status: {}{})",
+            state.finished.as_deref().unwrap_or("incomplete"),
+            waiting
+                .map(|w| format!("; last asked for: {w}"))
+                .unwrap_or_default()
+        )));
+    }
+    let Some(spec::Action::Approve(a)) = loaded
+        .steps
+        .iter()
+        .find(|s| s.id == step)
+        .map(|s| &s.action)
+    else {
+        return Err(Error::Usage(format!("{step} is not an approve step of run {run}")));
+    };
+    let me = actor(&env.cluster.client).await;
+    if let Some(rules) = &a.approvers {
+        let who = engine::kubernetes_user(&env.cluster.client).await;
+        let starter = state
+            .started
+            .as_ref()
+            .and_then(|r| r.actor.as_ref())
+            .and_then(|a| a.kubernetes.clone());
+        if let Some(why) = engine::approval_refusal(rules, who.as_ref(), starter.as_deref()) {
+            return Err(Error::Runbook(format!("cannot approve step {step} of run {run}: {why}")));
+        }
+    }
+    let mut rec = Record::new(run, Event::Approval).step(step);
+    rec.actor = Some(me.clone());
+    rec.details = Some(serde_json::json!({
+        "via": "runbook approve", "message": a.message, "planHash": plan.content_hash,
+    }));
+    j.append(rec)?;
+    Ok(format!(
+        "approved step {step} of run {run} as {}{}; continue with: lifeboat runbook resume {run}",
+        me.user,
+        me.kubernetes
+            .map(|k| format!(" (Kubernetes: {k})"))
+            .unwrap_or_default()
+    ))
+}
+
+/// `--approve STEP` for a step that names approvers: refused before anything is written when
+/// whoever runs this may not approve it.
+async fn check_pre_approvals(
+    env: &Env<'_>,
+    opts: &ExecOptions,
+    loaded: &spec::Loaded,
+    starter: Option<&str>,
+) -> Result<(), Error> {
+    let mut who: Option<Option<(String, Vec<String>)>> = None;
+    for id in &opts.approve {
+        let Some(spec::Action::Approve(a)) =
+            loaded.steps.iter().find(|s| &s.id == id).map(|s| &s.action)
+        else {
+            continue;
+        };
+        let Some(rules) = &a.approvers else { continue };
+        if who.is_none() {
+            who = Some(engine::kubernetes_user(&env.cluster.client).await);
+        }
+        let me = who.as_ref().and_then(|w| w.as_ref());
+        if let Some(why) = engine::approval_refusal(rules, me, starter) {
+            return Err(Error::Runbook(format!("--approve {id}: {why}")));
+        }
+    }
+    Ok(())
+}
+
+/// `runbook resume RUN` and `runbook rollback RUN --to …`.
+pub async fn continue_run(
+    env: &Env<'_>,
+    run: &str,
+    opts: &ExecOptions,
+    rollback_to: Option<&str>,
+) -> Result<RunReport, Error> {
+    let redactor = Redactor::default();
+    let (_dir, journal_path, plan_copy, j) = open_synced(env, opts, run, &redactor).await?;
+    let mut j = j;
+
+    let (plan, loaded) = plan::load(&plan_copy)?;
+    check_cluster(
+        &plan,
+        &plan_copy.display().to_string(),
+        env.cluster,
+        plan::context_name(env.cluster_options),
+    )
+    .await?;
+    let records = journal::read(&journal_path)?;
+    let state = journal::replay(&records);
+    let starter = state
+        .started
+        .as_ref()
+        .and_then(|r| r.actor.as_ref())
+        .and_then(|a| a.kubernetes.clone());
+    check_pre_approvals(env, opts, &loaded, starter.as_deref()).await?;
     let plan_file = state
         .started
         .as_ref()

@@ -407,6 +407,22 @@ fn ok200() -> u16 {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ApproveAction {
     pub message: String,
+    /// Who may approve (Kubernetes identities); none: whoever runs lifeboat.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approvers: Option<Approvers>,
+}
+
+/// `approve.approvers`: Kubernetes users or groups, and/or "not the one who started the run".
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Approvers {
+    #[serde(default)]
+    pub users: Vec<String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// A different Kubernetes identity than the one that started the run (four eyes).
+    #[serde(default)]
+    pub not_starter: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
