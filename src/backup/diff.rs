@@ -175,50 +175,39 @@ pub fn field_changes(a: &Value, b: &Value, with_values: bool) -> Vec<FieldChange
     out
 }
 
+/// One key or index: present on both sides (compare deeper), or added, or removed.
+fn one(p: String, a: Option<&Value>, b: Option<&Value>, vals: bool, out: &mut Vec<FieldChange>) {
+    let val = |v: &Value| vals.then(|| v.clone());
+    match (a, b) {
+        (Some(va), Some(vb)) => walk(&p, va, vb, vals, out),
+        (Some(va), None) => out.push(FieldChange {
+            path: p,
+            change: ChangeKind::Removed,
+            from: val(va),
+            to: None,
+        }),
+        (None, Some(vb)) => out.push(FieldChange {
+            path: p,
+            change: ChangeKind::Added,
+            from: None,
+            to: val(vb),
+        }),
+        (None, None) => {}
+    }
+}
+
 fn walk(path: &str, a: &Value, b: &Value, vals: bool, out: &mut Vec<FieldChange>) {
     let val = |v: &Value| vals.then(|| v.clone());
     match (a, b) {
         (Value::Object(x), Value::Object(y)) => {
             let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
             for k in keys {
-                let p = path_key(path, k);
-                match (x.get(k), y.get(k)) {
-                    (Some(va), Some(vb)) => walk(&p, va, vb, vals, out),
-                    (Some(va), None) => out.push(FieldChange {
-                        path: p,
-                        change: ChangeKind::Removed,
-                        from: val(va),
-                        to: None,
-                    }),
-                    (None, Some(vb)) => out.push(FieldChange {
-                        path: p,
-                        change: ChangeKind::Added,
-                        from: None,
-                        to: val(vb),
-                    }),
-                    (None, None) => {}
-                }
+                one(path_key(path, k), x.get(k), y.get(k), vals, out);
             }
         }
         (Value::Array(x), Value::Array(y)) => {
             for i in 0..x.len().max(y.len()) {
-                let p = format!("{path}[{i}]");
-                match (x.get(i), y.get(i)) {
-                    (Some(va), Some(vb)) => walk(&p, va, vb, vals, out),
-                    (Some(va), None) => out.push(FieldChange {
-                        path: p,
-                        change: ChangeKind::Removed,
-                        from: val(va),
-                        to: None,
-                    }),
-                    (None, Some(vb)) => out.push(FieldChange {
-                        path: p,
-                        change: ChangeKind::Added,
-                        from: None,
-                        to: val(vb),
-                    }),
-                    (None, None) => {}
-                }
+                one(format!("{path}[{i}]"), x.get(i), y.get(i), vals, out);
             }
         }
         _ if a == b => {}

@@ -1035,6 +1035,25 @@ async fn open_synced(
     Ok((dir, journal_path, plan_copy, j))
 }
 
+/// [`open_synced`], then the plan copy, checked (hash, and that this is its cluster).
+async fn open_checked(
+    env: &Env<'_>,
+    opts: &ExecOptions,
+    run: &str,
+    redactor: &Redactor,
+) -> Result<(PathBuf, PathBuf, plan::Plan, spec::Loaded, Journal), Error> {
+    let (_dir, journal_path, plan_copy, j) = open_synced(env, opts, run, redactor).await?;
+    let (plan, loaded) = plan::load(&plan_copy)?;
+    check_cluster(
+        &plan,
+        &plan_copy.display().to_string(),
+        env.cluster,
+        plan::context_name(env.cluster_options),
+    )
+    .await?;
+    Ok((journal_path, plan_copy, plan, loaded, j))
+}
+
 /// `runbook approve RUN STEP`: record an approval of a run that waits for it, from any machine
 /// (the shared journal), checked against the step's approvers; the run goes on at its next
 /// `resume` (by anyone).
@@ -1045,15 +1064,8 @@ pub async fn approve(
     opts: &ExecOptions,
 ) -> Result<String, Error> {
     let redactor = Redactor::default();
-    let (_dir, journal_path, plan_copy, mut j) = open_synced(env, opts, run, &redactor).await?;
-    let (plan, loaded) = plan::load(&plan_copy)?;
-    check_cluster(
-        &plan,
-        &plan_copy.display().to_string(),
-        env.cluster,
-        plan::context_name(env.cluster_options),
-    )
-    .await?;
+    let (journal_path, _plan_copy, plan, loaded, mut j) =
+        open_checked(env, opts, run, &redactor).await?;
     let records = journal::read(&journal_path)?;
     let state = journal::replay(&records);
     let waiting = records
@@ -1148,17 +1160,8 @@ pub async fn continue_run(
     rollback_to: Option<&str>,
 ) -> Result<RunReport, Error> {
     let redactor = Redactor::default();
-    let (_dir, journal_path, plan_copy, j) = open_synced(env, opts, run, &redactor).await?;
-    let mut j = j;
-
-    let (plan, loaded) = plan::load(&plan_copy)?;
-    check_cluster(
-        &plan,
-        &plan_copy.display().to_string(),
-        env.cluster,
-        plan::context_name(env.cluster_options),
-    )
-    .await?;
+    let (journal_path, plan_copy, plan, loaded, mut j) =
+        open_checked(env, opts, run, &redactor).await?;
     let records = journal::read(&journal_path)?;
     let state = journal::replay(&records);
     let starter = state
