@@ -1291,6 +1291,14 @@ steps:
             .contains("--force"),
         "{migrate:?}"
     );
+    // The migration ran and was not undone: a resume does not run it a second time blindly.
+    let again = w.run(&["runbook", "resume", run, "--yes"]);
+    again.code_is(64);
+    assert!(
+        again.stderr().contains("migrate") && again.stderr().contains("--in-doubt"),
+        "{}",
+        again.describe()
+    );
     ns.cleanup().await;
 }
 

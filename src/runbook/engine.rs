@@ -226,8 +226,8 @@ impl Runner<'_> {
                             Some(c) => c,
                             None => {
                                 return Err(Error::Usage(format!(
-                                    "step {} (a `{}` step, not safe to repeat) was started by a run that stopped before it finished; \
-                                     it may have half-run. Give --in-doubt rerun or --in-doubt skip",
+                                    "step {} (a `{}` step, not safe to repeat) may have run already: a run stopped before it finished, \
+                                     or a forced rollback passed over it without undoing it. Give --in-doubt rerun or --in-doubt skip",
                                     step.id,
                                     step.action.name()
                                 )));
@@ -237,12 +237,16 @@ impl Runner<'_> {
                     if choice == InDoubt::Skip {
                         self.record(
                             p,
-                            Record::new(&p.run_id, Event::Result)
-                                .step(&step.id)
-                                .status("skipped")
-                                .message(
-                                    "in doubt after an interrupted run; skipped (--in-doubt skip)",
-                                ),
+                            {
+                                let mut r = Record::new(&p.run_id, Event::Result)
+                                    .step(&step.id)
+                                    .status("skipped")
+                                    .message(
+                                        "in doubt after an interrupted run; skipped (--in-doubt skip)",
+                                    );
+                                r.details = Some(json!({"inDoubt": true}));
+                                r
+                            },
                         )?;
                         self.say(&format!("  - {}: skipped (in doubt)", step.id));
                         i += 1;
@@ -716,6 +720,15 @@ impl Runner<'_> {
                 Ok(())
             };
             match undo {
+                _ if st.in_doubt_skipped => {
+                    skip(
+                        p,
+                        "was skipped while in doubt (it may have half-run) and cannot be undone automatically; check it by hand"
+                            .into(),
+                    )?;
+                    unfinished.push((s.id.clone(), true));
+                    continue;
+                }
                 _ if st.status == StepStatus::Skipped && st.before.is_none() => {
                     skip(p, "was skipped; nothing to undo".into())?;
                     continue;
@@ -734,10 +747,15 @@ impl Runner<'_> {
                     continue;
                 }
                 Undo::None if self.force => {
-                    skip(
+                    let why = "irreversible (undo: none); passed over because of --force: it is not undone, and a resume asks before running it again";
+                    self.record(
                         p,
-                        "irreversible (undo: none); passed over because of --force".into(),
+                        Record::new(&p.run_id, Event::UndoResult)
+                            .step(&s.id)
+                            .status("passed-over")
+                            .message(why),
                     )?;
+                    self.say(&format!("  - {}: {why}", s.id));
                     continue;
                 }
                 Undo::None => {

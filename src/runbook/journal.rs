@@ -309,6 +309,9 @@ pub struct StepState {
     /// What the last rollback did with this step.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub undo: Option<String>,
+    /// Skipped with `--in-doubt skip`: it may have half-run, and nothing undoes it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub in_doubt_skipped: bool,
 }
 
 impl Default for StepState {
@@ -323,6 +326,7 @@ impl Default for StepState {
             finished: None,
             approved_by: None,
             undo: None,
+            in_doubt_skipped: false,
         }
     }
 }
@@ -395,6 +399,11 @@ pub fn replay(records: &[Record]) -> Replay {
                 }
                 s.message = rec.message.clone();
                 s.finished = Some(rec.time.clone());
+                s.in_doubt_skipped = s.status == StepStatus::Skipped
+                    && rec
+                        .details
+                        .as_ref()
+                        .is_some_and(|d| d["inDoubt"] == Value::Bool(true));
             }
             Event::Approval => {
                 let s = r
@@ -411,6 +420,13 @@ pub fn replay(records: &[Record]) -> Replay {
                     .or_default();
                 match rec.status.as_deref() {
                     Some("failed") => s.status = StepStatus::UndoFailed,
+                    // An irreversible step a forced rollback passed over: it ran and was not
+                    // undone, so running it again is a decision (in doubt), not a given.
+                    Some("passed-over") => {
+                        s.status = StepStatus::InDoubt;
+                        s.before = None;
+                        s.attempts = s.attempts.max(1);
+                    }
                     // "undone", or "skipped" (nothing to undo, or passed over with --force):
                     // the step is behind the rollback point and runs again on resume, with a
                     // freshly recorded prior state.
@@ -467,6 +483,36 @@ pub fn list_runs(dir: &Path) -> Result<Vec<(String, PathBuf)>, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn irreversible_steps_passed_over_or_skipped_in_doubt_are_not_forgotten() {
+        let mut skipped = Record::new("r", Event::Result).step("m").status("skipped");
+        skipped.details = Some(serde_json::json!({"inDoubt": true}));
+        let recs = vec![
+            Record::new("r", Event::RunStarted),
+            Record {
+                attempt: Some(1),
+                ..Record::new("r", Event::Intent).step("m")
+            },
+            skipped,
+            Record::new("r", Event::Result).step("plain").status("skipped"),
+        ];
+        let r = replay(&recs);
+        assert!(r.steps["m"].in_doubt_skipped, "a rollback must not pass it as clean");
+        assert!(!r.steps["plain"].in_doubt_skipped);
+        let mut forced = recs.clone();
+        forced.push(
+            Record::new("r", Event::UndoResult)
+                .step("m")
+                .status("passed-over"),
+        );
+        let r = replay(&forced);
+        assert_eq!(
+            r.steps["m"].status,
+            StepStatus::InDoubt,
+            "a resume asks before running it again"
+        );
+    }
 
     #[test]
     fn replay_tracks_intent_result_and_undo() {
