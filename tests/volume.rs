@@ -793,6 +793,44 @@ async fn ctrl_c_in_a_runbook_backup_step_cleans_up_its_volume_objects() {
     ns.cleanup().await;
 }
 
+/// A runbook backup step that runs out of its `timeout` while moving volume data: the step
+/// fails and its snapshot, claim and mover pod are deleted (the step's future is abandoned, so
+/// the engine cleans up for it). 300 MiB take well over the 3 s the step is given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runbook_backup_step_that_times_out_leaves_no_volume_objects() {
+    let (ns, tmp, standin) = noisy_statefulset("vol-rbto", 300 << 20, 14).await;
+    let lb = lifeboat_with_repo(tmp.path());
+    let rb = tmp.path().join("rb.yaml");
+    std::fs::write(
+        &rb,
+        format!(
+            "apiVersion: lifeboat.io/v1\nkind: Runbook\nmetadata: {{name: vol-backup-timeout}}\nsteps:\n  - id: backup\n    backup: {{namespaces: [{}], snapshotVolumes: true}}\n    timeout: 3s\n",
+            ns.name
+        ),
+    )
+    .unwrap();
+    let plan = tmp.path().join("plan.yaml");
+    lb.run(&["runbook", "plan", rb.to_str().unwrap(), "-f", plan.to_str().unwrap()])
+        .success();
+    let r = lb.run(&[
+        "runbook",
+        "run",
+        plan.to_str().unwrap(),
+        "--yes",
+        "--lease-namespace",
+        &ns.name,
+    ]);
+    r.code_is(2);
+    assert!(r.stdout().contains("timed out"), "{}", r.describe());
+    assert!(
+        leftovers(&ns.client, &ns.name).await.is_empty(),
+        "{:?}",
+        leftovers(&ns.client, &ns.name).await
+    );
+    standin.abort();
+    ns.cleanup().await;
+}
+
 /// Ctrl-C while a restore fills a volume: exit 130 and its mover pod is deleted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctrl_c_during_a_volume_restore_deletes_its_mover() {

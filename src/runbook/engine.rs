@@ -128,11 +128,17 @@ pub struct Progress<'a> {
     pub outputs: BTreeMap<String, BTreeMap<String, Value>>,
 }
 
+/// The step's `timeout`, else 1 hour for the long actions (backup, restore, drill: they move
+/// data) and 5 minutes for the others.
 fn step_timeout(s: &Step) -> Duration {
+    let default = match s.action {
+        Action::Backup(_) | Action::Restore(_) | Action::Drill(_) => Duration::from_secs(3600),
+        _ => Duration::from_secs(300),
+    };
     s.timeout
         .as_deref()
         .and_then(|t| spec::duration(t).ok())
-        .unwrap_or(Duration::from_secs(300))
+        .unwrap_or(default)
 }
 
 impl Runner<'_> {
@@ -570,8 +576,18 @@ impl Runner<'_> {
                 timeout + Duration::from_secs(5),
                 actions::execute(&ctx, &action, timeout),
             )
-            .await
-            .unwrap_or_else(|_| Err(format!("step timed out after {}s", timeout.as_secs())));
+            .await;
+            let res = match res {
+                Ok(r) => r,
+                Err(_) => {
+                    // The action was abandoned mid-way: its temporary objects (a backup's
+                    // snapshot, claim and mover pod) are deleted now, not left behind.
+                    for f in self.cleanup.run(&self.cluster.client).await {
+                        self.say(&format!("  warning: could not delete {f}"));
+                    }
+                    Err(format!("step timed out after {}s", timeout.as_secs()))
+                }
+            };
             match res {
                 Ok(out) => {
                     let mut rec = Record::new(&p.run_id, Event::Result)
