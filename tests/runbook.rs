@@ -1902,3 +1902,43 @@ async fn a_four_eyes_approval_comes_from_another_identity_on_another_machine() {
     common::delete_cluster_identity(&ns.client, &role).await;
     ns.cleanup().await;
 }
+
+#[tokio::test]
+async fn an_undo_never_overwrites_what_someone_changed_after_the_step() {
+    let ns = TestNs::new("rb-conflict").await;
+    deployment(&ns, "web", 1, "nginx:1.26", json!({})).await;
+    let w = Work::new();
+    let marker = w.path("scaled");
+    let rb = w.write(
+        "rb.yaml",
+        &format!(
+            "apiVersion: lifeboat.io/v1\nkind: Runbook\nmetadata: {{name: conflict}}\nsteps:\n  - id: scale\n    scale: {{kind: Deployment, name: web, namespace: {ns}, replicas: 3}}\n  - id: check\n    run: {{command: \"touch {m}; sleep 4; exit 1\"}}\n    undo: skip\n",
+            ns = ns.name,
+            m = marker.display()
+        ),
+    );
+    let plan = w.plan(&rb, &[]);
+    let mut child = w.lb.spawn(&["runbook", "run", plan.to_str().unwrap(), "--yes", "--lease-namespace", &ns.name]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !marker.exists() {
+        assert!(std::time::Instant::now() < deadline, "step check never started");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Someone else scales the Deployment while the run goes on.
+    ns.api::<Deployment>()
+        .patch_scale("web", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 7}})))
+        .await
+        .unwrap();
+    let status = common::wait_bounded(&mut child, "runbook run (conflict)");
+    assert_eq!(status.code(), Some(4), "the rollback cannot be clean");
+    let d = ns.api::<Deployment>().get("web").await.unwrap();
+    assert_eq!(d.spec.unwrap().replicas, Some(7), "their change was kept");
+    let list = w.run(&["runbook", "list", "-o", "json"]);
+    let run = list.json()["runs"][0]["run"].as_str().unwrap().to_string();
+    let st = w.run(&["runbook", "status", &run, "-o", "json"]).json();
+    assert!(
+        st["message"].as_str().unwrap().contains("changed by someone else"),
+        "{st:#}"
+    );
+    ns.cleanup().await;
+}

@@ -456,9 +456,12 @@ pub async fn capture_before(ctx: &Ctx<'_>, action: &Action) -> R<Option<Value>> 
                     kerr(e)
                 )
             })?;
+            // `set`: what this step writes, so its undo can tell whether someone changed the
+            // field since (a conflict) instead of overwriting their change.
             Some(
                 json!({"kind": a.kind, "name": a.name, "namespace": a.namespace,
-                         "replicas": s.spec.and_then(|s| s.replicas).unwrap_or(0)}),
+                         "replicas": s.spec.and_then(|s| s.replicas).unwrap_or(0),
+                         "set": a.replicas.get()?}),
             )
         }
         Action::SetImage(a) => {
@@ -466,7 +469,7 @@ pub async fn capture_before(ctx: &Ctx<'_>, action: &Action) -> R<Option<Value>> 
             let (name, image) = pick_container(&obj, a.container.as_deref(), &what)?;
             Some(
                 json!({"kind": a.kind, "name": a.name, "namespace": a.namespace,
-                         "container": name, "image": image}),
+                         "container": name, "image": image, "set": a.image}),
             )
         }
         Action::Cordon(a) | Action::Uncordon(a) => Some(
@@ -490,6 +493,13 @@ pub async fn capture_before(ctx: &Ctx<'_>, action: &Action) -> R<Option<Value>> 
     })
 }
 
+/// The undo would overwrite a change someone else made after the step.
+fn conflict(what: &str, field: &str, now: &str, set: &str, prior: &str) -> String {
+    format!(
+        "{what}: {field} is now {now}, not the {set} this step set; changed by someone else since, so it is left as is (set it back to {prior} by hand if that is still right)"
+    )
+}
+
 /// Undo an auto-reversible action from its captured state.
 /// Undo an auto-reversible action from its captured state alone (what to restore and where
 /// is in `before`; `action` only says which kind of action it was).
@@ -508,6 +518,19 @@ pub async fn undo_auto(ctx: &Ctx<'_>, action: &Action, before: &Value) -> R<Stri
                 .as_i64()
                 .ok_or("no prior replica count recorded")?;
             let api = workload_api(client, &kind, &ns)?;
+            let what = describe_ref(&kind, Some(&ns), &name);
+            if let Some(set) = before["set"].as_i64() {
+                let now = api
+                    .get_scale(&name)
+                    .await
+                    .map_err(kerr)?
+                    .spec
+                    .and_then(|s| s.replicas)
+                    .unwrap_or(0) as i64;
+                if now != set && now != n {
+                    return Err(conflict(&what, "replicas", &now.to_string(), &set.to_string(), &n.to_string()));
+                }
+            }
             api.patch_scale(
                 &name,
                 &pp(ctx),
@@ -523,6 +546,13 @@ pub async fn undo_auto(ctx: &Ctx<'_>, action: &Action, before: &Value) -> R<Stri
         Action::SetImage(_) => {
             let (kind, name, ns) = (field("kind")?, field("name")?, field("namespace")?);
             let (c, image) = (field("container")?, field("image")?);
+            if let Some(set) = before["set"].as_str() {
+                let (_, what, obj) = get_workload(client, &kind, &ns, &name).await?;
+                let (_, now) = pick_container(&obj, Some(&c), &what)?;
+                if now != set && now != image {
+                    return Err(conflict(&what, &format!("container {c} image"), &now, set, &image));
+                }
+            }
             let api = workload_api(client, &kind, &ns)?;
             api.patch(
                 &name,
