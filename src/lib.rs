@@ -323,7 +323,7 @@ async fn runbook_command(
             if e.no_shared_journal {
                 runbook::status(Some(&run), None)?; // an unknown run id fails before connecting
             }
-            let cluster = cluster::connect(&cluster_options).await?;
+            let cluster = connect_for_run(&cluster_options, &run).await?;
             let env = runbook::Env {
                 cluster: &cluster,
                 cluster_options: &cluster_options,
@@ -345,7 +345,7 @@ async fn runbook_command(
                 quiet: g.quiet,
                 ..Default::default()
             };
-            let cluster = cluster::connect(&cluster_options).await?;
+            let cluster = connect_for_run(&cluster_options, &run).await?;
             let env = runbook::Env {
                 cluster: &cluster,
                 cluster_options: &cluster_options,
@@ -360,7 +360,7 @@ async fn runbook_command(
             if e.no_shared_journal {
                 runbook::status(Some(&run), None)?;
             }
-            let cluster = cluster::connect(&cluster_options).await?;
+            let cluster = connect_for_run(&cluster_options, &run).await?;
             let env = runbook::Env {
                 cluster: &cluster,
                 cluster_options: &cluster_options,
@@ -803,5 +803,21 @@ async fn drill_command(
                 Exit::Findings
             })
         }
+    }
+}
+
+/// Connect for a command about `run`. A run this machine does not have can only be found in the
+/// cluster (its shared journal): without a cluster, "no such run here" is the one clear answer.
+async fn connect_for_run(
+    cluster_options: &cluster::ClusterOptions,
+    run: &str,
+) -> Result<cluster::Cluster, Error> {
+    match cluster::connect(cluster_options).await {
+        Ok(c) => Ok(c),
+        Err(e) if !runbook::is_local_run(run, None) => {
+            runbook::status(Some(run), None)?;
+            Err(e)
+        }
+        Err(e) => Err(e),
     }
 }

@@ -1942,3 +1942,51 @@ async fn an_undo_never_overwrites_what_someone_changed_after_the_step() {
     );
     ns.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_restore_step_applies_transform_files_embedded_in_the_plan() {
+    let ns = TestNs::new("rb-xform").await;
+    let cm: ConfigMap = obj(json!({"metadata": {"name": "settings"}, "data": {"mode": "prod"}}));
+    ns.api::<ConfigMap>()
+        .create(&PostParams::default(), &cm)
+        .await
+        .unwrap();
+    let w = Work::new();
+    w.run(&["repo", "init"]).success();
+    w.run(&["backup", "create", "-n", &ns.name]).success();
+    let dst = unique("lbt-rb-xform-dst");
+    let t = w.write(
+        "scratch.yaml",
+        "apiVersion: lifeboat.io/v1\nkind: RestoreTransform\nrules:\n  - match: {kinds: [ConfigMap]}\n    mergePatch: {data: {mode: staging}}\n",
+    );
+    let rb = w.write(
+        "rb.yaml",
+        &format!(
+            "apiVersion: lifeboat.io/v1\nkind: Runbook\nmetadata: {{name: xform}}\nsteps:\n  - id: restore\n    restore:\n      backup: latest\n      namespaces: [{src}]\n      namespaceMap: {{{src}: {dst}}}\n      transforms: [scratch.yaml]\n",
+            src = ns.name
+        ),
+    );
+    let plan = w.plan(&rb, &[]);
+    // Embedded: the file may be gone when the plan runs.
+    std::fs::remove_file(&t).unwrap();
+    w.run(&["runbook", "run", plan.to_str().unwrap(), "--yes", "--lease-namespace", &ns.name])
+        .success();
+    let got = Api::<ConfigMap>::namespaced(ns.client.clone(), &dst)
+        .get("settings")
+        .await
+        .unwrap();
+    assert_eq!(got.data.unwrap()["mode"], "staging");
+
+    // A bad rule fails the plan (file:line:col), not the incident.
+    w.write(
+        "scratch.yaml",
+        "apiVersion: lifeboat.io/v1\nkind: RestoreTransform\nrules:\n  - match: {kinds: [ConfigMap]}\n",
+    );
+    let r = w.run(&["runbook", "plan", rb.to_str().unwrap(), "-f", w.path("bad.plan.yaml").to_str().unwrap()]);
+    r.code_is(1);
+    assert!(r.stderr().contains("scratch.yaml:4:"), "{}", r.describe());
+    let _ = Api::<k8s_openapi::api::core::v1::Namespace>::all(ns.client.clone())
+        .delete(&dst, &DeleteParams::default())
+        .await;
+    ns.cleanup().await;
+}
