@@ -540,18 +540,17 @@ async fn backup_command(
                 status: a.status,
             };
             let repo = repo::access::open(&ropts).await?;
-            let report = match (&a.to, a.live) {
-                (Some(to), _) => backup::diff::backups(&repo, &a.from, to, &opts).await?,
-                (None, _) => {
-                    let cluster = cluster::connect(&settings.cluster_options()).await?;
-                    cluster
-                        .client
-                        .apiserver_version()
-                        .await
-                        .map_err(|source| crate::error::cluster_error(&cluster.server, source))?;
-                    backup::diff::live(&repo, &cluster.client, &a.from, &opts).await?
-                }
-            };
+            let report =
+                match (&a.to, a.live) {
+                    (Some(to), _) => backup::diff::backups(&repo, &a.from, to, &opts).await?,
+                    (None, _) => {
+                        let cluster = cluster::connect(&settings.cluster_options()).await?;
+                        cluster.client.apiserver_version().await.map_err(|source| {
+                            crate::error::cluster_error(&cluster.server, source)
+                        })?;
+                        backup::diff::live(&repo, &cluster.client, &a.from, &opts).await?
+                    }
+                };
             output::emit(out, &report)?;
             Ok(if report.has_differences() {
                 Exit::Findings

@@ -890,10 +890,18 @@ async fn a_drill_applies_its_specs_transforms_and_checks_against_them() {
         "apiVersion: lifeboat.io/v1\nkind: DrillSpec\ntransforms:\n  - scratch.yaml\n  - missing.yaml\n",
     )
     .unwrap();
-    let r = f.lb.run(&["drill", "run", "-n", &f.ns.name, "--spec", bad.to_str().unwrap()]);
+    let r = f.lb.run(&[
+        "drill",
+        "run",
+        "-n",
+        &f.ns.name,
+        "--spec",
+        bad.to_str().unwrap(),
+    ]);
     r.code_is(1);
     assert!(
-        r.stderr().contains(&format!("{}:5:5", bad.display())) && r.stderr().contains("missing.yaml"),
+        r.stderr().contains(&format!("{}:5:5", bad.display()))
+            && r.stderr().contains("missing.yaml"),
         "{}",
         r.describe()
     );
@@ -930,7 +938,10 @@ async fn a_drill_applies_its_specs_transforms_and_checks_against_them() {
     );
     let secrets: Api<k8s_openapi::api::core::v1::Secret> =
         Api::namespaced(f.ns.client.clone(), &scratch);
-    assert!(secrets.get_opt("db").await.unwrap().is_none(), "dropped by the transform");
+    assert!(
+        secrets.get_opt("db").await.unwrap().is_none(),
+        "dropped by the transform"
+    );
     let present = v["checks"]
         .as_array()
         .unwrap()

@@ -545,9 +545,8 @@ async fn works_with_exactly_the_documented_cluster_role() {
 async fn node_upgrade_mode_needs_the_api_server_at_the_target_first() {
     let _ = env();
     let lb = Lifeboat::new();
-    let server: lifeboat::preflight::version::Minor = common::Env::pinned_k8s_version()
-        .parse()
-        .unwrap();
+    let server: lifeboat::preflight::version::Minor =
+        common::Env::pinned_k8s_version().parse().unwrap();
     // Nodes ahead of the control plane: refused (exit 3), whatever else is found.
     let ahead = server.next().to_string();
     let r = lb.run(&["preflight", "--nodes-to", &ahead, "-o", "json"]);
@@ -557,7 +556,10 @@ async fn node_upgrade_mode_needs_the_api_server_at_the_target_first() {
     let c = check(&report, "apiserver-at-target");
     assert_eq!(c["status"], "fail", "{c}");
     assert!(
-        c["message"].as_str().unwrap().contains("upgrade the control plane"),
+        c["message"]
+            .as_str()
+            .unwrap()
+            .contains("upgrade the control plane"),
         "{c}"
     );
     assert!(
@@ -570,7 +572,15 @@ async fn node_upgrade_mode_needs_the_api_server_at_the_target_first() {
     );
     // Nodes to the API server's own minor: that gate passes; kubelets are measured against it.
     let here = server.to_string();
-    let r = lb.run(&["preflight", "--nodes-to", &here, "--fail-on", "none", "-o", "json"]);
+    let r = lb.run(&[
+        "preflight",
+        "--nodes-to",
+        &here,
+        "--fail-on",
+        "none",
+        "-o",
+        "json",
+    ]);
     r.success();
     let report = r.json();
     assert_eq!(check(&report, "apiserver-at-target")["status"], "pass");

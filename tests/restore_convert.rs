@@ -34,7 +34,13 @@ fn write_archive(dir: &Path, files: &[(String, Value)]) -> std::path::PathBuf {
     }
     let out = dir.join("old.tar.gz");
     let st = std::process::Command::new("tar")
-        .args(["czf", out.to_str().unwrap(), "-C", tree.to_str().unwrap(), "."])
+        .args([
+            "czf",
+            out.to_str().unwrap(),
+            "-C",
+            tree.to_str().unwrap(),
+            ".",
+        ])
         .status()
         .unwrap();
     assert!(st.success());
@@ -48,7 +54,8 @@ async fn get_dynamic(
     ns: Option<&str>,
     name: &str,
 ) -> Option<Value> {
-    let ar = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural);
+    let ar =
+        ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural);
     let api: Api<DynamicObject> = match ns {
         Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
         None => Api::all_with(client.clone(), &ar),
@@ -59,8 +66,13 @@ async fn get_dynamic(
         .map(|o| serde_json::to_value(o).unwrap())
 }
 
-async fn delete_dynamic(client: &kube::Client, (group, version, kind, plural): (&str, &str, &str, &str), name: &str) {
-    let ar = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural);
+async fn delete_dynamic(
+    client: &kube::Client,
+    (group, version, kind, plural): (&str, &str, &str, &str),
+    name: &str,
+) {
+    let ar =
+        ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural);
     let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
     let _ = api.delete(name, &DeleteParams::default()).await;
 }
@@ -74,8 +86,12 @@ fn item<'a>(report: &'a Value, kind: &str, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {kind}/{name} in {report:#}"))
 }
 
-const FLOWSCHEMA: (&str, &str, &str, &str) =
-    ("flowcontrol.apiserver.k8s.io", "v1", "FlowSchema", "flowschemas");
+const FLOWSCHEMA: (&str, &str, &str, &str) = (
+    "flowcontrol.apiserver.k8s.io",
+    "v1",
+    "FlowSchema",
+    "flowschemas",
+);
 const PLC: (&str, &str, &str, &str) = (
     "flowcontrol.apiserver.k8s.io",
     "v1",
@@ -157,7 +173,9 @@ async fn an_archive_with_removed_api_versions_is_converted_into_the_current_clus
                    "storageClassName": "fast", "capacity": "10Gi"}),
         ),
         (
-            format!("_cluster/prioritylevelconfigurations.flowcontrol.apiserver.k8s.io/{plc_name}.yaml"),
+            format!(
+                "_cluster/prioritylevelconfigurations.flowcontrol.apiserver.k8s.io/{plc_name}.yaml"
+            ),
             json!({"apiVersion": "flowcontrol.apiserver.k8s.io/v1beta2", "kind": "PriorityLevelConfiguration",
                    "metadata": {"name": plc_name},
                    "spec": {"type": "Limited", "limited": {"assuredConcurrencyShares": 5,
@@ -184,7 +202,14 @@ async fn an_archive_with_removed_api_versions_is_converted_into_the_current_clus
     let archive = archive.to_str().unwrap();
 
     // The dry run lists every conversion and creates nothing.
-    let dry = lb.run(&["restore", "--from-archive", archive, "--dry-run", "-o", "json"]);
+    let dry = lb.run(&[
+        "restore",
+        "--from-archive",
+        archive,
+        "--dry-run",
+        "-o",
+        "json",
+    ]);
     dry.code_is(2);
     let d = dry.json();
     let msg = |r: &Value, kind: &str, name: &str| {
@@ -194,10 +219,19 @@ async fn an_archive_with_removed_api_versions_is_converted_into_the_current_clus
             .to_string()
     };
     // (Unvalidated: its namespace only exists once the restore creates it.)
-    assert_eq!(item(&d, "Ingress", "web")["outcome"], "unvalidated", "{d:#}");
-    assert_eq!(item(&d, "FlowSchema", &fs_name)["outcome"], "created", "{d:#}");
+    assert_eq!(
+        item(&d, "Ingress", "web")["outcome"],
+        "unvalidated",
+        "{d:#}"
+    );
+    assert_eq!(
+        item(&d, "FlowSchema", &fs_name)["outcome"],
+        "created",
+        "{d:#}"
+    );
     assert!(
-        msg(&d, "Ingress", "web").contains("converted from extensions/v1beta1 to networking.k8s.io/v1"),
+        msg(&d, "Ingress", "web")
+            .contains("converted from extensions/v1beta1 to networking.k8s.io/v1"),
         "{d:#}"
     );
     assert!(
@@ -208,7 +242,10 @@ async fn an_archive_with_removed_api_versions_is_converted_into_the_current_clus
         msg(&d, "FlowSchema", &fs_name).contains("to flowcontrol.apiserver.k8s.io/v1"),
         "{d:#}"
     );
-    assert_eq!(item(&d, "PodSecurityPolicy", &psp_name)["outcome"], "failed");
+    assert_eq!(
+        item(&d, "PodSecurityPolicy", &psp_name)["outcome"],
+        "failed"
+    );
     assert!(
         Api::<Namespace>::all(client.clone())
             .get_opt(&ns)
@@ -225,25 +262,47 @@ async fn an_archive_with_removed_api_versions_is_converted_into_the_current_clus
     let v = r.json();
     assert_eq!(v["failed"], 2, "{v:#}");
     let psp = msg(&v, "PodSecurityPolicy", &psp_name);
-    assert!(psp.contains("Pod Security") && psp.contains("not restored"), "{psp}");
+    assert!(
+        psp.contains("Pod Security") && psp.contains("not restored"),
+        "{psp}"
+    );
     let pdb = msg(&v, "PodDisruptionBudget", "all");
     assert!(pdb.contains("empty selector"), "{pdb}");
-    assert_eq!(item(&v, "Ingress", "web")["apiVersion"], "networking.k8s.io/v1");
+    assert_eq!(
+        item(&v, "Ingress", "web")["apiVersion"],
+        "networking.k8s.io/v1"
+    );
 
-    let ing = get_dynamic(&client, ("networking.k8s.io", "v1", "Ingress", "ingresses"), Some(&ns), "web")
-        .await
-        .expect("Ingress web restored");
+    let ing = get_dynamic(
+        &client,
+        ("networking.k8s.io", "v1", "Ingress", "ingresses"),
+        Some(&ns),
+        "web",
+    )
+    .await
+    .expect("Ingress web restored");
     assert_eq!(
         ing["spec"]["defaultBackend"],
         json!({"service": {"name": "web", "port": {"number": 80}}})
     );
     let path = &ing["spec"]["rules"][0]["http"]["paths"][0];
-    assert_eq!(path["backend"], json!({"service": {"name": "api", "port": {"name": "http"}}}));
+    assert_eq!(
+        path["backend"],
+        json!({"service": {"name": "api", "port": {"name": "http"}}})
+    );
     assert_eq!(path["pathType"], "ImplementationSpecific");
-    let beta = get_dynamic(&client, ("networking.k8s.io", "v1", "Ingress", "ingresses"), Some(&ns), "beta")
-        .await
-        .expect("Ingress beta restored");
-    assert_eq!(beta["spec"]["rules"][0]["http"]["paths"][0]["pathType"], "Prefix");
+    let beta = get_dynamic(
+        &client,
+        ("networking.k8s.io", "v1", "Ingress", "ingresses"),
+        Some(&ns),
+        "beta",
+    )
+    .await
+    .expect("Ingress beta restored");
+    assert_eq!(
+        beta["spec"]["rules"][0]["http"]["paths"][0]["pathType"],
+        "Prefix"
+    );
 
     let dep = Api::<Deployment>::namespaced(client.clone(), &ns)
         .get("web")
@@ -253,38 +312,100 @@ async fn an_archive_with_removed_api_versions_is_converted_into_the_current_clus
     assert_eq!(sel["app"], "web", "selector from the template's labels");
 
     assert!(
-        get_dynamic(&client, ("batch", "v1", "CronJob", "cronjobs"), Some(&ns), "nightly")
-            .await
-            .is_some()
-    );
-    let pdb = get_dynamic(&client, ("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets"), Some(&ns), "web")
+        get_dynamic(
+            &client,
+            ("batch", "v1", "CronJob", "cronjobs"),
+            Some(&ns),
+            "nightly"
+        )
         .await
-        .expect("PDB web restored");
+        .is_some()
+    );
+    let pdb = get_dynamic(
+        &client,
+        (
+            "policy",
+            "v1",
+            "PodDisruptionBudget",
+            "poddisruptionbudgets",
+        ),
+        Some(&ns),
+        "web",
+    )
+    .await
+    .expect("PDB web restored");
     assert_eq!(pdb["spec"]["minAvailable"], 1);
     assert!(
-        get_dynamic(&client, ("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets"), Some(&ns), "all")
-            .await
-            .is_none(),
+        get_dynamic(
+            &client,
+            (
+                "policy",
+                "v1",
+                "PodDisruptionBudget",
+                "poddisruptionbudgets"
+            ),
+            Some(&ns),
+            "all"
+        )
+        .await
+        .is_none(),
         "an empty-selector PDB would select every pod in policy/v1"
     );
-    let hpa = get_dynamic(&client, ("autoscaling", "v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers"), Some(&ns), "web")
-        .await
-        .expect("HPA web restored");
+    let hpa = get_dynamic(
+        &client,
+        (
+            "autoscaling",
+            "v2",
+            "HorizontalPodAutoscaler",
+            "horizontalpodautoscalers",
+        ),
+        Some(&ns),
+        "web",
+    )
+    .await
+    .expect("HPA web restored");
     assert_eq!(
         hpa["spec"]["metrics"][0]["resource"],
         json!({"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}})
     );
-    let hpa2 = get_dynamic(&client, ("autoscaling", "v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers"), Some(&ns), "web2")
-        .await
-        .expect("HPA web2 restored");
-    assert_eq!(hpa2["spec"]["metrics"][0]["resource"]["target"]["averageValue"], "100Mi");
-    let cap = get_dynamic(&client, ("storage.k8s.io", "v1", "CSIStorageCapacity", "csistoragecapacities"), Some(&ns), "cap")
-        .await
-        .expect("CSIStorageCapacity restored");
+    let hpa2 = get_dynamic(
+        &client,
+        (
+            "autoscaling",
+            "v2",
+            "HorizontalPodAutoscaler",
+            "horizontalpodautoscalers",
+        ),
+        Some(&ns),
+        "web2",
+    )
+    .await
+    .expect("HPA web2 restored");
+    assert_eq!(
+        hpa2["spec"]["metrics"][0]["resource"]["target"]["averageValue"],
+        "100Mi"
+    );
+    let cap = get_dynamic(
+        &client,
+        (
+            "storage.k8s.io",
+            "v1",
+            "CSIStorageCapacity",
+            "csistoragecapacities",
+        ),
+        Some(&ns),
+        "cap",
+    )
+    .await
+    .expect("CSIStorageCapacity restored");
     assert_eq!(cap["storageClassName"], "fast");
-    let plc = get_dynamic(&client, PLC, None, &plc_name).await.expect("PLC restored");
+    let plc = get_dynamic(&client, PLC, None, &plc_name)
+        .await
+        .expect("PLC restored");
     assert_eq!(plc["spec"]["limited"]["nominalConcurrencyShares"], 5);
-    let fs = get_dynamic(&client, FLOWSCHEMA, None, &fs_name).await.expect("FlowSchema restored");
+    let fs = get_dynamic(&client, FLOWSCHEMA, None, &fs_name)
+        .await
+        .expect("FlowSchema restored");
     assert_eq!(fs["spec"]["matchingPrecedence"], 9000);
 
     delete_dynamic(&client, FLOWSCHEMA, &fs_name).await;
@@ -343,7 +464,12 @@ async fn transforms_patch_and_drop_and_a_bad_file_changes_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let lb = lifeboat_with_repo(tmp.path());
     create_web(&ns, 3).await;
-    create_cm(&ns, "web-config", json!({"MODE": "prod", "URL": "https://prod"})).await;
+    create_cm(
+        &ns,
+        "web-config",
+        json!({"MODE": "prod", "URL": "https://prod"}),
+    )
+    .await;
     create_secret(&ns, "legacy-token", "s3cret-legacy").await;
     create_secret(&ns, "web-secret", "s3cret-web").await;
     lb.run(&["backup", "create", "-n", &ns.name]).success();
@@ -424,7 +550,10 @@ rules:
     let legacy = item(&v, "Secret", "legacy-token");
     assert_eq!(legacy["outcome"], "skipped");
     assert!(legacy["message"].as_str().unwrap().contains("no-legacy"));
-    assert!(!r.stdout().contains("s3cret"), "a secret value in the report");
+    assert!(
+        !r.stdout().contains("s3cret"),
+        "a secret value in the report"
+    );
 
     let d = Api::<Deployment>::namespaced(ns.client.clone(), &dst)
         .get("web")
@@ -507,7 +636,10 @@ async fn a_single_object_is_restored_with_its_dependencies_listed() {
     };
     assert_eq!(dep("ConfigMap", "web-config")["status"], "notRestored");
     assert_eq!(dep("Secret", "web-secret")["status"], "notRestored");
-    assert_eq!(dep("ConfigMap", "web-config")["requiredBy"], "Deployment/web");
+    assert_eq!(
+        dep("ConfigMap", "web-config")["requiredBy"],
+        "Deployment/web"
+    );
     assert_eq!(dep("ServiceAccount", "web-sa")["status"], "notInBackup");
     let table = lb.run(&[
         "restore",
@@ -521,7 +653,11 @@ async fn a_single_object_is_restored_with_its_dependencies_listed() {
         "--dry-run",
     ]);
     table.success();
-    assert!(table.stdout().contains("depends on"), "{}", table.describe());
+    assert!(
+        table.stdout().contains("depends on"),
+        "{}",
+        table.describe()
+    );
     assert!(
         Api::<ConfigMap>::namespaced(ns.client.clone(), &dst)
             .get_opt("web-config")
@@ -596,13 +732,19 @@ async fn backup_diff_names_what_changed_and_never_shows_secret_values() {
     // Nothing changed yet: exit 0 against the live cluster.
     let same = lb.run(&["backup", "diff", &a, "--live", "-o", "json"]);
     same.code_is(0);
-    assert!(same.json()["changed"].as_array().unwrap().is_empty(), "{}", same.describe());
+    assert!(
+        same.json()["changed"].as_array().unwrap().is_empty(),
+        "{}",
+        same.describe()
+    );
 
     let deps = ns.api::<Deployment>();
     let mut d = deps.get("web").await.unwrap();
     d.spec.as_mut().unwrap().replicas = Some(5);
     d.metadata.managed_fields = None;
-    deps.replace("web", &PostParams::default(), &d).await.unwrap();
+    deps.replace("web", &PostParams::default(), &d)
+        .await
+        .unwrap();
     ns.api::<ConfigMap>()
         .delete("gone", &DeleteParams::default())
         .await
@@ -629,7 +771,13 @@ async fn backup_diff_names_what_changed_and_never_shows_secret_values() {
             .as_array()
             .unwrap()
             .iter()
-            .map(|o| format!("{}/{}", o["kind"].as_str().unwrap(), o["name"].as_str().unwrap()))
+            .map(|o| {
+                format!(
+                    "{}/{}",
+                    o["kind"].as_str().unwrap(),
+                    o["name"].as_str().unwrap()
+                )
+            })
             .collect()
     };
     assert_eq!(names("added"), vec!["ConfigMap/new"], "{v:#}");
@@ -650,7 +798,10 @@ async fn backup_diff_names_what_changed_and_never_shows_secret_values() {
         .iter()
         .find(|f| f["path"] == ".spec.replicas")
         .unwrap_or_else(|| panic!("{web:#}"));
-    assert_eq!((replicas["from"].clone(), replicas["to"].clone()), (json!(2), json!(5)));
+    assert_eq!(
+        (replicas["from"].clone(), replicas["to"].clone()),
+        (json!(2), json!(5))
+    );
     let secret = v["changed"]
         .as_array()
         .unwrap()
@@ -662,24 +813,35 @@ async fn backup_diff_names_what_changed_and_never_shows_secret_values() {
             .as_array()
             .unwrap()
             .iter()
-            .any(|f| f["path"] == ".data.password" && f.get("from").is_none() && f.get("to").is_none()),
+            .any(|f| f["path"] == ".data.password"
+                && f.get("from").is_none()
+                && f.get("to").is_none()),
         "{secret:#}"
     );
     let all = r.stdout();
     for value in ["old-s3cret-value", "new-s3cret-value"] {
         use base64::Engine;
         let b64 = base64::engine::general_purpose::STANDARD.encode(value);
-        assert!(!all.contains(value) && !all.contains(&b64), "a Secret value in the diff");
+        assert!(
+            !all.contains(value) && !all.contains(&b64),
+            "a Secret value in the diff"
+        );
     }
     let table = lb.run(&["backup", "diff", &a, &b]);
     table.code_is(2);
-    assert!(table.stdout().contains(".spec.replicas"), "{}", table.describe());
+    assert!(
+        table.stdout().contains(".spec.replicas"),
+        "{}",
+        table.describe()
+    );
 
     // B against the live cluster, after one more change.
     let mut d = deps.get("web").await.unwrap();
     d.spec.as_mut().unwrap().replicas = Some(1);
     d.metadata.managed_fields = None;
-    deps.replace("web", &PostParams::default(), &d).await.unwrap();
+    deps.replace("web", &PostParams::default(), &d)
+        .await
+        .unwrap();
     let live = lb.run(&["backup", "diff", &b, "--live", "-o", "json"]);
     live.code_is(2);
     let lv = live.json();

@@ -628,8 +628,9 @@ steps:
     ]);
     r.code_is(1);
     assert!(
-        r.stderr()
-            .contains("this change (runbook and parameters) is being run by run=someone-else user=alice"),
+        r.stderr().contains(
+            "this change (runbook and parameters) is being run by run=someone-else user=alice"
+        ),
         "{}",
         r.describe()
     );
@@ -810,7 +811,8 @@ async fn shipped_namespace_restore_restores_after_approval_and_verifies_workload
         .create(&PostParams::default(), &bad_ns)
         .await
         .unwrap();
-    let bad: ConfigMap = obj(json!({"metadata": {"name": "settings"}, "data": {"currency": "broken"}}));
+    let bad: ConfigMap =
+        obj(json!({"metadata": {"name": "settings"}, "data": {"currency": "broken"}}));
     ns.api::<ConfigMap>()
         .create(&PostParams::default(), &bad)
         .await
@@ -882,7 +884,14 @@ async fn shipped_cluster_upgrade_gates_backs_up_and_upgrades_node_by_node() {
 
     // Nodes to a minor the API server does not run yet: refused before anything changes.
     let ahead = plan_for(&format!("1.{}", minor + 1));
-    let r = w.run(&["runbook", "run", ahead.to_str().unwrap(), "--yes", "-o", "json"]);
+    let r = w.run(&[
+        "runbook",
+        "run",
+        ahead.to_str().unwrap(),
+        "--yes",
+        "-o",
+        "json",
+    ]);
     r.code_is(2);
     let msg = r.json()["message"].as_str().unwrap().to_string();
     assert!(
@@ -895,7 +904,10 @@ async fn shipped_cluster_upgrade_gates_backs_up_and_upgrades_node_by_node() {
         "{}",
         r.describe()
     );
-    assert!(!hook.exists(), "the hook ran before the control plane was at the target");
+    assert!(
+        !hook.exists(),
+        "the hook ran before the control plane was at the target"
+    );
     assert!(!unschedulable(&ns.client, &node).await);
 
     let target = format!("1.{minor}");
@@ -907,14 +919,23 @@ async fn shipped_cluster_upgrade_gates_backs_up_and_upgrades_node_by_node() {
     );
     // The dry run walks the whole plan (outputs of steps it only simulates are unknown) and
     // changes nothing.
-    let dry = w.run(&["runbook", "run", plan.to_str().unwrap(), "--dry-run", "--yes", "-o", "json"]);
+    let dry = w.run(&[
+        "runbook",
+        "run",
+        plan.to_str().unwrap(),
+        "--dry-run",
+        "--yes",
+        "-o",
+        "json",
+    ]);
     dry.success();
     assert_eq!(dry.json()["status"], "succeeded", "{}", dry.describe());
     assert!(!hook.exists() && !unschedulable(&ns.client, &node).await);
     let r = w.run(&["runbook", "run", plan.to_str().unwrap(), "--yes"]);
     r.code_is(3);
     let run = run_id(&r);
-    let mut resume = w.lb.spawn(&["runbook", "resume", &run, "--yes", "--approve", "go"]);
+    let mut resume =
+        w.lb.spawn(&["runbook", "resume", &run, "--yes", "--approve", "go"]);
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     while !hook.exists() {
         assert!(std::time::Instant::now() < deadline, "the hook never ran");
@@ -926,7 +947,10 @@ async fn shipped_cluster_upgrade_gates_backs_up_and_upgrades_node_by_node() {
         resume.try_wait().unwrap().is_none(),
         "the run did not wait for the new kubelet"
     );
-    assert!(unschedulable(&ns.client, &node).await, "uncordoned before the upgrade showed");
+    assert!(
+        unschedulable(&ns.client, &node).await,
+        "uncordoned before the upgrade showed"
+    );
     // "The new kubelet" reports its version; kwok's next heartbeat makes it fresh.
     Api::<Node>::all(ns.client.clone())
         .patch_status(
@@ -937,13 +961,20 @@ async fn shipped_cluster_upgrade_gates_backs_up_and_upgrades_node_by_node() {
         .await
         .unwrap();
     let status = common::wait_bounded(&mut resume, "runbook resume (cluster-upgrade)");
-    assert_eq!(status.code(), Some(0), "{}", w.run(&["runbook", "status", &run]).stdout());
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "{}",
+        w.run(&["runbook", "status", &run]).stdout()
+    );
     assert_eq!(
         std::fs::read_to_string(&hook).unwrap().trim(),
         format!("{node} {target}")
     );
     let j = w.journal(&run);
-    for s in ["cordon", "drain", "upgrade", "upgraded", "uncordon", "healthy"] {
+    for s in [
+        "cordon", "drain", "upgrade", "upgraded", "uncordon", "healthy",
+    ] {
         let id = format!("node-{node}-{s}");
         assert_eq!(
             events(&j, "result", &id).last().unwrap()["status"],
@@ -1557,7 +1588,14 @@ async fn a_plan_is_refused_on_another_cluster_behind_the_same_url() {
 
     // The relay now leads to the other cluster: same URL, refused before any step runs.
     relay.point_at(addr_b);
-    let r = via_relay(&["--context", "b", "runbook", "run", plan.to_str().unwrap(), "--yes"]);
+    let r = via_relay(&[
+        "--context",
+        "b",
+        "runbook",
+        "run",
+        plan.to_str().unwrap(),
+        "--yes",
+    ]);
     r.code_is(1);
     assert!(
         r.stderr().contains("was planned for cluster") && r.stderr().contains("reaches cluster"),
@@ -1568,7 +1606,14 @@ async fn a_plan_is_refused_on_another_cluster_behind_the_same_url() {
 
     // The planned cluster reached at another address (no relay) is the same cluster: it runs.
     relay.point_at(addr_a);
-    let r = w.run(&["runbook", "run", plan.to_str().unwrap(), "--yes", "-o", "json"]);
+    let r = w.run(&[
+        "runbook",
+        "run",
+        plan.to_str().unwrap(),
+        "--yes",
+        "-o",
+        "json",
+    ]);
     r.success();
     assert_eq!(r.json()["status"], "succeeded");
 }
@@ -1596,19 +1641,36 @@ async fn a_run_awaiting_approval_keeps_the_change_locked_until_it_is_resumed() {
     let leases = ns.api::<k8s_openapi::api::coordination::v1::Lease>();
     let held = leases.list(&Default::default()).await.unwrap().items;
     assert_eq!(held.len(), 1, "the lease is kept while awaiting approval");
-    let holder = held[0].spec.as_ref().unwrap().holder_identity.clone().unwrap();
+    let holder = held[0]
+        .spec
+        .as_ref()
+        .unwrap()
+        .holder_identity
+        .clone()
+        .unwrap();
     assert!(holder.starts_with(&format!("run={id} ")), "{holder}");
 
     // Another responder's plan of the same change is refused meanwhile.
     let r = run(&plan2, &[]);
     r.code_is(1);
-    assert!(r.stderr().contains("waits for approval"), "{}", r.describe());
+    assert!(
+        r.stderr().contains("waits for approval"),
+        "{}",
+        r.describe()
+    );
 
     // The waiting run itself resumes, finishes and gives the lock back.
     let mut a = vec!["runbook", "resume", id.as_str(), "--yes", "--approve", "ok"];
     a.extend_from_slice(&lease_ns);
     w.run(&a).success();
-    assert!(leases.list(&Default::default()).await.unwrap().items.is_empty());
+    assert!(
+        leases
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
     run(&plan2, &["--approve", "ok"]).success();
     ns.cleanup().await;
 }
@@ -1636,7 +1698,14 @@ steps:
         ),
     );
     let plan = w.plan(&rb, &[]);
-    let r = w.run(&["runbook", "run", plan.to_str().unwrap(), "--yes", "-o", "json"]);
+    let r = w.run(&[
+        "runbook",
+        "run",
+        plan.to_str().unwrap(),
+        "--yes",
+        "-o",
+        "json",
+    ]);
     r.code_is(4);
     let report = r.json();
     assert_eq!(report["status"], "rollback-failed", "{report:#}");
@@ -1685,7 +1754,10 @@ async fn ctrl_c_kills_what_a_run_step_started_and_its_output_is_in_the_logs() {
         {
             break p.trim().to_string();
         }
-        assert!(std::time::Instant::now() < deadline, "step slow never started");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "step slow never started"
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(alive(&grandchild));
@@ -1765,23 +1837,47 @@ async fn a_run_is_resumed_and_rolled_back_from_another_machine_through_the_share
 
     // Machine B sees the run, resumes it with the approval, and finishes it.
     assert_eq!(
-        with_ns(&b, &["runbook", "list", "-o", "json"]).success().json()["runs"],
+        with_ns(&b, &["runbook", "list", "-o", "json"])
+            .success()
+            .json()["runs"],
         json!([]),
         "without --shared: this machine's runs only"
     );
     let list = with_ns(&b, &["runbook", "list", "--shared", "-o", "json"]);
     list.success();
-    assert_eq!(list.json()["runs"][0]["run"], run.as_str(), "{}", list.describe());
+    assert_eq!(
+        list.json()["runs"][0]["run"],
+        run.as_str(),
+        "{}",
+        list.describe()
+    );
     let st = with_ns(&b, &["runbook", "status", &run, "-o", "json"]);
     assert_eq!(st.success().json()["status"], "awaiting-approval");
-    let r = with_ns(&b, &["runbook", "resume", &run, "--yes", "--approve", "ok", "-o", "json"]);
+    let r = with_ns(
+        &b,
+        &[
+            "runbook",
+            "resume",
+            &run,
+            "--yes",
+            "--approve",
+            "ok",
+            "-o",
+            "json",
+        ],
+    );
     r.success();
     assert_eq!(r.json()["status"], "succeeded");
     let d = ns.api::<Deployment>().get("web").await.unwrap();
     assert_eq!(replicas_and_image(&d), (3, "nginx:1.27".to_string()));
 
     // B rolls it back to the start: the undo data came with the journal.
-    let r = with_ns(&b, &["runbook", "rollback", &run, "--to", "start", "--yes", "-o", "json"]);
+    let r = with_ns(
+        &b,
+        &[
+            "runbook", "rollback", &run, "--to", "start", "--yes", "-o", "json",
+        ],
+    );
     r.success();
     assert_eq!(r.json()["status"], "rolled-back");
     let d = ns.api::<Deployment>().get("web").await.unwrap();
@@ -1789,7 +1885,12 @@ async fn a_run_is_resumed_and_rolled_back_from_another_machine_through_the_share
 
     // Machine A, whose copy is behind, shows what B did.
     let st = with_ns(&a, &["runbook", "status", &run, "-o", "json"]);
-    assert_eq!(st.success().json()["status"], "rolled-back", "{}", st.describe());
+    assert_eq!(
+        st.success().json()["status"],
+        "rolled-back",
+        "{}",
+        st.describe()
+    );
     ns.cleanup().await;
 }
 
@@ -1818,19 +1919,42 @@ async fn drain_refuses_to_lose_a_bare_pod_before_cordoning_unless_forced() {
         )
     };
     let plan = w.plan(&rb(false), &[]);
-    let r = w.run(&["runbook", "run", plan.to_str().unwrap(), "--yes", "--lease-namespace", &ns.name]);
+    let r = w.run(&[
+        "runbook",
+        "run",
+        plan.to_str().unwrap(),
+        "--yes",
+        "--lease-namespace",
+        &ns.name,
+    ]);
     r.code_is(2);
     assert!(
         r.stdout().contains(&format!("{}/one-off", ns.name)) && r.stdout().contains("force: true"),
         "{}",
         r.describe()
     );
-    assert!(!unschedulable(&ns.client, &node).await, "a refused drain cordoned the node");
-    assert!(ns.api::<k8s_openapi::api::core::v1::Pod>().get_opt("one-off").await.unwrap().is_some());
+    assert!(
+        !unschedulable(&ns.client, &node).await,
+        "a refused drain cordoned the node"
+    );
+    assert!(
+        ns.api::<k8s_openapi::api::core::v1::Pod>()
+            .get_opt("one-off")
+            .await
+            .unwrap()
+            .is_some()
+    );
 
     let plan = w.plan(&rb(true), &[]);
-    w.run(&["runbook", "run", plan.to_str().unwrap(), "--yes", "--lease-namespace", &ns.name])
-        .success();
+    w.run(&[
+        "runbook",
+        "run",
+        plan.to_str().unwrap(),
+        "--yes",
+        "--lease-namespace",
+        &ns.name,
+    ])
+    .success();
     assert!(unschedulable(&ns.client, &node).await);
     let _ = Api::<Node>::all(ns.client.clone())
         .delete(&node, &DeleteParams::default())
@@ -1870,24 +1994,45 @@ async fn a_four_eyes_approval_comes_from_another_identity_on_another_machine() {
         v.extend_from_slice(&ln);
         w.run(&v)
     };
-    let r = run_with(&starter, None, &["runbook", "run", plan.to_str().unwrap(), "--yes"]);
+    let r = run_with(
+        &starter,
+        None,
+        &["runbook", "run", plan.to_str().unwrap(), "--yes"],
+    );
     r.code_is(3);
     let run = run_id(&r);
     // The one who started it cannot approve it, neither way.
     let r = run_with(&starter, None, &["runbook", "approve", &run, "ok"]);
     r.code_is(1);
     assert!(r.stderr().contains("started this run"), "{}", r.describe());
-    let r = run_with(&starter, None, &["runbook", "resume", &run, "--yes", "--approve", "ok"]);
+    let r = run_with(
+        &starter,
+        None,
+        &["runbook", "resume", &run, "--yes", "--approve", "ok"],
+    );
     r.code_is(1);
     assert!(r.stderr().contains("started this run"), "{}", r.describe());
     let d = ns.api::<Deployment>().get("web").await.unwrap();
     assert_eq!(d.spec.unwrap().replicas, Some(1));
 
     // Another person, on another machine, approves; the starter's resume goes on.
-    let r = run_with(&second, Some(&approver_kc), &["runbook", "approve", &run, "ok"]);
+    let r = run_with(
+        &second,
+        Some(&approver_kc),
+        &["runbook", "approve", &run, "ok"],
+    );
     r.success();
-    assert!(r.stdout().contains(&format!("system:serviceaccount:{}:approver", ns.name)), "{}", r.describe());
-    let r = run_with(&starter, None, &["runbook", "resume", &run, "--yes", "-o", "json"]);
+    assert!(
+        r.stdout()
+            .contains(&format!("system:serviceaccount:{}:approver", ns.name)),
+        "{}",
+        r.describe()
+    );
+    let r = run_with(
+        &starter,
+        None,
+        &["runbook", "resume", &run, "--yes", "-o", "json"],
+    );
     r.success();
     assert_eq!(r.json()["status"], "succeeded");
     let d = ns.api::<Deployment>().get("web").await.unwrap();
@@ -1898,7 +2043,12 @@ async fn a_four_eyes_approval_comes_from_another_identity_on_another_machine() {
         approval["actor"]["kubernetes"],
         format!("system:serviceaccount:{}:approver", ns.name)
     );
-    assert!(approval["details"]["planHash"].as_str().unwrap().starts_with("sha256:"));
+    assert!(
+        approval["details"]["planHash"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:")
+    );
     common::delete_cluster_identity(&ns.client, &role).await;
     ns.cleanup().await;
 }
@@ -1918,15 +2068,29 @@ async fn an_undo_never_overwrites_what_someone_changed_after_the_step() {
         ),
     );
     let plan = w.plan(&rb, &[]);
-    let mut child = w.lb.spawn(&["runbook", "run", plan.to_str().unwrap(), "--yes", "--lease-namespace", &ns.name]);
+    let mut child = w.lb.spawn(&[
+        "runbook",
+        "run",
+        plan.to_str().unwrap(),
+        "--yes",
+        "--lease-namespace",
+        &ns.name,
+    ]);
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while !marker.exists() {
-        assert!(std::time::Instant::now() < deadline, "step check never started");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "step check never started"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     // Someone else scales the Deployment while the run goes on.
     ns.api::<Deployment>()
-        .patch_scale("web", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 7}})))
+        .patch_scale(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 7}})),
+        )
         .await
         .unwrap();
     let status = common::wait_bounded(&mut child, "runbook run (conflict)");
@@ -1937,7 +2101,10 @@ async fn an_undo_never_overwrites_what_someone_changed_after_the_step() {
     let run = list.json()["runs"][0]["run"].as_str().unwrap().to_string();
     let st = w.run(&["runbook", "status", &run, "-o", "json"]).json();
     assert!(
-        st["message"].as_str().unwrap().contains("changed by someone else"),
+        st["message"]
+            .as_str()
+            .unwrap()
+            .contains("changed by someone else"),
         "{st:#}"
     );
     ns.cleanup().await;
@@ -1969,8 +2136,15 @@ async fn a_restore_step_applies_transform_files_embedded_in_the_plan() {
     let plan = w.plan(&rb, &[]);
     // Embedded: the file may be gone when the plan runs.
     std::fs::remove_file(&t).unwrap();
-    w.run(&["runbook", "run", plan.to_str().unwrap(), "--yes", "--lease-namespace", &ns.name])
-        .success();
+    w.run(&[
+        "runbook",
+        "run",
+        plan.to_str().unwrap(),
+        "--yes",
+        "--lease-namespace",
+        &ns.name,
+    ])
+    .success();
     let got = Api::<ConfigMap>::namespaced(ns.client.clone(), &dst)
         .get("settings")
         .await
@@ -1982,7 +2156,13 @@ async fn a_restore_step_applies_transform_files_embedded_in_the_plan() {
         "scratch.yaml",
         "apiVersion: lifeboat.io/v1\nkind: RestoreTransform\nrules:\n  - match: {kinds: [ConfigMap]}\n",
     );
-    let r = w.run(&["runbook", "plan", rb.to_str().unwrap(), "-f", w.path("bad.plan.yaml").to_str().unwrap()]);
+    let r = w.run(&[
+        "runbook",
+        "plan",
+        rb.to_str().unwrap(),
+        "-f",
+        w.path("bad.plan.yaml").to_str().unwrap(),
+    ]);
     r.code_is(1);
     assert!(r.stderr().contains("scratch.yaml:4:"), "{}", r.describe());
     let _ = Api::<k8s_openapi::api::core::v1::Namespace>::all(ns.client.clone())

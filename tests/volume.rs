@@ -810,8 +810,14 @@ async fn a_runbook_backup_step_that_times_out_leaves_no_volume_objects() {
     )
     .unwrap();
     let plan = tmp.path().join("plan.yaml");
-    lb.run(&["runbook", "plan", rb.to_str().unwrap(), "-f", plan.to_str().unwrap()])
-        .success();
+    lb.run(&[
+        "runbook",
+        "plan",
+        rb.to_str().unwrap(),
+        "-f",
+        plan.to_str().unwrap(),
+    ])
+    .success();
     let r = lb.run(&[
         "runbook",
         "run",

@@ -212,7 +212,11 @@ fn walk(path: &str, a: &Value, b: &Value, vals: bool, out: &mut Vec<FieldChange>
         }
         _ if a == b => {}
         _ => out.push(FieldChange {
-            path: if path.is_empty() { ".".into() } else { path.into() },
+            path: if path.is_empty() {
+                ".".into()
+            } else {
+                path.into()
+            },
             change: ChangeKind::Changed,
             from: val(a),
             to: val(b),
@@ -453,7 +457,10 @@ pub async fn live(
                         } else {
                             v["metadata"]["namespace"].as_str().map(String::from)
                         },
-                        name: v["metadata"]["name"].as_str().unwrap_or_default().to_string(),
+                        name: v["metadata"]["name"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_string(),
                         blob: crate::repo::crypto::BlobId([0; 32]),
                         size: 0,
                     };
@@ -470,7 +477,10 @@ pub async fn live(
                     }
                     side_b.objects.insert(key(&e), (e, Some(v)));
                 }
-                match page["metadata"]["continue"].as_str().filter(|c| !c.is_empty()) {
+                match page["metadata"]["continue"]
+                    .as_str()
+                    .filter(|c| !c.is_empty())
+                {
                     Some(c) => lp = lp.continue_token(c),
                     None => break,
                 }
@@ -563,14 +573,21 @@ mod tests {
                        "spec": {"replicas": 3, "paused": true, "template": {"spec": {"containers": [{"image": "a:2"}, {"image": "s"}]}}},
                        "status": {"ready": 0}});
         let f = field_changes(&normalize(a, false), &normalize(b, false), false);
-        let paths: Vec<(&str, ChangeKind)> = f.iter().map(|c| (c.path.as_str(), c.change)).collect();
+        let paths: Vec<(&str, ChangeKind)> =
+            f.iter().map(|c| (c.path.as_str(), c.change)).collect();
         assert_eq!(
             paths,
             [
-                (".metadata.labels['app.kubernetes.io/v']", ChangeKind::Changed),
+                (
+                    ".metadata.labels['app.kubernetes.io/v']",
+                    ChangeKind::Changed
+                ),
                 (".spec.paused", ChangeKind::Added),
                 (".spec.replicas", ChangeKind::Changed),
-                (".spec.template.spec.containers[0].image", ChangeKind::Changed),
+                (
+                    ".spec.template.spec.containers[0].image",
+                    ChangeKind::Changed
+                ),
                 (".spec.template.spec.containers[1]", ChangeKind::Added),
             ]
         );

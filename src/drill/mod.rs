@@ -473,7 +473,10 @@ async fn drill_body(
 
     // 3. Every object of each namespace is there; ConfigMap and Secret data are equal.
     for m in mapping {
-        let transforms = opts.spec.as_ref().and_then(|s| s.loaded_transforms.as_deref());
+        let transforms = opts
+            .spec
+            .as_ref()
+            .and_then(|s| s.loaded_transforms.as_deref());
         checks.extend(compare_namespace(client, &repo, entries, m, transforms).await?);
     }
 

@@ -143,7 +143,9 @@ pub fn apiserver_at_node_target(current: Minor, target: Minor) -> Check {
             None => Check::new(
                 name,
                 CheckStatus::Pass,
-                format!("the API server is at {current}; kubelets at {target} are within the skew policy"),
+                format!(
+                    "the API server is at {current}; kubelets at {target} are within the skew policy"
+                ),
                 vec![],
             ),
         },

@@ -446,7 +446,12 @@ pub async fn preflight(
             },
             metrics::scan(client, &db, target),
             crds::scan(client),
-            checks::run(client, current.unwrap_or(target), target, opts.nodes_to.is_some()),
+            checks::run(
+                client,
+                current.unwrap_or(target),
+                target,
+                opts.nodes_to.is_some()
+            ),
         );
         let (f, n, nt) = live?;
         findings.extend(f);

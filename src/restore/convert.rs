@@ -362,7 +362,10 @@ fn priority_level(obj: &mut Value, from: &str, to: &str, notes: &mut Vec<String>
 }
 
 fn webhooks(obj: &mut Value, from: &str, notes: &mut Vec<String>) -> Result<(), String> {
-    let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
+    let name = obj["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     let Some(hooks) = obj["webhooks"].as_array_mut() else {
         return Ok(());
     };
@@ -500,7 +503,10 @@ mod tests {
         );
         assert_eq!(paths[0]["pathType"], "ImplementationSpecific");
         assert_eq!(paths[1]["pathType"], "Prefix");
-        assert_eq!(paths[1]["backend"]["service"]["port"], json!({"number": 8080}));
+        assert_eq!(
+            paths[1]["backend"]["service"]["port"],
+            json!({"number": 8080})
+        );
         assert!(c.describe().contains("defaultBackend"), "{}", c.describe());
     }
 
@@ -549,17 +555,37 @@ mod tests {
         let c = r.unwrap().unwrap();
         assert_eq!(c.api_version, "flowcontrol.apiserver.k8s.io/v1");
         assert_eq!(v["spec"]["limited"]["nominalConcurrencyShares"], 30);
-        assert!(v["spec"]["limited"].get("assuredConcurrencyShares").is_none());
+        assert!(
+            v["spec"]["limited"]
+                .get("assuredConcurrencyShares")
+                .is_none()
+        );
     }
 
     #[test]
     fn same_schema_kinds_change_only_api_version() {
         for (av, kind, to) in [
             ("batch/v1beta1", "CronJob", "batch/v1"),
-            ("storage.k8s.io/v1beta1", "CSIStorageCapacity", "storage.k8s.io/v1"),
-            ("autoscaling/v2beta2", "HorizontalPodAutoscaler", "autoscaling/v2"),
-            ("rbac.authorization.k8s.io/v1beta1", "Role", "rbac.authorization.k8s.io/v1"),
-            ("extensions/v1beta1", "NetworkPolicy", "networking.k8s.io/v1"),
+            (
+                "storage.k8s.io/v1beta1",
+                "CSIStorageCapacity",
+                "storage.k8s.io/v1",
+            ),
+            (
+                "autoscaling/v2beta2",
+                "HorizontalPodAutoscaler",
+                "autoscaling/v2",
+            ),
+            (
+                "rbac.authorization.k8s.io/v1beta1",
+                "Role",
+                "rbac.authorization.k8s.io/v1",
+            ),
+            (
+                "extensions/v1beta1",
+                "NetworkPolicy",
+                "networking.k8s.io/v1",
+            ),
         ] {
             let o = json!({"apiVersion": av, "kind": kind, "spec": {"x": 1}});
             let (v, r) = conv(o);
@@ -579,29 +605,41 @@ mod tests {
         }));
         let c = r.unwrap().unwrap();
         assert_eq!(c.api_version, "apps/v1");
-        assert_eq!(v["spec"]["selector"], json!({"matchLabels": {"app": "agent"}}));
+        assert_eq!(
+            v["spec"]["selector"],
+            json!({"matchLabels": {"app": "agent"}})
+        );
         assert_eq!(v["spec"]["updateStrategy"]["type"], "OnDelete");
         assert!(v["spec"].get("templateGeneration").is_none());
     }
 
     #[test]
     fn pdb_with_an_empty_selector_is_refused() {
-        let (_, r) = conv(json!({"apiVersion": "policy/v1beta1", "kind": "PodDisruptionBudget",
-                                  "spec": {"minAvailable": 1, "selector": {}}}));
+        let (_, r) = conv(
+            json!({"apiVersion": "policy/v1beta1", "kind": "PodDisruptionBudget",
+                                  "spec": {"minAvailable": 1, "selector": {}}}),
+        );
         assert!(r.unwrap_err().contains("empty selector"));
-        let (v, r) = conv(json!({"apiVersion": "policy/v1beta1", "kind": "PodDisruptionBudget",
-                                  "spec": {"minAvailable": 1, "selector": {"matchLabels": {"a": "b"}}}}));
+        let (v, r) = conv(
+            json!({"apiVersion": "policy/v1beta1", "kind": "PodDisruptionBudget",
+                                  "spec": {"minAvailable": 1, "selector": {"matchLabels": {"a": "b"}}}}),
+        );
         assert_eq!(r.unwrap().unwrap().api_version, "policy/v1");
         assert_eq!(v["apiVersion"], "policy/v1");
     }
 
     #[test]
     fn refusals_say_what_to_do() {
-        let (_, r) = conv(json!({"apiVersion": "policy/v1beta1", "kind": "PodSecurityPolicy", "spec": {}}));
+        let (_, r) =
+            conv(json!({"apiVersion": "policy/v1beta1", "kind": "PodSecurityPolicy", "spec": {}}));
         assert!(r.unwrap_err().contains("Pod Security"));
-        let (_, r) = conv(json!({"apiVersion": "extensions/v1beta1", "kind": "PodSecurityPolicy", "spec": {}}));
+        let (_, r) = conv(
+            json!({"apiVersion": "extensions/v1beta1", "kind": "PodSecurityPolicy", "spec": {}}),
+        );
         assert!(r.unwrap_err().contains("without a replacement"));
-        let (_, r) = conv(json!({"apiVersion": "apiextensions.k8s.io/v1beta1", "kind": "CustomResourceDefinition"}));
+        let (_, r) = conv(
+            json!({"apiVersion": "apiextensions.k8s.io/v1beta1", "kind": "CustomResourceDefinition"}),
+        );
         assert!(r.unwrap_err().contains("structural schema"));
         let (_, r) = conv(json!({"apiVersion": "admissionregistration.k8s.io/v1beta1",
             "kind": "ValidatingWebhookConfiguration", "metadata": {"name": "w"},
@@ -626,10 +664,12 @@ mod tests {
 
     #[test]
     fn endpoint_slice_topology() {
-        let (v, r) = conv(json!({"apiVersion": "discovery.k8s.io/v1beta1", "kind": "EndpointSlice",
+        let (v, r) = conv(
+            json!({"apiVersion": "discovery.k8s.io/v1beta1", "kind": "EndpointSlice",
             "addressType": "IPv4",
             "endpoints": [{"addresses": ["10.0.0.1"], "topology": {
-                "kubernetes.io/hostname": "n1", "topology.kubernetes.io/zone": "z", "rack": "r1"}}]}));
+                "kubernetes.io/hostname": "n1", "topology.kubernetes.io/zone": "z", "rack": "r1"}}]}),
+        );
         r.unwrap().unwrap();
         let ep = &v["endpoints"][0];
         assert_eq!(ep["nodeName"], "n1");

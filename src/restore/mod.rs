@@ -928,7 +928,11 @@ async fn resolve_dependencies(
                 out.push(Dependency {
                     kind: r.kind.into(),
                     namespace: Some(ns.clone()),
-                    name: if r.prefix { format!("{}*", r.name) } else { r.name.clone() },
+                    name: if r.prefix {
+                        format!("{}*", r.name)
+                    } else {
+                        r.name.clone()
+                    },
                     required_by,
                     status: DependencyStatus::NotInBackup,
                 });
@@ -1587,7 +1591,10 @@ impl Ctx<'_> {
         let mut notes: Vec<String> = Vec::new();
         if !self.target.by_gvk.contains_key(&gvk)
             && rules::is_builtin_group(&e.group)
-            && !(self.opts.dry_run && self.dry_new_types.contains(&(e.group.clone(), e.kind.clone())))
+            && !(self.opts.dry_run
+                && self
+                    .dry_new_types
+                    .contains(&(e.group.clone(), e.kind.clone())))
         {
             let served = |g: &str, v: &str, k: &str| {
                 self.target

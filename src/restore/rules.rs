@@ -1477,39 +1477,101 @@ pub fn references(group: &str, resource: &str, obj: &Value) -> Vec<Reference> {
     if let Some(spec) = pod_spec(group, resource, obj) {
         let (claims, prefixes) = claims_used(group, resource, obj);
         for c in &claims {
-            add("", "persistentvolumeclaims", "PersistentVolumeClaim", Some(c), false);
+            add(
+                "",
+                "persistentvolumeclaims",
+                "PersistentVolumeClaim",
+                Some(c),
+                false,
+            );
         }
         for p in &prefixes {
-            add("", "persistentvolumeclaims", "PersistentVolumeClaim", Some(p), true);
+            add(
+                "",
+                "persistentvolumeclaims",
+                "PersistentVolumeClaim",
+                Some(p),
+                true,
+            );
         }
         add(
             "",
             "serviceaccounts",
             "ServiceAccount",
-            spec["serviceAccountName"].as_str().filter(|s| *s != "default"),
+            spec["serviceAccountName"]
+                .as_str()
+                .filter(|s| *s != "default"),
             false,
         );
         for s in spec["imagePullSecrets"].as_array().into_iter().flatten() {
             add("", "secrets", "Secret", s["name"].as_str(), false);
         }
         for v in spec["volumes"].as_array().into_iter().flatten() {
-            add("", "configmaps", "ConfigMap", v["configMap"]["name"].as_str(), false);
-            add("", "secrets", "Secret", v["secret"]["secretName"].as_str(), false);
+            add(
+                "",
+                "configmaps",
+                "ConfigMap",
+                v["configMap"]["name"].as_str(),
+                false,
+            );
+            add(
+                "",
+                "secrets",
+                "Secret",
+                v["secret"]["secretName"].as_str(),
+                false,
+            );
             for src in v["projected"]["sources"].as_array().into_iter().flatten() {
-                add("", "configmaps", "ConfigMap", src["configMap"]["name"].as_str(), false);
-                add("", "secrets", "Secret", src["secret"]["name"].as_str(), false);
+                add(
+                    "",
+                    "configmaps",
+                    "ConfigMap",
+                    src["configMap"]["name"].as_str(),
+                    false,
+                );
+                add(
+                    "",
+                    "secrets",
+                    "Secret",
+                    src["secret"]["name"].as_str(),
+                    false,
+                );
             }
         }
         for list in ["containers", "initContainers", "ephemeralContainers"] {
             for c in spec[list].as_array().into_iter().flatten() {
                 for e in c["env"].as_array().into_iter().flatten() {
                     let vf = &e["valueFrom"];
-                    add("", "configmaps", "ConfigMap", vf["configMapKeyRef"]["name"].as_str(), false);
-                    add("", "secrets", "Secret", vf["secretKeyRef"]["name"].as_str(), false);
+                    add(
+                        "",
+                        "configmaps",
+                        "ConfigMap",
+                        vf["configMapKeyRef"]["name"].as_str(),
+                        false,
+                    );
+                    add(
+                        "",
+                        "secrets",
+                        "Secret",
+                        vf["secretKeyRef"]["name"].as_str(),
+                        false,
+                    );
                 }
                 for e in c["envFrom"].as_array().into_iter().flatten() {
-                    add("", "configmaps", "ConfigMap", e["configMapRef"]["name"].as_str(), false);
-                    add("", "secrets", "Secret", e["secretRef"]["name"].as_str(), false);
+                    add(
+                        "",
+                        "configmaps",
+                        "ConfigMap",
+                        e["configMapRef"]["name"].as_str(),
+                        false,
+                    );
+                    add(
+                        "",
+                        "secrets",
+                        "Secret",
+                        e["secretRef"]["name"].as_str(),
+                        false,
+                    );
                 }
             }
         }
@@ -1538,11 +1600,23 @@ pub fn references(group: &str, resource: &str, obj: &Value) -> Vec<Reference> {
         }
         ("rbac.authorization.k8s.io", "rolebindings") => {
             if obj["roleRef"]["kind"] == "Role" {
-                add("rbac.authorization.k8s.io", "roles", "Role", obj["roleRef"]["name"].as_str(), false);
+                add(
+                    "rbac.authorization.k8s.io",
+                    "roles",
+                    "Role",
+                    obj["roleRef"]["name"].as_str(),
+                    false,
+                );
             }
             for s in obj["subjects"].as_array().into_iter().flatten() {
                 if s["kind"] == "ServiceAccount" && s["namespace"] == obj["metadata"]["namespace"] {
-                    add("", "serviceaccounts", "ServiceAccount", s["name"].as_str(), false);
+                    add(
+                        "",
+                        "serviceaccounts",
+                        "ServiceAccount",
+                        s["name"].as_str(),
+                        false,
+                    );
                 }
             }
         }

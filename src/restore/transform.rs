@@ -151,7 +151,10 @@ impl Transforms {
             }
             if let Some(p) = r.merge_patch {
                 if !p.is_object() {
-                    return Err(err(&here("mergePatch"), "mergePatch must be a mapping".into()));
+                    return Err(err(
+                        &here("mergePatch"),
+                        "mergePatch must be a mapping".into(),
+                    ));
                 }
                 actions.push(("mergePatch", Action::MergePatch(p)));
             }
@@ -165,7 +168,9 @@ impl Transforms {
                 if let Some(d) = unsupported_directive(&p) {
                     return Err(err(
                         &here("strategicMergePatch"),
-                        format!("unsupported strategic merge patch directive {d} (supported: $patch: delete|replace|merge, $retainKeys is not)"),
+                        format!(
+                            "unsupported strategic merge patch directive {d} (supported: $patch: delete|replace|merge, $retainKeys is not)"
+                        ),
                     ));
                 }
                 actions.push(("strategicMergePatch", Action::StrategicMergePatch(p)));
@@ -173,7 +178,10 @@ impl Transforms {
             match r.drop {
                 Some(true) => actions.push(("drop", Action::Drop)),
                 Some(false) => {
-                    return Err(err(&here("drop"), "drop: false does nothing; remove it".into()));
+                    return Err(err(
+                        &here("drop"),
+                        "drop: false does nothing; remove it".into(),
+                    ));
                 }
                 None => {}
             }
@@ -194,7 +202,12 @@ impl Transforms {
             let selector = match &r.matches.label_selector {
                 Some(s) => Some(Selector::parse(s).map_err(|m| {
                     err(
-                        &[key("rules"), PathElem::Index(i), key("match"), key("labelSelector")],
+                        &[
+                            key("rules"),
+                            PathElem::Index(i),
+                            key("match"),
+                            key("labelSelector"),
+                        ],
                         format!("bad label selector: {m}"),
                     )
                 })?),
@@ -257,10 +270,7 @@ impl Transforms {
                         if matches!(e.kind, json_patch::PatchErrorKind::TestFailed) {
                             continue;
                         }
-                        return Err(format!(
-                            "transform {} ({}): json patch: {e}",
-                            r.name, r.at
-                        ));
+                        return Err(format!("transform {} ({}): json patch: {e}", r.name, r.at));
                     }
                 }
             }
@@ -352,14 +362,19 @@ pub fn glob(pattern: &str, s: &str) -> bool {
 /// Services (chosen by which key the items have).
 fn merge_key(field: &str, items: &[Value]) -> Option<&'static str> {
     Some(match field {
-        "containers" | "initContainers" | "ephemeralContainers" | "env" | "volumes"
-        | "imagePullSecrets" | "resourceClaims" | "readinessGates" | "hostAliases" => {
-            match field {
-                "hostAliases" => "ip",
-                "readinessGates" => "conditionType",
-                _ => "name",
-            }
-        }
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "env"
+        | "volumes"
+        | "imagePullSecrets"
+        | "resourceClaims"
+        | "readinessGates"
+        | "hostAliases" => match field {
+            "hostAliases" => "ip",
+            "readinessGates" => "conditionType",
+            _ => "name",
+        },
         "volumeMounts" => "mountPath",
         "volumeDevices" => "devicePath",
         "topologySpreadConstraints" => "topologyKey",
@@ -388,9 +403,7 @@ fn unsupported_directive(p: &Value) -> Option<String> {
                 if k.starts_with('$') && k != "$patch" && !k.starts_with("$setElementOrder/") {
                     return Some(k.clone());
                 }
-                if k == "$patch"
-                    && !matches!(v.as_str(), Some("delete" | "replace" | "merge"))
-                {
+                if k == "$patch" && !matches!(v.as_str(), Some("delete" | "replace" | "merge")) {
                     return Some(format!("$patch: {v}"));
                 }
                 if let Some(d) = unsupported_directive(v) {
@@ -480,8 +493,7 @@ fn merge_list(field: &str, existing: &mut Vec<Value>, items: &[Value]) {
         }
         return;
     }
-    let Some(mk) = merge_key(field, existing.as_slice()).or_else(|| merge_key(field, items))
-    else {
+    let Some(mk) = merge_key(field, existing.as_slice()).or_else(|| merge_key(field, items)) else {
         *existing = items.to_vec();
         return;
     };
@@ -513,7 +525,12 @@ mod tests {
         Transforms::parse(Path::new("t.yaml"), text)
     }
 
-    fn target<'a>(kind: &'a str, resource: &'a str, groups: &'a [&'a str], ns: &'a str) -> Target<'a> {
+    fn target<'a>(
+        kind: &'a str,
+        resource: &'a str,
+        groups: &'a [&'a str],
+        ns: &'a str,
+    ) -> Target<'a> {
         Target {
             kind,
             resource,
@@ -563,35 +580,53 @@ rules:
                 {"name": "web", "image": "web:1", "ports": [{"containerPort": 80}]},
                 {"name": "sidecar", "image": "s:1"}]}}}});
         let r = t
-            .apply(&target("Deployment", "deployments", &["apps"], "shop"), &mut d)
+            .apply(
+                &target("Deployment", "deployments", &["apps"], "shop"),
+                &mut d,
+            )
             .unwrap();
-        assert_eq!(r, Applied::Changed(vec!["one-replica".into(), "rule 3".into()]));
+        assert_eq!(
+            r,
+            Applied::Changed(vec!["one-replica".into(), "rule 3".into()])
+        );
         assert_eq!(d["spec"]["replicas"], 1);
         assert_eq!(
             d["spec"]["template"]["spec"]["containers"],
             json!([{"name": "web", "image": "web:2", "ports": [{"containerPort": 80}]}])
         );
-        assert!(d["metadata"]["labels"].get("big").is_none(), "failed test: not applied");
+        assert!(
+            d["metadata"]["labels"].get("big").is_none(),
+            "failed test: not applied"
+        );
 
         // Another namespace: the first rule does not match.
         let mut d2 = json!({"apiVersion": "apps/v1", "kind": "Deployment",
             "metadata": {"name": "web", "labels": {}}, "spec": {"replicas": 10}});
         let r = t
-            .apply(&target("Deployment", "deployments", &["apps"], "other"), &mut d2)
+            .apply(
+                &target("Deployment", "deployments", &["apps"], "other"),
+                &mut d2,
+            )
             .unwrap();
         assert_eq!(r, Applied::Changed(vec!["only-when-big".into()]));
         assert_eq!(d2["spec"]["replicas"], 10);
         assert_eq!(d2["metadata"]["labels"]["big"], "yes");
 
-        let mut s = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "legacy-db"}});
+        let mut s =
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "legacy-db"}});
         assert_eq!(
-            t.apply(&target("Secret", "secrets", &[""], "shop"), &mut s).unwrap(),
+            t.apply(&target("Secret", "secrets", &[""], "shop"), &mut s)
+                .unwrap(),
             Applied::Dropped("rule 2".into())
         );
         let mut svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "a"},
             "spec": {"type": "LoadBalancer", "loadBalancerIP": "1.2.3.4", "ports": [{"port": 80}]}});
-        t.apply(&target("Service", "services", &[""], "shop"), &mut svc).unwrap();
-        assert_eq!(svc["spec"], json!({"type": "ClusterIP", "ports": [{"port": 80}]}));
+        t.apply(&target("Service", "services", &[""], "shop"), &mut svc)
+            .unwrap();
+        assert_eq!(
+            svc["spec"],
+            json!({"type": "ClusterIP", "ports": [{"port": 80}]})
+        );
     }
 
     #[test]
@@ -613,8 +648,13 @@ rules:
     fn a_patch_may_not_move_or_retype_an_object() {
         let t = parse("apiVersion: lifeboat.io/v1\nkind: RestoreTransform\nrules:\n  - match: {kinds: [ConfigMap]}\n    mergePatch: {metadata: {namespace: prod}}\n").unwrap();
         let mut o = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a", "namespace": "dev"}});
-        let e = t.apply(&target("ConfigMap", "configmaps", &[""], "dev"), &mut o).unwrap_err();
-        assert!(e.contains("namespace-map") && e.contains("t.yaml:4:5"), "{e}");
+        let e = t
+            .apply(&target("ConfigMap", "configmaps", &[""], "dev"), &mut o)
+            .unwrap_err();
+        assert!(
+            e.contains("namespace-map") && e.contains("t.yaml:4:5"),
+            "{e}"
+        );
         assert_eq!(o["metadata"]["namespace"], "dev");
     }
 
@@ -623,11 +663,17 @@ rules:
         let mut d = json!({"spec": {"ports": [{"port": 80, "name": "http"}, {"port": 443}],
             "finalizers": ["a"], "tolerations": [{"key": "x"}],
             "env": [{"name": "A", "value": "1"}]}});
-        strategic_merge(&mut d, &json!({"spec": {
+        strategic_merge(
+            &mut d,
+            &json!({"spec": {
             "ports": [{"port": 80, "targetPort": 8080}, {"port": 443, "$patch": "delete"}, {"port": 9090}],
             "finalizers": ["b", "a"], "tolerations": [{"key": "y"}],
-            "env": {"$patch": "replace", "x": 1}}}));
-        assert_eq!(d["spec"]["ports"], json!([{"port": 80, "name": "http", "targetPort": 8080}, {"port": 9090}]));
+            "env": {"$patch": "replace", "x": 1}}}),
+        );
+        assert_eq!(
+            d["spec"]["ports"],
+            json!([{"port": 80, "name": "http", "targetPort": 8080}, {"port": 9090}])
+        );
         assert_eq!(d["spec"]["finalizers"], json!(["a", "b"]));
         assert_eq!(d["spec"]["tolerations"], json!([{"key": "y"}]));
         assert_eq!(d["spec"]["env"], json!({"x": 1}));

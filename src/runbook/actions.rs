@@ -528,7 +528,13 @@ pub async fn undo_auto(ctx: &Ctx<'_>, action: &Action, before: &Value) -> R<Stri
                     .and_then(|s| s.replicas)
                     .unwrap_or(0) as i64;
                 if now != set && now != n {
-                    return Err(conflict(&what, "replicas", &now.to_string(), &set.to_string(), &n.to_string()));
+                    return Err(conflict(
+                        &what,
+                        "replicas",
+                        &now.to_string(),
+                        &set.to_string(),
+                        &n.to_string(),
+                    ));
                 }
             }
             api.patch_scale(
@@ -550,7 +556,13 @@ pub async fn undo_auto(ctx: &Ctx<'_>, action: &Action, before: &Value) -> R<Stri
                 let (_, what, obj) = get_workload(client, &kind, &ns, &name).await?;
                 let (_, now) = pick_container(&obj, Some(&c), &what)?;
                 if now != set && now != image {
-                    return Err(conflict(&what, &format!("container {c} image"), &now, set, &image));
+                    return Err(conflict(
+                        &what,
+                        &format!("container {c} image"),
+                        &now,
+                        set,
+                        &image,
+                    ));
                 }
             }
             let api = workload_api(client, &kind, &ns)?;
@@ -908,11 +920,19 @@ async fn drain(ctx: &Ctx<'_>, a: &DrainAction, timeout: Duration) -> R<String> {
         match pods.list(&lp).await {
             Ok(l) => break l,
             Err(e) if transient(&e) && Instant::now() < deadline => {
-                tracing::warn!("cannot list the pods on node {}: {}; retrying", a.node, kerr(e));
+                tracing::warn!(
+                    "cannot list the pods on node {}: {}; retrying",
+                    a.node,
+                    kerr(e)
+                );
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }
             Err(e) => {
-                return Err(format!("cannot list the pods on node {}: {}", a.node, kerr(e)));
+                return Err(format!(
+                    "cannot list the pods on node {}: {}",
+                    a.node,
+                    kerr(e)
+                ));
             }
         }
     };
@@ -1325,7 +1345,12 @@ async fn run_command(ctx: &Ctx<'_>, r: &RunAction, timeout: Duration) -> R<Outco
                 .open(&path)
                 .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
             use std::io::Write;
-            let _ = writeln!(f, "--- {} attempt at {}", ctx.step_id, jiff::Timestamp::now());
+            let _ = writeln!(
+                f,
+                "--- {} attempt at {}",
+                ctx.step_id,
+                jiff::Timestamp::now()
+            );
             Some(std::sync::Mutex::new(f))
         }
         None => None,
@@ -1722,7 +1747,11 @@ async fn node_life(ctx: &Ctx<'_>, name: &str) -> R<Option<(String, bool, String,
     let is_ready = ready.as_ref().is_some_and(|c| c.status == "True");
     let beat = ready
         .as_ref()
-        .and_then(|c| c.last_heartbeat_time.as_ref().or(c.last_transition_time.as_ref()))
+        .and_then(|c| {
+            c.last_heartbeat_time
+                .as_ref()
+                .or(c.last_transition_time.as_ref())
+        })
         .map(|t| t.0.to_string())
         .unwrap_or_default();
     let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
@@ -1742,7 +1771,11 @@ async fn node_life(ctx: &Ctx<'_>, name: &str) -> R<Option<(String, bool, String,
 /// a heartbeat newer than any it had when the step started (a Ready read right after a kubelet
 /// restart may be the old kubelet's, still within its grace period). Transient API errors are
 /// retried until the timeout.
-async fn wait_node_version(ctx: &Ctx<'_>, w: &WaitNodeVersionAction, timeout: Duration) -> R<Outcome> {
+async fn wait_node_version(
+    ctx: &Ctx<'_>,
+    w: &WaitNodeVersionAction,
+    timeout: Duration,
+) -> R<Outcome> {
     let deadline = Instant::now() + timeout;
     // The heartbeats at the start (server timestamps, compared as RFC 3339 strings of one
     // clock: the API server's).
@@ -1775,7 +1808,11 @@ async fn wait_node_version(ctx: &Ctx<'_>, w: &WaitNodeVersionAction, timeout: Du
                 }
                 last = format!(
                     "kubelet {}, {}, {}",
-                    if version.is_empty() { "unknown" } else { &version },
+                    if version.is_empty() {
+                        "unknown"
+                    } else {
+                        &version
+                    },
                     if ready { "Ready" } else { "not Ready" },
                     if fresh {
                         "heartbeat after the step started"
@@ -1968,7 +2005,9 @@ pub async fn preview(ctx: &Ctx<'_>, action: &Action) -> R<String> {
             if r.dry_run { " (server dry-run)" } else { "" }
         ),
         Action::Preflight(p) => match &p.nodes_to {
-            Some(n) => format!("preflight for a node upgrade to {n} (the API server must be there)"),
+            Some(n) => {
+                format!("preflight for a node upgrade to {n} (the API server must be there)")
+            }
             None => format!(
                 "preflight for {}",
                 p.target.as_deref().unwrap_or("the next minor version")
@@ -2011,10 +2050,9 @@ mod drain_tests {
         assert_eq!(r.len(), 2, "{r:?}");
         assert!(r[0].contains("shop/bare") && r[0].contains("force: true"));
         assert!(r[1].contains("shop/cache") && !r[1].contains("agent"));
-        let all: DrainAction = serde_json::from_value(
-            json!({"node": "n", "force": true, "deleteEmptyDirData": true}),
-        )
-        .unwrap();
+        let all: DrainAction =
+            serde_json::from_value(json!({"node": "n", "force": true, "deleteEmptyDirData": true}))
+                .unwrap();
         assert!(drain_refusals(&all, &pods).is_empty());
         let strict: DrainAction =
             serde_json::from_value(json!({"node": "n", "ignoreDaemonSets": false, "force": true, "deleteEmptyDirData": true}))

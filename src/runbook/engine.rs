@@ -241,19 +241,16 @@ impl Runner<'_> {
                         },
                     };
                     if choice == InDoubt::Skip {
-                        self.record(
-                            p,
-                            {
-                                let mut r = Record::new(&p.run_id, Event::Result)
-                                    .step(&step.id)
-                                    .status("skipped")
-                                    .message(
-                                        "in doubt after an interrupted run; skipped (--in-doubt skip)",
-                                    );
-                                r.details = Some(json!({"inDoubt": true}));
-                                r
-                            },
-                        )?;
+                        self.record(p, {
+                            let mut r = Record::new(&p.run_id, Event::Result)
+                                .step(&step.id)
+                                .status("skipped")
+                                .message(
+                                    "in doubt after an interrupted run; skipped (--in-doubt skip)",
+                                );
+                            r.details = Some(json!({"inDoubt": true}));
+                            r
+                        })?;
                         self.say(&format!("  - {}: skipped (in doubt)", step.id));
                         i += 1;
                         continue;
@@ -357,7 +354,11 @@ impl Runner<'_> {
         };
         let tctx = plan::with_vars(self.template_ctx(p), step);
         let engine = template::Engine::with_redactor(self.redactor.clone());
-        let engine = if self.dry_run { engine.lenient() } else { engine };
+        let engine = if self.dry_run {
+            engine.lenient()
+        } else {
+            engine
+        };
         if let Some(w) = &step.when {
             match engine.condition(w, &tctx) {
                 Ok(true) => {}
@@ -435,10 +436,7 @@ impl Runner<'_> {
                     approval_refusal(rules, self.approver.as_ref(), starter.as_deref())
                 {
                     if pre {
-                        return Err(Error::Runbook(format!(
-                            "--approve {}: {why}",
-                            step.id
-                        )));
+                        return Err(Error::Runbook(format!("--approve {}: {why}", step.id)));
                     }
                     self.record(
                         p,
@@ -869,7 +867,10 @@ impl Runner<'_> {
                 )),
             ));
         }
-        Ok((RunStatus::RolledBack, Some(format!("rolled back to {target}"))))
+        Ok((
+            RunStatus::RolledBack,
+            Some(format!("rolled back to {target}")),
+        ))
     }
 }
 
@@ -956,8 +957,16 @@ pub fn approval_refusal(
     {
         return Some(format!(
             "{user} is not an approver of this step (users: {}; groups: {})",
-            if rules.users.is_empty() { "-".to_string() } else { rules.users.join(", ") },
-            if rules.groups.is_empty() { "-".to_string() } else { rules.groups.join(", ") }
+            if rules.users.is_empty() {
+                "-".to_string()
+            } else {
+                rules.users.join(", ")
+            },
+            if rules.groups.is_empty() {
+                "-".to_string()
+            } else {
+                rules.groups.join(", ")
+            }
         ));
     }
     None
@@ -975,14 +984,30 @@ mod approver_tests {
             groups: vec!["ops-leads".into()],
             not_starter: true,
         };
-        let who = |u: &str, g: &[&str]| Some((u.to_string(), g.iter().map(|s| s.to_string()).collect()));
+        let who =
+            |u: &str, g: &[&str]| Some((u.to_string(), g.iter().map(|s| s.to_string()).collect()));
         assert!(approval_refusal(&rules, who("alice", &[]).as_ref(), Some("bob")).is_none());
-        assert!(approval_refusal(&rules, who("carol", &["ops-leads"]).as_ref(), Some("bob")).is_none());
-        assert!(approval_refusal(&rules, who("dave", &["dev"]).as_ref(), Some("bob")).unwrap().contains("not an approver"));
-        assert!(approval_refusal(&rules, who("alice", &[]).as_ref(), Some("alice")).unwrap().contains("started this run"));
-        assert!(approval_refusal(&rules, None, Some("bob")).is_some(), "unknown identity: refused");
-        let anyone_else = Approvers { not_starter: true, ..Default::default() };
+        assert!(
+            approval_refusal(&rules, who("carol", &["ops-leads"]).as_ref(), Some("bob")).is_none()
+        );
+        assert!(
+            approval_refusal(&rules, who("dave", &["dev"]).as_ref(), Some("bob"))
+                .unwrap()
+                .contains("not an approver")
+        );
+        assert!(
+            approval_refusal(&rules, who("alice", &[]).as_ref(), Some("alice"))
+                .unwrap()
+                .contains("started this run")
+        );
+        assert!(
+            approval_refusal(&rules, None, Some("bob")).is_some(),
+            "unknown identity: refused"
+        );
+        let anyone_else = Approvers {
+            not_starter: true,
+            ..Default::default()
+        };
         assert!(approval_refusal(&anyone_else, who("dave", &[]).as_ref(), Some("bob")).is_none());
     }
 }
-

@@ -495,10 +495,15 @@ mod tests {
                 ..Record::new("r", Event::Intent).step("m")
             },
             skipped,
-            Record::new("r", Event::Result).step("plain").status("skipped"),
+            Record::new("r", Event::Result)
+                .step("plain")
+                .status("skipped"),
         ];
         let r = replay(&recs);
-        assert!(r.steps["m"].in_doubt_skipped, "a rollback must not pass it as clean");
+        assert!(
+            r.steps["m"].in_doubt_skipped,
+            "a rollback must not pass it as clean"
+        );
         assert!(!r.steps["plain"].in_doubt_skipped);
         let mut forced = recs.clone();
         forced.push(

@@ -296,7 +296,10 @@ impl crate::output::Render for RunReport {
             )?;
         }
         if self.dry_run {
-            return writeln!(w, "(dry run: nothing was changed and no journal was written)");
+            return writeln!(
+                w,
+                "(dry run: nothing was changed and no journal was written)"
+            );
         }
         writeln!(w, "Journal: {}", self.journal)?;
         match self.status.as_str() {
@@ -902,7 +905,9 @@ async fn sync_shared(
                 // Only while nobody holds the local journal (a lock taken and released).
                 drop(Journal::open(&dir, run, Redactor::default())?);
                 take(&f)?;
-                eprintln!("run {run}: the cluster's journal is newer than this machine's; continuing from it");
+                eprintln!(
+                    "run {run}: the cluster's journal is newer than this machine's; continuing from it"
+                );
                 Ok(Some(SharedState::Attached(f.handle)))
             }
             shared::Relation::LocalAhead => Ok(Some(SharedState::PushLocal(f.handle))),
@@ -1096,7 +1101,9 @@ pub async fn approve(
         .find(|s| s.id == step)
         .map(|s| &s.action)
     else {
-        return Err(Error::Usage(format!("{step} is not an approve step of run {run}")));
+        return Err(Error::Usage(format!(
+            "{step} is not an approve step of run {run}"
+        )));
     };
     let me = actor(&env.cluster.client).await;
     if let Some(rules) = &a.approvers {
@@ -1107,7 +1114,9 @@ pub async fn approve(
             .and_then(|r| r.actor.as_ref())
             .and_then(|a| a.kubernetes.clone());
         if let Some(why) = engine::approval_refusal(rules, who.as_ref(), starter.as_deref()) {
-            return Err(Error::Runbook(format!("cannot approve step {step} of run {run}: {why}")));
+            return Err(Error::Runbook(format!(
+                "cannot approve step {step} of run {run}: {why}"
+            )));
         }
     }
     let mut rec = Record::new(run, Event::Approval).step(step);
@@ -1354,10 +1363,11 @@ pub async fn logs(
                 continue;
             };
             let off = offsets.entry(id.clone()).or_insert(0);
-            f.seek(std::io::SeekFrom::Start(*off)).map_err(|source| Error::ReadFile {
-                path: path.clone(),
-                source,
-            })?;
+            f.seek(std::io::SeekFrom::Start(*off))
+                .map_err(|source| Error::ReadFile {
+                    path: path.clone(),
+                    source,
+                })?;
             let mut buf = Vec::new();
             f.read_to_end(&mut buf).map_err(|source| Error::ReadFile {
                 path: path.clone(),
@@ -1394,7 +1404,8 @@ pub async fn logs(
     if !printed_any && !follow {
         eprintln!(
             "no output recorded for {} of run {run} (only `run` steps record output)",
-            step.map(|s| format!("step {s}")).unwrap_or_else(|| "any step".into())
+            step.map(|s| format!("step {s}"))
+                .unwrap_or_else(|| "any step".into())
         );
     }
     Ok(())

@@ -380,7 +380,11 @@ mod tests {
         let key = change_key(&p);
         p.metadata.created = "later".into();
         p.metadata.created_by.user = "bob".into();
-        assert_eq!(change_key(&p), key, "another plan of the same change: one lock");
+        assert_eq!(
+            change_key(&p),
+            key,
+            "another plan of the same change: one lock"
+        );
         p.params.insert("replicas".into(), json!(5));
         assert_ne!(change_key(&p), key);
         let h4 = content_hash(&p);

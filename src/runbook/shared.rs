@@ -128,10 +128,9 @@ impl Shared {
     ) -> Result<Option<Fetched>, Error> {
         let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
         let name = secret_name(run);
-        let Some(s) = api
-            .get_opt(&name)
-            .await
-            .map_err(kube_err(format!("read the shared journal {namespace}/{name}")))?
+        let Some(s) = api.get_opt(&name).await.map_err(kube_err(format!(
+            "read the shared journal {namespace}/{name}"
+        )))?
         else {
             return Ok(None);
         };
@@ -309,7 +308,11 @@ mod tests {
         assert_eq!(relate(b"a\nb\n", b"a\nb\n"), Relation::Same);
         assert_eq!(relate(b"a\n", b"a\nb\n"), Relation::SharedAhead);
         assert_eq!(relate(b"a\nb\n", b"a\n"), Relation::LocalAhead);
-        assert_eq!(relate(b"a\nb\nc", b"a\nb\n"), Relation::Same, "torn last line");
+        assert_eq!(
+            relate(b"a\nb\nc", b"a\nb\n"),
+            Relation::Same,
+            "torn last line"
+        );
         assert_eq!(relate(b"a\nx\n", b"a\ny\n"), Relation::Diverged);
         assert_eq!(relate(b"", b"a\n"), Relation::SharedAhead);
     }

@@ -1183,7 +1183,6 @@ fn check(l: &Loaded) -> Result<(), Error> {
     Ok(())
 }
 
-
 fn is_identifier(s: &str) -> bool {
     !s.is_empty()
         && !s.starts_with(|c: char| c.is_ascii_digit())
@@ -1310,7 +1309,10 @@ mod tests {
         assert!(!l.steps[0].action.mutates() && l.steps[0].action.safe_to_repeat());
         assert!(matches!(l.steps[0].effective_undo(), Undo::Skip));
         assert!(l.steps[1].action.mutates(), "asks before it");
-        assert!(!l.steps[1].action.safe_to_repeat(), "in doubt after a crash");
+        assert!(
+            !l.steps[1].action.safe_to_repeat(),
+            "in doubt after a crash"
+        );
         assert!(matches!(l.steps[1].effective_undo(), Undo::None));
         assert!(matches!(l.steps[2].effective_undo(), Undo::Skip));
     }

@@ -82,7 +82,8 @@ impl Engine {
     /// For dry runs: what a skipped step would have output is not known, so an undefined value
     /// renders as nothing instead of failing the walk (plans checked the references already).
     pub fn lenient(mut self) -> Engine {
-        self.env.set_undefined_behavior(UndefinedBehavior::Chainable);
+        self.env
+            .set_undefined_behavior(UndefinedBehavior::Chainable);
         self
     }
 
