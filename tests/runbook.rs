@@ -85,6 +85,21 @@ impl Work {
 }
 
 /// The run id printed on stderr ("run ID (journal …)") or in `-o json` output.
+/// Wait until `path` exists (a step's marker), or panic with `what` after `timeout`.
+fn wait_for_file(path: &Path, timeout: Duration, what: &str) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !path.exists() {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The id of this machine's newest run.
+fn newest_run(w: &Work) -> String {
+    let list = w.run(&["runbook", "list", "-o", "json"]);
+    list.json()["runs"][0]["run"].as_str().unwrap().to_string()
+}
+
 fn run_id(r: &Run) -> String {
     let out = r.stdout();
     if let Ok(v) = serde_json::from_str::<Value>(&out) {
@@ -563,8 +578,7 @@ steps:
     }
     let d = ns.api::<Deployment>().get("web").await.unwrap();
     assert_eq!(d.spec.unwrap().replicas, Some(1), "rolled back to 1");
-    let list = w.run(&["runbook", "list", "-o", "json"]);
-    let run = list.json()["runs"][0]["run"].as_str().unwrap().to_string();
+    let run = newest_run(&w);
     let j = w.journal(&run);
     assert_eq!(events(&j, "approval", "go")[0]["details"]["via"], "prompt");
     ns.cleanup().await;
@@ -936,11 +950,7 @@ async fn shipped_cluster_upgrade_gates_backs_up_and_upgrades_node_by_node() {
     let run = run_id(&r);
     let mut resume =
         w.lb.spawn(&["runbook", "resume", &run, "--yes", "--approve", "go"]);
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while !hook.exists() {
-        assert!(std::time::Instant::now() < deadline, "the hook never ran");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for_file(&hook, Duration::from_secs(120), "the hook never ran");
     // The hook ran, the kubelet still reports the old version: the run waits, cordoned.
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert!(
@@ -1146,14 +1156,7 @@ steps:
         "--lease-namespace",
         &ns.name,
     ]);
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !marker.exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "step slow never started"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_file(&marker, Duration::from_secs(60), "step slow never started");
     let started = std::time::Instant::now();
     std::process::Command::new("kill")
         .args(["-INT", &child.id().to_string()])
@@ -1165,8 +1168,7 @@ steps:
         started.elapsed() < Duration::from_secs(25),
         "Ctrl-C did not stop the step"
     );
-    let list = w.run(&["runbook", "list", "-o", "json"]);
-    let run = list.json()["runs"][0]["run"].as_str().unwrap().to_string();
+    let run = newest_run(&w);
     let j = w.journal(&run);
     let last = j.last().unwrap();
     assert_eq!(last["event"], "run-finished");
@@ -1216,14 +1218,7 @@ async fn a_second_plan_of_the_same_change_is_refused_while_the_first_runs() {
         &ns.name,
     ];
     let mut first = w.lb.spawn(&args);
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !marker.exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "first run never started"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_file(&marker, Duration::from_secs(60), "first run never started");
     let mut args2 = args;
     args2[2] = plan2.to_str().unwrap();
     let second = w.run(&args2);
@@ -1779,8 +1774,7 @@ async fn ctrl_c_kills_what_a_run_step_started_and_its_output_is_in_the_logs() {
         std::thread::sleep(Duration::from_millis(100));
     }
 
-    let list = w.run(&["runbook", "list", "-o", "json"]);
-    let run = list.json()["runs"][0]["run"].as_str().unwrap().to_string();
+    let run = newest_run(&w);
     let one = w.run(&["runbook", "logs", &run, "hello"]);
     one.success();
     assert!(
@@ -2076,14 +2070,7 @@ async fn an_undo_never_overwrites_what_someone_changed_after_the_step() {
         "--lease-namespace",
         &ns.name,
     ]);
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !marker.exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "step check never started"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_file(&marker, Duration::from_secs(60), "step check never started");
     // Someone else scales the Deployment while the run goes on.
     ns.api::<Deployment>()
         .patch_scale(
@@ -2097,8 +2084,7 @@ async fn an_undo_never_overwrites_what_someone_changed_after_the_step() {
     assert_eq!(status.code(), Some(4), "the rollback cannot be clean");
     let d = ns.api::<Deployment>().get("web").await.unwrap();
     assert_eq!(d.spec.unwrap().replicas, Some(7), "their change was kept");
-    let list = w.run(&["runbook", "list", "-o", "json"]);
-    let run = list.json()["runs"][0]["run"].as_str().unwrap().to_string();
+    let run = newest_run(&w);
     let st = w.run(&["runbook", "status", &run, "-o", "json"]).json();
     assert!(
         st["message"]

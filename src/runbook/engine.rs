@@ -322,6 +322,27 @@ impl Runner<'_> {
         Ok(ok)
     }
 
+    /// Stop at an `approve` step: journaled as awaiting approval, `how` says how to go on.
+    fn await_approval(
+        &self,
+        p: &mut Progress,
+        step: &Step,
+        message: &str,
+        how: &str,
+    ) -> Result<StepEnd, Error> {
+        self.record(
+            p,
+            Record::new(&p.run_id, Event::AwaitingApproval)
+                .step(&step.id)
+                .message(message),
+        )?;
+        self.say(how);
+        Ok(StepEnd::Paused(
+            RunStatus::AwaitingApproval,
+            format!("step {} needs approval: {message}", step.id),
+        ))
+    }
+
     /// The checkpoint a failure of `step` rolls back to (None: the start).
     fn rollback_target(&self, p: &Progress, step: &Step) -> Option<String> {
         if let Some(t) = &step.rollback_to {
@@ -438,20 +459,11 @@ impl Runner<'_> {
                     if pre {
                         return Err(Error::Runbook(format!("--approve {}: {why}", step.id)));
                     }
-                    self.record(
-                        p,
-                        Record::new(&p.run_id, Event::AwaitingApproval)
-                            .step(&step.id)
-                            .message(&a.message),
-                    )?;
-                    self.say(&format!(
+                    let how = format!(
                         "  ⏸ needs approval by an approver of this step ({why}): lifeboat runbook approve {} {}",
                         p.run_id, step.id
-                    ));
-                    return Ok(StepEnd::Paused(
-                        RunStatus::AwaitingApproval,
-                        format!("step {} needs approval: {}", step.id, a.message),
-                    ));
+                    );
+                    return self.await_approval(p, step, &a.message, &how);
                 }
             }
             let verdict = if pre || already {
@@ -496,20 +508,11 @@ impl Runner<'_> {
                     return Ok(StepEnd::Failed(msg));
                 }
                 None => {
-                    self.record(
-                        p,
-                        Record::new(&p.run_id, Event::AwaitingApproval)
-                            .step(&step.id)
-                            .message(&a.message),
-                    )?;
-                    self.say(&format!(
+                    let how = format!(
                         "  ⏸ needs approval: {}\n  continue with: lifeboat runbook resume {} --approve {}",
                         a.message, p.run_id, step.id
-                    ));
-                    return Ok(StepEnd::Paused(
-                        RunStatus::AwaitingApproval,
-                        format!("step {} needs approval: {}", step.id, a.message),
-                    ));
+                    );
+                    return self.await_approval(p, step, &a.message, &how);
                 }
             }
         }

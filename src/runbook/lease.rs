@@ -160,18 +160,20 @@ pub async fn acquire(
 }
 
 impl LeaseGuard {
+    /// Stop the background renewal; the lease as it is now, if this run still holds it.
+    async fn stop_renewing(&self) -> Option<Lease> {
+        self.renew.abort();
+        let cur = self.api.get(&self.name).await.ok()?;
+        (cur.spec.as_ref().and_then(|s| s.holder_identity.as_deref()) == Some(self.holder.as_str()))
+            .then_some(cur)
+    }
+
     /// Keep the lease while the run waits for approval: renewed now for [`PARKED_SECONDS`], so
     /// no other run of the change starts; `resume` of this run takes it back.
     pub async fn park(self) {
-        self.renew.abort();
-        let Ok(cur) = self.api.get(&self.name).await else {
+        let Some(cur) = self.stop_renewing().await else {
             return;
         };
-        if cur.spec.as_ref().and_then(|s| s.holder_identity.as_deref())
-            != Some(self.holder.as_str())
-        {
-            return;
-        }
         let patch = json!({"metadata": {"resourceVersion": cur.metadata.resource_version},
                            "spec": {"renewTime": micro_time(jiff::Timestamp::now()),
                                     "leaseDurationSeconds": PARKED_SECONDS}});
@@ -187,15 +189,9 @@ impl LeaseGuard {
     /// Give the lease up (best effort: an unreleased lease expires by itself).
     /// Only a lease this run still holds is deleted (with its resourceVersion as precondition).
     pub async fn release(self) {
-        self.renew.abort();
-        let Ok(cur) = self.api.get(&self.name).await else {
+        let Some(cur) = self.stop_renewing().await else {
             return;
         };
-        if cur.spec.as_ref().and_then(|s| s.holder_identity.as_deref())
-            != Some(self.holder.as_str())
-        {
-            return;
-        }
         let dp = DeleteParams {
             preconditions: Some(kube::api::Preconditions {
                 resource_version: cur.metadata.resource_version,
