@@ -11,9 +11,11 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod drill;
+pub mod duration;
 pub mod error;
 pub mod faults;
 pub mod logging;
+pub mod notify;
 pub mod output;
 pub mod preflight;
 pub mod repo;
@@ -222,6 +224,15 @@ async fn runbook_command(
         lease_namespace: e.lease_namespace.clone(),
         quiet: g.quiet,
         shared_journal: !e.no_shared_journal,
+        notify: e
+            .notify
+            .iter()
+            .map(|url| notify::Target {
+                url: url.clone(),
+                format: e.notify_format,
+                events: Vec::new(),
+            })
+            .collect(),
         ..Default::default()
     };
     // Shared journals of runs this machine does not have (best effort for listing).

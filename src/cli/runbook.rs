@@ -32,6 +32,13 @@ pub struct ExecArgs {
     /// `lifeboat-run-<run>` in the lease namespace, so other machines can resume or roll back)
     #[arg(long)]
     pub no_shared_journal: bool,
+    /// Post the run's events (awaiting approval, failed, rolled back, finished, each forEach
+    /// item) to this webhook, besides the runbook's own `notify:` (repeatable)
+    #[arg(long = "notify", value_name = "URL")]
+    pub notify: Vec<String>,
+    /// Body of --notify webhooks: lifeboat's JSON, or `{"text": ...}` for Slack-compatible ones
+    #[arg(long, value_enum, default_value = "json", value_name = "FORMAT")]
+    pub notify_format: crate::notify::Format,
 }
 
 #[derive(Debug, Subcommand)]

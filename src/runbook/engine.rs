@@ -116,6 +116,8 @@ pub struct Runner<'a> {
     pub cleanup: crate::volume::snapshots::Cleanup,
     /// Where `run` steps write their output (`runbook logs`); None in dry runs.
     pub log_dir: Option<std::path::PathBuf>,
+    /// Webhooks told about the run (empty in dry runs).
+    pub notify: crate::notify::Outbox,
 }
 
 pub struct Progress<'a> {
@@ -128,13 +130,10 @@ pub struct Progress<'a> {
     pub outputs: BTreeMap<String, BTreeMap<String, Value>>,
 }
 
-/// The step's `timeout`, else 1 hour for the long actions (backup, restore, drill: they move
-/// data) and 5 minutes for the others.
+/// The step's `timeout`, else its action's default (1 hour for backup, restore and drill: they
+/// move data; 30 minutes for job; 5 minutes for the others).
 fn step_timeout(s: &Step) -> Duration {
-    let default = match s.action {
-        Action::Backup(_) | Action::Restore(_) | Action::Drill(_) => Duration::from_secs(3600),
-        _ => Duration::from_secs(300),
-    };
+    let default = s.action.default_timeout();
     s.timeout
         .as_deref()
         .and_then(|t| spec::duration(t).ok())
@@ -161,6 +160,7 @@ impl Runner<'_> {
             cleanup: &self.cleanup,
             log_dir: self.log_dir.as_deref(),
             live: !self.quiet,
+            eval: None,
         }
     }
 
@@ -180,10 +180,73 @@ impl Runner<'_> {
         if let Some(j) = p.journal.as_deref_mut() {
             j.append(rec.clone())?;
         }
+        if !self.dry_run && !self.notify.is_empty() {
+            self.notify_about(&rec);
+        }
         // Keep the in-memory state in step with the file.
         p.records.push(rec);
         p.replay = journal::replay(&p.records);
         Ok(())
+    }
+
+    /// The notification a journal record means, if any: awaiting approval, the end of a run
+    /// (finished, failed, rolled back), the last step of a forEach item.
+    fn notify_about(&self, rec: &Record) {
+        let name = &self.plan.runbook.name;
+        let status = rec.status.as_deref().unwrap_or_default();
+        let event = match rec.event {
+            Event::AwaitingApproval => "awaitingApproval",
+            Event::RunFinished => match status {
+                "succeeded" => "finished",
+                "rolled-back" | "rollback-failed" => "rolledBack",
+                "failed" => "failed",
+                _ => return,
+            },
+            Event::Result if status == "succeeded" => {
+                let Some(step) = rec.step.as_deref() else {
+                    return;
+                };
+                let Some(item) = self.item_ends(step) else {
+                    return;
+                };
+                let mut n =
+                    crate::notify::Notification::new("runbook", "item", &rec.run, name, status);
+                n.step = Some(step.to_string());
+                n.message = format!(
+                    "forEach item {} done",
+                    crate::runbook::spec::item_label(&item)
+                );
+                n.details = json!({"item": item});
+                self.notify.send(&n);
+                return;
+            }
+            _ => return,
+        };
+        let mut n = crate::notify::Notification::new(
+            "runbook",
+            event,
+            &rec.run,
+            name,
+            if event == "awaitingApproval" {
+                "awaiting-approval"
+            } else {
+                status
+            },
+        );
+        n.step = rec.step.clone();
+        n.message = rec.message.clone().unwrap_or_default();
+        self.notify.send(&n);
+    }
+
+    /// The forEach item whose last step is `step` (None: not the end of an item).
+    fn item_ends(&self, step: &str) -> Option<Value> {
+        let steps = &self.loaded.steps;
+        let i = steps.iter().position(|s| s.id == step)?;
+        let group = steps[i].group_item.as_ref()?;
+        let next_same = steps
+            .get(i + 1)
+            .is_some_and(|n| n.group_item.as_ref() == Some(group));
+        (!next_same).then(|| steps[i].vars.get("item").cloned().unwrap_or_default())
     }
 
     pub fn finish(
@@ -518,7 +581,9 @@ impl Runner<'_> {
         }
 
         let run_id = p.run_id.clone();
-        let ctx = self.ctx(&run_id, &step.id, self.dry_run);
+        let eval = |expr: &str| engine.condition(expr, &tctx);
+        let mut ctx = self.ctx(&run_id, &step.id, self.dry_run);
+        ctx.eval = Some(&eval);
         if action.mutates() && !self.dry_run {
             let preview = actions::preview(&ctx, &action)
                 .await

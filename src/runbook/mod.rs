@@ -42,6 +42,8 @@ pub struct ExecOptions {
     pub state_dir: Option<PathBuf>,
     /// Keep a shared copy of the journal in the cluster (shared.rs), in `lease_namespace`.
     pub shared_journal: bool,
+    /// Webhooks told about the run besides the runbook's `notify:` (`--notify`).
+    pub notify: Vec<crate::notify::Target>,
 }
 
 /// What `validate` found.
@@ -615,6 +617,36 @@ async fn check_cluster(
     Ok(())
 }
 
+/// The run's webhooks: the runbook's `notify:` (URLs rendered: they may come from `env()`)
+/// and `--notify`. Every URL is a secret for the redactor (webhook URLs carry tokens).
+fn outbox(
+    plan: &plan::Plan,
+    loaded: &spec::Loaded,
+    opts: &ExecOptions,
+    redactor: &Redactor,
+) -> Result<crate::notify::Outbox, Error> {
+    let engine = template::Engine::with_redactor(redactor.clone());
+    let ctx = plan::template_context(&plan.params, &Default::default(), "", false);
+    let mut targets = Vec::new();
+    for t in &loaded.runbook.notify {
+        let url = engine
+            .render_value(&serde_json::Value::String(t.url.clone()), &ctx)
+            .map_err(|e| Error::Runbook(format!("notify url: {e}")))?;
+        let url = url.as_str().unwrap_or_default().to_string();
+        targets.push(crate::notify::Target { url, ..t.clone() });
+    }
+    targets.extend(opts.notify.iter().cloned());
+    for t in &targets {
+        redactor.add(&t.url);
+    }
+    let r = redactor.clone();
+    Ok(crate::notify::Outbox::new(
+        targets,
+        std::sync::Arc::new(crate::notify::Http),
+        std::sync::Arc::new(move |s: &str| r.redact(s)),
+    ))
+}
+
 async fn exec_with_lease(
     env: &Env<'_>,
     opts: &ExecOptions,
@@ -656,6 +688,11 @@ async fn exec_with_lease(
         quiet: opts.quiet,
         cleanup: Default::default(),
         log_dir: (!opts.dry_run).then(|| run_logs_dir(journal_path, run)),
+        notify: if opts.dry_run {
+            Default::default()
+        } else {
+            outbox(plan, loaded, opts, &redactor)?
+        },
     };
     let volume_cleanup = runner.cleanup.clone();
     let replay = journal::replay(&records);
@@ -716,6 +753,13 @@ async fn exec_with_lease(
             return Err(e);
         }
     };
+    for w in runner
+        .notify
+        .flush(std::time::Duration::from_secs(20))
+        .await
+    {
+        eprintln!("warning: {w}");
+    }
     if let Some(l) = lease {
         if status == RunStatus::AwaitingApproval {
             // A run waiting for approval may have a node half-drained: the change stays locked

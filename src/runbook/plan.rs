@@ -200,6 +200,7 @@ pub async fn make(input: PlanInput<'_>) -> Result<(Plan, Vec<String>), Error> {
                     cleanup: &Default::default(),
                     log_dir: None,
                     live: false,
+                    eval: None,
                 };
                 match actions::preview(&ctx, &action).await {
                     Ok(p) => p,

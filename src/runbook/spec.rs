@@ -15,6 +15,14 @@ use serde_json::Value;
 
 use crate::error::Error;
 
+pub use super::actions::{
+    ACTIONS, Action, ApplyAction, ApproveAction, Approvers, AssertAction, BackupAction,
+    CordonAction, DeleteAction, DrainAction, DrillAction, ExecAction, GetAction, HttpAction,
+    JobAction, ObjectRef, PatchAction, PatchType, PreflightAction, RestoreAction, Reversibility,
+    RolloutRestartAction, RolloutUndoAction, RunAction, ScaleAction, SetImageAction, SleepAction,
+    UncordonAction, WaitAction, WaitNodeVersionAction, WaitWorkloadsAction,
+};
+
 pub const API_VERSION: &str = "lifeboat.io/v1";
 
 #[derive(Debug, Clone, Deserialize)]
@@ -29,6 +37,10 @@ pub struct Runbook {
     /// Steps that run after the main steps whatever happened (success, failure, rollback).
     #[serde(default)]
     pub finally: Vec<Step>,
+    /// Webhooks told about the run: awaiting approval, failure, rollback, finished, each
+    /// forEach item (docs/notifications.md). `url` may be a template (`{{ env("HOOK") }}`).
+    #[serde(default)]
+    pub notify: Vec<crate::notify::Target>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -205,339 +217,9 @@ pub struct Step {
     pub action: Action,
     /// Template variables of an expanded group step (`item`).
     pub vars: BTreeMap<String, Value>,
+    /// For an expanded group step: its group and item (the id prefix `<group>-<item>-`).
+    pub group_item: Option<String>,
 }
-
-/// Reference to a namespaced or cluster-scoped object.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct ObjectRef {
-    #[serde(default = "apps_v1")]
-    pub api_version: String,
-    pub kind: String,
-    pub name: String,
-    #[serde(default)]
-    pub namespace: Option<String>,
-}
-
-fn apps_v1() -> String {
-    "apps/v1".into()
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct ScaleAction {
-    pub kind: String,
-    pub name: String,
-    pub namespace: String,
-    pub replicas: IntOrTemplate,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct SetImageAction {
-    pub kind: String,
-    pub name: String,
-    pub namespace: String,
-    /// Container name; may be left out when the pod template has one container.
-    #[serde(default)]
-    pub container: Option<String>,
-    pub image: String,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct RolloutRestartAction {
-    pub kind: String,
-    pub name: String,
-    pub namespace: String,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct NodeAction {
-    pub node: String,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct DrainAction {
-    pub node: String,
-    /// Grace period given to evicted pods (default: each pod's own).
-    #[serde(default)]
-    pub grace_period_seconds: Option<i64>,
-    /// Evict pods that no controller manages (kubectl drain --force): they are gone for good.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub force: bool,
-    /// Evict pods with emptyDir volumes, losing that data (kubectl --delete-emptydir-data).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub delete_empty_dir_data: bool,
-    /// Leave DaemonSet pods in place (default true: kubectl drain needs --ignore-daemonsets for
-    /// the same); false refuses the drain when the node has any.
-    #[serde(default = "yes")]
-    pub ignore_daemon_sets: bool,
-}
-
-fn yes() -> bool {
-    true
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct ApplyAction {
-    /// A YAML/JSON file with one or more objects, relative to the runbook. Its content is
-    /// embedded in the plan.
-    #[serde(default)]
-    pub file: Option<String>,
-    /// Inline objects (one mapping or a list).
-    #[serde(default)]
-    pub manifest: Option<Value>,
-    /// Namespace for objects that do not name one.
-    #[serde(default)]
-    pub namespace: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PatchType {
-    Merge,
-    Strategic,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct PatchAction {
-    pub api_version: String,
-    pub kind: String,
-    pub name: String,
-    #[serde(default)]
-    pub namespace: Option<String>,
-    #[serde(rename = "type", default = "merge")]
-    pub patch_type: PatchType,
-    pub patch: Value,
-}
-
-fn merge() -> PatchType {
-    PatchType::Merge
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct WaitAction {
-    pub api_version: String,
-    pub kind: String,
-    pub name: String,
-    #[serde(default)]
-    pub namespace: Option<String>,
-    /// A condition type that must have `status` (default "True").
-    #[serde(default)]
-    pub condition: Option<String>,
-    #[serde(default)]
-    pub status: Option<String>,
-    /// A JSONPath-style path (`.status.readyReplicas`) that must equal `value` (or exist).
-    #[serde(default)]
-    pub json_path: Option<String>,
-    #[serde(default)]
-    pub value: Option<String>,
-    /// Wait until a Deployment/StatefulSet/DaemonSet rollout has completed.
-    #[serde(default)]
-    pub rollout: bool,
-}
-
-/// Wait until every Deployment, StatefulSet, DaemonSet, Job and PVC in a namespace is ready.
-/// `waitNodeVersion`: the node's kubelet reports `kubeletVersion` ("1.35": any patch of it;
-/// "v1.35.2": exactly) and the node is Ready with a heartbeat newer than any it had when the
-/// step started.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct WaitNodeVersionAction {
-    pub node: String,
-    pub kubelet_version: String,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct WaitWorkloadsAction {
-    pub namespace: String,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct RunAction {
-    /// Run with `sh -c`. Write `key=value` lines to the file named by $LIFEBOAT_OUTPUT to set
-    /// step outputs; stdout's last line is the output `stdout`.
-    pub command: String,
-    #[serde(default)]
-    pub env: BTreeMap<String, String>,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct HttpAction {
-    pub url: String,
-    #[serde(default = "get")]
-    pub method: String,
-    #[serde(default)]
-    pub headers: BTreeMap<String, String>,
-    #[serde(default)]
-    pub body: Option<String>,
-    #[serde(default = "ok200")]
-    pub expect_status: u16,
-    #[serde(default)]
-    pub body_contains: Option<String>,
-}
-
-impl HttpAction {
-    /// GET, HEAD or OPTIONS: a request that changes nothing.
-    pub fn read_only(&self) -> bool {
-        matches!(
-            self.method.to_ascii_uppercase().as_str(),
-            "GET" | "HEAD" | "OPTIONS"
-        )
-    }
-}
-
-fn get() -> String {
-    "GET".into()
-}
-fn ok200() -> u16 {
-    200
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct ApproveAction {
-    pub message: String,
-    /// Who may approve (Kubernetes identities); none: whoever runs lifeboat.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub approvers: Option<Approvers>,
-}
-
-/// `approve.approvers`: Kubernetes users or groups, and/or "not the one who started the run".
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct Approvers {
-    #[serde(default)]
-    pub users: Vec<String>,
-    #[serde(default)]
-    pub groups: Vec<String>,
-    /// A different Kubernetes identity than the one that started the run (four eyes).
-    #[serde(default)]
-    pub not_starter: bool,
-}
-
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct BackupAction {
-    #[serde(default)]
-    pub namespaces: Vec<String>,
-    /// Also back up PVC contents (like `backup create --snapshot-volumes`).
-    #[serde(default)]
-    pub snapshot_volumes: bool,
-    #[serde(default)]
-    pub selector: Option<String>,
-    #[serde(default)]
-    pub tags: BTreeMap<String, String>,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct RestoreAction {
-    /// Backup id, unique prefix or `latest`.
-    pub backup: String,
-    #[serde(default)]
-    pub namespaces: Vec<String>,
-    #[serde(default)]
-    pub namespace_map: BTreeMap<String, String>,
-    /// skip | update | fail (default skip).
-    #[serde(default)]
-    pub existing: Option<String>,
-    #[serde(default)]
-    pub dry_run: bool,
-    /// Storage class OLD restored as NEW (`restore --storage-class-map`).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub storage_class_map: BTreeMap<String, String>,
-    /// Restore transform files, relative to the runbook (embedded in the plan):
-    /// docs/restore.md#transforms.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub transforms: Vec<String>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct PreflightAction {
-    /// Target minor version ("1.35"); default: the next minor.
-    #[serde(default)]
-    pub target: Option<String>,
-    /// Node-upgrade mode (`preflight --nodes-to`): the nodes go to this minor. Whatever
-    /// `failOn` says, the step fails when the API server is not there yet or a kubelet is
-    /// outside the skew policy against it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub nodes_to: Option<String>,
-    /// removed | deprecated | none (default removed).
-    #[serde(default)]
-    pub fail_on: Option<String>,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct DrillAction {
-    #[serde(default = "latest")]
-    pub backup: String,
-    #[serde(default)]
-    pub namespaces: Vec<String>,
-}
-
-fn latest() -> String {
-    "latest".into()
-}
-
-/// The actions a step can take. Serialized externally tagged (`{scale: {...}}`), which is also
-/// how they are written in a runbook.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub enum Action {
-    Backup(BackupAction),
-    Restore(RestoreAction),
-    Preflight(PreflightAction),
-    Drill(DrillAction),
-    Apply(ApplyAction),
-    Patch(PatchAction),
-    Scale(ScaleAction),
-    SetImage(SetImageAction),
-    RolloutRestart(RolloutRestartAction),
-    Cordon(NodeAction),
-    Uncordon(NodeAction),
-    Drain(DrainAction),
-    Delete(ObjectRef),
-    Wait(WaitAction),
-    WaitWorkloads(WaitWorkloadsAction),
-    WaitNodeVersion(WaitNodeVersionAction),
-    Run(RunAction),
-    Http(HttpAction),
-    Approve(ApproveAction),
-}
-
-pub const ACTIONS: &[&str] = &[
-    "backup",
-    "restore",
-    "preflight",
-    "drill",
-    "apply",
-    "patch",
-    "scale",
-    "setImage",
-    "rolloutRestart",
-    "cordon",
-    "uncordon",
-    "drain",
-    "delete",
-    "wait",
-    "waitWorkloads",
-    "waitNodeVersion",
-    "run",
-    "http",
-    "approve",
-];
 
 const STEP_FIELDS: &[&str] = &[
     "id",
@@ -551,86 +233,6 @@ const STEP_FIELDS: &[&str] = &[
     "forEach",
     "steps",
 ];
-
-/// What undoing an action means when the step does not say.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reversibility {
-    /// The action records its prior state and can restore it (`undo: auto` is the default).
-    Auto,
-    /// The action changes nothing in the cluster (`undo: skip` is the default).
-    ReadOnly,
-    /// The action cannot be undone automatically (`undo: none` is the default).
-    Irreversible,
-}
-
-impl Action {
-    pub fn name(&self) -> &'static str {
-        match self {
-            Action::Backup(_) => "backup",
-            Action::Restore(_) => "restore",
-            Action::Preflight(_) => "preflight",
-            Action::Drill(_) => "drill",
-            Action::Apply(_) => "apply",
-            Action::Patch(_) => "patch",
-            Action::Scale(_) => "scale",
-            Action::SetImage(_) => "setImage",
-            Action::RolloutRestart(_) => "rolloutRestart",
-            Action::Cordon(_) => "cordon",
-            Action::Uncordon(_) => "uncordon",
-            Action::Drain(_) => "drain",
-            Action::Delete(_) => "delete",
-            Action::Wait(_) => "wait",
-            Action::WaitWorkloads(_) => "waitWorkloads",
-            Action::WaitNodeVersion(_) => "waitNodeVersion",
-            Action::Run(_) => "run",
-            Action::Http(_) => "http",
-            Action::Approve(_) => "approve",
-        }
-    }
-
-    pub fn reversibility(&self) -> Reversibility {
-        match self {
-            Action::Scale(_)
-            | Action::SetImage(_)
-            | Action::Patch(_)
-            | Action::Apply(_)
-            | Action::Cordon(_)
-            | Action::Uncordon(_)
-            | Action::Drain(_) => Reversibility::Auto,
-            Action::Backup(_)
-            | Action::Preflight(_)
-            | Action::Drill(_)
-            | Action::Wait(_)
-            | Action::WaitWorkloads(_)
-            | Action::WaitNodeVersion(_)
-            | Action::Approve(_) => Reversibility::ReadOnly,
-            // GET and HEAD only read; POST, PUT, PATCH and DELETE change something elsewhere
-            // that lifeboat cannot undo (say `undo: skip` for a notification).
-            Action::Http(h) if h.read_only() => Reversibility::ReadOnly,
-            Action::Http(_) => Reversibility::Irreversible,
-            Action::Restore(r) if r.dry_run => Reversibility::ReadOnly,
-            Action::Restore(_) | Action::RolloutRestart(_) | Action::Delete(_) | Action::Run(_) => {
-                Reversibility::Irreversible
-            }
-        }
-    }
-
-    /// Whether the step changes the cluster (an interactive run asks before it).
-    pub fn mutates(&self) -> bool {
-        !matches!(self.reversibility(), Reversibility::ReadOnly)
-    }
-
-    /// Whether running the step a second time, after a crash left it half-done, is harmless.
-    /// Those that are not (`run`, `http` other than GET/HEAD) are "in doubt" on resume and need
-    /// `--in-doubt rerun|skip` or an answer.
-    pub fn safe_to_repeat(&self) -> bool {
-        match self {
-            Action::Run(_) => false,
-            Action::Http(h) => h.read_only(),
-            _ => true,
-        }
-    }
-}
 
 impl Step {
     /// The undo in effect: the step's own or the action's default.
@@ -668,18 +270,6 @@ impl<'de> Visitor<'de> for EntryVisitor {
         let mut for_each: Option<Value> = None;
         let mut group: Option<Vec<Step>> = None;
         while let Some(key) = map.next_key::<String>()? {
-            macro_rules! act {
-                ($variant:ident) => {{
-                    if let Some(prev) = &action {
-                        return Err(de::Error::custom(format!(
-                            "a step has exactly one action, this one has `{}` and `{}`",
-                            prev.name(),
-                            key
-                        )));
-                    }
-                    action = Some(Action::$variant(map.next_value()?));
-                }};
-            }
             match key.as_str() {
                 "id" => id = Some(map.next_value::<String>()?),
                 "description" => description = Some(map.next_value::<String>()?),
@@ -696,32 +286,25 @@ impl<'de> Visitor<'de> for EntryVisitor {
                 }
                 "forEach" => for_each = Some(map.next_value::<Value>()?),
                 "steps" => group = Some(map.next_value::<Vec<Step>>()?),
-                "backup" => act!(Backup),
-                "restore" => act!(Restore),
-                "preflight" => act!(Preflight),
-                "drill" => act!(Drill),
-                "apply" => act!(Apply),
-                "patch" => act!(Patch),
-                "scale" => act!(Scale),
-                "setImage" => act!(SetImage),
-                "rolloutRestart" => act!(RolloutRestart),
-                "cordon" => act!(Cordon),
-                "uncordon" => act!(Uncordon),
-                "drain" => act!(Drain),
-                "delete" => act!(Delete),
-                "wait" => act!(Wait),
-                "waitWorkloads" => act!(WaitWorkloads),
-                "waitNodeVersion" => act!(WaitNodeVersion),
-                "run" => act!(Run),
-                "http" => act!(Http),
-                "approve" => act!(Approve),
-                other => {
-                    return Err(de::Error::custom(format!(
-                        "unknown step field or action `{other}` (fields: {}; actions: {})",
-                        STEP_FIELDS.join(", "),
-                        ACTIONS.join(", ")
-                    )));
-                }
+                other => match Action::parse_field(other, &mut map) {
+                    Some(parsed) => {
+                        if let Some(prev) = &action {
+                            return Err(de::Error::custom(format!(
+                                "a step has exactly one action, this one has `{}` and `{}`",
+                                prev.name(),
+                                key
+                            )));
+                        }
+                        action = Some(parsed?);
+                    }
+                    None => {
+                        return Err(de::Error::custom(format!(
+                            "unknown step field or action `{other}` (fields: {}; actions: {})",
+                            STEP_FIELDS.join(", "),
+                            ACTIONS.join(", ")
+                        )));
+                    }
+                },
             }
         }
         let id = id.ok_or_else(|| de::Error::missing_field("id"))?;
@@ -770,6 +353,7 @@ impl<'de> Visitor<'de> for EntryVisitor {
             rollback_to,
             action,
             vars: BTreeMap::new(),
+            group_item: None,
         }))
     }
 }
@@ -895,6 +479,14 @@ fn list_items(v: &Value) -> Vec<Value> {
     }
 }
 
+/// A forEach item as messages show it.
+pub fn item_label(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
 fn id_part(v: &Value) -> String {
     let s = match v {
         Value::String(s) => s.clone(),
@@ -925,6 +517,7 @@ fn expand_group(g: &Group, items: &[Value]) -> Vec<Step> {
                 e.rollback_to = Some(format!("{prefix}{t}"));
             }
             e.vars.insert("item".into(), item.clone());
+            e.group_item = Some(prefix.clone());
             out.push(e);
         }
     }
@@ -969,7 +562,7 @@ pub fn load(path: &Path) -> Result<Loaded, Error> {
 
 /// "90s", "10m", "1h30m" is not accepted; "1.5h" is.
 pub fn duration(s: &str) -> Result<Duration, String> {
-    crate::cli::drill::parse_duration(s)
+    crate::duration::parse(s)
 }
 
 fn check(l: &Loaded) -> Result<(), Error> {
@@ -1107,22 +700,8 @@ fn check(l: &Loaded) -> Result<(), Error> {
         if step.checkpoint {
             checkpoints.insert(scoped(&step.id));
         }
-        if let Action::Apply(a) = &step.action
-            && a.file.is_some() == a.manifest.is_some()
-        {
-            return Err(l.error_at(
-                &with(&at, &["apply"]),
-                "apply needs exactly one of `file` and `manifest`",
-            ));
-        }
-        if let Action::Wait(w) = &step.action {
-            let n = w.condition.is_some() as u8 + w.json_path.is_some() as u8 + w.rollout as u8;
-            if n != 1 {
-                return Err(l.error_at(
-                    &with(&at, &["wait"]),
-                    "wait needs exactly one of `condition`, `jsonPath` and `rollout: true`",
-                ));
-            }
+        if let Err(e) = step.action.validate() {
+            return Err(l.error_at(&with(&at, &[step.action.name()]), e));
         }
         // Templates: syntax, parameters that exist, outputs of earlier steps. Each error points
         // at the field that holds the template (the action, `undo` or `when`).

@@ -1,0 +1,709 @@
+//! Object actions: apply, patch, delete, get; the prior-state capture and restore they share.
+use super::*;
+
+/// Reference to a namespaced or cluster-scoped object.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ObjectRef {
+    #[serde(default = "apps_v1")]
+    pub api_version: String,
+    pub kind: String,
+    pub name: String,
+    #[serde(default)]
+    pub namespace: Option<String>,
+}
+
+fn apps_v1() -> String {
+    "apps/v1".into()
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ApplyAction {
+    /// A YAML/JSON file with one or more objects, relative to the runbook. Its content is
+    /// embedded in the plan.
+    #[serde(default)]
+    pub file: Option<String>,
+    /// Inline objects (one mapping or a list).
+    #[serde(default)]
+    pub manifest: Option<Value>,
+    /// Namespace for objects that do not name one.
+    #[serde(default)]
+    pub namespace: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PatchType {
+    Merge,
+    Strategic,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PatchAction {
+    pub api_version: String,
+    pub kind: String,
+    pub name: String,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(rename = "type", default = "merge")]
+    pub patch_type: PatchType,
+    pub patch: Value,
+}
+
+fn merge() -> PatchType {
+    PatchType::Merge
+}
+
+/// Objects of an `apply` action, with the namespace default applied.
+pub fn apply_objects(a: &ApplyAction, files: &BTreeMap<String, String>) -> R<Vec<Value>> {
+    let mut docs = Vec::new();
+    if let Some(f) = &a.file {
+        let text = files
+            .get(f)
+            .ok_or_else(|| format!("file {f} is not embedded in the plan"))?;
+        for d in serde_norway::Deserializer::from_str(text) {
+            let v: Value = serde::Deserialize::deserialize(d).map_err(|e| format!("{f}: {e}"))?;
+            if !v.is_null() {
+                docs.push(v);
+            }
+        }
+    }
+    if let Some(m) = &a.manifest {
+        match m {
+            Value::Array(items) => docs.extend(items.iter().cloned()),
+            other => docs.push(other.clone()),
+        }
+    }
+    let mut out = Vec::new();
+    for mut d in docs {
+        if d["kind"] == "List" {
+            if let Some(items) = d["items"].as_array() {
+                out.extend(items.iter().cloned());
+            }
+            continue;
+        }
+        if d.pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .is_none()
+        {
+            return Err(format!(
+                "an object of kind {} has no metadata.name",
+                d["kind"].as_str().unwrap_or("?")
+            ));
+        }
+        if let (Some(ns), Some(meta)) = (&a.namespace, d.get_mut("metadata"))
+            && meta.get("namespace").is_none()
+        {
+            meta["namespace"] = json!(ns);
+        }
+        out.push(d);
+    }
+    Ok(out)
+}
+
+pub(super) fn obj_ref(o: &Value) -> (String, String, String, Option<String>) {
+    (
+        o["apiVersion"].as_str().unwrap_or_default().to_string(),
+        o["kind"].as_str().unwrap_or_default().to_string(),
+        o.pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
+        o.pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+    )
+}
+
+pub(super) fn undo_secret_name(run: &str, step: &str, obj: &str) -> String {
+    let h = blake3::hash(format!("{run}\0{step}\0{obj}").as_bytes());
+    format!("lifeboat-undo-{}", &h.to_hex()[..20])
+}
+
+/// The prior state of one object for undo: absent, the object itself, or (for Secrets, whose
+/// data must never be written to the journal) a reference to a copy kept in the cluster.
+/// With `change` (the server dry-run of what the step writes), also the fields the step
+/// changes, each with a hash of the value it sets (`fields`), so the undo puts back only those
+/// fields and notices the ones changed by someone else since (hashes: a Secret's values must
+/// not be in the journal either).
+pub(super) async fn capture_object<F>(
+    ctx: &Ctx<'_>,
+    api_version: &str,
+    kind: &str,
+    name: &str,
+    ns: Option<&str>,
+    change: impl FnOnce(Api<DynamicObject>) -> F,
+) -> R<Value>
+where
+    F: std::future::Future<Output = R<DynamicObject>>,
+{
+    let api = dyn_api(&ctx.cluster.client, api_version, kind, ns).await?;
+    let r = json!({"apiVersion": api_version, "kind": kind, "name": name, "namespace": ns});
+    let Some(obj) = api.get_opt(name).await.map_err(kerr)? else {
+        return Ok(json!({"ref": r, "absent": true}));
+    };
+    let mut obj = serde_json::to_value(obj).expect("objects serialize");
+    let after = serde_json::to_value(change(api).await?).expect("objects serialize");
+    let fields: Vec<Value> = changed_pointers(&obj, &after)
+        .into_iter()
+        .map(|p| json!({"path": p, "set": value_hash(at_path(&after, &p))}))
+        .collect();
+    clean_for_restore(&mut obj);
+    if kind == "Secret" && api_version == "v1" {
+        let ns = ns.unwrap_or("default");
+        let copy_name = undo_secret_name(ctx.run_id, ctx.step_id, name);
+        if !ctx.dry_run {
+            let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+                Api::namespaced(ctx.cluster.client.clone(), ns);
+            let copy: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": copy_name, "namespace": ns,
+                    "labels": {"app.kubernetes.io/managed-by": "lifeboat", "lifeboat.io/undo": "true"},
+                    "annotations": {"lifeboat.io/run": ctx.run_id, "lifeboat.io/step": ctx.step_id, "lifeboat.io/of": name}},
+                "type": "Opaque",
+                "data": {"object": base64_encode(&serde_json::to_vec(&obj).expect("serializes"))}
+            }))
+            .expect("a valid Secret");
+            // Created once per run, step and object: a retry or a resume after the change
+            // landed must not overwrite the state from before the first attempt.
+            secrets
+                .create(&PostParams::default(), &copy)
+                .await
+                .map(|_| ())
+                .or_else(|e| {
+                    if status_code(&e) == Some(409) {
+                        Ok(())
+                    } else {
+                        Err(e)
+                    }
+                })
+                .map_err(|e| {
+                    format!(
+                        "cannot keep the prior state of Secret {ns}/{name} for undo: {}",
+                        kerr(e)
+                    )
+                })?;
+        }
+        return Ok(
+            json!({"ref": r, "storedIn": {"namespace": ns, "name": copy_name}, "fields": fields}),
+        );
+    }
+    Ok(json!({"ref": r, "object": obj, "fields": fields}))
+}
+
+/// The value at a path of keys (None: absent).
+pub(super) fn at_path<'a>(v: &'a Value, path: &[String]) -> Option<&'a Value> {
+    path.iter().try_fold(v, |cur, k| cur.get(k))
+}
+
+pub(super) fn value_hash(v: Option<&Value>) -> String {
+    let text = v
+        .map(|v| serde_json::to_string(v).expect("serializes"))
+        .unwrap_or_default();
+    blake3::hash(format!("{}{text}", v.is_some() as u8).as_bytes()).to_hex()[..32].to_string()
+}
+
+/// Set (or with None remove) the value at a path of keys, creating maps on the way.
+pub(super) fn set_path(v: &mut Value, path: &[String], value: Option<Value>) {
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
+    let mut cur = v;
+    for k in parents {
+        if !cur.get(k).is_some_and(Value::is_object) {
+            if value.is_none() {
+                return;
+            }
+            cur[k.as_str()] = json!({});
+        }
+        cur = cur.get_mut(k).expect("just made");
+    }
+    match value {
+        Some(x) => cur[last.as_str()] = x,
+        None => {
+            if let Some(m) = cur.as_object_mut() {
+                m.remove(last);
+            }
+        }
+    }
+}
+
+/// Field-level undo: in the object as it is now, put back the prior value of each field the
+/// step changed. A field whose value is no longer the one the step set was changed by someone
+/// else since: nothing is written and the conflicts are reported (paths only; values may be
+/// secret). Returns the object to write, or None when it already has its prior values.
+pub(super) fn undo_fields(
+    what: &str,
+    current: &Value,
+    prior: &Value,
+    fields: &[Value],
+) -> R<Option<Value>> {
+    let mut out = current.clone();
+    let mut conflicts = Vec::new();
+    let mut changed = false;
+    for f in fields {
+        let path: Vec<String> = serde_json::from_value(f["path"].clone())
+            .map_err(|_| format!("{what}: the recorded field list is damaged"))?;
+        let now = at_path(current, &path);
+        let was = at_path(prior, &path);
+        if now == was {
+            continue;
+        }
+        if value_hash(now) != f["set"].as_str().unwrap_or_default() {
+            conflicts.push(path.join("."));
+            continue;
+        }
+        set_path(&mut out, &path, was.cloned());
+        changed = true;
+    }
+    if !conflicts.is_empty() {
+        return Err(format!(
+            "{what}: {} changed by someone else since this step, so nothing was put back (set the step's fields back by hand if that is still right)",
+            conflicts.join(", ")
+        ));
+    }
+    Ok(changed.then_some(out))
+}
+
+pub(super) fn base64_encode(b: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+/// Strip what the server owns so the object can be written back.
+pub(super) fn clean_for_restore(obj: &mut Value) {
+    if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        for k in [
+            "resourceVersion",
+            "managedFields",
+            "generation",
+            "creationTimestamp",
+            "uid",
+            "selfLink",
+        ] {
+            m.remove(k);
+        }
+    }
+    if let Some(o) = obj.as_object_mut() {
+        o.remove("status");
+    }
+}
+
+/// Put an object back to its captured state.
+pub(super) async fn restore_object(ctx: &Ctx<'_>, before: &Value) -> R<String> {
+    let r = &before["ref"];
+    let (av, kind, name) = (
+        r["apiVersion"].as_str().unwrap_or_default(),
+        r["kind"].as_str().unwrap_or_default(),
+        r["name"].as_str().unwrap_or_default(),
+    );
+    let ns = r["namespace"].as_str();
+    let what = describe_ref(kind, ns, name);
+    let api = dyn_api(&ctx.cluster.client, av, kind, ns).await?;
+    if before["absent"] == true {
+        return match api.delete(name, &DeleteParams::default()).await {
+            Ok(_) => Ok(format!("deleted {what} (it did not exist before)")),
+            Err(e) if status_code(&e) == Some(404) => Ok(format!("{what} is already gone")),
+            Err(e) => Err(format!("cannot delete {what}: {}", kerr(e))),
+        };
+    }
+    let mut prior = if let Some(o) = before.get("object") {
+        o.clone()
+    } else if let Some(s) = before.get("storedIn") {
+        let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(
+            ctx.cluster.client.clone(),
+            s["namespace"].as_str().unwrap_or("default"),
+        );
+        let copy_name = s["name"].as_str().unwrap_or_default();
+        let copy = secrets.get(copy_name).await.map_err(|e| {
+            format!(
+                "the saved prior state of {what} ({copy_name}) is unavailable: {}",
+                kerr(e)
+            )
+        })?;
+        let bytes = copy
+            .data
+            .and_then(|d| d.get("object").cloned())
+            .ok_or_else(|| format!("the saved prior state of {what} ({copy_name}) is empty"))?;
+        serde_json::from_slice(&bytes.0)
+            .map_err(|e| format!("the saved prior state of {what} is damaged: {e}"))?
+    } else {
+        return Err(format!("no prior state of {what} was recorded"));
+    };
+    match api.get_opt(name).await.map_err(kerr)? {
+        Some(cur) if before.get("fields").is_some_and(Value::is_array) => {
+            let fields = before["fields"].as_array().expect("checked");
+            let current = serde_json::to_value(&cur).expect("objects serialize");
+            let Some(obj) = undo_fields(&what, &current, &prior, fields)? else {
+                return Ok(format!("{what} already has its prior values"));
+            };
+            // The object as read, with only the step's fields put back; its resourceVersion
+            // makes a write racing another change fail instead of overwriting it.
+            let obj: DynamicObject =
+                serde_json::from_value(obj).map_err(|e| format!("{what}: {e}"))?;
+            api.replace(name, &PostParams::default(), &obj)
+                .await
+                .map_err(|e| format!("cannot restore {what}: {}", kerr(e)))?;
+            Ok(format!(
+                "restored {} field(s) of {what} to their prior values",
+                fields.len()
+            ))
+        }
+        Some(cur) => {
+            prior["metadata"]["resourceVersion"] = json!(cur.metadata.resource_version);
+            let obj: DynamicObject =
+                serde_json::from_value(prior).map_err(|e| format!("{what}: {e}"))?;
+            api.replace(name, &PostParams::default(), &obj)
+                .await
+                .map_err(|e| format!("cannot restore {what}: {}", kerr(e)))?;
+            Ok(format!("restored {what} to its prior state"))
+        }
+        None => {
+            let obj: DynamicObject =
+                serde_json::from_value(prior).map_err(|e| format!("{what}: {e}"))?;
+            api.create(&PostParams::default(), &obj)
+                .await
+                .map_err(|e| format!("cannot re-create {what}: {}", kerr(e)))?;
+            Ok(format!("re-created {what}"))
+        }
+    }
+}
+
+/// Remove the in-cluster copies of prior Secret states (after a successful undo).
+pub(super) async fn drop_secret_copy(ctx: &Ctx<'_>, before: &Value) {
+    if let Some(s) = before.get("storedIn") {
+        let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(
+            ctx.cluster.client.clone(),
+            s["namespace"].as_str().unwrap_or("default"),
+        );
+        let _ = secrets
+            .delete(
+                s["name"].as_str().unwrap_or_default(),
+                &DeleteParams::default(),
+            )
+            .await;
+    }
+}
+
+/// The patch of a `patch` action, as kube sends it.
+fn patch_of(a: &PatchAction) -> Patch<&Value> {
+    match a.patch_type {
+        PatchType::Merge => Patch::Merge(&a.patch),
+        PatchType::Strategic => Patch::Strategic(&a.patch),
+    }
+}
+
+fn dry_run_params(apply: bool) -> PatchParams {
+    let mut p = if apply {
+        PatchParams::apply(FIELD_MANAGER).force()
+    } else {
+        PatchParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..Default::default()
+        }
+    };
+    p.dry_run = true;
+    p
+}
+
+/// Undo of apply and patch: each captured object back, newest change first.
+async fn undo_objects(ctx: &Ctx<'_>, before: &Value) -> R<String> {
+    let objs = before["objects"].as_array().cloned().unwrap_or_default();
+    let mut done = Vec::new();
+    for o in objs.iter().rev() {
+        done.push(restore_object(ctx, o).await?);
+    }
+    for o in &objs {
+        drop_secret_copy(ctx, o).await;
+    }
+    Ok(done.join("; "))
+}
+
+impl Act for ApplyAction {
+    fn validate(&self) -> R<()> {
+        if self.file.is_some() == self.manifest.is_some() {
+            return Err("apply needs exactly one of `file` and `manifest`".into());
+        }
+        Ok(())
+    }
+    fn reversibility(&self) -> Reversibility {
+        Reversibility::Auto
+    }
+    fn safe_to_repeat(&self) -> bool {
+        true
+    }
+    async fn preview(&self, ctx: &Ctx<'_>) -> R<String> {
+        let mut lines = Vec::new();
+        for o in apply_objects(self, ctx.files)? {
+            let (av, kind, name, ns) = obj_ref(&o);
+            let what = describe_ref(&kind, ns.as_deref(), &name);
+            let api = dyn_api(&ctx.cluster.client, &av, &kind, ns.as_deref()).await?;
+            let cur = api.get_opt(&name).await.map_err(kerr)?;
+            let new = api
+                .patch(&name, &dry_run_params(true), &Patch::Apply(&o))
+                .await
+                .map_err(|e| format!("server dry-run of {what}: {}", kerr(e)))?;
+            lines.push(match cur {
+                None => format!("create {what}"),
+                Some(cur) => changes_line(&what, &cur, &new),
+            });
+        }
+        Ok(lines.join("; "))
+    }
+    async fn capture_before(&self, ctx: &Ctx<'_>) -> R<Option<Value>> {
+        let mut objs = Vec::new();
+        for o in apply_objects(self, ctx.files)? {
+            let (av, kind, name, ns) = obj_ref(&o);
+            let what = describe_ref(&kind, ns.as_deref(), &name);
+            let n = name.clone();
+            let change = |api: Api<DynamicObject>| async move {
+                api.patch(&n, &dry_run_params(true), &Patch::Apply(&o))
+                    .await
+                    .map_err(|e| format!("server dry-run of {what}: {}", kerr(e)))
+            };
+            objs.push(capture_object(ctx, &av, &kind, &name, ns.as_deref(), change).await?);
+        }
+        Ok(Some(json!({"objects": objs})))
+    }
+    async fn execute(&self, ctx: &Ctx<'_>, _timeout: Duration) -> R<Outcome> {
+        let mut done = Vec::new();
+        for o in apply_objects(self, ctx.files)? {
+            let (av, kind, name, ns) = obj_ref(&o);
+            let what = describe_ref(&kind, ns.as_deref(), &name);
+            let api = dyn_api(&ctx.cluster.client, &av, &kind, ns.as_deref()).await?;
+            let mut p = PatchParams::apply(FIELD_MANAGER).force();
+            p.dry_run = ctx.dry_run;
+            api.patch(&name, &p, &Patch::Apply(&o))
+                .await
+                .map_err(|e| format!("cannot apply {what}: {}", kerr(e)))?;
+            done.push(what);
+        }
+        let mut out = Outcome::default();
+        out.outputs.insert("applied".into(), json!(done.len()));
+        out.summary = format!("applied {}{}", done.join(", "), dry(ctx));
+        Ok(out)
+    }
+    async fn undo(ctx: &Ctx<'_>, before: &Value) -> R<String> {
+        undo_objects(ctx, before).await
+    }
+}
+
+impl Act for PatchAction {
+    fn reversibility(&self) -> Reversibility {
+        Reversibility::Auto
+    }
+    fn safe_to_repeat(&self) -> bool {
+        true
+    }
+    async fn preview(&self, ctx: &Ctx<'_>) -> R<String> {
+        let a = self;
+        let what = describe_ref(&a.kind, a.namespace.as_deref(), &a.name);
+        let api = dyn_api(
+            &ctx.cluster.client,
+            &a.api_version,
+            &a.kind,
+            a.namespace.as_deref(),
+        )
+        .await?;
+        let cur = api
+            .get(&a.name)
+            .await
+            .map_err(|e| format!("{what}: {}", kerr(e)))?;
+        let new = api
+            .patch(&a.name, &dry_run_params(false), &patch_of(a))
+            .await
+            .map_err(|e| format!("server dry-run of the patch of {what}: {}", kerr(e)))?;
+        Ok(changes_line(&what, &cur, &new))
+    }
+    async fn capture_before(&self, ctx: &Ctx<'_>) -> R<Option<Value>> {
+        let a = self;
+        let what = describe_ref(&a.kind, a.namespace.as_deref(), &a.name);
+        let change = |api: Api<DynamicObject>| async move {
+            api.patch(&a.name, &dry_run_params(false), &patch_of(a))
+                .await
+                .map_err(|e| format!("server dry-run of the patch of {what}: {}", kerr(e)))
+        };
+        Ok(Some(json!({"objects": [
+            capture_object(ctx, &a.api_version, &a.kind, &a.name, a.namespace.as_deref(), change).await?
+        ]})))
+    }
+    async fn execute(&self, ctx: &Ctx<'_>, _timeout: Duration) -> R<Outcome> {
+        let a = self;
+        let what = describe_ref(&a.kind, a.namespace.as_deref(), &a.name);
+        let api = dyn_api(
+            &ctx.cluster.client,
+            &a.api_version,
+            &a.kind,
+            a.namespace.as_deref(),
+        )
+        .await?;
+        api.patch(&a.name, &pp(ctx), &patch_of(a))
+            .await
+            .map_err(|e| format!("cannot patch {what}: {}", kerr(e)))?;
+        Ok(Outcome {
+            summary: format!("patched {what}{}", dry(ctx)),
+            ..Default::default()
+        })
+    }
+    async fn undo(ctx: &Ctx<'_>, before: &Value) -> R<String> {
+        undo_objects(ctx, before).await
+    }
+}
+
+/// `delete`: one object, in the background (its dependents are collected by the garbage
+/// collector). Irreversible; repeating it is harmless (already gone is success).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(transparent)]
+pub struct DeleteAction(pub ObjectRef);
+
+impl Act for DeleteAction {
+    fn reversibility(&self) -> Reversibility {
+        Reversibility::Irreversible
+    }
+    fn safe_to_repeat(&self) -> bool {
+        true
+    }
+    async fn preview(&self, ctx: &Ctx<'_>) -> R<String> {
+        let d = &self.0;
+        let what = describe_ref(&d.kind, d.namespace.as_deref(), &d.name);
+        let api = dyn_api(
+            &ctx.cluster.client,
+            &d.api_version,
+            &d.kind,
+            d.namespace.as_deref(),
+        )
+        .await?;
+        Ok(match api.get_opt(&d.name).await.map_err(kerr)? {
+            Some(_) => format!("delete {what}"),
+            None => format!("{what} does not exist (nothing to delete)"),
+        })
+    }
+    async fn capture_before(&self, _ctx: &Ctx<'_>) -> R<Option<Value>> {
+        Ok(None)
+    }
+    async fn execute(&self, ctx: &Ctx<'_>, _timeout: Duration) -> R<Outcome> {
+        let a = &self.0;
+        let what = describe_ref(&a.kind, a.namespace.as_deref(), &a.name);
+        let api = dyn_api(
+            &ctx.cluster.client,
+            &a.api_version,
+            &a.kind,
+            a.namespace.as_deref(),
+        )
+        .await?;
+        let dp = DeleteParams {
+            dry_run: ctx.dry_run,
+            ..DeleteParams::background()
+        };
+        let summary = match api.delete(&a.name, &dp).await {
+            Ok(_) => format!("deleted {what}{}", dry(ctx)),
+            Err(e) if status_code(&e) == Some(404) => format!("{what} did not exist"),
+            Err(e) => return Err(format!("cannot delete {what}: {}", kerr(e))),
+        };
+        Ok(Outcome {
+            summary,
+            ..Default::default()
+        })
+    }
+    async fn undo(_ctx: &Ctx<'_>, _before: &Value) -> R<String> {
+        not_undoable("delete")
+    }
+}
+
+/// `get`: read one object and put values from it into the step's outputs
+/// (`outputs: {name: .json.path}`). Values read from a Secret are treated as secrets.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct GetAction {
+    #[serde(default = "v1")]
+    pub api_version: String,
+    pub kind: String,
+    pub name: String,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// Output name → path in the object (`.status.readyReplicas`, `.data['key.with.dots']`).
+    pub outputs: BTreeMap<String, String>,
+    /// What a path that is not in the object gives: an error (default) or null.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_missing: bool,
+}
+
+fn v1() -> String {
+    "v1".into()
+}
+
+impl Act for GetAction {
+    fn validate(&self) -> R<()> {
+        if self.outputs.is_empty() {
+            return Err(
+                "get needs at least one entry in `outputs` (name: .path.in.the.object)".into(),
+            );
+        }
+        for (k, p) in &self.outputs {
+            if !p.trim().starts_with(['.', '[', '$']) {
+                return Err(format!(
+                    "get.outputs.{k}: {p:?} is not a path (write it like .status.readyReplicas)"
+                ));
+            }
+        }
+        Ok(())
+    }
+    fn reversibility(&self) -> Reversibility {
+        Reversibility::ReadOnly
+    }
+    fn safe_to_repeat(&self) -> bool {
+        true
+    }
+    async fn preview(&self, _ctx: &Ctx<'_>) -> R<String> {
+        Ok(format!(
+            "read {} from {}",
+            self.outputs.keys().cloned().collect::<Vec<_>>().join(", "),
+            describe_ref(&self.kind, self.namespace.as_deref(), &self.name)
+        ))
+    }
+    async fn capture_before(&self, _ctx: &Ctx<'_>) -> R<Option<Value>> {
+        Ok(None)
+    }
+    async fn execute(&self, ctx: &Ctx<'_>, _timeout: Duration) -> R<Outcome> {
+        let what = describe_ref(&self.kind, self.namespace.as_deref(), &self.name);
+        let api = dyn_api(
+            &ctx.cluster.client,
+            &self.api_version,
+            &self.kind,
+            self.namespace.as_deref(),
+        )
+        .await?;
+        let obj = api
+            .get(&self.name)
+            .await
+            .map_err(|e| format!("{what}: {}", kerr(e)))?;
+        let obj = serde_json::to_value(obj).expect("objects serialize");
+        let secret = self.kind == "Secret";
+        let mut out = Outcome::default();
+        for (k, p) in &self.outputs {
+            let v = match crate::drill::spec::json_path(&obj, p) {
+                Some(v) => v.clone(),
+                None if self.allow_missing => Value::Null,
+                None => return Err(format!("{what} has no {p}")),
+            };
+            if secret {
+                let mut strings = Vec::new();
+                crate::runbook::spec::collect_strings(&v, &mut strings);
+                for s in strings {
+                    ctx.redactor.add(&s);
+                }
+            }
+            out.outputs.insert(k.clone(), v);
+        }
+        out.summary = format!(
+            "read {} from {what}",
+            self.outputs.keys().cloned().collect::<Vec<_>>().join(", ")
+        );
+        Ok(out)
+    }
+    async fn undo(_ctx: &Ctx<'_>, _before: &Value) -> R<String> {
+        not_undoable("get")
+    }
+}
