@@ -26,6 +26,11 @@ struct Work {
 
 impl Work {
     fn new() -> Work {
+        Work::with_env(&[])
+    }
+
+    /// With more environment variables for lifeboat.
+    fn with_env(extra: &[(&str, &str)]) -> Work {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("state");
         let repo = dir.path().join("repo");
@@ -34,6 +39,7 @@ impl Work {
             .env("LIFEBOAT_REPO", &format!("file://{}", repo.display()))
             .env("LIFEBOAT_PASSWORD", PASSWORD)
             .env("USER", "test-operator");
+        let lb = extra.iter().fold(lb, |lb, (k, v)| lb.env(k, v));
         Work { dir, lb }
     }
 
@@ -2154,5 +2160,481 @@ async fn a_restore_step_applies_transform_files_embedded_in_the_plan() {
     let _ = Api::<k8s_openapi::api::core::v1::Namespace>::all(ns.client.clone())
         .delete(&dst, &DeleteParams::default())
         .await;
+    ns.cleanup().await;
+}
+
+/// The report entry of one step.
+fn report_step(report: &Value, id: &str) -> Value {
+    report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == id)
+        .unwrap_or_else(|| panic!("no step {id} in {report:#}"))
+        .clone()
+}
+
+fn image_of(d: &Deployment) -> String {
+    replicas_and_image(d).1
+}
+
+#[tokio::test]
+async fn get_assert_sleep_and_rollout_undo_run_and_undo_puts_back_only_the_patched_fields() {
+    let ns = TestNs::new("rb-new").await;
+    deployment(&ns, "web", 0, "busybox:1.37", json!({})).await;
+    let cm: ConfigMap = obj(json!({"metadata": {"name": "settings"}, "data": {"mode": "normal"}}));
+    ns.api::<ConfigMap>()
+        .create(&PostParams::default(), &cm)
+        .await
+        .unwrap();
+    let w = Work::new();
+    let marker = w.path("patched");
+    let rb = w.write(
+        "rb.yaml",
+        &format!(
+            r#"apiVersion: lifeboat.io/v1
+kind: Runbook
+metadata: {{name: new-actions}}
+steps:
+  - id: image-b
+    setImage: {{kind: Deployment, name: web, namespace: {ns}, image: "busybox:1.36"}}
+  - id: revision-two
+    wait: {{apiVersion: apps/v1, kind: Deployment, name: web, namespace: {ns}, jsonPath: ".metadata.annotations['deployment.kubernetes.io/revision']", value: "2"}}
+    timeout: 60s
+  - id: back
+    rolloutUndo: {{kind: Deployment, name: web, namespace: {ns}}}
+  - id: read
+    get: {{apiVersion: apps/v1, kind: Deployment, name: web, namespace: {ns}, outputs: {{image: ".spec.template.spec.containers[0].image"}}}}
+  - id: is-back
+    assert: {{that: 'steps.read.outputs.image == "busybox:1.37"'}}
+  - id: pause
+    sleep: {{duration: 1s}}
+  - id: maintenance
+    patch: {{apiVersion: v1, kind: ConfigMap, name: settings, namespace: {ns}, patch: {{data: {{mode: maintenance}}}}}}
+  - id: meanwhile
+    run: {{command: "touch {m}; sleep 4"}}
+    undo: skip
+  - id: must-fail
+    assert: {{that: 'steps.read.outputs.image == "nope"', message: "the image is not nope"}}
+"#,
+            ns = ns.name,
+            m = marker.display()
+        ),
+    );
+    let plan = w.plan(&rb, &[]);
+    let plan_text = std::fs::read_to_string(&plan).unwrap();
+    assert!(
+        plan_text.contains("check that steps.read.outputs.image"),
+        "{plan_text}"
+    );
+    let mut child = w.lb.spawn(&[
+        "runbook",
+        "run",
+        plan.to_str().unwrap(),
+        "--yes",
+        "-o",
+        "json",
+        "--lease-namespace",
+        &ns.name,
+    ]);
+    wait_for_file(
+        &marker,
+        Duration::from_secs(120),
+        "step meanwhile never started",
+    );
+    // Someone else changes another key of the ConfigMap the run patched.
+    ns.api::<ConfigMap>()
+        .patch(
+            "settings",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"owner": "someone-else"}})),
+        )
+        .await
+        .unwrap();
+    let status = common::wait_bounded(&mut child, "runbook run (new actions)");
+    assert_eq!(status.code(), Some(2), "failed and rolled back");
+    let run = newest_run(&w);
+    let st = w.run(&["runbook", "status", &run, "-o", "json"]).json();
+    assert_eq!(
+        report_step(&st, "read")["outputs"]["image"],
+        "busybox:1.37",
+        "{st:#}"
+    );
+    assert_eq!(report_step(&st, "back")["outputs"]["revision"], 1, "{st:#}");
+    assert!(
+        report_step(&st, "must-fail")["message"]
+            .as_str()
+            .unwrap()
+            .contains("assertion failed: the image is not nope"),
+        "{st:#}"
+    );
+    // The patch was undone field by field: mode back, the other key someone set kept.
+    let data = ns
+        .api::<ConfigMap>()
+        .get("settings")
+        .await
+        .unwrap()
+        .data
+        .unwrap();
+    assert_eq!(data["mode"], "normal");
+    assert_eq!(
+        data["owner"], "someone-else",
+        "a concurrent change survives the undo"
+    );
+    // rolloutUndo undone (template of 1.36 back), then setImage undone (1.37 back).
+    let j = w.journal(&run);
+    let undo = events(&j, "undo-result", "back");
+    assert!(
+        undo.iter().any(|r| r["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("pod template put back"))),
+        "{undo:?}"
+    );
+    let d = ns.api::<Deployment>().get("web").await.unwrap();
+    assert_eq!(image_of(&d), "busybox:1.37");
+    ns.cleanup().await;
+}
+
+#[test]
+fn new_actions_are_checked_when_the_runbook_loads() {
+    let w = Work::new();
+    let cases = [
+        (
+            "  - id: e\n    exec: {namespace: x, pod: p, selector: a=b, command: [ls]}\n",
+            "exactly one of `pod` and `selector`",
+            7,
+        ),
+        (
+            "  - id: a\n    assert: {that: 'steps.x.outputs.y == '}\n",
+            "assert.that",
+            7,
+        ),
+        (
+            "  - id: s\n    sleep: {duration: 5 parsecs}\n",
+            "duration",
+            7,
+        ),
+        (
+            "  - id: g\n    get: {kind: ConfigMap, name: c, outputs: {}}\n",
+            "at least one entry in `outputs`",
+            7,
+        ),
+        (
+            "  - id: j\n    job: {namespace: x, spec: {template: {}}}\n",
+            "template.spec.containers",
+            7,
+        ),
+    ];
+    for (i, (step, want, line)) in cases.iter().enumerate() {
+        let rb = w.write(
+            &format!("bad{i}.yaml"),
+            &format!(
+                "apiVersion: lifeboat.io/v1\nkind: Runbook\nmetadata: {{name: bad}}\n\nsteps:\n{step}"
+            ),
+        );
+        let r = w.run(&["runbook", "validate", rb.to_str().unwrap()]);
+        r.code_is(1);
+        assert_eq!(r.stderr().trim().lines().count(), 1, "case {i}: one line");
+        let err = r.stderr();
+        assert!(err.contains(want), "case {i}: {err}");
+        assert!(
+            err.contains(&format!("bad{i}.yaml:{line}:")),
+            "case {i} names file:line: {err}"
+        );
+    }
+}
+
+/// A local HTTP server that records the JSON bodies POSTed to it.
+async fn webhook_receiver() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<(String, Value)>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let g = got.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let g = g.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 8192];
+                loop {
+                    let n = s.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        break;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let len = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap())
+                            })
+                            .unwrap_or(0);
+                        if body.len() >= len {
+                            let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
+                            g.lock()
+                                .unwrap()
+                                .push((path, serde_json::from_str(body).unwrap_or(Value::Null)));
+                            let _ = s
+                                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                                .await;
+                            break;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (port, got)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_reach_webhooks_for_items_failure_and_rollback_without_secrets() {
+    let ns = TestNs::new("rb-notify").await;
+    let (port, got) = webhook_receiver().await;
+    let w = Work::with_env(&[("HOOK_TOKEN", "tok-s3cr3t-99")]);
+    let rb = w.write(
+        "rb.yaml",
+        &format!(
+            r#"apiVersion: lifeboat.io/v1
+kind: Runbook
+metadata: {{name: notified}}
+notify:
+  - url: "http://127.0.0.1:{port}/hook?token={{{{ env('HOOK_TOKEN') }}}}"
+steps:
+  - id: per-item
+    forEach: [a, b]
+    steps:
+      - id: mark
+        apply:
+          manifest: {{apiVersion: v1, kind: ConfigMap, metadata: {{name: "mark-{{{{ item }}}}", namespace: {ns}}}, data: {{v: "1"}}}}
+  - id: fails
+    run: {{command: "exit 3"}}
+"#,
+            ns = ns.name
+        ),
+    );
+    let plan = w.plan(&rb, &[]);
+    let r = w.run(&[
+        "runbook",
+        "run",
+        plan.to_str().unwrap(),
+        "--yes",
+        "--lease-namespace",
+        &ns.name,
+        "--notify",
+        &format!("http://127.0.0.1:{port}/slack"),
+        "--notify-format",
+        "slack",
+    ]);
+    r.code_is(2);
+    let got = got.lock().unwrap().clone();
+    let json_hook: Vec<&Value> = got
+        .iter()
+        .filter(|(p, _)| p.starts_with("/hook?token=tok-s3cr3t-99"))
+        .map(|(_, b)| b)
+        .collect();
+    let evs: Vec<&str> = json_hook
+        .iter()
+        .map(|b| b["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        evs.iter().filter(|e| **e == "item").count(),
+        2,
+        "one per forEach item: {got:?}"
+    );
+    assert!(evs.contains(&"rolledBack"), "{got:?}");
+    let done = json_hook
+        .iter()
+        .find(|b| b["event"] == "rolledBack")
+        .unwrap();
+    assert_eq!(done["name"], "notified");
+    assert_eq!(done["kind"], "runbook");
+    let items: Vec<&Value> = json_hook
+        .iter()
+        .filter(|b| b["event"] == "item")
+        .copied()
+        .collect();
+    assert_eq!(items[0]["details"]["item"], "a");
+    assert_eq!(items[1]["details"]["item"], "b");
+    let slack: Vec<&Value> = got
+        .iter()
+        .filter(|(p, _)| p == "/slack")
+        .map(|(_, b)| b)
+        .collect();
+    assert!(
+        !slack.is_empty() && slack.iter().all(|b| b["text"].is_string()),
+        "{got:?}"
+    );
+    // The webhook URL is a credential: never in the journal or the output.
+    let run = newest_run(&w);
+    assert!(!w.journal_text(&run).contains("tok-s3cr3t-99"));
+    assert!(!r.stderr().contains("tok-s3cr3t-99") && !r.stdout().contains("tok-s3cr3t-99"));
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn exec_and_job_steps_run_in_pods_on_the_real_node_and_keep_their_output() {
+    if !common::has_real_node() {
+        eprintln!(
+            "NOT APPLICABLE: exec and job need a node that runs pods (scripts/testenv up --real-node)"
+        );
+        return;
+    }
+    let ns = TestNs::new("rb-exec").await;
+    let on_real = json!({"nodeSelector": {"lifeboat.test/real-node": "true"},
+        "containers": [{"name": "app", "image": "busybox:1.37", "command": ["sleep", "3600"]}]});
+    let d: Deployment = obj(json!({
+        "metadata": {"name": "db"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "db"}},
+                 "template": {"metadata": {"labels": {"app": "db"}}, "spec": on_real}}
+    }));
+    ns.api::<Deployment>()
+        .create(&PostParams::default(), &d)
+        .await
+        .unwrap();
+    available(&ns, "db").await;
+    let w = Work::new();
+    let rb = w.write(
+        "rb.yaml",
+        &format!(
+            r#"apiVersion: lifeboat.io/v1
+kind: Runbook
+metadata: {{name: in-pods}}
+steps:
+  - id: migrate
+    job:
+      namespace: {ns}
+      spec:
+        template:
+          spec:
+            nodeSelector: {{lifeboat.test/real-node: "true"}}
+            containers: [{{name: m, image: "busybox:1.37", command: [sh, -c, "echo step one; echo migrated 42"]}}]
+    timeout: 3m
+    undo: skip
+  - id: hello
+    exec: {{namespace: {ns}, selector: app=db, command: [sh, -c, "echo hello from $(hostname)"]}}
+    undo: skip
+  - id: check
+    assert: {{that: '"migrated 42" in steps.migrate.outputs.logs and steps.hello.outputs.exitCode == 0'}}
+  - id: broken
+    exec: {{namespace: {ns}, selector: app=db, container: app, command: [sh, -c, "echo oops >&2; exit 3"]}}
+"#,
+            ns = ns.name
+        ),
+    );
+    let plan = w.plan(&rb, &[]);
+    let r = w.run(&[
+        "runbook",
+        "run",
+        plan.to_str().unwrap(),
+        "--yes",
+        "--lease-namespace",
+        &ns.name,
+    ]);
+    r.code_is(2);
+    let run = newest_run(&w);
+    let st = w.run(&["runbook", "status", &run, "-o", "json"]).json();
+    assert_eq!(
+        report_step(&st, "check")["outputs"]["holds"],
+        true,
+        "{st:#}"
+    );
+    assert!(
+        report_step(&st, "hello")["outputs"]["stdout"]
+            .as_str()
+            .unwrap()
+            .starts_with("hello from db-"),
+        "{st:#}"
+    );
+    let broken = report_step(&st, "broken");
+    let msg = broken["message"].as_str().unwrap();
+    assert!(
+        msg.contains("exited with status 3") && msg.contains("oops"),
+        "{st:#}"
+    );
+    // The Job is the run's, and its output is in the step log.
+    let jobs = Api::<k8s_openapi::api::batch::v1::Job>::namespaced(ns.client.clone(), &ns.name);
+    let list = jobs.list(&Default::default()).await.unwrap();
+    assert_eq!(list.items.len(), 1);
+    let ann = list.items[0].metadata.annotations.clone().unwrap();
+    assert_eq!(ann["lifeboat.io/run"], run);
+    let logs = w.run(&["runbook", "logs", &run, "migrate"]);
+    assert!(logs.stdout().contains("migrated 42"), "{}", logs.describe());
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_job_step_killed_with_kill_9_is_resumed_by_waiting_for_the_same_job() {
+    if !common::has_real_node() {
+        eprintln!(
+            "NOT APPLICABLE: job needs a node that runs pods (scripts/testenv up --real-node)"
+        );
+        return;
+    }
+    let ns = TestNs::new("rb-job9").await;
+    let w = Work::new();
+    let rb = w.write(
+        "rb.yaml",
+        &format!(
+            r#"apiVersion: lifeboat.io/v1
+kind: Runbook
+metadata: {{name: job-kill}}
+steps:
+  - id: slow
+    job:
+      namespace: {ns}
+      spec:
+        template:
+          spec:
+            nodeSelector: {{lifeboat.test/real-node: "true"}}
+            containers: [{{name: m, image: "busybox:1.37", command: [sh, -c, "sleep 6; echo ran once"]}}]
+    timeout: 3m
+"#,
+            ns = ns.name
+        ),
+    );
+    let plan = w.plan(&rb, &[]);
+    let mut child = w.lb.spawn(&[
+        "runbook",
+        "run",
+        plan.to_str().unwrap(),
+        "--yes",
+        "--lease-namespace",
+        &ns.name,
+    ]);
+    let jobs = Api::<k8s_openapi::api::batch::v1::Job>::namespaced(ns.client.clone(), &ns.name);
+    eventually("the Job to be created", Duration::from_secs(60), || async {
+        (!jobs.list(&Default::default()).await.ok()?.items.is_empty()).then_some(())
+    })
+    .await;
+    child.kill().unwrap(); // SIGKILL
+    let _ = child.wait();
+    let run = newest_run(&w);
+    let r = w.run(&[
+        "runbook",
+        "resume",
+        &run,
+        "--yes",
+        "--lease-namespace",
+        &ns.name,
+    ]);
+    r.success();
+    let list = jobs.list(&Default::default()).await.unwrap();
+    assert_eq!(
+        list.items.len(),
+        1,
+        "the resume waited for the Job it had started"
+    );
+    let st = w.run(&["runbook", "status", &run, "-o", "json"]).json();
+    assert_eq!(report_step(&st, "slow")["status"], "succeeded", "{st:#}");
+    assert_eq!(
+        report_step(&st, "slow")["outputs"]["logs"],
+        "ran once",
+        "{st:#}"
+    );
     ns.cleanup().await;
 }
