@@ -32,15 +32,20 @@ impl Work {
     /// With more environment variables for lifeboat.
     fn with_env(extra: &[(&str, &str)]) -> Work {
         let dir = tempfile::tempdir().unwrap();
-        let state = dir.path().join("state");
-        let repo = dir.path().join("repo");
+        let lb = Work::lifeboat(dir.path(), extra);
+        Work { dir, lb }
+    }
+
+    /// A lifeboat with this work's state and repository, plus `extra` variables.
+    fn lifeboat(dir: &Path, extra: &[(&str, &str)]) -> Lifeboat {
+        let state = dir.join("state");
+        let repo = dir.join("repo");
         let lb = Lifeboat::new()
             .env("LIFEBOAT_STATE_DIR", state.to_str().unwrap())
             .env("LIFEBOAT_REPO", &format!("file://{}", repo.display()))
             .env("LIFEBOAT_PASSWORD", PASSWORD)
             .env("USER", "test-operator");
-        let lb = extra.iter().fold(lb, |lb, (k, v)| lb.env(k, v));
-        Work { dir, lb }
+        extra.iter().fold(lb, |lb, (k, v)| lb.env(k, v))
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -2635,6 +2640,180 @@ steps:
         report_step(&st, "slow")["outputs"]["logs"],
         "ran once",
         "{st:#}"
+    );
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_rollback_killed_during_a_secret_undo_is_finished_by_the_next_rollback() {
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let ns = TestNs::new("rb-undo9").await;
+    let s: Secret = obj(
+        json!({"metadata": {"name": "db"}, "data": {"password": b64("old-pw-1"), "user": b64("app")}}),
+    );
+    ns.api::<Secret>()
+        .create(&PostParams::default(), &s)
+        .await
+        .unwrap();
+    let w = Work::new();
+    let rb = w.write(
+        "rb.yaml",
+        &format!(
+            r#"apiVersion: lifeboat.io/v1
+kind: Runbook
+metadata: {{name: undo-kill}}
+steps:
+  - id: rotate
+    patch: {{apiVersion: v1, kind: Secret, name: db, namespace: {ns}, patch: {{data: {{password: "{new}"}}}}}}
+  - id: verify
+    run: {{command: "exit 1"}}
+    undo: skip
+"#,
+            ns = ns.name,
+            new = b64("new-pw-2")
+        ),
+    );
+    let plan = w.plan(&rb, &[]);
+    // The rollback undoes `rotate` and is killed before it can journal that.
+    let killer = Work::lifeboat(
+        w.dir.path(),
+        &[("LIFEBOAT_FAILPOINTS", "runbook.undo.before-result=kill")],
+    );
+    let r = killer.run(&[
+        "runbook",
+        "run",
+        plan.to_str().unwrap(),
+        "--yes",
+        "--lease-namespace",
+        &ns.name,
+    ]);
+    assert_eq!(
+        r.output.status.code(),
+        None,
+        "killed by SIGKILL: {}",
+        r.describe()
+    );
+    let pw =
+        |s: &Secret| String::from_utf8(s.data.as_ref().unwrap()["password"].0.clone()).unwrap();
+    assert_eq!(
+        pw(&ns.api::<Secret>().get("db").await.unwrap()),
+        "old-pw-1",
+        "the undo itself happened"
+    );
+    let run = newest_run(&w);
+    let copies = || async {
+        ns.api::<Secret>()
+            .list(&kube::api::ListParams::default().labels("lifeboat.io/undo=true"))
+            .await
+            .unwrap()
+            .items
+            .len()
+    };
+    assert_eq!(
+        copies().await,
+        1,
+        "the prior state is kept until the undo is journaled"
+    );
+    // The next rollback repeats the undo, finds the Secret already back, and finishes cleanly.
+    let r = w.run(&[
+        "runbook",
+        "rollback",
+        &run,
+        "--to",
+        "start",
+        "--yes",
+        "--lease-namespace",
+        &ns.name,
+    ]);
+    r.success();
+    assert!(r.stderr().contains("in flight"), "{}", r.describe());
+    let now = ns.api::<Secret>().get("db").await.unwrap();
+    assert_eq!(pw(&now), "old-pw-1");
+    assert_eq!(
+        String::from_utf8(now.data.unwrap()["user"].0.clone()).unwrap(),
+        "app"
+    );
+    assert_eq!(
+        copies().await,
+        0,
+        "the copy is deleted once the undo is journaled"
+    );
+    assert!(
+        !w.journal_text(&run).contains("old-pw-1")
+            && !w.journal_text(&run).contains(&b64("old-pw-1"))
+    );
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn an_undo_action_in_flight_at_a_crash_is_not_repeated_blindly() {
+    let ns = TestNs::new("rb-undo9b").await;
+    let w = Work::new();
+    let count = w.path("undo-count");
+    let rb = w.write(
+        "rb.yaml",
+        &format!(
+            r#"apiVersion: lifeboat.io/v1
+kind: Runbook
+metadata: {{name: undo-action-kill}}
+steps:
+  - id: change
+    run: {{command: "true"}}
+    undo: {{run: {{command: "echo x >> {c}"}}}}
+  - id: verify
+    run: {{command: "exit 1"}}
+    undo: skip
+"#,
+            c = count.display()
+        ),
+    );
+    let plan = w.plan(&rb, &[]);
+    let killer = Work::lifeboat(
+        w.dir.path(),
+        &[("LIFEBOAT_FAILPOINTS", "runbook.undo.before-result=kill")],
+    );
+    let r = killer.run(&[
+        "runbook",
+        "run",
+        plan.to_str().unwrap(),
+        "--yes",
+        "--lease-namespace",
+        &ns.name,
+    ]);
+    assert_eq!(r.output.status.code(), None, "killed: {}", r.describe());
+    assert_eq!(std::fs::read_to_string(&count).unwrap().lines().count(), 1);
+    let run = newest_run(&w);
+    let args = [
+        "runbook",
+        "rollback",
+        &run,
+        "--to",
+        "start",
+        "--yes",
+        "--lease-namespace",
+        &ns.name,
+    ];
+    let r = w.run(&args);
+    r.code_is(4);
+    assert!(
+        r.stderr().contains("was in flight") && r.stderr().contains("not safe to repeat"),
+        "{}",
+        r.describe()
+    );
+    assert_eq!(
+        std::fs::read_to_string(&count).unwrap().lines().count(),
+        1,
+        "not run a second time"
+    );
+    let mut forced = args.to_vec();
+    forced.push("--force");
+    let r = w.run(&forced);
+    r.success();
+    assert_eq!(
+        std::fs::read_to_string(&count).unwrap().lines().count(),
+        1,
+        "--force passes over it"
     );
     ns.cleanup().await;
 }

@@ -861,6 +861,47 @@ impl Runner<'_> {
                 }
                 _ => {}
             }
+            if st.undo_in_flight {
+                // The last process stopped during this undo: it may have happened. Auto undos
+                // read the current state first (a repeat finds it done); an undo action is
+                // repeated only when it is safe to repeat.
+                let repeatable = match &undo {
+                    Undo::Action(a) => a.safe_to_repeat(),
+                    _ => true,
+                };
+                if !repeatable && self.force {
+                    let why = format!(
+                        "its undo ({}) was in flight when the last run stopped and is not safe to repeat; passed over because of --force: check by hand whether it happened",
+                        undo_name(&undo)
+                    );
+                    self.record(
+                        p,
+                        Record::new(&p.run_id, Event::UndoResult)
+                            .step(&s.id)
+                            .status("skipped")
+                            .message(&why),
+                    )?;
+                    self.say(&format!("  - {}: {why}", s.id));
+                    unfinished.push((s.id.clone(), false));
+                    continue;
+                }
+                if !repeatable {
+                    let msg = format!(
+                        "the undo of step {} ({}) was in flight when the last run stopped and is not safe to repeat; check whether it happened, then `lifeboat runbook rollback {} --to {} --force` to pass over it. Left to undo: {}",
+                        s.id,
+                        undo_name(&undo),
+                        p.run_id,
+                        to.unwrap_or("start"),
+                        left().join(", ")
+                    );
+                    self.say(&format!("  ✗ {msg}"));
+                    return Ok((RunStatus::RollbackFailed, Some(msg)));
+                }
+                self.say(&format!(
+                    "  … {}: its undo was in flight when the last run stopped; repeating it (it checks the current state first)",
+                    s.id
+                ));
+            }
             let mut intent = Record::new(&p.run_id, Event::UndoIntent).step(&s.id);
             intent.actor = Some(self.actor.clone());
             self.record(p, intent)?;
@@ -884,6 +925,7 @@ impl Runner<'_> {
                 }
                 _ => unreachable!("handled above"),
             };
+            crate::faults::point("runbook.undo.before-result");
             match result {
                 Ok(summary) => {
                     self.record(
@@ -893,6 +935,12 @@ impl Runner<'_> {
                             .status("undone")
                             .message(&summary),
                     )?;
+                    // Only now that the undo is journaled: what the capture kept for it (a
+                    // Secret's prior state) is deleted. A repeat after a crash before this
+                    // point still has it.
+                    if let (Undo::Auto, Some(before)) = (&undo, st.before.as_ref()) {
+                        actions::forget_capture(&ctx, &s.action, before).await;
+                    }
                     self.say(&format!("  ↩ {}: {summary}", s.id));
                 }
                 Err(e) => {
@@ -939,6 +987,15 @@ impl Runner<'_> {
             RunStatus::RolledBack,
             Some(format!("rolled back to {target}")),
         ))
+    }
+}
+
+fn undo_name(u: &Undo) -> &'static str {
+    match u {
+        Undo::Action(a) => a.name(),
+        Undo::Auto => "auto",
+        Undo::None => "none",
+        Undo::Skip => "skip",
     }
 }
 

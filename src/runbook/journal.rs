@@ -312,6 +312,10 @@ pub struct StepState {
     /// Skipped with `--in-doubt skip`: it may have half-run, and nothing undoes it.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub in_doubt_skipped: bool,
+    /// Its undo was started (an `undo-intent`) and has no result: the process stopped during
+    /// the undo, which may or may not have happened.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub undo_in_flight: bool,
 }
 
 impl Default for StepState {
@@ -327,6 +331,7 @@ impl Default for StepState {
             approved_by: None,
             undo: None,
             in_doubt_skipped: false,
+            undo_in_flight: false,
         }
     }
 }
@@ -412,12 +417,19 @@ pub fn replay(records: &[Record]) -> Replay {
                     .or_default();
                 s.approved_by = rec.actor.clone();
             }
-            Event::AwaitingApproval | Event::UndoIntent => {}
+            Event::AwaitingApproval => {}
+            Event::UndoIntent => {
+                r.steps
+                    .entry(rec.step.clone().unwrap_or_default())
+                    .or_default()
+                    .undo_in_flight = true;
+            }
             Event::UndoResult => {
                 let s = r
                     .steps
                     .entry(rec.step.clone().unwrap_or_default())
                     .or_default();
+                s.undo_in_flight = false;
                 match rec.status.as_deref() {
                     Some("failed") => s.status = StepStatus::UndoFailed,
                     // An irreversible step a forced rollback passed over: it ran and was not

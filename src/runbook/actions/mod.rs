@@ -241,6 +241,10 @@ pub trait Act {
     /// rendered differently since. Read-only and irreversible actions answer with
     /// [`not_undoable`].
     async fn undo(ctx: &Ctx<'_>, before: &Value) -> R<String>;
+    /// Called once the undo's result is journaled: delete what the capture kept outside the
+    /// journal for the undo (a Secret's prior state). Until then a repeated undo (after a
+    /// crash) still finds it. Best effort.
+    async fn forget(_ctx: &Ctx<'_>, _before: &Value) {}
 }
 
 /// " (server dry-run)" in summaries of dry runs.
@@ -314,6 +318,11 @@ macro_rules! registry {
         /// Run an action.
         pub async fn execute(ctx: &Ctx<'_>, action: &Action, timeout: Duration) -> R<Outcome> {
             match action { $(Action::$variant(a) => a.execute(ctx, timeout).await,)* }
+        }
+
+        /// Delete what an action's capture kept for its undo, once the undo is journaled.
+        pub async fn forget_capture(ctx: &Ctx<'_>, action: &Action, before: &Value) {
+            match action { $(Action::$variant(_) => <$ty as Act>::forget(ctx, before).await,)* }
         }
 
         /// Undo an action from its captured state alone (`action` only says which kind).

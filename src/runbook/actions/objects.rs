@@ -415,10 +415,14 @@ async fn undo_objects(ctx: &Ctx<'_>, before: &Value) -> R<String> {
     for o in objs.iter().rev() {
         done.push(restore_object(ctx, o).await?);
     }
-    for o in &objs {
+    Ok(done.join("; "))
+}
+
+/// After the undo is journaled: the in-cluster copies of prior Secret states.
+async fn forget_objects(ctx: &Ctx<'_>, before: &Value) {
+    for o in before["objects"].as_array().into_iter().flatten() {
         drop_secret_copy(ctx, o).await;
     }
-    Ok(done.join("; "))
 }
 
 impl Act for ApplyAction {
@@ -488,6 +492,9 @@ impl Act for ApplyAction {
     async fn undo(ctx: &Ctx<'_>, before: &Value) -> R<String> {
         undo_objects(ctx, before).await
     }
+    async fn forget(ctx: &Ctx<'_>, before: &Value) {
+        forget_objects(ctx, before).await
+    }
 }
 
 impl Act for PatchAction {
@@ -549,6 +556,9 @@ impl Act for PatchAction {
     }
     async fn undo(ctx: &Ctx<'_>, before: &Value) -> R<String> {
         undo_objects(ctx, before).await
+    }
+    async fn forget(ctx: &Ctx<'_>, before: &Value) {
+        forget_objects(ctx, before).await
     }
 }
 
