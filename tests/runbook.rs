@@ -1910,10 +1910,15 @@ async fn drain_refuses_to_lose_a_bare_pod_before_cordoning_unless_forced() {
         .extend(pinned_to(&node).as_object().unwrap().clone());
     let p: k8s_openapi::api::core::v1::Pod =
         obj(json!({"metadata": {"name": "one-off"}, "spec": spec}));
-    ns.api::<k8s_openapi::api::core::v1::Pod>()
-        .create(&PostParams::default(), &p)
-        .await
-        .unwrap();
+    let pods = ns.api::<k8s_openapi::api::core::v1::Pod>();
+    pods.create(&PostParams::default(), &p).await.unwrap();
+    // Bound first: a drain lists the node's pods by spec.nodeName.
+    eventually(
+        "the pod to be scheduled",
+        Duration::from_secs(60),
+        || async { pods.get("one-off").await.ok()?.spec?.node_name.map(|_| ()) },
+    )
+    .await;
     let w = Work::new();
     let rb = |force: bool| {
         w.write(
@@ -2814,6 +2819,175 @@ steps:
         std::fs::read_to_string(&count).unwrap().lines().count(),
         1,
         "--force passes over it"
+    );
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn run_time_for_each_over_a_selector_and_outputs_in_batches_is_journaled_and_rolled_back() {
+    let ns = TestNs::new("rb-foreach").await;
+    let mk = |name: &str| -> ConfigMap {
+        obj(json!({"metadata": {"name": name, "labels": {"pool": "blue"}}, "data": {"v": "1"}}))
+    };
+    for n in ["cm-a", "cm-b"] {
+        ns.api::<ConfigMap>()
+            .create(&PostParams::default(), &mk(n))
+            .await
+            .unwrap();
+    }
+    let w = Work::new();
+    let order = w.path("order");
+    let rb = w.write(
+        "rb.yaml",
+        &format!(
+            r#"apiVersion: lifeboat.io/v1
+kind: Runbook
+metadata: {{name: run-time-loops}}
+steps:
+  - id: pool
+    forEach: {{selector: {{kind: ConfigMap, namespace: {ns}, labelSelector: pool=blue}}}}
+    batchSize: 2
+    steps:
+      - id: mark
+        patch: {{apiVersion: v1, kind: ConfigMap, name: "{{{{ item }}}}", namespace: {ns}, patch: {{data: {{state: marked}}}}}}
+      - id: note
+        run: {{command: "echo {{{{ item }}}} >> {o}"}}
+        undo: skip
+  - id: names
+    run: {{command: "echo names=x,y >> $LIFEBOAT_OUTPUT"}}
+    undo: skip
+  - id: second
+    forEach: {{items: "{{{{ steps.names.outputs.names }}}}"}}
+    steps:
+      - id: echo
+        run: {{command: "echo second-{{{{ item }}}} >> {o}"}}
+        undo: skip
+  - id: fail
+    run: {{command: "exit 1"}}
+"#,
+            ns = ns.name,
+            o = order.display()
+        ),
+    );
+    let plan = w.plan(&rb, &[]);
+    // Created after planning: the items are found when the run reaches the group.
+    ns.api::<ConfigMap>()
+        .create(&PostParams::default(), &mk("cm-c"))
+        .await
+        .unwrap();
+    let r = w.run(&[
+        "runbook",
+        "run",
+        plan.to_str().unwrap(),
+        "--yes",
+        "--lease-namespace",
+        &ns.name,
+    ]);
+    r.code_is(2);
+    assert_eq!(
+        std::fs::read_to_string(&order).unwrap(),
+        "cm-a\ncm-b\ncm-c\nsecond-x\nsecond-y\n"
+    );
+    let run = newest_run(&w);
+    let j = w.journal(&run);
+    let intents: Vec<&str> = j
+        .iter()
+        .filter(|r| r["event"] == "intent")
+        .map(|r| r["step"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        intents[..7],
+        [
+            "pool",
+            "pool-cm-a-mark",
+            "pool-cm-b-mark",
+            "pool-cm-a-note",
+            "pool-cm-b-note",
+            "pool-cm-c-mark",
+            "pool-cm-c-note"
+        ],
+        "batches of 2, step by step within a batch"
+    );
+    // The rollback undid the patches of every item, the late one included.
+    for n in ["cm-a", "cm-b", "cm-c"] {
+        let cm = ns.api::<ConfigMap>().get(n).await.unwrap();
+        assert!(!cm.data.unwrap().contains_key("state"), "{n} undone");
+    }
+    let st = w.run(&["runbook", "status", &run, "-o", "json"]).json();
+    assert_eq!(
+        report_step(&st, "second-y-echo")["status"],
+        "rolled-back",
+        "{st:#}"
+    );
+    assert_eq!(report_step(&st, "pool")["outputs"]["count"], 3, "{st:#}");
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_run_time_group_resumed_after_kill_9_keeps_the_items_it_found() {
+    let ns = TestNs::new("rb-foreach9").await;
+    let mk = |name: &str| -> ConfigMap {
+        obj(json!({"metadata": {"name": name, "labels": {"pool": "green"}}}))
+    };
+    for n in ["cm-a", "cm-b"] {
+        ns.api::<ConfigMap>()
+            .create(&PostParams::default(), &mk(n))
+            .await
+            .unwrap();
+    }
+    let w = Work::new();
+    let order = w.path("order");
+    let marker = w.path("in-a");
+    let rb = w.write(
+        "rb.yaml",
+        &format!(
+            r#"apiVersion: lifeboat.io/v1
+kind: Runbook
+metadata: {{name: run-time-resume}}
+steps:
+  - id: pool
+    forEach: {{selector: {{kind: ConfigMap, namespace: {ns}, labelSelector: pool=green}}}}
+    steps:
+      - id: work
+        run: {{command: "echo {{{{ item }}}} >> {o}; if [ {{{{ item }}}} = cm-a ] && [ ! -e {m}.done ]; then touch {m} {m}.done; sleep 30; fi"}}
+"#,
+            ns = ns.name,
+            o = order.display(),
+            m = marker.display()
+        ),
+    );
+    let plan = w.plan(&rb, &[]);
+    let mut child = w.lb.spawn(&[
+        "runbook",
+        "run",
+        plan.to_str().unwrap(),
+        "--yes",
+        "--lease-namespace",
+        &ns.name,
+    ]);
+    wait_for_file(&marker, Duration::from_secs(60), "item cm-a never started");
+    child.kill().unwrap();
+    let _ = child.wait();
+    ns.api::<ConfigMap>()
+        .create(&PostParams::default(), &mk("cm-0-late"))
+        .await
+        .unwrap();
+    let run = newest_run(&w);
+    let r = w.run(&[
+        "runbook",
+        "resume",
+        &run,
+        "--yes",
+        "--in-doubt",
+        "rerun",
+        "--lease-namespace",
+        &ns.name,
+    ]);
+    r.success();
+    assert_eq!(
+        std::fs::read_to_string(&order).unwrap(),
+        "cm-a\ncm-a\ncm-b\n",
+        "the items found before the crash, not the object created since"
     );
     ns.cleanup().await;
 }

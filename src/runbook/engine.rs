@@ -180,18 +180,18 @@ impl Runner<'_> {
         if let Some(j) = p.journal.as_deref_mut() {
             j.append(rec.clone())?;
         }
-        if !self.dry_run && !self.notify.is_empty() {
-            self.notify_about(&rec);
-        }
         // Keep the in-memory state in step with the file.
-        p.records.push(rec);
+        p.records.push(rec.clone());
         p.replay = journal::replay(&p.records);
+        if !self.dry_run && !self.notify.is_empty() {
+            self.notify_about(p, &rec);
+        }
         Ok(())
     }
 
     /// The notification a journal record means, if any: awaiting approval, the end of a run
     /// (finished, failed, rolled back), the last step of a forEach item.
-    fn notify_about(&self, rec: &Record) {
+    fn notify_about(&self, p: &Progress, rec: &Record) {
         let name = &self.plan.runbook.name;
         let status = rec.status.as_deref().unwrap_or_default();
         let event = match rec.event {
@@ -206,7 +206,7 @@ impl Runner<'_> {
                 let Some(step) = rec.step.as_deref() else {
                     return;
                 };
-                let Some(item) = self.item_ends(step) else {
+                let Some(item) = self.item_ends(p, step) else {
                     return;
                 };
                 let mut n =
@@ -239,14 +239,23 @@ impl Runner<'_> {
     }
 
     /// The forEach item whose last step is `step` (None: not the end of an item).
-    fn item_ends(&self, step: &str) -> Option<Value> {
-        let steps = &self.loaded.steps;
+    fn item_ends(&self, p: &Progress, step: &str) -> Option<Value> {
+        let steps = self.steps(p);
         let i = steps.iter().position(|s| s.id == step)?;
         let group = steps[i].group_item.as_ref()?;
-        let next_same = steps
-            .get(i + 1)
-            .is_some_and(|n| n.group_item.as_ref() == Some(group));
-        (!next_same).then(|| steps[i].vars.get("item").cloned().unwrap_or_default())
+        let later_same = steps[i + 1..]
+            .iter()
+            .any(|n| n.group_item.as_ref() == Some(group));
+        (!later_same).then(|| steps[i].vars.get("item").cloned().unwrap_or_default())
+    }
+
+    /// The run's steps as far as known: run-time groups expanded once their items are.
+    pub fn steps(&self, p: &Progress) -> Vec<Step> {
+        spec::expand_runtime(self.loaded, |id| {
+            p.outputs
+                .get(id)
+                .or_else(|| p.replay.steps.get(id).map(|s| &s.outputs))
+        })
     }
 
     pub fn finish(
@@ -277,10 +286,14 @@ impl Runner<'_> {
     }
 
     async fn main_steps(&self, p: &mut Progress<'_>) -> Result<(RunStatus, Option<String>), Error> {
-        let steps = &self.loaded.steps;
-        let total = steps.len();
         let mut i = 0;
-        while i < total {
+        loop {
+            // Again at every step: a run-time group grows the list once its items are known.
+            let steps = self.steps(p);
+            let total = steps.len();
+            if i >= total {
+                break;
+            }
             let step = &steps[i];
             let state = p.replay.steps.get(&step.id).map(|s| s.status);
             if matches!(state, Some(StepStatus::Succeeded | StepStatus::Skipped)) {
@@ -411,7 +424,7 @@ impl Runner<'_> {
         if let Some(t) = &step.rollback_to {
             return Some(t.clone());
         }
-        let steps = &self.loaded.steps;
+        let steps = self.steps(p);
         let idx = steps.iter().position(|s| s.id == step.id).unwrap_or(0);
         steps[..idx]
             .iter()
@@ -532,7 +545,7 @@ impl Runner<'_> {
             let verdict = if pre || already {
                 Some(true)
             } else {
-                let next = self.next_steps(&step.id);
+                let next = self.next_steps(p, &step.id);
                 self.prompter
                     .approve(step, &self.redactor.redact(&a.message), &next)?
             };
@@ -716,8 +729,8 @@ impl Runner<'_> {
         Ok(StepEnd::Failed(e))
     }
 
-    fn next_steps(&self, after: &str) -> Vec<String> {
-        let steps = &self.loaded.steps;
+    fn next_steps(&self, p: &Progress, after: &str) -> Vec<String> {
+        let steps = self.steps(p);
         let idx = steps
             .iter()
             .position(|s| s.id == after)
@@ -747,7 +760,7 @@ impl Runner<'_> {
         to: Option<&str>,
         failed: Option<&Step>,
     ) -> Result<(RunStatus, Option<String>), Error> {
-        let steps = &self.loaded.steps;
+        let steps = &self.steps(p);
         let start = match to {
             Some(cp) => {
                 let i = steps

@@ -334,7 +334,8 @@ fn report(
             })
             .collect()
     };
-    let mut all = steps(&loaded.steps, false);
+    let expanded = spec::expand_runtime(loaded, |id| r.steps.get(id).map(|s| &s.outputs));
+    let mut all = steps(&expanded, false);
     all.extend(steps(&loaded.runbook.finally, true));
     RunReport {
         run: run.to_string(),
@@ -1237,7 +1238,9 @@ pub async fn continue_run(
     let to = match rollback_to {
         Some("start") => Some(None),
         Some(cp) => {
-            let Some(s) = loaded.steps.iter().find(|s| s.id == cp) else {
+            let expanded =
+                spec::expand_runtime(&loaded, |id| state.steps.get(id).map(|s| &s.outputs));
+            let Some(s) = expanded.iter().find(|s| s.id == cp) else {
                 return Err(Error::Usage(format!(
                     "--to {cp}: no such step in runbook {} (checkpoints: {})",
                     loaded.runbook.metadata.name,

@@ -18,9 +18,9 @@ use crate::error::Error;
 pub use super::actions::{
     ACTIONS, Action, ApplyAction, ApproveAction, Approvers, AssertAction, BackupAction,
     CordonAction, DeleteAction, DrainAction, DrillAction, ExecAction, GetAction, HttpAction,
-    JobAction, ObjectRef, PatchAction, PatchType, PreflightAction, RestoreAction, Reversibility,
-    RolloutRestartAction, RolloutUndoAction, RunAction, ScaleAction, SetImageAction, SleepAction,
-    UncordonAction, WaitAction, WaitNodeVersionAction, WaitWorkloadsAction,
+    JobAction, ListAction, ObjectRef, PatchAction, PatchType, PreflightAction, RestoreAction,
+    Reversibility, RolloutRestartAction, RolloutUndoAction, RunAction, ScaleAction, SetImageAction,
+    SleepAction, UncordonAction, WaitAction, WaitNodeVersionAction, WaitWorkloadsAction,
 };
 
 pub const API_VERSION: &str = "lifeboat.io/v1";
@@ -198,9 +198,16 @@ pub enum Entry {
 pub struct Group {
     pub id: String,
     pub description: Option<String>,
-    /// A list, or a template rendering to a list or a comma/space separated string.
+    /// A list, or a template rendering to a list or a comma/space separated string (expanded
+    /// when planning); or `{items: TEMPLATE}` / `{selector: …}`, resolved at run time.
     pub for_each: Value,
     pub steps: Vec<Step>,
+    /// Items handled together: each step runs for every item of a batch before the next step
+    /// (so at most this many items are part-way through the group at once). Default 1.
+    pub batch_size: Option<usize>,
+    /// The run-time form of `forEach`: a `list` step with the group's id finds the items when
+    /// the run reaches it, and the group is expanded from its output.
+    pub runtime: Option<super::actions::ListAction>,
 }
 
 /// One step: common fields plus exactly one action.
@@ -231,6 +238,7 @@ const STEP_FIELDS: &[&str] = &[
     "checkpoint",
     "rollbackTo",
     "forEach",
+    "batchSize",
     "steps",
 ];
 
@@ -269,6 +277,7 @@ impl<'de> Visitor<'de> for EntryVisitor {
         let mut action: Option<Action> = None;
         let mut for_each: Option<Value> = None;
         let mut group: Option<Vec<Step>> = None;
+        let mut batch_size: Option<usize> = None;
         while let Some(key) = map.next_key::<String>()? {
             match key.as_str() {
                 "id" => id = Some(map.next_value::<String>()?),
@@ -279,12 +288,13 @@ impl<'de> Visitor<'de> for EntryVisitor {
                 "undo" => undo = Some(map.next_value::<Undo>()?),
                 "checkpoint" => checkpoint = map.next_value::<bool>()?,
                 "rollbackTo" => rollback_to = Some(map.next_value::<String>()?),
-                "forEach" | "steps" if !self.allow_group => {
+                "forEach" | "steps" | "batchSize" if !self.allow_group => {
                     return Err(de::Error::custom(format!(
                         "`{key}`: groups (forEach) are only allowed directly under `steps`"
                     )));
                 }
                 "forEach" => for_each = Some(map.next_value::<Value>()?),
+                "batchSize" => batch_size = Some(map.next_value::<usize>()?),
                 "steps" => group = Some(map.next_value::<Vec<Step>>()?),
                 other => match Action::parse_field(other, &mut map) {
                     Some(parsed) => {
@@ -329,11 +339,25 @@ impl<'de> Visitor<'de> for EntryVisitor {
             if steps.is_empty() {
                 return Err(de::Error::custom(format!("group `{id}` has no steps")));
             }
+            if batch_size == Some(0) {
+                return Err(de::Error::custom(format!(
+                    "group `{id}`: batchSize must be at least 1"
+                )));
+            }
+            let runtime = match &for_each {
+                Value::Object(m) if m.contains_key("items") || m.contains_key("selector") => Some(
+                    super::actions::ListAction::deserialize(for_each.clone())
+                        .map_err(|e| de::Error::custom(format!("forEach: {e}")))?,
+                ),
+                _ => None,
+            };
             return Ok(Entry::Group(Group {
                 id,
                 description,
                 for_each,
                 steps,
+                batch_size,
+                runtime,
             }));
         }
         let action = action.ok_or_else(|| {
@@ -436,6 +460,7 @@ impl Loaded {
         for (i, e) in self.runbook.steps.iter().enumerate() {
             match e {
                 Entry::Step(s) => out.push(s.clone()),
+                Entry::Group(g) if g.runtime.is_some() => out.push(runtime_placeholder(g)),
                 Entry::Group(g) => {
                     let at = [key("steps"), PathElem::Index(i), key("forEach")];
                     let items = engine
@@ -465,8 +490,55 @@ impl Loaded {
     }
 }
 
+/// The step that stands for a run-time group until the run reaches it: a `list` step with the
+/// group's id, whose output `items` the group is expanded from.
+fn runtime_placeholder(g: &Group) -> Step {
+    Step {
+        id: g.id.clone(),
+        description: Some(
+            g.description
+                .clone()
+                .unwrap_or_else(|| format!("find the items of group {}", g.id)),
+        ),
+        timeout: None,
+        retry: None,
+        when: None,
+        undo: None,
+        checkpoint: false,
+        rollback_to: None,
+        action: Action::List(g.runtime.clone().expect("a run-time group")),
+        vars: BTreeMap::new(),
+        group_item: None,
+    }
+}
+
+/// The steps of a run as far as it got: the planned steps, with each run-time group expanded
+/// right after its `list` step from that step's output `items` (`outputs_of`: a step's
+/// outputs, from this process or the journal). Before its `list` step ran, a run-time group
+/// is only that step.
+pub fn expand_runtime<'a>(
+    loaded: &Loaded,
+    outputs_of: impl Fn(&str) -> Option<&'a BTreeMap<String, Value>>,
+) -> Vec<Step> {
+    let mut out = Vec::new();
+    for s in &loaded.steps {
+        out.push(s.clone());
+        if !matches!(s.action, Action::List(_)) {
+            continue;
+        }
+        let group = loaded.runbook.steps.iter().find_map(|e| match e {
+            Entry::Group(g) if g.id == s.id && g.runtime.is_some() => Some(g),
+            _ => None,
+        });
+        if let (Some(g), Some(items)) = (group, outputs_of(&s.id).and_then(|o| o.get("items"))) {
+            out.extend(expand_group(g, &list_items(items)));
+        }
+    }
+    out
+}
+
 /// Items of a rendered `forEach`: a list, or a string split on commas and whitespace.
-fn list_items(v: &Value) -> Vec<Value> {
+pub fn list_items(v: &Value) -> Vec<Value> {
     match v {
         Value::Array(a) => a.clone(),
         Value::String(s) => s
@@ -503,22 +575,29 @@ fn id_part(v: &Value) -> String {
         .collect()
 }
 
+/// A group's steps for each item: item by item, or with `batchSize: N` step by step across
+/// each batch of N items (every item of the batch drained before any is upgraded, say).
 fn expand_group(g: &Group, items: &[Value]) -> Vec<Step> {
-    let mut out = Vec::new();
-    for item in items {
+    let inner: BTreeSet<&str> = g.steps.iter().map(|s| s.id.as_str()).collect();
+    let one = |item: &Value, s: &Step| {
         let prefix = format!("{}-{}-", g.id, id_part(item));
-        let inner: BTreeSet<&str> = g.steps.iter().map(|s| s.id.as_str()).collect();
+        let mut e = s.clone();
+        e.id = format!("{prefix}{}", s.id);
+        if let Some(t) = &s.rollback_to
+            && inner.contains(t.as_str())
+        {
+            e.rollback_to = Some(format!("{prefix}{t}"));
+        }
+        e.vars.insert("item".into(), item.clone());
+        e.group_item = Some(prefix);
+        e
+    };
+    let mut out = Vec::new();
+    for batch in items.chunks(g.batch_size.unwrap_or(1).max(1)) {
         for s in &g.steps {
-            let mut e = s.clone();
-            e.id = format!("{prefix}{}", s.id);
-            if let Some(t) = &s.rollback_to
-                && inner.contains(t.as_str())
-            {
-                e.rollback_to = Some(format!("{prefix}{t}"));
+            for item in batch {
+                out.push(one(item, s));
             }
-            e.vars.insert("item".into(), item.clone());
-            e.group_item = Some(prefix.clone());
-            out.push(e);
         }
     }
     out
@@ -611,6 +690,39 @@ fn check(l: &Loaded) -> Result<(), Error> {
                     l.error_at(&with(&at, &["id"]), format!("duplicate step id {:?}", g.id))
                 );
             }
+            if let Some(rt) = &g.runtime {
+                if let Err(e) = super::actions::Act::validate(rt) {
+                    return Err(l.error_at(&with(&at, &["forEach"]), format!("forEach: {e}")));
+                }
+                // Run time: it may use the outputs of steps before the group.
+                let earlier: BTreeSet<&str> = rb.steps[..i]
+                    .iter()
+                    .map(|e| match e {
+                        Entry::Step(s) => s.id.as_str(),
+                        Entry::Group(g) => g.id.as_str(),
+                    })
+                    .collect();
+                let mut strings = Vec::new();
+                collect_strings(&g.for_each, &mut strings);
+                for s in strings {
+                    let refs = env
+                        .check_template(&s)
+                        .map_err(|e| l.error_at(&with(&at, &["forEach"]), e))?;
+                    if let Some(p) = refs.params.iter().find(|p| !rb.params.contains_key(*p)) {
+                        return Err(l.error_at(
+                            &with(&at, &["forEach"]),
+                            format!("forEach uses params.{p}, which is not declared under params"),
+                        ));
+                    }
+                    if let Some(s) = refs.steps.iter().find(|s| !earlier.contains(s.as_str())) {
+                        return Err(l.error_at(
+                            &with(&at, &["forEach"]),
+                            format!("forEach uses the outputs of step {s}, which does not run before group {}", g.id),
+                        ));
+                    }
+                }
+                continue;
+            }
             let strings = match &g.for_each {
                 Value::String(s) => vec![s.clone()],
                 other => {
@@ -632,7 +744,7 @@ fn check(l: &Loaded) -> Result<(), Error> {
                 if !refs.steps.is_empty() {
                     return Err(l.error_at(
                         &with(&at, &["forEach"]),
-                        "forEach is expanded when planning: it can use params, not step outputs",
+                        "this forEach is expanded when planning: it can use params, not step outputs (for items known only at run time write `forEach: {items: …}`)",
                     ));
                 }
             }

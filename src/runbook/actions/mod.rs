@@ -340,6 +340,7 @@ registry! {
     Apply(ApplyAction) = "apply",
     Patch(PatchAction) = "patch",
     Get(GetAction) = "get",
+    List(ListAction) = "list",
     Scale(ScaleAction) = "scale",
     SetImage(SetImageAction) = "setImage",
     RolloutRestart(RolloutRestartAction) = "rolloutRestart",

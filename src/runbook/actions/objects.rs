@@ -717,3 +717,124 @@ impl Act for GetAction {
         not_undoable("get")
     }
 }
+
+/// `list`: items found at run time, as the output `items` (and `count`): the names of the
+/// objects a selector matches (sorted), or a rendered list (`items: "{{ steps.x.outputs.y }}"`,
+/// a list or a comma/space separated string). A group whose `forEach` has this form is
+/// expanded from it when the run reaches it.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ListAction {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<ListSelector>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub items: Option<Value>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ListSelector {
+    #[serde(default = "v1")]
+    pub api_version: String,
+    pub kind: String,
+    /// For namespaced kinds; none: every namespace (items are then `namespace/name`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_selector: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field_selector: Option<String>,
+}
+
+impl Act for ListAction {
+    fn validate(&self) -> R<()> {
+        if self.selector.is_some() == self.items.is_some() {
+            return Err("needs exactly one of `items` and `selector`".into());
+        }
+        Ok(())
+    }
+    fn reversibility(&self) -> Reversibility {
+        Reversibility::ReadOnly
+    }
+    fn safe_to_repeat(&self) -> bool {
+        true
+    }
+    async fn preview(&self, _ctx: &Ctx<'_>) -> R<String> {
+        Ok(match &self.selector {
+            Some(s) => format!(
+                "at run time: the {} {}{}",
+                s.kind,
+                s.label_selector
+                    .as_ref()
+                    .map(|l| format!("matching {l}"))
+                    .unwrap_or_else(|| "objects".into()),
+                s.namespace
+                    .as_ref()
+                    .map(|n| format!(" in {n}"))
+                    .unwrap_or_default()
+            ),
+            None => "at run time: the items rendered from earlier steps' outputs".into(),
+        })
+    }
+    async fn capture_before(&self, _ctx: &Ctx<'_>) -> R<Option<Value>> {
+        Ok(None)
+    }
+    async fn execute(&self, ctx: &Ctx<'_>, _timeout: Duration) -> R<Outcome> {
+        let items: Vec<Value> = match (&self.items, &self.selector) {
+            (Some(v), _) => crate::runbook::spec::list_items(v),
+            (None, Some(s)) => {
+                let (ar, namespaced) =
+                    resolve(&ctx.cluster.client, &s.api_version, &s.kind).await?;
+                let api: Api<DynamicObject> = match (&s.namespace, namespaced) {
+                    (Some(ns), true) => Api::namespaced_with(ctx.cluster.client.clone(), ns, &ar),
+                    _ => Api::all_with(ctx.cluster.client.clone(), &ar),
+                };
+                let mut lp = ListParams::default();
+                if let Some(l) = &s.label_selector {
+                    lp = lp.labels(l);
+                }
+                if let Some(f) = &s.field_selector {
+                    lp = lp.fields(f);
+                }
+                let list = api
+                    .list(&lp)
+                    .await
+                    .map_err(|e| format!("list {} {}: {}", s.api_version, s.kind, kerr(e)))?;
+                let mut names: Vec<String> = list
+                    .items
+                    .iter()
+                    .map(|o| {
+                        let name = o.metadata.name.clone().unwrap_or_default();
+                        match (&o.metadata.namespace, &s.namespace) {
+                            (Some(ns), None) => format!("{ns}/{name}"),
+                            _ => name,
+                        }
+                    })
+                    .collect();
+                names.sort();
+                names.into_iter().map(Value::String).collect()
+            }
+            (None, None) => return Err("list needs `items` or `selector`".into()),
+        };
+        let mut o = Outcome::default();
+        o.summary = if items.is_empty() {
+            "no items".into()
+        } else {
+            format!(
+                "{} item(s): {}",
+                items.len(),
+                items
+                    .iter()
+                    .map(crate::runbook::spec::item_label)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        o.outputs.insert("count".into(), json!(items.len()));
+        o.outputs.insert("items".into(), Value::Array(items));
+        Ok(o)
+    }
+    async fn undo(_ctx: &Ctx<'_>, _before: &Value) -> R<String> {
+        not_undoable("list")
+    }
+}
