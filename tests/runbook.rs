@@ -2991,3 +2991,80 @@ steps:
     );
     ns.cleanup().await;
 }
+
+#[tokio::test]
+async fn shipped_cluster_upgrade_follows_a_node_replaced_under_a_new_name() {
+    let ns = TestNs::new("rb-replace").await;
+    let pinned = common::Env::pinned_k8s_version();
+    let minor: u32 = pinned
+        .trim_start_matches('v')
+        .split('.')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let old = unique("lbt-old");
+    let new = unique("lbt-new");
+    own_node_at(&ns.client, &old, &format!("v1.{}.3", minor - 1)).await;
+    let w = Work::new();
+    w.run(&["repo", "init"]).success();
+    let marker = w.path("replaced");
+    // The hook replaces the machine: it says so by naming the new node.
+    let upgrade = format!(
+        "echo node={new} >> \"$LIFEBOAT_OUTPUT\"; touch {}",
+        marker.display()
+    );
+    let plan = w.plan(
+        &common::repo_root().join("runbooks/cluster-upgrade.yaml"),
+        &[
+            &format!("target=1.{minor}"),
+            &format!("nodes={old}"),
+            &format!("upgradeCommand={upgrade}"),
+            "failOn=none",
+        ],
+    );
+    let mut run = w.lb.spawn(&[
+        "runbook",
+        "run",
+        plan.to_str().unwrap(),
+        "--yes",
+        "--approve",
+        "go",
+    ]);
+    wait_for_file(&marker, Duration::from_secs(120), "the hook never ran");
+    // The old machine is gone; the new one joins at the target version.
+    Api::<Node>::all(ns.client.clone())
+        .delete(&old, &DeleteParams::default())
+        .await
+        .unwrap();
+    own_node_at(&ns.client, &new, &pinned).await;
+    let status = common::wait_bounded(&mut run, "runbook run (node replacement)");
+    let id = newest_run(&w);
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "{}",
+        w.run(&["runbook", "status", &id]).stdout()
+    );
+    let j = w.journal(&id);
+    let upgraded = events(&j, "result", &format!("node-{old}-upgraded"));
+    assert!(
+        upgraded.last().unwrap()["message"]
+            .as_str()
+            .unwrap()
+            .contains(&new),
+        "{upgraded:?}"
+    );
+    let uncordon = events(&j, "result", &format!("node-{old}-uncordon"));
+    assert!(
+        uncordon.last().unwrap()["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("node {new} uncordoned")),
+        "{uncordon:?}"
+    );
+    let _ = Api::<Node>::all(ns.client.clone())
+        .delete(&new, &DeleteParams::default())
+        .await;
+    ns.cleanup().await;
+}

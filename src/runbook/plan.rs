@@ -131,6 +131,18 @@ pub fn with_vars(mut ctx: Value, step: &spec::Step) -> Value {
     for (k, v) in &step.vars {
         ctx[k.as_str()] = v.clone();
     }
+    // In a group: `group.steps.ID` is the same item's step ID (its outputs and status).
+    if let Some(prefix) = &step.group_item {
+        let mut mine = serde_json::Map::new();
+        if let Some(all) = ctx["steps"].as_object() {
+            for (id, v) in all {
+                if let Some(inner) = id.strip_prefix(prefix.as_str()) {
+                    mine.insert(inner.to_string(), v.clone());
+                }
+            }
+        }
+        ctx["group"] = serde_json::json!({"steps": mine, "item": step.vars.get("item")});
+    }
     ctx
 }
 
@@ -346,6 +358,44 @@ pub fn load(path: &Path) -> Result<(Plan, Loaded), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn group_steps_name_the_same_items_steps_and_default_covers_a_missing_output() {
+        let mut step: spec::Step = serde_norway::from_str(
+            "id: node-a-uncordon\nuncordon: {node: \"{{ group.steps.upgrade.outputs.node | default(item) }}\"}\n",
+        )
+        .unwrap();
+        step.vars.insert("item".into(), serde_json::json!("a"));
+        step.group_item = Some("node-a-".into());
+        let engine = template::Engine::new();
+        let steps = |out: Value| {
+            let mut m = BTreeMap::new();
+            m.insert(
+                "node-a-upgrade".to_string(),
+                serde_json::json!({"outputs": out, "status": "succeeded"}),
+            );
+            m.insert(
+                "node-b-upgrade".to_string(),
+                serde_json::json!({"outputs": {"node": "wrong"}, "status": "succeeded"}),
+            );
+            m
+        };
+        let render = |out: Value| {
+            let ctx = with_vars(
+                template_context(&BTreeMap::new(), &steps(out), "r", false),
+                &step,
+            );
+            match render_action(&engine, &step.action, &ctx).unwrap() {
+                Action::Uncordon(u) => u.node,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(
+            render(serde_json::json!({"node": "a-replacement"})),
+            "a-replacement"
+        );
+        assert_eq!(render(serde_json::json!({})), "a");
+    }
 
     #[test]
     fn hash_covers_every_field() {

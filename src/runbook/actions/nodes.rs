@@ -478,7 +478,7 @@ pub(super) async fn wait_node_version(
                     }
                 );
             }
-            Ok(None) => last = "the node does not exist (replaced under another name?)".into(),
+            Ok(None) => last = "the node does not exist (replaced under another name? the upgrade hook can say which: node=NEW in $LIFEBOAT_OUTPUT)".into(),
             Err(e) => last = format!("cannot read it: {e}"),
         }
         if Instant::now() >= deadline {
