@@ -3068,3 +3068,86 @@ async fn shipped_cluster_upgrade_follows_a_node_replaced_under_a_new_name() {
         .await;
     ns.cleanup().await;
 }
+
+#[tokio::test]
+async fn max_failures_lets_a_group_go_on_past_a_failed_item_and_one_more_fails_the_run() {
+    let ns = TestNs::new("rb-maxfail").await;
+    let w = Work::new();
+    let log = w.path("log");
+    let runbook = |items: &str| {
+        format!(
+            r#"apiVersion: lifeboat.io/v1
+kind: Runbook
+metadata: {{name: max-failures}}
+steps:
+  - id: each
+    forEach: [{items}]
+    maxFailures: 1
+    steps:
+      - id: try
+        run: {{command: "echo try-{{{{ item }}}} >> {l}; case {{{{ item }}}} in bad*) exit 1;; esac"}}
+        undo: skip
+      - id: after
+        run: {{command: "echo after-{{{{ item }}}} >> {l}"}}
+        undo: skip
+"#,
+            l = log.display()
+        )
+    };
+    let rb = w.write("one.yaml", &runbook("a, bad1, c"));
+    let plan = w.plan(&rb, &[]);
+    let args = |plan: &Path| {
+        vec![
+            "runbook".to_string(),
+            "run".into(),
+            plan.to_str().unwrap().into(),
+            "--yes".into(),
+            "-o".into(),
+            "json".into(),
+            "--lease-namespace".into(),
+            ns.name.clone(),
+        ]
+    };
+    let a = args(&plan);
+    let r = w.run(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    r.code_is(1);
+    assert_eq!(r.json()["status"], "partly-succeeded", "{}", r.describe());
+    assert!(
+        r.json()["message"].as_str().unwrap().contains("bad1"),
+        "{}",
+        r.describe()
+    );
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap(),
+        "try-a\nafter-a\ntry-bad1\ntry-c\nafter-c\n",
+        "the failed item's later steps skipped, the next item run"
+    );
+    let run = run_id(&r);
+    let again = w.run(&[
+        "runbook",
+        "resume",
+        &run,
+        "--yes",
+        "--lease-namespace",
+        &ns.name,
+    ]);
+    again.code_is(64);
+    assert!(
+        again.stderr().contains("maxFailures"),
+        "{}",
+        again.describe()
+    );
+    // Two failed items with maxFailures 1: the second fails the run, which rolls back.
+    std::fs::remove_file(&log).unwrap();
+    let rb = w.write("two.yaml", &runbook("bad1, bad2, c"));
+    let plan = w.plan(&rb, &[]);
+    let a = args(&plan);
+    let r = w.run(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    r.code_is(2);
+    assert_eq!(r.json()["status"], "rolled-back", "{}", r.describe());
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap(),
+        "try-bad1\ntry-bad2\n"
+    );
+    ns.cleanup().await;
+}

@@ -1,6 +1,6 @@
 //! Executing a plan: steps in order, each journaled (intent, then result), approvals, retries,
 //! failure handling, rollback to checkpoints, `finally` steps, resume from the journal.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -22,6 +22,8 @@ pub enum RunStatus {
     RolledBack,
     AwaitingApproval,
     RollbackFailed,
+    /// Every step ran, but forEach items failed within their group's `maxFailures`.
+    PartlySucceeded,
     /// Stopped by the operator at a prompt; resumable.
     Stopped,
     Interrupted,
@@ -35,6 +37,7 @@ impl RunStatus {
             RunStatus::RolledBack => "rolled-back",
             RunStatus::AwaitingApproval => "awaiting-approval",
             RunStatus::RollbackFailed => "rollback-failed",
+            RunStatus::PartlySucceeded => "partly-succeeded",
             RunStatus::Stopped => "stopped",
             RunStatus::Interrupted => "interrupted",
         }
@@ -44,7 +47,7 @@ impl RunStatus {
         use crate::error::Exit;
         match self {
             RunStatus::Succeeded => Exit::Success,
-            RunStatus::Failed | RunStatus::Stopped => Exit::Failure,
+            RunStatus::Failed | RunStatus::Stopped | RunStatus::PartlySucceeded => Exit::Failure,
             RunStatus::RolledBack => Exit::Findings,
             RunStatus::AwaitingApproval => Exit::Blocked,
             RunStatus::RollbackFailed => Exit::RollbackFailed,
@@ -197,7 +200,7 @@ impl Runner<'_> {
         let event = match rec.event {
             Event::AwaitingApproval => "awaitingApproval",
             Event::RunFinished => match status {
-                "succeeded" => "finished",
+                "succeeded" | "partly-succeeded" => "finished",
                 "rolled-back" | "rollback-failed" => "rolledBack",
                 "failed" => "failed",
                 _ => return,
@@ -343,6 +346,33 @@ impl Runner<'_> {
                 StepEnd::Done => i += 1,
                 StepEnd::Paused(s, m) => return Ok((s, Some(m))),
                 StepEnd::Failed(err) => {
+                    if let Some(allowed) = step.max_failures
+                        && let Some(prefix) = &step.group_item
+                        && failed_items(&steps, &p.replay, step.group_id.as_deref()).len()
+                            <= allowed
+                    {
+                        let label =
+                            spec::item_label(&step.vars.get("item").cloned().unwrap_or_default());
+                        let why = format!(
+                            "item {label} failed at step {}; its remaining steps are skipped (maxFailures {allowed})",
+                            step.id
+                        );
+                        for s in steps[i + 1..]
+                            .iter()
+                            .filter(|s| s.group_item.as_ref() == Some(prefix))
+                        {
+                            self.record(
+                                p,
+                                Record::new(&p.run_id, Event::Result)
+                                    .step(&s.id)
+                                    .status("skipped")
+                                    .message(&why),
+                            )?;
+                        }
+                        self.say(&format!("  ⚠ {why}; going on with the next item"));
+                        i += 1;
+                        continue;
+                    }
                     let target = self.rollback_target(p, step);
                     let target_label = target.clone().unwrap_or_else(|| "start".into());
                     let choice = if self.dry_run {
@@ -381,6 +411,29 @@ impl Runner<'_> {
                     }
                 }
             }
+        }
+        let steps = self.steps(p);
+        let failed: Vec<String> = steps
+            .iter()
+            .filter(|s| s.max_failures.is_some())
+            .filter(|s| p.replay.steps.get(&s.id).map(|x| x.status) == Some(StepStatus::Failed))
+            .map(|s| {
+                format!(
+                    "{} (at {})",
+                    spec::item_label(&s.vars.get("item").cloned().unwrap_or_default()),
+                    s.id
+                )
+            })
+            .collect();
+        if !failed.is_empty() {
+            return Ok((
+                RunStatus::PartlySucceeded,
+                Some(format!(
+                    "every step ran, but {} item(s) failed within maxFailures: {}",
+                    failed.len(),
+                    failed.join(", ")
+                )),
+            ));
         }
         Ok((RunStatus::Succeeded, None))
     }
@@ -1001,6 +1054,20 @@ impl Runner<'_> {
             Some(format!("rolled back to {target}")),
         ))
     }
+}
+
+/// The items of group `group` with a failed step.
+fn failed_items<'a>(
+    steps: &'a [Step],
+    replay: &journal::Replay,
+    group: Option<&str>,
+) -> BTreeSet<&'a str> {
+    steps
+        .iter()
+        .filter(|s| s.group_id.as_deref() == group && group.is_some())
+        .filter(|s| replay.steps.get(&s.id).map(|x| x.status) == Some(StepStatus::Failed))
+        .filter_map(|s| s.group_item.as_deref())
+        .collect()
 }
 
 fn undo_name(u: &Undo) -> &'static str {

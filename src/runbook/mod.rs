@@ -1129,7 +1129,7 @@ pub async fn approve(
         .is_some_and(|s| matches!(s.status, StepStatus::Succeeded | StepStatus::Failed));
     let over = matches!(
         state.finished.as_deref(),
-        Some("succeeded" | "rolled-back" | "rollback-failed")
+        Some("succeeded" | "partly-succeeded" | "rolled-back" | "rollback-failed")
     );
     if decided || over || waiting.as_deref() != Some(step) {
         return Err(Error::Usage(format!(
@@ -1233,6 +1233,11 @@ pub async fn continue_run(
     if rollback_to.is_none() && state.finished.as_deref() == Some("succeeded") {
         return Err(Error::Usage(format!(
             "run {run} already succeeded; nothing to resume"
+        )));
+    }
+    if rollback_to.is_none() && state.finished.as_deref() == Some("partly-succeeded") {
+        return Err(Error::Usage(format!(
+            "run {run} ran every step (some forEach items failed within maxFailures: see `runbook status {run}`);              nothing to resume: plan the failed items again, or `runbook rollback {run} --to start`"
         )));
     }
     let to = match rollback_to {

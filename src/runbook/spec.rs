@@ -205,6 +205,10 @@ pub struct Group {
     /// Items handled together: each step runs for every item of a batch before the next step
     /// (so at most this many items are part-way through the group at once). Default 1.
     pub batch_size: Option<usize>,
+    /// Items that may fail before the run does: a failed item's remaining steps are skipped
+    /// (what it did is left as it is) and the run goes on with the next item; one failure more
+    /// fails the run as usual (rollback). Default 0.
+    pub max_failures: Option<usize>,
     /// The run-time form of `forEach`: a `list` step with the group's id finds the items when
     /// the run reaches it, and the group is expanded from its output.
     pub runtime: Option<super::actions::ListAction>,
@@ -226,6 +230,9 @@ pub struct Step {
     pub vars: BTreeMap<String, Value>,
     /// For an expanded group step: its group and item (the id prefix `<group>-<item>-`).
     pub group_item: Option<String>,
+    /// For an expanded group step: its group's id and `maxFailures`.
+    pub group_id: Option<String>,
+    pub max_failures: Option<usize>,
 }
 
 const STEP_FIELDS: &[&str] = &[
@@ -239,6 +246,7 @@ const STEP_FIELDS: &[&str] = &[
     "rollbackTo",
     "forEach",
     "batchSize",
+    "maxFailures",
     "steps",
 ];
 
@@ -278,6 +286,7 @@ impl<'de> Visitor<'de> for EntryVisitor {
         let mut for_each: Option<Value> = None;
         let mut group: Option<Vec<Step>> = None;
         let mut batch_size: Option<usize> = None;
+        let mut max_failures: Option<usize> = None;
         while let Some(key) = map.next_key::<String>()? {
             match key.as_str() {
                 "id" => id = Some(map.next_value::<String>()?),
@@ -288,13 +297,14 @@ impl<'de> Visitor<'de> for EntryVisitor {
                 "undo" => undo = Some(map.next_value::<Undo>()?),
                 "checkpoint" => checkpoint = map.next_value::<bool>()?,
                 "rollbackTo" => rollback_to = Some(map.next_value::<String>()?),
-                "forEach" | "steps" | "batchSize" if !self.allow_group => {
+                "forEach" | "steps" | "batchSize" | "maxFailures" if !self.allow_group => {
                     return Err(de::Error::custom(format!(
                         "`{key}`: groups (forEach) are only allowed directly under `steps`"
                     )));
                 }
                 "forEach" => for_each = Some(map.next_value::<Value>()?),
                 "batchSize" => batch_size = Some(map.next_value::<usize>()?),
+                "maxFailures" => max_failures = Some(map.next_value::<usize>()?),
                 "steps" => group = Some(map.next_value::<Vec<Step>>()?),
                 other => match Action::parse_field(other, &mut map) {
                     Some(parsed) => {
@@ -333,7 +343,7 @@ impl<'de> Visitor<'de> for EntryVisitor {
                 || rollback_to.is_some()
             {
                 return Err(de::Error::custom(format!(
-                    "group `{id}` has only id, description, forEach and steps; put actions and step fields on its steps"
+                    "group `{id}` has only id, description, forEach, batchSize, maxFailures and steps; put actions and step fields on its steps"
                 )));
             }
             if steps.is_empty() {
@@ -357,6 +367,7 @@ impl<'de> Visitor<'de> for EntryVisitor {
                 for_each,
                 steps,
                 batch_size,
+                max_failures,
                 runtime,
             }));
         }
@@ -378,6 +389,8 @@ impl<'de> Visitor<'de> for EntryVisitor {
             action,
             vars: BTreeMap::new(),
             group_item: None,
+            group_id: None,
+            max_failures: None,
         }))
     }
 }
@@ -509,6 +522,8 @@ fn runtime_placeholder(g: &Group) -> Step {
         action: Action::List(g.runtime.clone().expect("a run-time group")),
         vars: BTreeMap::new(),
         group_item: None,
+        group_id: None,
+        max_failures: None,
     }
 }
 
@@ -590,6 +605,8 @@ fn expand_group(g: &Group, items: &[Value]) -> Vec<Step> {
         }
         e.vars.insert("item".into(), item.clone());
         e.group_item = Some(prefix);
+        e.group_id = Some(g.id.clone());
+        e.max_failures = g.max_failures;
         e
     };
     let mut out = Vec::new();
