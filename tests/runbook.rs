@@ -3151,3 +3151,123 @@ steps:
     );
     ns.cleanup().await;
 }
+
+#[tokio::test]
+async fn killed_between_the_local_and_the_shared_journal_write_another_machine_goes_on_safely() {
+    let ns = TestNs::new("rb-shared9").await;
+    let a = Work::new();
+    let b = Work::new();
+    let ran = a.path("ran");
+    let rb = a.write(
+        "rb.yaml",
+        &format!(
+            "apiVersion: lifeboat.io/v1\nkind: Runbook\nmetadata: {{name: shared-kill}}\nsteps:\n  - id: change\n    run: {{command: \"echo once >> {}\"}}\n",
+            ran.display()
+        ),
+    );
+    let plan = a.plan(&rb, &[]);
+    // A writes the intent of `change` to its own journal and dies before the cluster's copy
+    // has it (and so before the step runs).
+    let killer = Work::lifeboat(
+        a.dir.path(),
+        &[(
+            "LIFEBOAT_FAILPOINTS",
+            "journal.before-shared:intent:change=kill",
+        )],
+    );
+    let r = killer.run(&[
+        "runbook",
+        "run",
+        plan.to_str().unwrap(),
+        "--yes",
+        "--lease-namespace",
+        &ns.name,
+    ]);
+    assert_eq!(r.output.status.code(), None, "killed: {}", r.describe());
+    assert!(!ran.exists());
+    let run = newest_run(&a);
+    // B goes on from the shared journal: the step was never started there, so it just runs.
+    b.run(&[
+        "runbook",
+        "resume",
+        &run,
+        "--yes",
+        "--lease-namespace",
+        &ns.name,
+    ])
+    .success();
+    assert_eq!(std::fs::read_to_string(&ran).unwrap(), "once\n");
+    // A's extra record never reached the cluster: A takes the cluster's journal.
+    let st = a.run(&[
+        "runbook",
+        "status",
+        &run,
+        "--lease-namespace",
+        &ns.name,
+        "-o",
+        "json",
+    ]);
+    st.success();
+    assert_eq!(st.json()["status"], "succeeded", "{}", st.describe());
+    assert!(
+        st.stderr().contains("never reached the cluster"),
+        "{}",
+        st.describe()
+    );
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_shared_journal_that_cannot_be_written_stops_the_run_and_resume_recreates_it() {
+    let ns = TestNs::new("rb-sharederr").await;
+    let w = Work::new();
+    let marker = w.path("first");
+    let second = w.path("second");
+    let rb = w.write(
+        "rb.yaml",
+        &format!(
+            "apiVersion: lifeboat.io/v1\nkind: Runbook\nmetadata: {{name: shared-error}}\nsteps:\n  - id: first\n    run: {{command: \"touch {m}; sleep 3\"}}\n  - id: second\n    run: {{command: \"echo once >> {s}\"}}\n",
+            m = marker.display(),
+            s = second.display()
+        ),
+    );
+    let plan = w.plan(&rb, &[]);
+    let mut child = w.lb.spawn(&[
+        "runbook",
+        "run",
+        plan.to_str().unwrap(),
+        "--yes",
+        "--lease-namespace",
+        &ns.name,
+    ]);
+    wait_for_file(&marker, Duration::from_secs(60), "step first never started");
+    // The shared copy disappears under the run (a cleanup job, an operator): every write of
+    // it fails from now on.
+    let run = newest_run(&w);
+    ns.api::<Secret>()
+        .delete(&format!("lifeboat-run-{run}"), &DeleteParams::default())
+        .await
+        .unwrap();
+    let status = common::wait_bounded(&mut child, "runbook run (shared journal gone)");
+    assert_eq!(status.code(), Some(1), "stops instead of going on unshared");
+    assert!(!second.exists(), "nothing after the failed write ran");
+    let r = w.run(&[
+        "runbook",
+        "resume",
+        &run,
+        "--yes",
+        "--lease-namespace",
+        &ns.name,
+    ]);
+    r.success();
+    assert_eq!(std::fs::read_to_string(&second).unwrap(), "once\n");
+    assert!(
+        ns.api::<Secret>()
+            .get_opt(&format!("lifeboat-run-{run}"))
+            .await
+            .unwrap()
+            .is_some(),
+        "the shared journal is there again"
+    );
+    ns.cleanup().await;
+}

@@ -215,6 +215,14 @@ impl Journal {
             .and_then(|_| self.file.sync_data())
             .map_err(|e| io_err(&self.path, e))?;
         self.text.extend_from_slice(&line);
+        crate::faults::point(&format!(
+            "journal.before-shared:{}:{}",
+            serde_json::to_value(rec.event)
+                .expect("serializes")
+                .as_str()
+                .unwrap_or_default(),
+            rec.step.as_deref().unwrap_or_default()
+        ));
         // The shared copy before going on: a step's intent must be visible to another machine
         // before the step runs (else a resume there would not know it may have half-run).
         if let Some(m) = self.mirror.as_mut() {

@@ -956,6 +956,14 @@ async fn sync_shared(
                 Ok(Some(SharedState::Attached(f.handle)))
             }
             shared::Relation::LocalAhead => Ok(Some(SharedState::PushLocal(f.handle))),
+            shared::Relation::SharedWon => {
+                drop(Journal::open(&dir, run, Redactor::default())?);
+                take(&f)?;
+                eprintln!(
+                    "run {run}: this machine's last journal record never reached the cluster, and another machine went on from the cluster's copy; continuing from it"
+                );
+                Ok(Some(SharedState::Attached(f.handle)))
+            }
             shared::Relation::Diverged => Err(Error::Runbook(format!(
                 "the journal of run {run} on this machine ({}) and the one in the cluster ({}/{}) differ: two machines worked on it; \
                  compare them and keep one before going on",
@@ -983,10 +991,21 @@ pub async fn pull_shared(
         let (journal_path, plan_copy) = run_files(&dir, &run);
         let take = match std::fs::read(&journal_path) {
             Err(_) => true,
-            Ok(l) => {
-                shared::relate(&l, &f.journal) == shared::Relation::SharedAhead
-                    && Journal::open(&dir, &run, Redactor::default()).is_ok()
-            }
+            Ok(l) => match shared::relate(&l, &f.journal) {
+                shared::Relation::SharedAhead => {
+                    Journal::open(&dir, &run, Redactor::default()).is_ok()
+                }
+                shared::Relation::SharedWon => {
+                    let ok = Journal::open(&dir, &run, Redactor::default()).is_ok();
+                    if ok {
+                        eprintln!(
+                            "run {run}: this machine's last journal record never reached the cluster, and another machine went on from the cluster's copy; showing that"
+                        );
+                    }
+                    ok
+                }
+                _ => false,
+            },
         };
         if take {
             shared::write_local(&plan_copy, &f.plan)?;

@@ -238,6 +238,12 @@ pub enum Relation {
     SharedAhead,
     /// The local copy has more (this machine wrote after the last successful push): push it.
     LocalAhead,
+    /// This machine's last record never reached the cluster (the process stopped between its
+    /// local write and the shared one), and another machine went on from the shared copy. The
+    /// unshared record is safe to drop: records are shared before anything is acted on (an
+    /// intent whose step never ran), or the shared copy lacks a result whose intent it has, so
+    /// whoever went on treated the step as in doubt.
+    SharedWon,
     Diverged,
 }
 
@@ -257,6 +263,7 @@ pub fn relate(local: &[u8], shared: &[u8]) -> Relation {
         (true, true) => Relation::Same,
         (true, false) => Relation::SharedAhead,
         (false, true) => Relation::LocalAhead,
+        (false, false) if l.len() == common + 1 => Relation::SharedWon,
         (false, false) => Relation::Diverged,
     }
 }
@@ -313,7 +320,8 @@ mod tests {
             Relation::Same,
             "torn last line"
         );
-        assert_eq!(relate(b"a\nx\n", b"a\ny\n"), Relation::Diverged);
+        assert_eq!(relate(b"a\nx\n", b"a\ny\n"), Relation::SharedWon);
+        assert_eq!(relate(b"a\nx\nz\n", b"a\ny\n"), Relation::Diverged);
         assert_eq!(relate(b"", b"a\n"), Relation::SharedAhead);
     }
 
