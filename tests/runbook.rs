@@ -3271,3 +3271,51 @@ async fn a_shared_journal_that_cannot_be_written_stops_the_run_and_resume_recrea
     );
     ns.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_machine_whose_clock_is_ten_minutes_ahead_still_sees_the_change_locked() {
+    let ns = TestNs::new("rb-skew").await;
+    let w = Work::new();
+    let marker = w.path("first-started");
+    let rb = w.write(
+        "rb.yaml",
+        &format!(
+            "apiVersion: lifeboat.io/v1\nkind: Runbook\nmetadata: {{name: skewed}}\nsteps:\n  - id: long\n    run: {{command: \"touch {}; sleep 20\"}}\n",
+            marker.display()
+        ),
+    );
+    let plan = w.plan(&rb, &[]);
+    let plan2 = w.plan(&rb, &[]);
+    let mut first = w.lb.spawn(&[
+        "runbook",
+        "run",
+        plan.to_str().unwrap(),
+        "--yes",
+        "--lease-namespace",
+        &ns.name,
+    ]);
+    wait_for_file(&marker, Duration::from_secs(60), "first run never started");
+    // The other responder's clock runs 10 minutes ahead: the lease's renewTime (written with
+    // the first machine's clock) looks 10 minutes old there.
+    let skewed = Work::lifeboat(w.dir.path(), &[("LIFEBOAT_CLOCK_SKEW_SECONDS", "600")]);
+    let second = skewed.run(&[
+        "runbook",
+        "run",
+        plan2.to_str().unwrap(),
+        "--yes",
+        "--lease-namespace",
+        &ns.name,
+    ]);
+    second.code_is(1);
+    assert!(
+        second.stderr().contains("is being run by run=skewed-"),
+        "{}",
+        second.describe()
+    );
+    std::process::Command::new("kill")
+        .args(["-TERM", &first.id().to_string()])
+        .status()
+        .unwrap();
+    let _ = common::wait_bounded(&mut first, "runbook run (SIGTERM)");
+    ns.cleanup().await;
+}

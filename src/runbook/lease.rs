@@ -32,6 +32,32 @@ fn micro_time(t: jiff::Timestamp) -> String {
     )
 }
 
+/// The API server's clock now: the creation time of a Lease created in a dry run (nothing is
+/// stored). None when the server does not answer that.
+async fn server_now(api: &Api<Lease>) -> Option<jiff::Timestamp> {
+    let probe: Lease = serde_json::from_value(json!({
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"generateName": "lifeboat-clock-"}
+    }))
+    .expect("a valid Lease");
+    let pp = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let made = api.create(&pp, &probe).await.ok()?;
+    made.metadata.creation_timestamp.map(|t| t.0)
+}
+
+/// When the Lease was last written, by the API server's clock (its managed fields' times).
+fn last_write(l: &Lease) -> Option<jiff::Timestamp> {
+    l.metadata
+        .managed_fields
+        .as_ref()?
+        .iter()
+        .filter_map(|m| m.time.as_ref().map(|t| t.0))
+        .max()
+}
+
 pub fn lease_name(plan_hash: &str) -> String {
     let hex: String = plan_hash
         .trim_start_matches("sha256:")
@@ -56,7 +82,7 @@ pub async fn acquire(
     let api: Api<Lease> = Api::namespaced(client.clone(), namespace);
     let name = lease_name(plan_hash);
     let holder = format!("run={run} user={who}");
-    let now = jiff::Timestamp::now();
+    let now = crate::faults::now();
     let body = |rv: Option<String>| -> Lease {
         serde_json::from_value(json!({
             "apiVersion": "coordination.k8s.io/v1",
@@ -92,11 +118,18 @@ pub async fn acquire(
             let dur = v["spec"]["leaseDurationSeconds"]
                 .as_i64()
                 .unwrap_or(LEASE_SECONDS);
-            let expired = renewed.is_none_or(|r| now.duration_since(r).as_secs() > dur);
             let ours = cur.split_whitespace().next() == Some(&format!("run={run}"));
+            // How long ago the holder last renewed, by the API server's clock when it can be
+            // read (the renewTime in the Lease is the holder's own clock, which may be minutes
+            // off this machine's: a lease still renewed must never look expired here).
+            let age = match (server_now(&api).await, last_write(&l)) {
+                (Some(server), Some(written)) => Some(server.duration_since(written).as_secs()),
+                _ => renewed.map(|r| now.duration_since(r).as_secs()),
+            };
+            let expired = age.is_none_or(|a| a > dur);
             if !(cur.is_empty() || expired || ours) {
-                let ago = renewed
-                    .map(|r| format!("{}s ago", now.duration_since(r).as_secs()))
+                let ago = age
+                    .map(|a| format!("{a}s ago"))
                     .unwrap_or_else(|| "at an unknown time".into());
                 let waiting = if dur > LEASE_SECONDS {
                     " and waits for approval: resume or roll back that run, or delete the lease by hand once it is abandoned"
@@ -142,7 +175,7 @@ pub async fn acquire(
                 return;
             }
             let patch = json!({"metadata": {"resourceVersion": cur.metadata.resource_version},
-                               "spec": {"renewTime": micro_time(jiff::Timestamp::now())}});
+                               "spec": {"renewTime": micro_time(crate::faults::now())}});
             if let Err(e) = renew_api
                 .patch(&renew_name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
@@ -175,7 +208,7 @@ impl LeaseGuard {
             return;
         };
         let patch = json!({"metadata": {"resourceVersion": cur.metadata.resource_version},
-                           "spec": {"renewTime": micro_time(jiff::Timestamp::now()),
+                           "spec": {"renewTime": micro_time(crate::faults::now()),
                                     "leaseDurationSeconds": PARKED_SECONDS}});
         if let Err(e) = self
             .api
