@@ -246,6 +246,7 @@ const STEP_FIELDS: &[&str] = &[
     "rollbackTo",
     "forEach",
     "batchSize",
+    "maxUnavailable",
     "maxFailures",
     "steps",
 ];
@@ -297,13 +298,23 @@ impl<'de> Visitor<'de> for EntryVisitor {
                 "undo" => undo = Some(map.next_value::<Undo>()?),
                 "checkpoint" => checkpoint = map.next_value::<bool>()?,
                 "rollbackTo" => rollback_to = Some(map.next_value::<String>()?),
-                "forEach" | "steps" | "batchSize" | "maxFailures" if !self.allow_group => {
+                "forEach" | "steps" | "batchSize" | "maxUnavailable" | "maxFailures"
+                    if !self.allow_group =>
+                {
                     return Err(de::Error::custom(format!(
                         "`{key}`: groups (forEach) are only allowed directly under `steps`"
                     )));
                 }
                 "forEach" => for_each = Some(map.next_value::<Value>()?),
-                "batchSize" => batch_size = Some(map.next_value::<usize>()?),
+                // The same thing said the way Deployments and node pools say it.
+                "batchSize" | "maxUnavailable" => {
+                    if batch_size.is_some() {
+                        return Err(de::Error::custom(
+                            "give one of `batchSize` and `maxUnavailable` (they are the same)",
+                        ));
+                    }
+                    batch_size = Some(map.next_value::<usize>()?)
+                }
                 "maxFailures" => max_failures = Some(map.next_value::<usize>()?),
                 "steps" => group = Some(map.next_value::<Vec<Step>>()?),
                 other => match Action::parse_field(other, &mut map) {
