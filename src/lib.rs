@@ -163,6 +163,44 @@ pub async fn run(cli: Cli, settings: Settings) -> Result<Exit, Error> {
                 }
             }
         }
+        Command::Repo(RepoCommand::Key { cmd }) => {
+            use cli::KeyCommand;
+            let opts = settings.repo_options(&cli.global);
+            // The new password first: a missing one is reported before the KDF work of opening.
+            let new_pw = match &cmd {
+                KeyCommand::Add { new_password_file }
+                | KeyCommand::Passwd { new_password_file } => {
+                    Some(repo::access::new_password(new_password_file.as_deref())?)
+                }
+                _ => None,
+            };
+            let r = repo::access::open(&opts).await?;
+            let kdf = repo::crypto::KdfParams::DEFAULT;
+            match cmd {
+                KeyCommand::List => output::emit(
+                    out,
+                    &repo::keys::KeyList {
+                        keys: r.keys().await.map_err(Error::Repo)?,
+                    },
+                )?,
+                KeyCommand::Add { .. } => output::emit(
+                    out,
+                    &r.add_key(&new_pw.expect("read above"), kdf)
+                        .await
+                        .map_err(Error::Repo)?,
+                )?,
+                KeyCommand::Remove { id } => {
+                    output::emit(out, &r.remove_key(&id).await.map_err(Error::Repo)?)?
+                }
+                KeyCommand::Passwd { .. } => output::emit(
+                    out,
+                    &r.change_password(&new_pw.expect("read above"), kdf)
+                        .await
+                        .map_err(Error::Repo)?,
+                )?,
+            }
+            Ok(Exit::Success)
+        }
         Command::Repo(RepoCommand::Init) => {
             let opts = settings.repo_options(&cli.global);
             let r = repo::access::init(&opts, repo::crypto::KdfParams::DEFAULT).await?;

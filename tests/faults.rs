@@ -861,3 +861,163 @@ async fn fault_campaign() {
     );
     ns.cleanup().await;
 }
+
+/// `repo key list -o json` with this password: (ids, the current one).
+fn keys_of(lb: &Lifeboat) -> (Vec<String>, String) {
+    let r = lb.run(&["repo", "key", "list", "-o", "json"]);
+    let v = r.json();
+    let keys = v["keys"].as_array().unwrap();
+    let ids = keys
+        .iter()
+        .map(|k| k["id"].as_str().unwrap().to_string())
+        .collect();
+    let current = keys
+        .iter()
+        .find(|k| k["current"] == true)
+        .map(|k| k["id"].as_str().unwrap().to_string())
+        .unwrap_or_default();
+    (ids, current)
+}
+
+#[tokio::test]
+async fn repository_keys_are_added_rotated_and_removed_without_ever_locking_everyone_out() {
+    let ns = namespace_with_objects("keys", 2).await;
+    for round in 0..2 {
+        let repo = if round == 0 {
+            Repo::local()
+        } else {
+            Repo::s3().await
+        };
+        let lb = repo.lb();
+        lb.run(&["repo", "init"]).success();
+        lb.run(&["backup", "create", "-n", &ns.name]).success();
+        let with_pw = |pw: &str| repo.lb().env("LIFEBOAT_PASSWORD", pw);
+        let (ids, first) = keys_of(&lb);
+        assert_eq!(ids, [first.clone()]);
+        // Another password.
+        let r = lb
+            .clone_with("LIFEBOAT_NEW_PASSWORD", "second-password")
+            .run(&["repo", "key", "add", "-o", "json"]);
+        r.success();
+        let second = r.json()["added"].as_str().unwrap().to_string();
+        let (ids, current) = keys_of(&with_pw("second-password"));
+        assert_eq!(ids.len(), 2);
+        assert_eq!(current, second, "the new password opens its own key");
+        // The key this password opened is not removed; the other one is.
+        let r = lb.run(&["repo", "key", "remove", &first[..8]]);
+        r.code_is(1);
+        assert!(
+            r.stderr().contains("is the one this password opened"),
+            "{}",
+            r.describe()
+        );
+        with_pw("second-password")
+            .run(&["repo", "key", "remove", &first[..8]])
+            .success();
+        let r = lb.run(&["backup", "list"]);
+        r.code_is(1);
+        assert!(r.stderr().contains("wrong password"), "{}", r.describe());
+        // Rotation: the new password opens, the old one no longer does, the data is untouched.
+        let second_lb = with_pw("second-password");
+        let r = second_lb
+            .clone_with("LIFEBOAT_NEW_PASSWORD", "third-password")
+            .run(&["repo", "key", "passwd"]);
+        r.success();
+        let r = second_lb.run(&["backup", "list"]);
+        r.code_is(1);
+        let third = with_pw("third-password");
+        assert_eq!(keys_of(&third).0.len(), 1);
+        assert_eq!(assert_trustworthy(&third, "after key rotation"), 1);
+        // The last key cannot go: it is the one its password opens.
+        let (_, only) = keys_of(&third);
+        third.run(&["repo", "key", "remove", &only]).code_is(1);
+        assert_eq!(keys_of(&third).0, [only]);
+        // A wrong password changes nothing.
+        let r = with_pw("not-a-password")
+            .clone_with("LIFEBOAT_NEW_PASSWORD", "sneaky")
+            .run(&["repo", "key", "add"]);
+        r.code_is(1);
+        assert_eq!(keys_of(&third).0.len(), 1);
+    }
+    // Faults: the store refuses the new key, or loses the response; a passwd killed between
+    // writing the new key and removing the old one leaves both working.
+    let repo = Repo::s3().await;
+    let lb = repo.lb();
+    lb.run(&["repo", "init"]).success();
+    let with = |rules: &str| {
+        repo.lb()
+            .env("LIFEBOAT_FAULTS", rules)
+            .env("LIFEBOAT_NEW_PASSWORD", "fresh-password")
+    };
+    let r = with("put@keys/,fail=permanent").run(&["repo", "key", "add"]);
+    r.code_is(1);
+    assert_eq!(r.stderr().trim().lines().count(), 1, "{}", r.describe());
+    assert_eq!(keys_of(&lb).0.len(), 1, "nothing added");
+    with("put@keys/,count=2,fail=transient;get@keys/,count=1,fail=throttle,retry-after=1")
+        .run(&["repo", "key", "add"])
+        .success();
+    assert_eq!(keys_of(&lb).0.len(), 2);
+    let r = with("delete@keys/,fail=permanent").run(&["repo", "key", "passwd"]);
+    r.code_is(1);
+    assert!(
+        keys_of(&repo.lb().env("LIFEBOAT_PASSWORD", "fresh-password"))
+            .0
+            .len()
+            >= 3
+    );
+    assert!(
+        !keys_of(&lb).1.is_empty(),
+        "the old password still opens after the failed removal"
+    );
+    let killed = repo
+        .lb()
+        .env("LIFEBOAT_NEW_PASSWORD", "after-kill")
+        .env("LIFEBOAT_FAILPOINTS", "key.passwd.before-remove=kill")
+        .run(&["repo", "key", "passwd"]);
+    assert_eq!(
+        killed.output.status.signal(),
+        Some(9),
+        "{}",
+        killed.describe()
+    );
+    assert!(!keys_of(&lb).1.is_empty(), "the old password still opens");
+    assert!(
+        !keys_of(&repo.lb().env("LIFEBOAT_PASSWORD", "after-kill"))
+            .1
+            .is_empty()
+    );
+    // The killed passwd's exclusive lock is seen to be stale (its process is gone): the
+    // repository is usable at once and checks clean.
+    assert_eq!(assert_trustworthy(&lb, "after a killed passwd"), 0);
+    repo.lb()
+        .env("LIFEBOAT_NEW_PASSWORD", "yet-another")
+        .run(&["repo", "key", "add"])
+        .success();
+    // Two responders remove each other's key at the same moment: never both.
+    let repo = Repo::local();
+    let a = repo.lb();
+    a.run(&["repo", "init"]).success();
+    a.clone_with("LIFEBOAT_NEW_PASSWORD", "b-password")
+        .run(&["repo", "key", "add"])
+        .success();
+    let b = repo.lb().env("LIFEBOAT_PASSWORD", "b-password");
+    let (ka, kb) = (keys_of(&a).1, keys_of(&b).1);
+    for _ in 0..3 {
+        let ra = spawn(&a, &["repo", "key", "remove", &kb]);
+        let rb = spawn(&b, &["repo", "key", "remove", &ka]);
+        let (ra, rb) = (finish(ra, "remove b"), finish(rb, "remove a"));
+        assert!(
+            !(ra.status.success() && rb.status.success()),
+            "both removals succeeded: no key would be left"
+        );
+        let left = [&a, &b]
+            .iter()
+            .filter(|l| l.run(&["backup", "list"]).code() == 0)
+            .count();
+        assert!(left > 0, "a password still opens the repository");
+        if ra.status.success() || rb.status.success() {
+            break;
+        }
+    }
+    ns.cleanup().await;
+}

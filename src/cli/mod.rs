@@ -175,6 +175,12 @@ pub enum RepoCommand {
         #[arg(long, value_name = "N%", value_parser = parse_percent, conflicts_with = "read_data")]
         read_data_subset: Option<f64>,
     },
+    /// Passwords of the repository: several keys open it; add, rotate or remove one without
+    /// re-encrypting anything
+    Key {
+        #[command(subcommand)]
+        cmd: KeyCommand,
+    },
     /// Repair the repository: `index` rebuilds the index from the pack headers; `snapshots`
     /// rewrites backups that reference lost data without it, naming what was lost
     Repair {
@@ -183,6 +189,30 @@ pub enum RepoCommand {
         /// Say what would change, change nothing
         #[arg(long)]
         dry_run: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// The repository's keys (no password is shown: only when and where each was made)
+    List,
+    /// Add a password (the new one from --new-password-file, LIFEBOAT_NEW_PASSWORD or a prompt)
+    Add {
+        /// File holding the new password
+        #[arg(long, value_name = "FILE")]
+        new_password_file: Option<std::path::PathBuf>,
+    },
+    /// Remove a key by id (a unique prefix is enough); never the one this password opened
+    Remove {
+        /// Key id (see `repo key list`)
+        id: String,
+    },
+    /// Replace this password with a new one (the new key is written and checked before the old
+    /// one is removed)
+    Passwd {
+        /// File holding the new password
+        #[arg(long, value_name = "FILE")]
+        new_password_file: Option<std::path::PathBuf>,
     },
 }
 

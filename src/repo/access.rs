@@ -65,6 +65,39 @@ pub fn password(opts: &RepoOptions, confirm: bool) -> Result<Zeroizing<Vec<u8>>,
     Err(RepoError::NoPassword)
 }
 
+/// A new password (`repo key add | passwd`): --new-password-file, else LIFEBOAT_NEW_PASSWORD,
+/// else a prompt (asked twice) when stdin is a terminal. Never empty.
+pub fn new_password(file: Option<&std::path::Path>) -> Result<Zeroizing<Vec<u8>>, Error> {
+    let pw = if let Some(p) = file {
+        let s = Zeroizing::new(std::fs::read(p).map_err(|e| RepoError::PasswordFile {
+            path: p.display().to_string(),
+            message: e.to_string(),
+        })?);
+        let trimmed = s.strip_suffix(b"\n").unwrap_or(&s);
+        let trimmed = trimmed.strip_suffix(b"\r").unwrap_or(trimmed);
+        Zeroizing::new(trimmed.to_vec())
+    } else if let Ok(p) = std::env::var("LIFEBOAT_NEW_PASSWORD") {
+        Zeroizing::new(p.into_bytes())
+    } else {
+        use std::io::IsTerminal;
+        if !(std::io::stdin().is_terminal() && std::io::stderr().is_terminal()) {
+            return Err(Error::Usage(
+                "no new password: give --new-password-file or set LIFEBOAT_NEW_PASSWORD".into(),
+            ));
+        }
+        let p = dialoguer::Password::new()
+            .with_prompt("New repository password")
+            .with_confirmation("Repeat the new password", "passwords do not match")
+            .interact()
+            .map_err(|e| RepoError::PasswordCommand(e.to_string()))?;
+        Zeroizing::new(p.into_bytes())
+    };
+    if pw.is_empty() {
+        return Err(Error::Usage("refusing an empty repository password".into()));
+    }
+    Ok(pw)
+}
+
 pub async fn store_for(opts: &RepoOptions) -> Result<store::DynStore, Error> {
     let url = RepoUrl::parse(&opts.url).map_err(Error::RepoUrl)?;
     store::open(&url, &opts.s3).await.map_err(|source| {

@@ -20,6 +20,7 @@ use tokio::sync::Mutex;
 
 pub mod access;
 pub mod crypto;
+pub mod keys;
 pub mod lock;
 pub mod pack;
 pub mod snapshot;
@@ -43,6 +44,18 @@ pub enum RepoError {
     AlreadyInitialized { location: String },
     #[error("wrong password for the repository at {location}")]
     WrongPassword { location: String },
+    #[error("no key {0:?} in this repository (see `lifeboat repo key list`)")]
+    KeyNotFound(String),
+    #[error("{0:?} matches more than one key; give more characters of the id")]
+    KeyAmbiguous(String),
+    #[error(
+        "key {0} is the one this password opened: it is not removed (remove it with another key's password, or replace it with `lifeboat repo key passwd`)"
+    )]
+    KeyInUse(String),
+    #[error(
+        "the key this password opened ({0}) was removed by another process meanwhile: nothing removed (this password no longer opens the repository)"
+    )]
+    KeyGone(String),
     #[error("no password: set LIFEBOAT_PASSWORD, --password-file or --password-command")]
     NoPassword,
     #[error("the password command failed: {0}")]
@@ -172,6 +185,8 @@ pub struct Repository {
     damaged_index: RwLock<Vec<DamagedFile>>,
     /// Key files that could not be parsed at open.
     pub damaged_keys: Vec<DamagedFile>,
+    /// The id of the key file the password opened (`keys/<id>`).
+    key_id: String,
 }
 
 impl std::fmt::Debug for Repository {
@@ -265,6 +280,7 @@ impl Repository {
             bind_names: true,
             damaged_index: RwLock::new(Vec::new()),
             damaged_keys: Vec::new(),
+            key_id: kid,
         })
     }
 
@@ -318,7 +334,8 @@ impl Repository {
                 Ok(m) => {
                     opened_any = true;
                     if let Some(c) = open_config(&m, &sealed_config) {
-                        found = Some((m, c));
+                        let id = layout::id_of(layout::KEYS, &k.key).unwrap_or_default();
+                        found = Some((m, c, id.to_string()));
                         break;
                     }
                 }
@@ -332,7 +349,7 @@ impl Repository {
                 }
             }
         }
-        let Some((key, (config, bind_names))) = found else {
+        let Some((key, (config, bind_names), key_id)) = found else {
             if opened_any {
                 return Err(RepoError::Corrupt {
                     what: "repository config (no key that the password opens decrypts it)".into(),
@@ -373,6 +390,7 @@ impl Repository {
             bind_names,
             damaged_index: RwLock::new(Vec::new()),
             damaged_keys,
+            key_id,
         };
         repo.load_index().await?;
         Ok(repo)

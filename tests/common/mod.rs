@@ -477,6 +477,15 @@ impl Lifeboat {
         self
     }
 
+    /// The same lifeboat (its own home) with one more variable.
+    #[allow(dead_code)]
+    pub fn clone_with(&self, k: &str, v: &str) -> Lifeboat {
+        let mut lb = Lifeboat::offline();
+        lb.envs = self.envs.clone();
+        lb.kubeconfig = self.kubeconfig.clone();
+        lb.env(k, v)
+    }
+
     /// The command `run` runs (for spawning it yourself: a PTY, a kill -9).
     pub fn command(&self, args: &[&str]) -> Command {
         let bin = env!("CARGO_BIN_EXE_lifeboat");
