@@ -550,6 +550,7 @@ async fn backup_command(
                 v.progress = !g.quiet;
             }
             let cleanup = opts.volumes.as_ref().map(|v| v.cleanup.clone());
+            let started = std::time::Instant::now();
             let result = tokio::select! {
                 r = backup::create(repository, &cluster, &opts, bar.clone()) => r,
                 _ = wait_for_signal() => {
@@ -564,6 +565,63 @@ async fn backup_command(
                 }
             };
             bar.finish();
+            let scope = backup::report::Scope {
+                cluster: &cluster.server,
+                namespaces: &args.select.namespaces,
+            };
+            let metrics = backup::report::backup_metrics(
+                &scope,
+                result
+                    .as_ref()
+                    .map_err(|e| e.to_string())
+                    .as_ref()
+                    .map_err(String::as_str)
+                    .copied(),
+                started.elapsed().as_secs_f64(),
+                args.report.metrics_file.as_deref(),
+            );
+            let note = match &result {
+                Ok(s) => {
+                    let mut n = notify::Notification::new(
+                        "backup",
+                        "finished",
+                        &s.id,
+                        &scope_name(&args.select.namespaces),
+                        "succeeded",
+                    );
+                    n.message = format!(
+                        "{} objects, {} bytes added{}",
+                        s.objects,
+                        s.bytes_added,
+                        if s.warnings.is_empty() {
+                            String::new()
+                        } else {
+                            format!("; warnings: {}", s.warnings.join("; "))
+                        }
+                    );
+                    n
+                }
+                Err(e) => {
+                    let mut n = notify::Notification::new(
+                        "backup",
+                        "failed",
+                        "",
+                        &scope_name(&args.select.namespaces),
+                        "failed",
+                    );
+                    n.message = crate::error::display_chain(e);
+                    n
+                }
+            };
+            report_outcome(
+                &args.report,
+                "lifeboat_backup",
+                &cluster.server,
+                &metrics,
+                &note,
+                result.is_ok(),
+            )
+            .await?;
             let summary = result?;
             if summary.repository_created && !g.quiet {
                 eprintln!("created the default repository at {}", summary.repository);
@@ -646,7 +704,56 @@ async fn backup_command(
                 dry_run: a.dry_run,
                 safety_margin: a.safety_margin,
             };
-            output::emit(out, &backup::manage::prune(repo, &opts).await?)?;
+            let location = repo.location();
+            let started = std::time::Instant::now();
+            let result = backup::manage::prune(repo, &opts).await;
+            if !a.dry_run {
+                let metrics = backup::report::prune_metrics(
+                    &location,
+                    result
+                        .as_ref()
+                        .map_err(|e| e.to_string())
+                        .as_ref()
+                        .map_err(String::as_str)
+                        .copied(),
+                    started.elapsed().as_secs_f64(),
+                    a.report.metrics_file.as_deref(),
+                );
+                let note = match &result {
+                    Ok(r) => {
+                        let mut n = notify::Notification::new(
+                            "prune",
+                            "finished",
+                            "",
+                            &location,
+                            "succeeded",
+                        );
+                        n.message = format!(
+                            "{} backup(s) removed, {} pack(s) deleted, {} bytes freed",
+                            r.removed_backups.len(),
+                            r.packs_deleted,
+                            r.bytes_freed
+                        );
+                        n
+                    }
+                    Err(e) => {
+                        let mut n =
+                            notify::Notification::new("prune", "failed", "", &location, "failed");
+                        n.message = crate::error::display_chain(e);
+                        n
+                    }
+                };
+                report_outcome(
+                    &a.report,
+                    "lifeboat_prune",
+                    &location,
+                    &metrics,
+                    &note,
+                    result.is_ok(),
+                )
+                .await?;
+            }
+            output::emit(out, &result?)?;
             Ok(Exit::Success)
         }
         BackupCommand::Export { id, file } => {
@@ -662,6 +769,63 @@ async fn backup_command(
                 Exit::Findings
             })
         }
+    }
+}
+
+fn scope_name(namespaces: &[String]) -> String {
+    if namespaces.is_empty() {
+        "all namespaces".into()
+    } else {
+        namespaces.join(",")
+    }
+}
+
+/// Write the metrics file, push them, post the notification. When the operation itself failed
+/// its error is what the caller returns: a reporting failure is then only a warning.
+async fn report_outcome(
+    r: &cli::backup::ReportArgs,
+    job: &str,
+    group: &str,
+    metrics: &str,
+    note: &notify::Notification,
+    succeeded: bool,
+) -> Result<(), Error> {
+    let mut problems: Vec<Error> = Vec::new();
+    if let Some(p) = &r.metrics_file
+        && let Err(e) = drill::report::write_atomic(p, metrics)
+    {
+        problems.push(e);
+    }
+    if let Some(url) = &r.pushgateway
+        && let Err(e) = drill::report::push_job(url, job, group, metrics).await
+    {
+        problems.push(e);
+    }
+    if !r.notify.is_empty() {
+        let outbox = notify::Outbox::new(
+            r.notify
+                .iter()
+                .map(|u| notify::Target {
+                    url: u.clone(),
+                    format: r.notify_format,
+                    events: Vec::new(),
+                })
+                .collect(),
+            std::sync::Arc::new(notify::Http),
+            std::sync::Arc::new(|s: &str| s.to_string()),
+        );
+        outbox.send(note);
+        for w in outbox.flush(std::time::Duration::from_secs(20)).await {
+            eprintln!("warning: {w}");
+        }
+    }
+    match problems.into_iter().next() {
+        Some(e) if succeeded => Err(e),
+        Some(e) => {
+            eprintln!("warning: {}", crate::error::display_chain(&e));
+            Ok(())
+        }
+        None => Ok(()),
     }
 }
 
@@ -841,6 +1005,28 @@ async fn drill_command(
             }
             if let Some(url) = &a.pushgateway {
                 drill::report::push(url, &report.cluster, &metrics).await?;
+            }
+            if !a.notify.is_empty() {
+                let status = if report.passed { "passed" } else { "failed" };
+                let mut n = notify::Notification::new(
+                    "drill",
+                    if report.passed { "finished" } else { "failed" },
+                    &report.drill_id,
+                    &report.backup_id,
+                    status,
+                );
+                n.message = format!(
+                    "drill of backup {}: {} ({} check(s) failed)",
+                    &report.backup_id[..report.backup_id.len().min(12)],
+                    status,
+                    report.failed_checks()
+                );
+                let r = cli::backup::ReportArgs {
+                    notify: a.notify.clone(),
+                    notify_format: a.notify_format,
+                    ..Default::default()
+                };
+                report_outcome(&r, "lifeboat_drill", &report.cluster, "", &n, true).await?;
             }
             output::emit(out, &report)?;
             Ok(if report.interrupted {

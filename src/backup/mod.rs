@@ -27,6 +27,7 @@ use crate::store::layout;
 pub mod check;
 pub mod diff;
 pub mod manage;
+pub mod report;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -45,10 +45,31 @@ pub struct SelectArgs {
     pub include_cluster_resources: ClusterResources,
 }
 
+/// Where a backup or prune reports its outcome (docs/backup.md#monitoring).
+#[derive(Debug, Args, Default)]
+pub struct ReportArgs {
+    /// Write Prometheus metrics to this file (atomically; for the node exporter's textfile
+    /// collector), also when the run fails
+    #[arg(long, value_name = "FILE")]
+    pub metrics_file: Option<PathBuf>,
+    /// Push the same metrics to this Pushgateway (http://host:port)
+    #[arg(long, value_name = "URL")]
+    pub pushgateway: Option<String>,
+    /// Post the outcome (succeeded or failed) to this webhook (repeatable)
+    #[arg(long = "notify", value_name = "URL")]
+    pub notify: Vec<String>,
+    /// Body of --notify webhooks: lifeboat's JSON, or `{"text": ...}` for Slack-compatible ones
+    #[arg(long, value_enum, default_value = "json", value_name = "FORMAT")]
+    pub notify_format: crate::notify::Format,
+}
+
 #[derive(Debug, Args)]
 pub struct CreateArgs {
     #[command(flatten)]
     pub select: SelectArgs,
+
+    #[command(flatten)]
+    pub report: ReportArgs,
 
     /// Also back up what is skipped by default (events, nodes, leases, endpoints,
     /// endpointslices, csinodes, volumeattachments, componentstatuses, ipaddresses, and pods,
@@ -127,6 +148,9 @@ pub struct ListArgs {
 
 #[derive(Debug, Args)]
 pub struct PruneArgs {
+    #[command(flatten)]
+    pub report: ReportArgs,
+
     /// Keep the N most recent backups
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub keep_last: Option<u32>,

@@ -39,6 +39,12 @@ pub struct RunArgs {
     /// The `cluster` label of the metrics (default: the API server URL)
     #[arg(long, value_name = "NAME")]
     pub cluster_name: Option<String>,
+    /// Post the outcome (passed or failed) to this webhook (repeatable)
+    #[arg(long = "notify", value_name = "URL")]
+    pub notify: Vec<String>,
+    /// Body of --notify webhooks: lifeboat's JSON, or `{"text": ...}` for Slack-compatible ones
+    #[arg(long, value_enum, default_value = "json", value_name = "FORMAT")]
+    pub notify_format: crate::notify::Format,
 }
 
 #[derive(Debug, Args)]

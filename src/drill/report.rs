@@ -74,7 +74,7 @@ pub fn junit(r: &DrillReport) -> String {
     s
 }
 
-fn label(v: &str) -> String {
+pub(crate) fn label(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
@@ -147,7 +147,7 @@ pub fn metrics(r: &DrillReport, last_success: &std::collections::BTreeMap<String
 }
 
 /// The labels of one sample line `name{a="x",b="y"} value`.
-fn sample_labels(line: &str) -> std::collections::BTreeMap<String, String> {
+pub(crate) fn sample_labels(line: &str) -> std::collections::BTreeMap<String, String> {
     let mut out = std::collections::BTreeMap::new();
     let Some(inner) = line
         .split_once('{')
@@ -235,6 +235,11 @@ pub fn write_atomic(path: &Path, content: &str) -> Result<(), Error> {
 /// Push the metrics to a Pushgateway (`PUT <url>/metrics/job/lifeboat_drill/cluster/<cluster>`,
 /// replacing the group). Plain `http://` only: Pushgateways are usually reached in-cluster.
 pub async fn push(url: &str, cluster: &str, body: &str) -> Result<(), Error> {
+    push_job(url, "lifeboat_drill", cluster, body).await
+}
+
+/// The same for another job (`lifeboat_backup`, `lifeboat_prune`).
+pub async fn push_job(url: &str, job: &str, cluster: &str, body: &str) -> Result<(), Error> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let bad = |m: String| Error::Usage(format!("--pushgateway {url}: {m}"));
     let rest = url
@@ -250,10 +255,7 @@ pub async fn push(url: &str, cluster: &str, body: &str) -> Result<(), Error> {
     } else {
         format!("{hostport}:80")
     };
-    let path = format!(
-        "{base}/metrics/job/lifeboat_drill/cluster/{}",
-        urlencode(cluster)
-    );
+    let path = format!("{base}/metrics/job/{job}/cluster/{}", urlencode(cluster));
     let request = format!(
         "PUT {path} HTTP/1.1\r\nHost: {hostport}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
