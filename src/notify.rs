@@ -21,6 +21,15 @@ pub enum Format {
     Slack,
 }
 
+/// The events a runbook run sends.
+pub const RUNBOOK_EVENTS: &[&str] = &[
+    "awaitingApproval",
+    "failed",
+    "rolledBack",
+    "finished",
+    "item",
+];
+
 /// One webhook target: where, which body, which events (none listed: all).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]

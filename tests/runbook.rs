@@ -3319,3 +3319,175 @@ async fn a_machine_whose_clock_is_ten_minutes_ahead_still_sees_the_change_locked
     let _ = common::wait_bounded(&mut first, "runbook run (SIGTERM)");
     ns.cleanup().await;
 }
+
+#[tokio::test]
+async fn an_object_a_step_created_and_someone_changed_is_not_deleted_by_the_undo() {
+    let ns = TestNs::new("rb-created").await;
+    let w = Work::new();
+    let marker = w.path("applied");
+    let rb = w.write(
+        "rb.yaml",
+        &format!(
+            r#"apiVersion: lifeboat.io/v1
+kind: Runbook
+metadata: {{name: created-then-changed}}
+steps:
+  - id: make
+    apply: {{manifest: {{apiVersion: v1, kind: ConfigMap, metadata: {{name: made, namespace: {ns}}}, data: {{mode: ours}}}}}}
+  - id: meanwhile
+    run: {{command: "touch {m}; sleep 4"}}
+    undo: skip
+  - id: fail
+    run: {{command: "exit 1"}}
+"#,
+            ns = ns.name,
+            m = marker.display()
+        ),
+    );
+    let plan = w.plan(&rb, &[]);
+    let mut child = w.lb.spawn(&[
+        "runbook",
+        "run",
+        plan.to_str().unwrap(),
+        "--yes",
+        "--lease-namespace",
+        &ns.name,
+    ]);
+    wait_for_file(
+        &marker,
+        Duration::from_secs(60),
+        "step meanwhile never started",
+    );
+    ns.api::<ConfigMap>()
+        .patch(
+            "made",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"mode": "theirs"}})),
+        )
+        .await
+        .unwrap();
+    let status = common::wait_bounded(&mut child, "runbook run (created then changed)");
+    assert_eq!(status.code(), Some(4), "the rollback cannot be clean");
+    let cm = ns.api::<ConfigMap>().get("made").await.unwrap();
+    assert_eq!(
+        cm.data.unwrap()["mode"],
+        "theirs",
+        "kept, with their change"
+    );
+    let run = newest_run(&w);
+    let st = w.run(&["runbook", "status", &run, "-o", "json"]).json();
+    assert!(
+        st["message"]
+            .as_str()
+            .unwrap()
+            .contains("changed by someone else since (data.mode)"),
+        "{st:#}"
+    );
+
+    // Items that would give the same step ids are refused where they are found.
+    let rb = w.write(
+        "dup.yaml",
+        "apiVersion: lifeboat.io/v1\nkind: Runbook\nmetadata: {name: dup-items}\nsteps:\n  - id: dup\n    forEach: {items: \"x, y, x\"}\n    steps:\n      - id: never\n        run: {command: \"true\"}\n",
+    );
+    let plan = w.plan(&rb, &[]);
+    let r = w.run(&[
+        "runbook",
+        "run",
+        plan.to_str().unwrap(),
+        "--yes",
+        "-o",
+        "json",
+        "--lease-namespace",
+        &ns.name,
+    ]);
+    r.code_is(2);
+    let st = r.json();
+    assert!(
+        report_step(&st, "dup")["message"]
+            .as_str()
+            .unwrap()
+            .contains("item x is listed twice"),
+        "{st:#}"
+    );
+    let rb = w.write(
+        "collide.yaml",
+        "apiVersion: lifeboat.io/v1\nkind: Runbook\nmetadata: {name: collide}\nsteps:\n  - id: other\n    forEach: {items: [\"a.b\", \"a/b\"]}\n    steps:\n      - id: never\n        run: {command: \"true\"}\n",
+    );
+    let plan = w.plan(&rb, &[]);
+    let r = w.run(&[
+        "runbook",
+        "run",
+        plan.to_str().unwrap(),
+        "--yes",
+        "-o",
+        "json",
+        "--lease-namespace",
+        &ns.name,
+    ]);
+    r.code_is(2);
+    let st = r.json();
+    assert!(
+        report_step(&st, "other")["message"]
+            .as_str()
+            .unwrap()
+            .contains("would give the same step ids"),
+        "{st:#}"
+    );
+    ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_retried_job_step_runs_a_new_job_for_each_attempt() {
+    if !common::has_real_node() {
+        eprintln!(
+            "NOT APPLICABLE: job needs a node that runs pods (scripts/testenv up --real-node)"
+        );
+        return;
+    }
+    let ns = TestNs::new("rb-jobretry").await;
+    let w = Work::new();
+    let rb = w.write(
+        "rb.yaml",
+        &format!(
+            r#"apiVersion: lifeboat.io/v1
+kind: Runbook
+metadata: {{name: job-retry}}
+steps:
+  - id: flaky
+    job:
+      namespace: {ns}
+      name: migrate
+      spec:
+        template:
+          spec:
+            nodeSelector: {{lifeboat.test/real-node: "true"}}
+            containers: [{{name: m, image: "busybox:1.37", command: [sh, -c, "echo attempt; exit 1"]}}]
+    retry: {{attempts: 2, backoff: 1s}}
+    timeout: 3m
+"#,
+            ns = ns.name
+        ),
+    );
+    let plan = w.plan(&rb, &[]);
+    let r = w.run(&[
+        "runbook",
+        "run",
+        plan.to_str().unwrap(),
+        "--yes",
+        "--lease-namespace",
+        &ns.name,
+    ]);
+    r.code_is(2);
+    let jobs = Api::<k8s_openapi::api::batch::v1::Job>::namespaced(ns.client.clone(), &ns.name);
+    let names: Vec<String> = jobs
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|j| j.metadata.name.unwrap())
+        .collect();
+    assert_eq!(names.len(), 2, "one Job per attempt: {names:?}");
+    assert!(names.iter().all(|n| n.starts_with("migrate-")), "{names:?}");
+    ns.cleanup().await;
+}

@@ -163,6 +163,7 @@ impl Runner<'_> {
             cleanup: &self.cleanup,
             log_dir: self.log_dir.as_deref(),
             live: !self.quiet,
+            instance: String::new(),
             eval: None,
         }
     }
@@ -303,6 +304,14 @@ impl Runner<'_> {
                 i += 1;
                 continue;
             }
+            // The failed step of an item given up under maxFailures (its later steps were
+            // skipped for it): it stays failed, also after a resume.
+            if state == Some(StepStatus::Failed)
+                && p.replay.steps.get(&step.id).is_some_and(|x| x.abandoned)
+            {
+                i += 1;
+                continue;
+            }
             if state == Some(StepStatus::InDoubt) && !self.dry_run {
                 if !step.action.safe_to_repeat() {
                     let choice = match self.in_doubt {
@@ -357,17 +366,22 @@ impl Runner<'_> {
                             "item {label} failed at step {}; its remaining steps are skipped (maxFailures {allowed})",
                             step.id
                         );
+                        let mut r = Record::new(&p.run_id, Event::Result)
+                            .step(&step.id)
+                            .status("failed")
+                            .message(format!("{err} (item given up: maxFailures {allowed})"));
+                        r.details = Some(json!({"abandoned": true}));
+                        self.record(p, r)?;
                         for s in steps[i + 1..]
                             .iter()
                             .filter(|s| s.group_item.as_ref() == Some(prefix))
                         {
-                            self.record(
-                                p,
-                                Record::new(&p.run_id, Event::Result)
-                                    .step(&s.id)
-                                    .status("skipped")
-                                    .message(&why),
-                            )?;
+                            let mut r = Record::new(&p.run_id, Event::Result)
+                                .step(&s.id)
+                                .status("skipped")
+                                .message(&why);
+                            r.details = Some(json!({"abandoned": true}));
+                            self.record(p, r)?;
                         }
                         self.say(&format!("  ⚠ {why}; going on with the next item"));
                         i += 1;
@@ -650,6 +664,8 @@ impl Runner<'_> {
         let eval = |expr: &str| engine.condition(expr, &tctx);
         let mut ctx = self.ctx(&run_id, &step.id, self.dry_run);
         ctx.eval = Some(&eval);
+        ctx.instance = instance_of(p, &step.id, false);
+
         if action.mutates() && !self.dry_run {
             let preview = actions::preview(&ctx, &action)
                 .await
@@ -682,6 +698,7 @@ impl Runner<'_> {
         let mut last_err = String::new();
         for attempt in 1..=attempts {
             let n = prior_attempts + attempt;
+            ctx.instance = instance_of(p, &step.id, false);
             let before = if self.dry_run {
                 None
             } else {
@@ -972,7 +989,8 @@ impl Runner<'_> {
             intent.actor = Some(self.actor.clone());
             self.record(p, intent)?;
             let run_id = p.run_id.clone();
-            let ctx = self.ctx(&run_id, &s.id, false);
+            let mut ctx = self.ctx(&run_id, &s.id, false);
+            ctx.instance = instance_of(p, &s.id, true);
             let result = match &undo {
                 // The prior state names what to restore: nothing is rendered again (a template
                 // may need what is gone now, such as an env() value).
@@ -1053,6 +1071,27 @@ impl Runner<'_> {
             RunStatus::RolledBack,
             Some(format!("rolled back to {target}")),
         ))
+    }
+}
+
+/// See [`Ctx::instance`]: counts of the step's failed attempts and of its undos so far (an
+/// attempt that crashed has no result, so its resume gets the same instance).
+fn instance_of(p: &Progress, step: &str, undo: bool) -> String {
+    let count = |ev: Event, status: Option<&str>| {
+        p.records
+            .iter()
+            .filter(|r| {
+                r.event == ev
+                    && r.step.as_deref() == Some(step)
+                    && status.is_none_or(|s| r.status.as_deref() == Some(s))
+            })
+            .count()
+    };
+    let undos = count(Event::UndoResult, None);
+    if undo {
+        format!("undo{undos}")
+    } else {
+        format!("{}.{undos}", count(Event::Result, Some("failed")))
     }
 }
 

@@ -324,6 +324,10 @@ pub struct StepState {
     /// the undo, which may or may not have happened.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub undo_in_flight: bool,
+    /// Its forEach item failed within the group's `maxFailures` and was given up: the failed
+    /// step itself, and the item's later steps (skipped).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub abandoned: bool,
 }
 
 impl Default for StepState {
@@ -340,6 +344,7 @@ impl Default for StepState {
             undo: None,
             in_doubt_skipped: false,
             undo_in_flight: false,
+            abandoned: false,
         }
     }
 }
@@ -417,6 +422,10 @@ pub fn replay(records: &[Record]) -> Replay {
                         .details
                         .as_ref()
                         .is_some_and(|d| d["inDoubt"] == Value::Bool(true));
+                s.abandoned = rec
+                    .details
+                    .as_ref()
+                    .is_some_and(|d| d["abandoned"] == Value::Bool(true));
             }
             Event::Approval => {
                 let s = r

@@ -625,27 +625,34 @@ fn outbox(
     loaded: &spec::Loaded,
     opts: &ExecOptions,
     redactor: &Redactor,
-) -> Result<crate::notify::Outbox, Error> {
+) -> crate::notify::Outbox {
     let engine = template::Engine::with_redactor(redactor.clone());
     let ctx = plan::template_context(&plan.params, &Default::default(), "", false);
     let mut targets = Vec::new();
-    for t in &loaded.runbook.notify {
-        let url = engine
-            .render_value(&serde_json::Value::String(t.url.clone()), &ctx)
-            .map_err(|e| Error::Runbook(format!("notify url: {e}")))?;
-        let url = url.as_str().unwrap_or_default().to_string();
-        targets.push(crate::notify::Target { url, ..t.clone() });
+    for (i, t) in loaded.runbook.notify.iter().enumerate() {
+        // A webhook this machine cannot address (an env() it lacks) is a warning: a
+        // notification never decides whether a run, resume or rollback goes ahead.
+        match engine.render_value(&serde_json::Value::String(t.url.clone()), &ctx) {
+            Ok(serde_json::Value::String(url)) if !url.is_empty() => {
+                targets.push(crate::notify::Target { url, ..t.clone() })
+            }
+            Ok(_) => eprintln!("warning: notify[{i}]: the url renders empty; not notified"),
+            Err(e) => eprintln!(
+                "warning: notify[{i}]: {}; not notified",
+                redactor.redact(&e)
+            ),
+        }
     }
     targets.extend(opts.notify.iter().cloned());
     for t in &targets {
         redactor.add(&t.url);
     }
     let r = redactor.clone();
-    Ok(crate::notify::Outbox::new(
+    crate::notify::Outbox::new(
         targets,
         std::sync::Arc::new(crate::notify::Http),
         std::sync::Arc::new(move |s: &str| r.redact(s)),
-    ))
+    )
 }
 
 async fn exec_with_lease(
@@ -692,7 +699,7 @@ async fn exec_with_lease(
         notify: if opts.dry_run {
             Default::default()
         } else {
-            outbox(plan, loaded, opts, &redactor)?
+            outbox(plan, loaded, opts, &redactor)
         },
     };
     let volume_cleanup = runner.cleanup.clone();
@@ -744,10 +751,20 @@ async fn exec_with_lease(
             if let Some(l) = lease {
                 l.release().await;
             }
+            for w in runner.notify.flush(std::time::Duration::from_secs(5)).await {
+                eprintln!("warning: {w}");
+            }
             eprintln!("interrupted; continue with: lifeboat runbook resume {run}");
             return Err(Error::Interrupted);
         }
         Err(e) => {
+            for w in runner
+                .notify
+                .flush(std::time::Duration::from_secs(20))
+                .await
+            {
+                eprintln!("warning: {w}");
+            }
             if let Some(l) = lease {
                 l.release().await;
             }
@@ -1159,11 +1176,8 @@ pub async fn approve(
                 .unwrap_or_default()
         )));
     }
-    let Some(spec::Action::Approve(a)) = loaded
-        .steps
-        .iter()
-        .find(|s| s.id == step)
-        .map(|s| &s.action)
+    let expanded = spec::expand_runtime(&loaded, |id| state.steps.get(id).map(|s| &s.outputs));
+    let Some(spec::Action::Approve(a)) = expanded.iter().find(|s| s.id == step).map(|s| &s.action)
     else {
         return Err(Error::Usage(format!(
             "{step} is not an approve step of run {run}"
@@ -1407,12 +1421,13 @@ pub async fn logs(
     let (_, journal_path, plan_copy) = open_run(&opts, run)?;
     let (_, loaded) = plan::load(&plan_copy)?;
     let dir = run_logs_dir(&journal_path, run);
-    let all: Vec<String> = loaded
-        .steps
-        .iter()
-        .chain(loaded.runbook.finally.iter())
-        .map(|s| s.id.clone())
-        .collect();
+    let state = journal::replay(&journal::read(&journal_path)?);
+    let all: Vec<String> =
+        spec::expand_runtime(&loaded, |id| state.steps.get(id).map(|s| &s.outputs))
+            .iter()
+            .chain(loaded.runbook.finally.iter())
+            .map(|s| s.id.clone())
+            .collect();
     let ids: Vec<String> = match step {
         Some(s) if !all.iter().any(|id| id == s) => {
             return Err(Error::Usage(format!("{s} is not a step of run {run}")));

@@ -212,6 +212,7 @@ pub async fn make(input: PlanInput<'_>) -> Result<(Plan, Vec<String>), Error> {
                     cleanup: &Default::default(),
                     log_dir: None,
                     live: false,
+                    instance: "plan".into(),
                     eval: None,
                 };
                 match actions::preview(&ctx, &action).await {

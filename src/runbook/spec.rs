@@ -339,6 +339,11 @@ impl<'de> Visitor<'de> for EntryVisitor {
             }
         }
         let id = id.ok_or_else(|| de::Error::missing_field("id"))?;
+        if (batch_size.is_some() || max_failures.is_some()) && for_each.is_none() {
+            return Err(de::Error::custom(format!(
+                "step `{id}`: batchSize, maxUnavailable and maxFailures are for groups (with forEach and steps)"
+            )));
+        }
         if for_each.is_some() || group.is_some() {
             let (Some(for_each), Some(steps)) = (for_each, group) else {
                 return Err(de::Error::custom(format!(
@@ -585,7 +590,8 @@ pub fn item_label(v: &Value) -> String {
     }
 }
 
-fn id_part(v: &Value) -> String {
+/// The part of an expanded step id an item gives (`GROUP-<this>-STEP`).
+pub fn id_part(v: &Value) -> String {
     let s = match v {
         Value::String(s) => s.clone(),
         other => other.to_string(),
@@ -685,6 +691,24 @@ fn check(l: &Loaded) -> Result<(), Error> {
             &[key("kind")],
             format!("kind must be Runbook, not {:?}", rb.kind),
         ));
+    }
+    for (i, n) in rb.notify.iter().enumerate() {
+        for (k, e) in n.events.iter().enumerate() {
+            if !crate::notify::RUNBOOK_EVENTS.contains(&e.as_str()) {
+                return Err(l.error_at(
+                    &[
+                        key("notify"),
+                        PathElem::Index(i),
+                        key("events"),
+                        PathElem::Index(k),
+                    ],
+                    format!(
+                        "unknown event {e:?} (events: {})",
+                        crate::notify::RUNBOOK_EVENTS.join(", ")
+                    ),
+                ));
+            }
+        }
     }
     if rb.steps.is_empty() {
         return Err(l.error_at(&[key("steps")], "a runbook needs at least one step"));

@@ -57,6 +57,10 @@ pub struct Ctx<'a> {
     pub log_dir: Option<&'a std::path::Path>,
     /// Show a `run` step's output as it comes (on stderr).
     pub live: bool,
+    /// This execution of the step, for names of what it creates in the cluster (`job`): the
+    /// same when a crashed attempt is resumed, another for each retry after a failure, each
+    /// run after a rollback, and for the step's undo.
+    pub instance: String,
     /// Evaluates an expression over the run's parameters and outputs (`assert`); None at plan
     /// time.
     pub eval: Option<&'a (dyn Fn(&str) -> R<bool> + Sync)>,

@@ -134,6 +134,7 @@ pub(super) async fn capture_object<F>(
     kind: &str,
     name: &str,
     ns: Option<&str>,
+    intent: Option<&Value>,
     change: impl FnOnce(Api<DynamicObject>) -> F,
 ) -> R<Value>
 where
@@ -142,7 +143,21 @@ where
     let api = dyn_api(&ctx.cluster.client, api_version, kind, ns).await?;
     let r = json!({"apiVersion": api_version, "kind": kind, "name": name, "namespace": ns});
     let Some(obj) = api.get_opt(name).await.map_err(kerr)? else {
-        return Ok(json!({"ref": r, "absent": true}));
+        // Created by the step: its undo deletes it, unless someone changed what the step set
+        // (the fields of the server dry run of the create; not for Secrets, whose values must
+        // not reach the journal even hashed).
+        if kind == "Secret" && api_version == "v1" {
+            return Ok(json!({"ref": r, "absent": true}));
+        }
+        let after = serde_json::to_value(change(api).await?).expect("objects serialize");
+        // Only what the step's manifest sets (as the server stores it): fields the server or a
+        // controller fills in (a Service's clusterIP) are not the step's to compare.
+        let fields: Vec<Value> = leaf_pointers(intent.unwrap_or(&after))
+            .into_iter()
+            .filter(|p| at_path(&after, p).is_some())
+            .map(|p| json!({"path": p, "set": value_hash(at_path(&after, &p))}))
+            .collect();
+        return Ok(json!({"ref": r, "absent": true, "fields": fields}));
     };
     let mut obj = serde_json::to_value(obj).expect("objects serialize");
     let after = serde_json::to_value(change(api).await?).expect("objects serialize");
@@ -163,7 +178,9 @@ where
                     "labels": {"app.kubernetes.io/managed-by": "lifeboat", "lifeboat.io/undo": "true"},
                     "annotations": {"lifeboat.io/run": ctx.run_id, "lifeboat.io/step": ctx.step_id, "lifeboat.io/of": name}},
                 "type": "Opaque",
-                "data": {"object": base64_encode(&serde_json::to_vec(&obj).expect("serializes"))}
+                // The field list too: even hashes of a Secret's values stay out of the journal.
+                "data": {"object": base64_encode(&serde_json::to_vec(&obj).expect("serializes")),
+                         "fields": base64_encode(&serde_json::to_vec(&fields).expect("serializes"))}
             }))
             .expect("a valid Secret");
             // Created once per run, step and object: a retry or a resume after the change
@@ -187,10 +204,39 @@ where
                 })?;
         }
         return Ok(
-            json!({"ref": r, "storedIn": {"namespace": ns, "name": copy_name}, "fields": fields}),
+            json!({"ref": r, "storedIn": {"namespace": ns, "name": copy_name}, "fieldsInCopy": true}),
         );
     }
     Ok(json!({"ref": r, "object": obj, "fields": fields}))
+}
+
+/// The paths of an object's leaves that its writer sets: everything but `status` and the
+/// server's metadata (of `metadata`, only labels and annotations). Lists are leaves.
+pub(super) fn leaf_pointers(v: &Value) -> Vec<Vec<String>> {
+    fn walk(path: &mut Vec<String>, v: &Value, out: &mut Vec<Vec<String>>) {
+        match v {
+            Value::Object(m) if !m.is_empty() => {
+                for (k, x) in m {
+                    let skip = match path.as_slice() {
+                        [] => k == "status",
+                        [m] if m == "metadata" => k != "labels" && k != "annotations",
+                        _ => false,
+                    };
+                    if skip {
+                        continue;
+                    }
+                    path.push(k.clone());
+                    walk(path, x, out);
+                    path.pop();
+                }
+            }
+            _ if !path.is_empty() => out.push(path.clone()),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(&mut Vec::new(), v, &mut out);
+    out
 }
 
 /// The value at a path of keys (None: absent).
@@ -303,12 +349,32 @@ pub(super) async fn restore_object(ctx: &Ctx<'_>, before: &Value) -> R<String> {
     let what = describe_ref(kind, ns, name);
     let api = dyn_api(&ctx.cluster.client, av, kind, ns).await?;
     if before["absent"] == true {
+        if let Some(fields) = before.get("fields").and_then(Value::as_array)
+            && let Some(cur) = api.get_opt(name).await.map_err(kerr)?
+        {
+            let cur = serde_json::to_value(&cur).expect("objects serialize");
+            let changed: Vec<String> = fields
+                .iter()
+                .filter_map(|f| {
+                    let path: Vec<String> = serde_json::from_value(f["path"].clone()).ok()?;
+                    (value_hash(at_path(&cur, &path)) != f["set"].as_str().unwrap_or_default())
+                        .then(|| path.join("."))
+                })
+                .collect();
+            if !changed.is_empty() {
+                return Err(format!(
+                    "{what} was created by this step and changed by someone else since ({}), so it is not deleted (delete it by hand if that is still right)",
+                    changed.join(", ")
+                ));
+            }
+        }
         return match api.delete(name, &DeleteParams::default()).await {
             Ok(_) => Ok(format!("deleted {what} (it did not exist before)")),
             Err(e) if status_code(&e) == Some(404) => Ok(format!("{what} is already gone")),
             Err(e) => Err(format!("cannot delete {what}: {}", kerr(e))),
         };
     }
+    let mut fields = before.get("fields").cloned();
     let mut prior = if let Some(o) = before.get("object") {
         o.clone()
     } else if let Some(s) = before.get("storedIn") {
@@ -323,9 +389,19 @@ pub(super) async fn restore_object(ctx: &Ctx<'_>, before: &Value) -> R<String> {
                 kerr(e)
             )
         })?;
-        let bytes = copy
-            .data
-            .and_then(|d| d.get("object").cloned())
+        let data = copy.data.unwrap_or_default();
+        if before["fieldsInCopy"] == true {
+            let f = data.get("fields").ok_or_else(|| {
+                format!("the saved prior state of {what} ({copy_name}) has no field list")
+            })?;
+            fields = Some(
+                serde_json::from_slice(&f.0)
+                    .map_err(|e| format!("the saved prior state of {what} is damaged: {e}"))?,
+            );
+        }
+        let bytes = data
+            .get("object")
+            .cloned()
             .ok_or_else(|| format!("the saved prior state of {what} ({copy_name}) is empty"))?;
         serde_json::from_slice(&bytes.0)
             .map_err(|e| format!("the saved prior state of {what} is damaged: {e}"))?
@@ -333,8 +409,8 @@ pub(super) async fn restore_object(ctx: &Ctx<'_>, before: &Value) -> R<String> {
         return Err(format!("no prior state of {what} was recorded"));
     };
     match api.get_opt(name).await.map_err(kerr)? {
-        Some(cur) if before.get("fields").is_some_and(Value::is_array) => {
-            let fields = before["fields"].as_array().expect("checked");
+        Some(cur) if fields.as_ref().is_some_and(Value::is_array) => {
+            let fields = fields.as_ref().and_then(Value::as_array).expect("checked");
             let current = serde_json::to_value(&cur).expect("objects serialize");
             let Some(obj) = undo_fields(&what, &current, &prior, fields)? else {
                 return Ok(format!("{what} already has its prior values"));
@@ -462,12 +538,16 @@ impl Act for ApplyAction {
             let (av, kind, name, ns) = obj_ref(&o);
             let what = describe_ref(&kind, ns.as_deref(), &name);
             let n = name.clone();
+            let intent = o.clone();
             let change = |api: Api<DynamicObject>| async move {
                 api.patch(&n, &dry_run_params(true), &Patch::Apply(&o))
                     .await
                     .map_err(|e| format!("server dry-run of {what}: {}", kerr(e)))
             };
-            objs.push(capture_object(ctx, &av, &kind, &name, ns.as_deref(), change).await?);
+            objs.push(
+                capture_object(ctx, &av, &kind, &name, ns.as_deref(), Some(&intent), change)
+                    .await?,
+            );
         }
         Ok(Some(json!({"objects": objs})))
     }
@@ -533,7 +613,7 @@ impl Act for PatchAction {
                 .map_err(|e| format!("server dry-run of the patch of {what}: {}", kerr(e)))
         };
         Ok(Some(json!({"objects": [
-            capture_object(ctx, &a.api_version, &a.kind, &a.name, a.namespace.as_deref(), change).await?
+            capture_object(ctx, &a.api_version, &a.kind, &a.name, a.namespace.as_deref(), None, change).await?
         ]})))
     }
     async fn execute(&self, ctx: &Ctx<'_>, _timeout: Duration) -> R<Outcome> {
@@ -816,6 +896,25 @@ impl Act for ListAction {
             }
             (None, None) => return Err("list needs `items` or `selector`".into()),
         };
+        // Each item becomes part of step ids: two that give the same id would make the second
+        // look done already; and ids are journaled, so no item may hold a secret.
+        let mut ids = std::collections::BTreeMap::new();
+        for it in &items {
+            let label = crate::runbook::spec::item_label(it);
+            if ctx.redactor.touches(&label) {
+                return Err(
+                    "an item contains a secret value; items become step ids, which are journaled"
+                        .into(),
+                );
+            }
+            if let Some(prev) = ids.insert(crate::runbook::spec::id_part(it), label.clone()) {
+                return Err(if prev == label {
+                    format!("item {label} is listed twice")
+                } else {
+                    format!("items {prev} and {label} would give the same step ids")
+                });
+            }
+        }
         let mut o = Outcome::default();
         o.summary = if items.is_empty() {
             "no items".into()

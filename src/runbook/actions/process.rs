@@ -525,9 +525,10 @@ impl Act for ExecAction {
     }
 }
 
-/// `job`: run a Job to completion and keep its logs. The Job is named (`name`, default
-/// `lifeboat-<run>-<step>`), so a resumed run finds the Job it started instead of starting a
-/// second one: safe to repeat. `spec` is a Job spec (`template`, `backoffLimit`, ...);
+/// `job`: run a Job to completion and keep its logs. The Job's name is fixed per execution
+/// (`<name>-<hash>`, default `lifeboat-job-<hash>`, the hash of run, step and
+/// [`Ctx::instance`]), so a resumed run finds the Job it started instead of starting a second
+/// one (safe to repeat), while a retry, a run after a rollback or an undo gets a Job of its own. `spec` is a Job spec (`template`, `backoffLimit`, ...);
 /// `restartPolicy` defaults to Never and `backoffLimit` to 0.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -539,18 +540,29 @@ pub struct JobAction {
 }
 
 impl JobAction {
+    /// The Job of this execution of the step ([`Ctx::instance`]): the same for a resumed
+    /// crashed attempt, another for a retry, a run after a rollback, or an undo.
     fn job_name(&self, ctx: &Ctx<'_>) -> String {
+        let h =
+            blake3::hash(format!("{}\0{}\0{}", ctx.run_id, ctx.step_id, ctx.instance).as_bytes());
         match &self.name {
-            Some(n) => n.clone(),
-            None => {
-                let h = blake3::hash(format!("{}\0{}", ctx.run_id, ctx.step_id).as_bytes());
-                format!("lifeboat-job-{}", &h.to_hex()[..16])
+            Some(n) => {
+                let mut n = n.clone();
+                n.truncate(63 - 9);
+                format!("{}-{}", n.trim_end_matches('-'), &h.to_hex()[..8])
             }
+            None => format!("lifeboat-job-{}", &h.to_hex()[..16]),
         }
     }
 
     fn manifest(&self, ctx: &Ctx<'_>, name: &str) -> R<k8s_openapi::api::batch::v1::Job> {
         let mut spec = self.spec.clone();
+        if !spec.is_object()
+            || !spec["template"].is_object()
+            || !spec["template"]["spec"].is_object()
+        {
+            return Err("job.spec must be a Job spec with template.spec (after rendering)".into());
+        }
         if spec.pointer("/template/spec/restartPolicy").is_none() {
             spec["template"]["spec"]["restartPolicy"] = json!("Never");
         }
@@ -561,7 +573,8 @@ impl JobAction {
             "apiVersion": "batch/v1", "kind": "Job",
             "metadata": {"name": name, "namespace": self.namespace,
                 "labels": {"app.kubernetes.io/managed-by": "lifeboat"},
-                "annotations": {"lifeboat.io/run": ctx.run_id, "lifeboat.io/step": ctx.step_id}},
+                "annotations": {"lifeboat.io/run": ctx.run_id, "lifeboat.io/step": ctx.step_id,
+                    "lifeboat.io/instance": ctx.instance}},
             "spec": spec,
         }))
         .map_err(|e| format!("job.spec is not a valid Job spec: {e}"))
@@ -629,6 +642,8 @@ impl Act for JobAction {
                 let ann = cur.metadata.annotations.unwrap_or_default();
                 if ann.get("lifeboat.io/run").map(String::as_str) != Some(ctx.run_id)
                     || ann.get("lifeboat.io/step").map(String::as_str) != Some(ctx.step_id)
+                    || ann.get("lifeboat.io/instance").map(String::as_str)
+                        != Some(ctx.instance.as_str())
                 {
                     return Err(format!(
                         "{what} already exists and was not started by this step; name another with `name`"

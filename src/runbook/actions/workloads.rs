@@ -1,6 +1,6 @@
 //! Workload actions: scale, setImage, rolloutRestart, rolloutUndo.
 use super::*;
-use k8s_openapi::api::apps::v1::{ControllerRevision, ReplicaSet};
+use k8s_openapi::api::apps::v1::ControllerRevision;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -357,13 +357,16 @@ async fn undo_target(ctx: &Ctx<'_>, a: &RolloutUndoAction) -> R<(Value, Value, i
     // (revision, template) of every revision the workload owns.
     let mut revisions: Vec<(i64, Value)> = Vec::new();
     if a.kind == "Deployment" {
-        let rss: Api<ReplicaSet> = Api::namespaced(client.clone(), &a.namespace);
+        // As the API server returns them (not through typed structs, which would drop fields
+        // this build does not know and make the undo's comparison inexact).
+        let rss = workload_api(client, "ReplicaSet", &a.namespace)?;
         for rs in rss
             .list(&ListParams::default())
             .await
             .map_err(|e| format!("{what}: {}", kerr(e)))?
         {
-            if !owned(&rs.metadata.owner_references) {
+            let refs = rs.metadata.owner_references.clone();
+            if !owned(&refs) {
                 continue;
             }
             let Some(rev) = rs
@@ -375,8 +378,11 @@ async fn undo_target(ctx: &Ctx<'_>, a: &RolloutUndoAction) -> R<(Value, Value, i
             else {
                 continue;
             };
-            let mut tpl =
-                serde_json::to_value(rs.spec.and_then(|s| s.template)).expect("serializes");
+            let mut tpl = rs
+                .data
+                .pointer("/spec/template")
+                .cloned()
+                .unwrap_or(Value::Null);
             if let Some(l) = tpl
                 .pointer_mut("/metadata/labels")
                 .and_then(Value::as_object_mut)
