@@ -13,6 +13,7 @@ use std::time::Duration;
 use common::{Lifeboat, TestNs, env, unique};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::PostParams;
+use serde_json::Value;
 
 const PASSWORD: &str = "fault-campaign-password";
 
@@ -1019,5 +1020,157 @@ async fn repository_keys_are_added_rotated_and_removed_without_ever_locking_ever
             break;
         }
     }
+    ns.cleanup().await;
+}
+
+/// A local HTTP server that records every request's path and body (200 to all).
+async fn recorder() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let g = got.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let g = g.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 8192];
+                loop {
+                    let n = s.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        break;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let len = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap())
+                            })
+                            .unwrap_or(0);
+                        if body.len() >= len {
+                            let line = head.lines().next().unwrap_or("").to_string();
+                            g.lock().unwrap().push((line, body.to_string()));
+                            let _ = s
+                                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                                .await;
+                            break;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (port, got)
+}
+
+fn gauge(text: &str, name: &str) -> f64 {
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
+    match scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name)
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+        .value
+    {
+        prometheus_parse::Value::Gauge(v) => v,
+        ref other => panic!("{name}: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backups_and_prunes_report_to_metrics_pushgateway_and_webhooks_also_when_they_fail() {
+    let ns = namespace_with_objects("report", 3).await;
+    let repo = Repo::s3().await;
+    let lb = repo.lb();
+    lb.run(&["repo", "init"]).success();
+    let (port, got) = recorder().await;
+    let metrics = repo._tmp.path().join("backup.prom");
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = ["backup", "create", "-n", &ns.name, "--metrics-file"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        v.push(metrics.to_str().unwrap().into());
+        for s in [
+            "--pushgateway".to_string(),
+            format!("http://127.0.0.1:{port}"),
+            "--notify".into(),
+            format!("http://127.0.0.1:{port}/hook"),
+        ] {
+            v.push(s);
+        }
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let ok = args(&[]);
+    lb.run(&ok.iter().map(String::as_str).collect::<Vec<_>>())
+        .success();
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    assert_eq!(gauge(&text, "lifeboat_backup_success"), 1.0);
+    assert!(gauge(&text, "lifeboat_backup_objects") >= 3.0, "{text}");
+    let last_ok = gauge(&text, "lifeboat_backup_last_success_timestamp_seconds");
+    assert!(last_ok > 1.7e9, "{text}");
+    // A failing backup: success 0, the last success carried over, a "failed" webhook.
+    let r = repo
+        .lb()
+        .env("LIFEBOAT_FAULTS", "get@config,fail=permanent")
+        .run(&ok.iter().map(String::as_str).collect::<Vec<_>>());
+    r.code_is(1);
+    assert_eq!(r.stderr().trim().lines().count(), 1, "{}", r.describe());
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    assert_eq!(gauge(&text, "lifeboat_backup_success"), 0.0);
+    assert_eq!(
+        gauge(&text, "lifeboat_backup_last_success_timestamp_seconds"),
+        last_ok
+    );
+    // Prune.
+    let prom = repo._tmp.path().join("prune.prom");
+    lb.run(&[
+        "backup",
+        "prune",
+        "--keep-last",
+        "1",
+        "--metrics-file",
+        prom.to_str().unwrap(),
+        "--notify",
+        &format!("http://127.0.0.1:{port}/hook"),
+    ])
+    .success();
+    let text = std::fs::read_to_string(&prom).unwrap();
+    assert_eq!(gauge(&text, "lifeboat_prune_success"), 1.0);
+    let got = got.lock().unwrap().clone();
+    let pushes: Vec<&(String, String)> = got
+        .iter()
+        .filter(|(l, _)| l.starts_with("PUT /metrics/job/lifeboat_backup/cluster/"))
+        .collect();
+    assert_eq!(pushes.len(), 2, "{got:?}");
+    let hooks: Vec<Value> = got
+        .iter()
+        .filter(|(l, _)| l.starts_with("POST /hook"))
+        .map(|(_, b)| serde_json::from_str(b).unwrap())
+        .collect();
+    let kinds: Vec<(String, String)> = hooks
+        .iter()
+        .map(|h| {
+            (
+                h["kind"].as_str().unwrap().into(),
+                h["event"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("backup".to_string(), "finished".to_string()),
+            ("backup".into(), "failed".into()),
+            ("prune".into(), "finished".into())
+        ]
+    );
+    assert!(!hooks.iter().any(|h| h.to_string().contains(PASSWORD)));
     ns.cleanup().await;
 }
