@@ -550,12 +550,24 @@ async fn backup_command(
                 v.progress = !g.quiet;
             }
             let cleanup = opts.volumes.as_ref().map(|v| v.cleanup.clone());
+            let owed_hooks = opts.volumes.as_ref().map(|v| v.hooks.clone());
             let started = std::time::Instant::now();
             let result = tokio::select! {
                 r = backup::create(repository, &cluster, &opts, bar.clone()) => r,
                 _ = wait_for_signal() => {
                     // The backup's future is dropped: nothing was listed (the snapshot is
-                    // written last). Remove the temporary claims, pods and snapshots.
+                    // written last). The application is resumed first (post hooks of the pods
+                    // whose pre hook ran), then the temporary claims, pods and snapshots go.
+                    if let Some(h) = owed_hooks {
+                        for o in h.run_all(&cluster.client).await {
+                            eprintln!(
+                                "post hook {}/{}: {}",
+                                o.namespace,
+                                o.pod,
+                                if o.ok { "ok" } else { o.message.as_str() }
+                            );
+                        }
+                    }
                     if let Some(c) = cleanup {
                         for f in c.run(&cluster.client).await {
                             eprintln!("warning: could not delete {f}");

@@ -1090,3 +1090,131 @@ async fn ctrl_c_during_real_data_movement_cleans_up_and_lists_no_backup() {
     );
     ns.cleanup().await;
 }
+
+/// One point in time with hooks: a StatefulSet with two claims whose pre hook (Velero's
+/// annotation for the data volume marker, lifeboat's for the other) writes a marker into both
+/// volumes and whose post hook removes it. Both snapshots are taken between the hooks (the
+/// marker is in both restored volumes, not in the live ones afterwards), the report gives each
+/// snapshot's time and the spread; a failing pre hook fails the backup and its post hook
+/// still runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hooks_bracket_snapshots_of_every_claim_taken_together() {
+    let Some((client, rc)) = applicable("hooks_bracket_snapshots").await else {
+        return;
+    };
+    let ns = TestNs::new("rn-hooks").await;
+    let pre = "touch /var/lib/db/FROZEN /var/log/db/FROZEN";
+    let post = "rm -f /var/lib/db/FROZEN /var/log/db/FROZEN";
+    create(
+        &ns.api::<StatefulSet>(),
+        json!({
+            "metadata": {"name": "db"},
+            "spec": {"replicas": 1, "serviceName": "db", "selector": {"matchLabels": {"app": "db"}},
+                "template": {"metadata": {"labels": {"app": "db"}, "annotations": {
+                        "pre.hook.backup.lifeboat.io/command": pre,
+                        "post.hook.backup.velero.io/command": serde_json::to_string(&["/bin/sh", "-c", post]).unwrap(),
+                    }},
+                    "spec": {"terminationGracePeriodSeconds": 1,
+                    "containers": [{"name": "db", "image": BUSYBOX, "imagePullPolicy": "IfNotPresent",
+                        "command": ["sleep", "36000"], "volumeMounts": [
+                            {"name": "data", "mountPath": "/var/lib/db"}, {"name": "logs", "mountPath": "/var/log/db"}]}]}},
+                "volumeClaimTemplates": [
+                    {"metadata": {"name": "data"}, "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": rc.class, "resources": {"requests": {"storage": "1Gi"}}}},
+                    {"metadata": {"name": "logs"}, "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": rc.class, "resources": {"requests": {"storage": "1Gi"}}}}]}
+        }),
+    )
+    .await;
+    pod_ready(&client, &ns.name, "db-0", Duration::from_secs(180)).await;
+    sh_ok(
+        &client,
+        &ns.name,
+        "db-0",
+        "echo rows > /var/lib/db/table; echo log > /var/log/db/log",
+    )
+    .await;
+    let tmp = tempfile::tempdir().unwrap();
+    let lb = lifeboat_local_repo(tmp.path());
+    let r = lb.run(&[
+        "backup",
+        "create",
+        "-n",
+        &ns.name,
+        "--snapshot-volumes",
+        "-o",
+        "json",
+    ]);
+    r.success();
+    let rep = r.json();
+    let hooks = rep["hooks"].as_array().unwrap();
+    assert_eq!(hooks.len(), 2, "{rep:#}");
+    assert_eq!(
+        (hooks[0]["phase"].as_str(), hooks[0]["ok"].as_bool()),
+        (Some("pre"), Some(true)),
+        "{rep:#}"
+    );
+    assert_eq!(
+        (hooks[1]["phase"].as_str(), hooks[1]["ok"].as_bool()),
+        (Some("post"), Some(true)),
+        "{rep:#}"
+    );
+    let snaps = rep["snapshots"].as_array().unwrap();
+    assert_eq!(snaps.len(), 2, "{rep:#}");
+    assert!(snaps.iter().all(|s| s["time"].is_string()), "{rep:#}");
+    assert!(
+        rep["snapshotSpreadSeconds"].as_f64().unwrap() >= 0.0,
+        "{rep:#}"
+    );
+    let (live, _, _) = sh(&client, &ns.name, "db-0", "ls /var/lib/db /var/log/db").await;
+    assert!(!live.contains("FROZEN"), "the post hook ran: {live}");
+
+    delete_namespace(&client, &ns.name).await;
+    lb.run(&["restore", "latest", "-n", &ns.name]).success();
+    pod_ready(&client, &ns.name, "db-0", Duration::from_secs(180)).await;
+    let (restored, _, _) = sh(
+        &client,
+        &ns.name,
+        "db-0",
+        "ls /var/lib/db/FROZEN /var/log/db/FROZEN && cat /var/lib/db/table",
+    )
+    .await;
+    assert!(
+        restored.matches("FROZEN").count() == 2 && restored.contains("rows"),
+        "both snapshots were taken between the hooks: {restored}"
+    );
+    // A pre hook that fails (on-error Fail, the default): no snapshot, the backup fails, and
+    // the post hook still runs.
+    sh_ok(
+        &client,
+        &ns.name,
+        "db-0",
+        "rm -f /var/lib/db/FROZEN /var/log/db/FROZEN",
+    )
+    .await;
+    Api::<Pod>::namespaced(client.clone(), &ns.name)
+        .patch(
+            "db-0",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"metadata": {"annotations": {
+                "pre.hook.backup.lifeboat.io/command": format!("{pre}; exit 3")}}})),
+        )
+        .await
+        .unwrap();
+    let r = lb.run(&["backup", "create", "-n", &ns.name, "--snapshot-volumes"]);
+    r.code_is(1);
+    assert!(
+        r.stderr().contains("pre hook of pod") && r.stderr().contains("no snapshot was taken"),
+        "{}",
+        r.describe()
+    );
+    let (live, _, _) = sh(&client, &ns.name, "db-0", "ls /var/lib/db /var/log/db").await;
+    assert!(
+        !live.contains("FROZEN"),
+        "the post hook ran after the failed pre hook: {live}"
+    );
+    assert!(
+        leftovers(&client, &ns.name).await.is_empty(),
+        "{:?}",
+        leftovers(&client, &ns.name).await
+    );
+    ns.cleanup().await;
+}

@@ -26,6 +26,7 @@ use crate::store::layout;
 
 pub mod check;
 pub mod diff;
+pub mod hooks;
 pub mod manage;
 pub mod report;
 
@@ -88,6 +89,26 @@ pub struct BackupSummary {
     /// Volume data stored (`--snapshot-volumes`): one entry per claim.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<VolumeSummary>,
+    /// When each claim's snapshot was taken (the storage's time, as the snapshot controller
+    /// reports it): all are asked for together, between the pre and post hooks.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub snapshots: Vec<SnapshotTime>,
+    /// Seconds between the first and the last snapshot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot_spread_seconds: Option<f64>,
+    /// The hooks that ran, in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hooks: Vec<hooks::HookOutcome>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotTime {
+    pub namespace: String,
+    pub pvc: String,
+    pub snapshot: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub time: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -924,6 +945,9 @@ async fn finish(
     let mut volumes = Vec::new();
     let mut volume_summaries = Vec::new();
     let mut volume_warnings = Vec::new();
+    let mut hook_outcomes = Vec::new();
+    let mut snapshot_times = Vec::new();
+    let mut snapshot_spread = None;
     if let Some(vo) = &opts.volumes {
         let vpacker = Arc::new(Packer::with_pack_size(
             repo.clone(),
@@ -939,28 +963,146 @@ async fn finish(
         )
         .await
         .map_err(|e| Error::Runbook(e.to_string()))?;
-        for c in &claims {
+        let client = &cluster.client;
+        let verr = |e: crate::volume::VolumeError| match e {
+            crate::volume::VolumeError::Repo(r) => Error::Repo(r),
+            other => Error::Runbook(other.to_string()),
+        };
+        // One point in time: pre hooks → every claim's snapshot asked for together → all
+        // ready → post hooks → only then is the data moved out.
+        let hooks = hooks::discover(client, &opts.namespaces, opts.selector.as_deref())
+            .await
+            .map_err(|e| Error::Runbook(format!("backup hooks: {e}")))?;
+        let pending = vo.hooks.clone();
+        let post_of = |h: &hooks::Hook| {
+            hooks.iter().find(|p| {
+                p.phase == hooks::Phase::Post && p.namespace == h.namespace && p.pod == h.pod
+            })
+        };
+        for h in hooks.iter().filter(|h| h.phase == hooks::Phase::Post) {
+            let has_pre = hooks.iter().any(|p| {
+                p.phase == hooks::Phase::Pre && p.namespace == h.namespace && p.pod == h.pod
+            });
+            if !has_pre {
+                pending.push(h.clone());
+            }
+        }
+        let snapshot_phase = async {
+            for h in hooks.iter().filter(|h| h.phase == hooks::Phase::Pre) {
+                // Owed from the moment the pre hook starts: it may have half-run.
+                if let Some(post) = post_of(h) {
+                    pending.push(post.clone());
+                }
+                let r = hooks::run(client, h).await;
+                let failed = r.is_err() && h.on_error == hooks::OnError::Fail;
+                let o = hooks::outcome(h, r);
+                if vo.progress {
+                    eprintln!(
+                        "pre hook {}/{}: {}",
+                        o.namespace,
+                        o.pod,
+                        if o.ok { "ok" } else { o.message.as_str() }
+                    );
+                }
+                if !o.ok && !failed {
+                    volume_warnings.push(format!(
+                        "pre hook of pod {}/{} failed (on-error: Continue): {}",
+                        o.namespace, o.pod, o.message
+                    ));
+                }
+                let msg = o.message.clone();
+                hook_outcomes.push(o);
+                if failed {
+                    return Err(Error::Runbook(format!(
+                        "the pre hook of pod {}/{} failed: {msg} (on-error: Fail); no snapshot was taken",
+                        h.namespace, h.pod
+                    )));
+                }
+            }
+            let mut requested = Vec::new();
+            for c in &claims {
+                match crate::volume::snapshots::request_snapshot(client, c, vo)
+                    .await
+                    .map_err(verr)?
+                {
+                    Ok(r) => requested.push(r),
+                    Err(why) => volume_warnings.push(why),
+                }
+            }
+            let mut ready = Vec::new();
+            for r in requested {
+                match crate::volume::snapshots::wait_snapshot(client, &r, vo).await {
+                    Ok(x) => ready.push((r, x)),
+                    Err(e) => {
+                        volume_warnings.push(format!(
+                            "PVC {}/{} not backed up: {e}",
+                            r.namespace, r.name
+                        ));
+                        crate::volume::snapshots::release(client, &r).await;
+                    }
+                }
+            }
+            Ok::<_, Error>(ready)
+        }
+        .await;
+        // Post hooks now: after the snapshots, or after whatever failed once a pre hook ran.
+        for o in pending.run_all(client).await {
+            if vo.progress {
+                eprintln!(
+                    "post hook {}/{}: {}",
+                    o.namespace,
+                    o.pod,
+                    if o.ok { "ok" } else { o.message.as_str() }
+                );
+            }
+            if !o.ok {
+                volume_warnings.push(format!(
+                    "post hook of pod {}/{} failed: {}",
+                    o.namespace, o.pod, o.message
+                ));
+            }
+            hook_outcomes.push(o);
+        }
+        let ready = match snapshot_phase {
+            Ok(r) => r,
+            Err(e) => {
+                for f in vo.cleanup.run(client).await {
+                    tracing::warn!("could not delete {f}");
+                }
+                return Err(e);
+            }
+        };
+        for (r, x) in &ready {
+            snapshot_times.push(SnapshotTime {
+                namespace: r.namespace.clone(),
+                pvc: r.name.clone(),
+                snapshot: r.snapshot.clone(),
+                time: x.time.clone(),
+            });
+        }
+        let times: Vec<jiff::Timestamp> = ready
+            .iter()
+            .filter_map(|(_, x)| x.time.as_deref()?.parse().ok())
+            .collect();
+        if let (Some(a), Some(b)) = (times.iter().min(), times.iter().max()) {
+            snapshot_spread = Some(b.duration_since(*a).as_secs_f64());
+        }
+        for (r, x) in &ready {
             let started = Instant::now();
-            let label = format!(
-                "{}/{}",
-                c.metadata.namespace.clone().unwrap_or_default(),
-                c.metadata.name.clone().unwrap_or_default()
-            );
+            let label = format!("{}/{}", r.namespace, r.name);
             let bar =
                 crate::output::progress::VolumeBar::start(&label, vo.counters.clone(), vo.progress);
-            let done = crate::volume::snapshots::backup_claim(
-                &cluster.client,
+            let done = crate::volume::snapshots::move_claim(
+                client,
                 repo.clone(),
                 vpacker.clone(),
-                c,
+                r,
+                x,
                 vo,
                 workers,
             )
             .await
-            .map_err(|e| match e {
-                crate::volume::VolumeError::Repo(r) => Error::Repo(r),
-                other => Error::Runbook(other.to_string()),
-            });
+            .map_err(verr);
             drop(bar);
             match done? {
                 Ok(r) => {
@@ -1059,6 +1201,9 @@ async fn finish(
         warnings,
         repository_created: false,
         volumes: volume_summaries,
+        snapshots: snapshot_times,
+        snapshot_spread_seconds: snapshot_spread,
+        hooks: hook_outcomes,
     })
 }
 

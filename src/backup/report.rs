@@ -260,6 +260,9 @@ mod tests {
                 bytes: 42,
                 seconds: 0.5,
             }],
+            snapshots: vec![],
+            snapshot_spread_seconds: None,
+            hooks: vec![],
         }
     }
 

@@ -134,6 +134,7 @@ impl CreateArgs {
                     cleanup: Default::default(),
                     counters: Default::default(),
                     progress: true,
+                    hooks: Default::default(),
                 }),
         }
     }

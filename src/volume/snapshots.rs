@@ -49,6 +49,8 @@ pub struct VolumeOptions {
     pub counters: Arc<Counters>,
     /// Per-volume progress on stderr (off with -q).
     pub progress: bool,
+    /// Post hooks owed (run on Ctrl-C by whoever cancels the backup).
+    pub hooks: crate::backup::hooks::Pending,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,7 +66,11 @@ pub enum Temp {
 /// create request: a Ctrl-C that cancels a create in flight still leaves its name behind for
 /// [`Cleanup::run`] (deleting a name that was never created is not an error).
 #[derive(Debug, Clone, Default)]
-pub struct Cleanup(Arc<Mutex<Vec<(Temp, String, String)>>>);
+pub struct Cleanup(
+    Arc<Mutex<Vec<(Temp, String, String)>>>,
+    /// Also recorded here (the whole backup's list, which Ctrl-C empties).
+    Option<Arc<Cleanup>>,
+);
 
 impl Cleanup {
     pub fn add(&self, kind: Temp, ns: &str, name: &str) {
@@ -72,6 +78,15 @@ impl Cleanup {
             .lock()
             .expect("cleanup")
             .push((kind, ns.to_string(), name.to_string()));
+        if let Some(p) = &self.1 {
+            p.add(kind, ns, name);
+        }
+    }
+
+    /// A list of its own (one claim's objects, deleted when that claim is done) whose entries
+    /// are also recorded in this one (for Ctrl-C). Deleting twice is harmless.
+    pub fn child(&self) -> Cleanup {
+        Cleanup(Default::default(), Some(Arc::new(self.clone())))
     }
 
     /// A new name `prefix` + 5 random characters (as `generateName` would make), recorded.
@@ -331,16 +346,34 @@ pub fn identity_in_pod(pod: &Pod, pvc: &str) -> Option<RunAs> {
     })
 }
 
-/// Back up one claim's data. The temporary claim, mover pod and (unless kept) snapshot are
-/// deleted before returning, whatever happened.
-pub async fn backup_claim(
+/// A claim whose VolumeSnapshot was asked for (not yet ready).
+pub struct Requested {
+    pub namespace: String,
+    pub name: String,
+    pub snapshot: String,
+    driver: String,
+    class: String,
+    capacity: String,
+    spec: k8s_openapi::api::core::v1::PersistentVolumeClaimSpec,
+    /// This claim's temporary objects.
+    cleanup: Cleanup,
+}
+
+/// A ready snapshot: when the storage took it (`status.creationTime`, the storage's clock as
+/// the snapshot controller reports it) and its restore size.
+pub struct Ready {
+    pub time: Option<String>,
+    status: Value,
+}
+
+/// Ask for a claim's VolumeSnapshot (phase 1 of a backup's volume data: every claim's is asked
+/// for together, between the pre and post hooks). `Ok(Err(why))`: this claim cannot be
+/// snapshotted (a warning of the backup).
+pub async fn request_snapshot(
     client: &kube::Client,
-    repo: Arc<Repository>,
-    packer: Arc<Packer>,
     pvc: &PersistentVolumeClaim,
     opts: &VolumeOptions,
-    workers: usize,
-) -> Result<Result<VolumeRecord, String>, VolumeError> {
+) -> Result<Result<Requested, String>, VolumeError> {
     let ns = pvc.metadata.namespace.clone().unwrap_or_default();
     let name = pvc.metadata.name.clone().unwrap_or_default();
     let (driver, class) = match classes(client, pvc, opts).await? {
@@ -361,12 +394,13 @@ pub async fn backup_claim(
         })
         .map(|q| q.0.clone())
         .unwrap_or_else(|| "1Gi".into());
+    let cleanup = opts.cleanup.child();
     let snaps: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &snapshot_resource());
     let prefix = format!("lifeboat-{}-", short(&name));
     let snap_name = if opts.keep_snapshots {
         temp_name(&prefix)
     } else {
-        opts.cleanup.name(Temp::Snapshot, &ns, &prefix)
+        cleanup.name(Temp::Snapshot, &ns, &prefix)
     };
     let snap: DynamicObject = serde_json::from_value(json!({
         "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
@@ -380,17 +414,68 @@ pub async fn backup_claim(
         .create(&PostParams::default(), &snap)
         .await
         .map_err(kerr(format!("create a VolumeSnapshot of {ns}/{name}")))?;
+    Ok(Ok(Requested {
+        namespace: ns,
+        name,
+        snapshot: snap_name,
+        driver,
+        class,
+        capacity,
+        spec,
+        cleanup,
+    }))
+}
+
+/// Wait until a requested snapshot is ready to use.
+pub async fn wait_snapshot(
+    client: &kube::Client,
+    r: &Requested,
+    opts: &VolumeOptions,
+) -> Result<Ready, VolumeError> {
+    let status = wait_ready(client, &r.namespace, &r.snapshot, opts.snapshot_timeout).await?;
+    Ok(Ready {
+        time: status["creationTime"].as_str().map(str::to_string),
+        status,
+    })
+}
+
+/// Delete a claim's temporary objects (its snapshot unless kept, temporary claim, mover pod).
+pub async fn release(client: &kube::Client, r: &Requested) {
+    let failed = r.cleanup.run(client).await;
+    if !failed.is_empty() {
+        tracing::warn!(?failed, "temporary objects left behind");
+    }
+}
+
+/// Phase 3: move a ready snapshot's data into the repository (a claim made from the snapshot,
+/// read by a mover pod), then delete the claim's temporary objects. `Ok(Err(why))`: this
+/// claim's data could not be read (a warning); `Err`: the repository failed (the backup does).
+pub async fn move_claim(
+    client: &kube::Client,
+    repo: Arc<Repository>,
+    packer: Arc<Packer>,
+    r: &Requested,
+    ready: &Ready,
+    opts: &VolumeOptions,
+    workers: usize,
+) -> Result<Result<VolumeRecord, String>, VolumeError> {
+    let (ns, name, spec, snap_name) = (&r.namespace, &r.name, &r.spec, &r.snapshot);
+    let opts = &VolumeOptions {
+        cleanup: r.cleanup.clone(),
+        ..opts.clone()
+    };
+    let status = &ready.status;
+    let capacity = r.capacity.clone();
     let result = async {
-        let status = wait_ready(client, &ns, &snap_name, opts.snapshot_timeout).await?;
         let size = status["restoreSize"]
             .as_str()
             .map(str::to_string)
             .unwrap_or_else(|| capacity.clone());
-        let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+        let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
         let tmp_name = opts.cleanup.name(
             Temp::Claim,
-            &ns,
-            &format!("lifeboat-tmp-{}-", short(&name)),
+            ns,
+            &format!("lifeboat-tmp-{}-", short(name)),
         );
         let tmp: PersistentVolumeClaim = serde_json::from_value(json!({
             "metadata": {"name": tmp_name, "namespace": ns,
@@ -440,7 +525,7 @@ pub async fn backup_claim(
         };
         // Read as the workload's own non-root user when it has one; a file that user cannot
         // read (written by a root init container, say) needs the root reader.
-        let run_as = consumer_identity(client, &ns, &name).await;
+        let run_as = consumer_identity(client, ns, name).await;
         let (entries, stats) = match read(run_as.clone()).await {
             // Only a failure to *read the volume* is worth a second try as root; a repository
             // error fails the whole backup (the packer is poisoned by then anyway).
@@ -465,8 +550,8 @@ pub async fn backup_claim(
             pvc: name.clone(),
             storage_class: spec.storage_class_name.clone(),
             capacity: capacity.clone(),
-            driver: driver.clone(),
-            snapshot_class: class.clone(),
+            driver: r.driver.clone(),
+            snapshot_class: r.class.clone(),
             snapshot: snap_name.clone(),
             snapshot_kept: opts.keep_snapshots,
             files: stats.files,
@@ -475,10 +560,7 @@ pub async fn backup_claim(
         })
     }
     .await;
-    let failed = opts.cleanup.run(client).await;
-    if !failed.is_empty() {
-        tracing::warn!(?failed, "temporary objects left behind");
-    }
+    release(client, r).await;
     match result {
         Ok(r) => Ok(Ok(r)),
         // The repository failed: not a per-claim problem, the backup as a whole must fail.

@@ -89,6 +89,7 @@ pub(super) async fn backup(ctx: &Ctx<'_>, b: &BackupAction) -> R<Outcome> {
                 cleanup: ctx.cleanup.clone(),
                 counters: Default::default(),
                 progress: false,
+                hooks: Default::default(),
             }),
         ..Default::default()
     };

@@ -1,0 +1,312 @@
+//! Backup hooks: commands run in a pod's container through the API server (exec) before the
+//! volume snapshots are taken (pre: quiesce, flush) and after (post: resume). Declared on pods
+//! by annotations, lifeboat's own or Velero's (so a cluster that migrates keeps its hooks):
+//!
+//! - `pre.hook.backup.lifeboat.io/command` (a JSON list, or a string run with `/bin/sh -c`),
+//!   `…/container` (default: the pod's first), `…/timeout` (default 30s), `…/on-error`
+//!   (`Fail`, the default, or `Continue`); the same with `post.`.
+//! - `pre.hook.backup.velero.io/command` (a JSON list), `…/container`, `…/timeout`,
+//!   `…/on-error`, the same with `post.`. Where a pod has both, lifeboat's are used.
+//!
+//! Rule: a pod's post hook runs whenever its pre hook ran (also when the backup fails after it
+//! or is interrupted): see [`Pending`].
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, AttachParams, ListParams};
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    Pre,
+    Post,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnError {
+    Fail,
+    Continue,
+}
+
+/// One hook of one pod.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Hook {
+    pub namespace: String,
+    pub pod: String,
+    pub container: Option<String>,
+    pub phase: Phase,
+    pub command: Vec<String>,
+    #[serde(skip)]
+    pub timeout: Duration,
+    pub on_error: OnError,
+    /// `lifeboat.io` or `velero.io`: whose annotations declared it.
+    pub declared_by: String,
+}
+
+/// What a hook did, for the backup report.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HookOutcome {
+    pub namespace: String,
+    pub pod: String,
+    pub phase: Phase,
+    pub ok: bool,
+    pub message: String,
+    pub time: String,
+}
+
+/// The hooks of a pod from its annotations; a malformed annotation is an error naming it.
+pub fn from_pod(pod: &Pod) -> Result<Vec<Hook>, String> {
+    let ann = pod.metadata.annotations.clone().unwrap_or_default();
+    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let mut out = Vec::new();
+    for phase in [Phase::Pre, Phase::Post] {
+        let p = match phase {
+            Phase::Pre => "pre",
+            Phase::Post => "post",
+        };
+        for domain in ["lifeboat.io", "velero.io"] {
+            let key = |k: &str| format!("{p}.hook.backup.{domain}/{k}");
+            let Some(cmd) = ann.get(&key("command")) else {
+                continue;
+            };
+            let at = |what: &str| format!("pod {ns}/{name}: annotation {}: {what}", key("command"));
+            let command: Vec<String> = if cmd.trim_start().starts_with('[') {
+                serde_json::from_str(cmd)
+                    .map_err(|e| at(&format!("not a JSON list of strings ({e})")))?
+            } else if domain == "lifeboat.io" {
+                vec!["/bin/sh".into(), "-c".into(), cmd.clone()]
+            } else {
+                vec![cmd.clone()]
+            };
+            if command.is_empty() {
+                return Err(at("an empty command"));
+            }
+            let timeout = match ann.get(&key("timeout")) {
+                Some(t) => crate::duration::parse(t)
+                    .map_err(|e| format!("pod {ns}/{name}: annotation {}: {e}", key("timeout")))?,
+                None => Duration::from_secs(30),
+            };
+            let on_error = match ann.get(&key("on-error")).map(|s| s.to_ascii_lowercase()) {
+                None => OnError::Fail,
+                Some(s) if s == "fail" => OnError::Fail,
+                Some(s) if s == "continue" => OnError::Continue,
+                Some(s) => {
+                    return Err(format!(
+                        "pod {ns}/{name}: annotation {}: {s:?} is not Fail or Continue",
+                        key("on-error")
+                    ));
+                }
+            };
+            out.push(Hook {
+                namespace: ns.clone(),
+                pod: name.clone(),
+                container: ann.get(&key("container")).cloned(),
+                phase,
+                command,
+                timeout,
+                on_error,
+                declared_by: domain.into(),
+            });
+            break; // lifeboat's own win over Velero's for the same phase
+        }
+    }
+    Ok(out)
+}
+
+/// The hooks of the running pods in `namespaces` (all when empty) matching `selector`.
+pub async fn discover(
+    client: &kube::Client,
+    namespaces: &[String],
+    selector: Option<&str>,
+) -> Result<Vec<Hook>, String> {
+    let mut lp = ListParams::default();
+    if let Some(s) = selector {
+        lp = lp.labels(s);
+    }
+    let mut pods = Vec::new();
+    if namespaces.is_empty() {
+        let api: Api<Pod> = Api::all(client.clone());
+        pods.extend(
+            api.list(&lp)
+                .await
+                .map_err(|e| crate::error::display_chain(&e))?
+                .items,
+        );
+    } else {
+        for ns in namespaces {
+            let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+            pods.extend(
+                api.list(&lp)
+                    .await
+                    .map_err(|e| crate::error::display_chain(&e))?
+                    .items,
+            );
+        }
+    }
+    let mut hooks = Vec::new();
+    for p in &pods {
+        let running = p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+            && p.metadata.deletion_timestamp.is_none();
+        if running {
+            hooks.extend(from_pod(p)?);
+        }
+    }
+    Ok(hooks)
+}
+
+/// Run one hook; Err is the failure message (exit code and the end of stderr).
+pub async fn run(client: &kube::Client, h: &Hook) -> Result<String, String> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &h.namespace);
+    let mut ap = AttachParams::default()
+        .stdin(false)
+        .stdout(true)
+        .stderr(true);
+    if let Some(c) = &h.container {
+        ap = ap.container(c);
+    }
+    let work = async {
+        let mut proc = pods
+            .exec(&h.pod, h.command.clone(), &ap)
+            .await
+            .map_err(|e| format!("cannot exec: {}", crate::error::display_chain(&e)))?;
+        let (mut so, mut se) = (proc.stdout(), proc.stderr());
+        let status = proc.take_status();
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        use tokio::io::AsyncReadExt;
+        let read_out = async {
+            if let Some(s) = so.as_mut() {
+                let _ = s.take(64 * 1024).read_to_end(&mut out).await;
+            }
+        };
+        let read_err = async {
+            if let Some(s) = se.as_mut() {
+                let _ = s.take(64 * 1024).read_to_end(&mut err).await;
+            }
+        };
+        tokio::join!(read_out, read_err);
+        let st = match status {
+            Some(s) => s.await,
+            None => None,
+        };
+        let _ = proc.join().await;
+        Ok::<_, String>((st, out, err))
+    };
+    let (st, out, err) = tokio::time::timeout(h.timeout, work)
+        .await
+        .map_err(|_| format!("no end within {}s", h.timeout.as_secs()))??;
+    let ok = st.as_ref().and_then(|s| s.status.as_deref()) == Some("Success");
+    let tail = |b: &[u8]| {
+        let s = String::from_utf8_lossy(b);
+        let lines: Vec<&str> = s.trim_end().lines().collect();
+        lines[lines.len().saturating_sub(3)..].join(" | ")
+    };
+    if ok {
+        Ok(tail(&out))
+    } else {
+        let why = st
+            .and_then(|s| s.message)
+            .unwrap_or_else(|| "ended without an exit status".into());
+        let e = tail(&err);
+        Err(if e.is_empty() {
+            why
+        } else {
+            format!("{why}: {e}")
+        })
+    }
+}
+
+/// Post hooks owed: those of pods whose pre hook ran (and pods with only a post hook). Shared
+/// with whoever handles Ctrl-C, so an interrupted backup still resumes the application.
+#[derive(Debug, Clone, Default)]
+pub struct Pending(Arc<Mutex<Vec<Hook>>>);
+
+impl Pending {
+    pub fn push(&self, h: Hook) {
+        self.0.lock().expect("hooks").push(h);
+    }
+
+    fn take(&self) -> Vec<Hook> {
+        std::mem::take(&mut *self.0.lock().expect("hooks"))
+    }
+
+    /// Run every owed post hook (each once), returning their outcomes.
+    pub async fn run_all(&self, client: &kube::Client) -> Vec<HookOutcome> {
+        let mut out = Vec::new();
+        for h in self.take() {
+            out.push(outcome(&h, run(client, &h).await));
+        }
+        out
+    }
+}
+
+pub fn outcome(h: &Hook, r: Result<String, String>) -> HookOutcome {
+    let (ok, message) = match r {
+        Ok(m) => (true, m),
+        Err(m) => (false, m),
+    };
+    HookOutcome {
+        namespace: h.namespace.clone(),
+        pod: h.pod.clone(),
+        phase: h.phase,
+        ok,
+        message,
+        time: crate::faults::now().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(ann: &[(&str, &str)]) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "db-0", "namespace": "shop",
+                "annotations": ann.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<std::collections::BTreeMap<_, _>>()},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn lifeboat_and_velero_annotations() {
+        let h = from_pod(&pod(&[
+            (
+                "pre.hook.backup.lifeboat.io/command",
+                "sync; touch /data/frozen",
+            ),
+            ("pre.hook.backup.velero.io/command", "[\"/bin/true\"]"),
+            (
+                "post.hook.backup.velero.io/command",
+                "[\"/bin/rm\", \"/data/frozen\"]",
+            ),
+            ("post.hook.backup.velero.io/on-error", "Continue"),
+            ("post.hook.backup.velero.io/timeout", "2m"),
+        ]))
+        .unwrap();
+        assert_eq!(h.len(), 2);
+        assert_eq!(h[0].phase, Phase::Pre);
+        assert_eq!(h[0].declared_by, "lifeboat.io", "lifeboat's own win");
+        assert_eq!(h[0].command, ["/bin/sh", "-c", "sync; touch /data/frozen"]);
+        assert_eq!(h[1].declared_by, "velero.io");
+        assert_eq!(h[1].on_error, OnError::Continue);
+        assert_eq!(h[1].timeout, Duration::from_secs(120));
+        let bad = from_pod(&pod(&[(
+            "pre.hook.backup.velero.io/command",
+            "[\"unterminated",
+        )]));
+        assert!(
+            bad.unwrap_err()
+                .contains("pre.hook.backup.velero.io/command")
+        );
+        let bad = from_pod(&pod(&[
+            ("pre.hook.backup.lifeboat.io/command", "x"),
+            ("pre.hook.backup.lifeboat.io/on-error", "maybe"),
+        ]));
+        assert!(bad.unwrap_err().contains("not Fail or Continue"));
+    }
+}
