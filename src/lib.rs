@@ -581,50 +581,26 @@ async fn backup_command(
                 cluster: &cluster.server,
                 namespaces: &args.select.namespaces,
             };
+            let failure = result
+                .as_ref()
+                .err()
+                .map(|e| crate::error::display_chain(e));
             let metrics = backup::report::backup_metrics(
                 &scope,
                 result
                     .as_ref()
-                    .map_err(|e| e.to_string())
-                    .as_ref()
-                    .map_err(String::as_str)
-                    .copied(),
+                    .map_err(|_| failure.as_deref().unwrap_or_default()),
                 started.elapsed().as_secs_f64(),
                 args.report.metrics_file.as_deref(),
             );
-            let note = match &result {
-                Ok(s) => {
-                    let mut n = notify::Notification::new(
-                        "backup",
-                        "finished",
-                        &s.id,
-                        &scope_name(&args.select.namespaces),
-                        "succeeded",
-                    );
-                    n.message = format!(
-                        "{} objects, {} bytes added{}",
-                        s.objects,
-                        s.bytes_added,
-                        if s.warnings.is_empty() {
-                            String::new()
-                        } else {
-                            format!("; warnings: {}", s.warnings.join("; "))
-                        }
-                    );
-                    n
-                }
-                Err(e) => {
-                    let mut n = notify::Notification::new(
-                        "backup",
-                        "failed",
-                        "",
-                        &scope_name(&args.select.namespaces),
-                        "failed",
-                    );
-                    n.message = crate::error::display_chain(e);
-                    n
-                }
-            };
+            let note = backup::report::note(
+                "backup",
+                &scope_name(&args.select.namespaces),
+                match (&result, &failure) {
+                    (Ok(s), _) => Ok((s.id.as_str(), s.describe())),
+                    (Err(_), f) => Err(f.clone().unwrap_or_default()),
+                },
+            );
             report_outcome(
                 &args.report,
                 "lifeboat_backup",
@@ -720,41 +696,26 @@ async fn backup_command(
             let started = std::time::Instant::now();
             let result = backup::manage::prune(repo, &opts).await;
             if !a.dry_run {
+                let failure = result
+                    .as_ref()
+                    .err()
+                    .map(|e| crate::error::display_chain(e));
                 let metrics = backup::report::prune_metrics(
                     &location,
                     result
                         .as_ref()
-                        .map_err(|e| e.to_string())
-                        .as_ref()
-                        .map_err(String::as_str)
-                        .copied(),
+                        .map_err(|_| failure.as_deref().unwrap_or_default()),
                     started.elapsed().as_secs_f64(),
                     a.report.metrics_file.as_deref(),
                 );
-                let note = match &result {
-                    Ok(r) => {
-                        let mut n = notify::Notification::new(
-                            "prune",
-                            "finished",
-                            "",
-                            &location,
-                            "succeeded",
-                        );
-                        n.message = format!(
-                            "{} backup(s) removed, {} pack(s) deleted, {} bytes freed",
-                            r.removed_backups.len(),
-                            r.packs_deleted,
-                            r.bytes_freed
-                        );
-                        n
-                    }
-                    Err(e) => {
-                        let mut n =
-                            notify::Notification::new("prune", "failed", "", &location, "failed");
-                        n.message = crate::error::display_chain(e);
-                        n
-                    }
-                };
+                let note = backup::report::note(
+                    "prune",
+                    &location,
+                    match (&result, &failure) {
+                        (Ok(r), _) => Ok(("", r.describe())),
+                        (Err(_), f) => Err(f.clone().unwrap_or_default()),
+                    },
+                );
                 report_outcome(
                     &a.report,
                     "lifeboat_prune",

@@ -1023,51 +1023,6 @@ async fn repository_keys_are_added_rotated_and_removed_without_ever_locking_ever
     ns.cleanup().await;
 }
 
-/// A local HTTP server that records every request's path and body (200 to all).
-async fn recorder() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = l.local_addr().unwrap().port();
-    let g = got.clone();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            let g = g.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 8192];
-                loop {
-                    let n = s.read(&mut chunk).await.unwrap_or(0);
-                    if n == 0 {
-                        break;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    let text = String::from_utf8_lossy(&buf).to_string();
-                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                        let len = head
-                            .lines()
-                            .find_map(|l| {
-                                l.to_ascii_lowercase()
-                                    .strip_prefix("content-length:")
-                                    .map(|v| v.trim().parse::<usize>().unwrap())
-                            })
-                            .unwrap_or(0);
-                        if body.len() >= len {
-                            let line = head.lines().next().unwrap_or("").to_string();
-                            g.lock().unwrap().push((line, body.to_string()));
-                            let _ = s
-                                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-                                .await;
-                            break;
-                        }
-                    }
-                }
-            });
-        }
-    });
-    (port, got)
-}
-
 fn gauge(text: &str, name: &str) -> f64 {
     let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
     match scrape
@@ -1088,7 +1043,7 @@ async fn backups_and_prunes_report_to_metrics_pushgateway_and_webhooks_also_when
     let repo = Repo::s3().await;
     let lb = repo.lb();
     lb.run(&["repo", "init"]).success();
-    let (port, got) = recorder().await;
+    let (port, got) = common::http_recorder().await;
     let metrics = repo._tmp.path().join("backup.prom");
     let args = |extra: &[&str]| -> Vec<String> {
         let mut v: Vec<String> = ["backup", "create", "-n", &ns.name, "--metrics-file"]

@@ -2354,57 +2354,10 @@ fn new_actions_are_checked_when_the_runbook_loads() {
     }
 }
 
-/// A local HTTP server that records the JSON bodies POSTed to it.
-async fn webhook_receiver() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<(String, Value)>>>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = l.local_addr().unwrap().port();
-    let g = got.clone();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            let g = g.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 8192];
-                loop {
-                    let n = s.read(&mut chunk).await.unwrap_or(0);
-                    if n == 0 {
-                        break;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    let text = String::from_utf8_lossy(&buf).to_string();
-                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                        let len = head
-                            .lines()
-                            .find_map(|l| {
-                                l.to_ascii_lowercase()
-                                    .strip_prefix("content-length:")
-                                    .map(|v| v.trim().parse::<usize>().unwrap())
-                            })
-                            .unwrap_or(0);
-                        if body.len() >= len {
-                            let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
-                            g.lock()
-                                .unwrap()
-                                .push((path, serde_json::from_str(body).unwrap_or(Value::Null)));
-                            let _ = s
-                                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-                                .await;
-                            break;
-                        }
-                    }
-                }
-            });
-        }
-    });
-    (port, got)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notifications_reach_webhooks_for_items_failure_and_rollback_without_secrets() {
     let ns = TestNs::new("rb-notify").await;
-    let (port, got) = webhook_receiver().await;
+    let (port, recorded) = common::http_recorder().await;
     let w = Work::with_env(&[("HOOK_TOKEN", "tok-s3cr3t-99")]);
     let rb = w.write(
         "rb.yaml",
@@ -2441,7 +2394,15 @@ steps:
         "slack",
     ]);
     r.code_is(2);
-    let got = got.lock().unwrap().clone();
+    let got: Vec<(String, Value)> = recorded
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(line, body)| {
+            let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+            (path, serde_json::from_str(body).unwrap_or(Value::Null))
+        })
+        .collect();
     let json_hook: Vec<&Value> = got
         .iter()
         .filter(|(p, _)| p.starts_with("/hook?token=tok-s3cr3t-99"))

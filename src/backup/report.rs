@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use crate::drill::report::{label, sample_labels};
+use crate::notify::Notification;
 
 use super::BackupSummary;
 use super::manage::PruneReport;
@@ -236,6 +237,45 @@ pub fn prune_metrics(
         }
     }
     render(&gauges)
+}
+
+/// The webhook notification of a backup or prune: `Ok((id, summary))` or `Err(error line)`.
+pub fn note(kind: &str, name: &str, result: Result<(&str, String), String>) -> Notification {
+    let (event, status, id, message) = match result {
+        Ok((id, m)) => ("finished", "succeeded", id.to_string(), m),
+        Err(e) => ("failed", "failed", String::new(), e),
+    };
+    let mut n = Notification::new(kind, event, &id, name, status);
+    n.message = message;
+    n
+}
+
+impl BackupSummary {
+    /// One line: objects, bytes added, warnings.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} objects, {} bytes added{}",
+            self.objects,
+            self.bytes_added,
+            if self.warnings.is_empty() {
+                String::new()
+            } else {
+                format!("; warnings: {}", self.warnings.join("; "))
+            }
+        )
+    }
+}
+
+impl PruneReport {
+    /// One line: backups removed, packs deleted, bytes freed.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} backup(s) removed, {} pack(s) deleted, {} bytes freed",
+            self.removed_backups.len(),
+            self.packs_deleted,
+            self.bytes_freed
+        )
+    }
 }
 
 #[cfg(test)]
