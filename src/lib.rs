@@ -521,6 +521,11 @@ async fn backup_command(
     let ropts = settings.repo_options(g);
     match c {
         BackupCommand::Create(args) => {
+            // A bad hooks file is reported before anything is contacted.
+            let hook_rules = match &args.hooks {
+                Some(f) => backup::hooks::load(f)?,
+                None => Default::default(),
+            };
             let is_default = settings.repo.source == config::Source::Default;
             let cluster = cluster::connect(&settings.cluster_options()).await?;
             // The repository opens (passphrase KDF) while discovery and listing start. The default
@@ -548,6 +553,7 @@ async fn backup_command(
             let mut opts = args.options(settings.context.value.clone());
             if let Some(v) = opts.volumes.as_mut() {
                 v.progress = !g.quiet;
+                v.hook_rules = hook_rules;
             }
             let cleanup = opts.volumes.as_ref().map(|v| v.cleanup.clone());
             let owed_hooks = opts.volumes.as_ref().map(|v| v.hooks.clone());

@@ -1216,5 +1216,45 @@ async fn hooks_bracket_snapshots_of_every_claim_taken_together() {
         "{:?}",
         leftovers(&client, &ns.name).await
     );
+    // The same from a hooks file, for pods that declare nothing themselves.
+    Api::<Pod>::namespaced(client.clone(), &ns.name)
+        .patch(
+            "db-0",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"metadata": {"annotations": {
+                "pre.hook.backup.lifeboat.io/command": null,
+                "post.hook.backup.velero.io/command": null}}})),
+        )
+        .await
+        .unwrap();
+    let file = tmp.path().join("hooks.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "apiVersion: lifeboat.io/v1\nkind: BackupHooks\nhooks:\n  - name: db\n    namespaces: [{}]\n    labelSelector: app=db\n    pre: {{command: \"touch /var/lib/db/FILEHOOK\"}}\n    post: {{command: [/bin/rm, -f, /var/lib/db/FILEHOOK]}}\n",
+            ns.name
+        ),
+    )
+    .unwrap();
+    let r = lb.run(&[
+        "backup",
+        "create",
+        "-n",
+        &ns.name,
+        "--snapshot-volumes",
+        "--hooks",
+        file.to_str().unwrap(),
+        "-o",
+        "json",
+    ]);
+    r.success();
+    let rep = r.json();
+    let hooks = rep["hooks"].as_array().unwrap();
+    assert!(
+        hooks.len() == 2 && hooks.iter().all(|h| h["ok"] == true),
+        "{rep:#}"
+    );
+    let (live, _, _) = sh(&client, &ns.name, "db-0", "ls /var/lib/db").await;
+    assert!(!live.contains("FILEHOOK"), "{live}");
     ns.cleanup().await;
 }

@@ -124,6 +124,7 @@ pub async fn discover(
     client: &kube::Client,
     namespaces: &[String],
     selector: Option<&str>,
+    rules: &Rules,
 ) -> Result<Vec<Hook>, String> {
     let mut lp = ListParams::default();
     if let Some(s) = selector {
@@ -154,7 +155,10 @@ pub async fn discover(
         let running = p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
             && p.metadata.deletion_timestamp.is_none();
         if running {
-            hooks.extend(from_pod(p)?);
+            let declared = from_pod(p)?;
+            let extra = rules.for_pod(p, &declared);
+            hooks.extend(declared);
+            hooks.extend(extra);
         }
     }
     Ok(hooks)
@@ -273,6 +277,40 @@ mod tests {
     }
 
     #[test]
+    fn hooks_files_select_pods_and_name_file_line_col() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("hooks.yaml");
+        std::fs::write(
+            &f,
+            "apiVersion: lifeboat.io/v1\nkind: BackupHooks\nhooks:\n  - name: pg\n    namespaces: [shop]\n    labelSelector: app=db\n    pre: {command: \"psql -c checkpoint\"}\n    post: {command: [/bin/true], onError: Continue}\n",
+        )
+        .unwrap();
+        let rules = load(&f).unwrap();
+        let mut p = pod(&[("post.hook.backup.velero.io/command", "[\"/bin/echo\"]")]);
+        p.metadata.labels = Some([("app".to_string(), "db".to_string())].into());
+        let declared = from_pod(&p).unwrap();
+        let extra = rules.for_pod(&p, &declared);
+        assert_eq!(extra.len(), 1, "the pod's own post hook wins: {extra:?}");
+        assert_eq!(extra[0].phase, Phase::Pre);
+        assert_eq!(extra[0].command, ["/bin/sh", "-c", "psql -c checkpoint"]);
+        p.metadata.labels = Some([("app".to_string(), "web".to_string())].into());
+        assert!(rules.for_pod(&p, &[]).is_empty());
+        std::fs::write(
+            &f,
+            "apiVersion: lifeboat.io/v1\nkind: BackupHooks\nhooks:\n  - name: pg\n    pre:\n      command: x\n      onError: maybe\n",
+        )
+        .unwrap();
+        let e = load(&f).unwrap_err().to_string();
+        assert!(
+            e.contains("hooks.yaml:7:7") && e.contains("not Fail or Continue"),
+            "{e}"
+        );
+        std::fs::write(&f, "apiVersion: lifeboat.io/v1\nkind: BackupHooks\nhooks:\n  - name: pg\n    pree: {command: x}\n").unwrap();
+        let e = load(&f).unwrap_err().to_string();
+        assert!(e.contains("hooks.yaml:5:"), "{e}");
+    }
+
+    #[test]
     fn lifeboat_and_velero_annotations() {
         let h = from_pod(&pod(&[
             (
@@ -308,5 +346,175 @@ mod tests {
             ("pre.hook.backup.lifeboat.io/on-error", "maybe"),
         ]));
         assert!(bad.unwrap_err().contains("not Fail or Continue"));
+    }
+}
+
+/// A hooks file (`backup create --hooks FILE`, docs/backup.md#hooks): hooks for the pods a
+/// rule selects, for workloads whose pods cannot be annotated.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HooksFile {
+    pub api_version: String,
+    pub kind: String,
+    pub hooks: Vec<HookRule>,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HookRule {
+    pub name: String,
+    /// Namespaces of the pods (none: every backed-up namespace).
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+    /// A label selector of the pods (`app=db,tier in (primary)`).
+    #[serde(default)]
+    pub label_selector: Option<String>,
+    #[serde(default)]
+    pub container: Option<String>,
+    #[serde(default)]
+    pub pre: Option<HookCommand>,
+    #[serde(default)]
+    pub post: Option<HookCommand>,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HookCommand {
+    /// A list (`[/bin/sh, -c, "…"]`) or a string run with `/bin/sh -c`.
+    pub command: serde_json::Value,
+    #[serde(default)]
+    pub timeout: Option<String>,
+    #[serde(default)]
+    pub on_error: Option<String>,
+}
+
+/// A checked hooks file: rules with their selectors parsed.
+#[derive(Debug, Clone, Default)]
+pub struct Rules(
+    Vec<(
+        HookRule,
+        Option<crate::selector::Selector>,
+        Vec<(Phase, Vec<String>, Duration, OnError)>,
+    )>,
+);
+
+/// Read and check a hooks file; errors name file:line:col.
+pub fn load(path: &std::path::Path) -> Result<Rules, crate::error::Error> {
+    use crate::yaml::{PathElem, locate};
+    let text = std::fs::read_to_string(path).map_err(|source| crate::error::Error::ReadFile {
+        path: path.to_owned(),
+        source,
+    })?;
+    let f: HooksFile = crate::yaml::parse(path, &text)?;
+    let at = |p: Vec<PathElem>, m: String| crate::error::Error::DataFile {
+        path: path.to_owned(),
+        location: locate(&text, &p),
+        message: m,
+    };
+    if f.api_version != "lifeboat.io/v1" || f.kind != "BackupHooks" {
+        return Err(at(
+            vec![PathElem::Key("kind".into())],
+            format!(
+                "expected apiVersion lifeboat.io/v1 and kind BackupHooks, got {} {}",
+                f.api_version, f.kind
+            ),
+        ));
+    }
+    let mut out = Vec::new();
+    for (i, r) in f.hooks.into_iter().enumerate() {
+        let base = || vec![PathElem::Key("hooks".into()), PathElem::Index(i)];
+        let sel = match &r.label_selector {
+            Some(s) => Some(crate::selector::Selector::parse(s).map_err(|e| {
+                let mut p = base();
+                p.push(PathElem::Key("labelSelector".into()));
+                at(p, format!("labelSelector: {e}"))
+            })?),
+            None => None,
+        };
+        let mut cmds = Vec::new();
+        for (phase, key, c) in [(Phase::Pre, "pre", &r.pre), (Phase::Post, "post", &r.post)] {
+            let Some(c) = c else { continue };
+            let here = |k: &str| {
+                let mut p = base();
+                p.push(PathElem::Key(key.into()));
+                p.push(PathElem::Key(k.into()));
+                p
+            };
+            let command: Vec<String> = match &c.command {
+                serde_json::Value::String(s) => vec!["/bin/sh".into(), "-c".into(), s.clone()],
+                v => serde_json::from_value(v.clone()).map_err(|_| {
+                    at(
+                        here("command"),
+                        "command: a list of strings or one string".into(),
+                    )
+                })?,
+            };
+            if command.is_empty() {
+                return Err(at(here("command"), "command is empty".into()));
+            }
+            let timeout = match &c.timeout {
+                Some(t) => crate::duration::parse(t).map_err(|e| at(here("timeout"), e))?,
+                None => Duration::from_secs(30),
+            };
+            let on_error = match c
+                .on_error
+                .as_deref()
+                .map(str::to_ascii_lowercase)
+                .as_deref()
+            {
+                None | Some("fail") => OnError::Fail,
+                Some("continue") => OnError::Continue,
+                Some(o) => {
+                    return Err(at(
+                        here("onError"),
+                        format!("onError {o:?} is not Fail or Continue"),
+                    ));
+                }
+            };
+            cmds.push((phase, command, timeout, on_error));
+        }
+        if cmds.is_empty() {
+            return Err(at(
+                base(),
+                format!("hook {} has neither pre nor post", r.name),
+            ));
+        }
+        out.push((r, sel, cmds));
+    }
+    Ok(Rules(out))
+}
+
+impl Rules {
+    /// The file's hooks for a pod, for the phases its annotations do not already declare.
+    pub fn for_pod(&self, pod: &Pod, declared: &[Hook]) -> Vec<Hook> {
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let labels = pod.metadata.labels.clone().unwrap_or_default();
+        let mut out: Vec<Hook> = Vec::new();
+        for (r, sel, cmds) in &self.0 {
+            if !r.namespaces.is_empty() && !r.namespaces.contains(&ns) {
+                continue;
+            }
+            if sel.as_ref().is_some_and(|s| !s.matches(&labels)) {
+                continue;
+            }
+            for (phase, command, timeout, on_error) in cmds {
+                let taken = declared.iter().chain(out.iter()).any(|h| h.phase == *phase);
+                if taken {
+                    continue;
+                }
+                out.push(Hook {
+                    namespace: ns.clone(),
+                    pod: name.clone(),
+                    container: r.container.clone(),
+                    phase: *phase,
+                    command: command.clone(),
+                    timeout: *timeout,
+                    on_error: *on_error,
+                    declared_by: format!("hooks file ({})", r.name),
+                });
+            }
+        }
+        out
     }
 }

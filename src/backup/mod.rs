@@ -970,9 +970,14 @@ async fn finish(
         };
         // One point in time: pre hooks → every claim's snapshot asked for together → all
         // ready → post hooks → only then is the data moved out.
-        let hooks = hooks::discover(client, &opts.namespaces, opts.selector.as_deref())
-            .await
-            .map_err(|e| Error::Runbook(format!("backup hooks: {e}")))?;
+        let hooks = hooks::discover(
+            client,
+            &opts.namespaces,
+            opts.selector.as_deref(),
+            &vo.hook_rules,
+        )
+        .await
+        .map_err(|e| Error::Runbook(format!("backup hooks: {e}")))?;
         let pending = vo.hooks.clone();
         let post_of = |h: &hooks::Hook| {
             hooks.iter().find(|p| {

@@ -103,6 +103,11 @@ pub struct CreateArgs {
     #[arg(long, default_value = "10m", value_parser = crate::cli::drill::parse_duration, requires = "snapshot_volumes")]
     pub snapshot_timeout: std::time::Duration,
 
+    /// Pre/post hooks for pods selected by namespace and labels, besides those the pods declare
+    /// by annotations (docs/backup.md#hooks)
+    #[arg(long, value_name = "FILE", requires = "snapshot_volumes")]
+    pub hooks: Option<PathBuf>,
+
     /// Image of the mover pods (needs `sleep` and `tar`)
     #[arg(long, default_value = crate::volume::mover::DEFAULT_IMAGE, value_name = "IMAGE")]
     pub mover_image: String,
@@ -135,6 +140,7 @@ impl CreateArgs {
                     counters: Default::default(),
                     progress: true,
                     hooks: Default::default(),
+                    hook_rules: Default::default(),
                 }),
         }
     }

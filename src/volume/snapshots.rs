@@ -51,6 +51,8 @@ pub struct VolumeOptions {
     pub progress: bool,
     /// Post hooks owed (run on Ctrl-C by whoever cancels the backup).
     pub hooks: crate::backup::hooks::Pending,
+    /// `--hooks FILE`: hooks for pods that do not declare their own.
+    pub hook_rules: crate::backup::hooks::Rules,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -90,6 +90,7 @@ pub(super) async fn backup(ctx: &Ctx<'_>, b: &BackupAction) -> R<Outcome> {
                 counters: Default::default(),
                 progress: false,
                 hooks: Default::default(),
+                hook_rules: Default::default(),
             }),
         ..Default::default()
     };
