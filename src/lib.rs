@@ -873,6 +873,7 @@ async fn restore_command(
         transforms,
         names: a.names.clone(),
         with_dependencies: a.with_dependencies,
+        run_hooks: !a.no_hooks,
         bind_timeout: std::time::Duration::from_secs(a.bind_timeout),
         mover: volume::mover::MoverOptions {
             image: a.mover_image.clone(),

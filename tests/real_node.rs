@@ -1113,6 +1113,7 @@ async fn hooks_bracket_snapshots_of_every_claim_taken_together() {
                 "template": {"metadata": {"labels": {"app": "db"}, "annotations": {
                         "pre.hook.backup.lifeboat.io/command": pre,
                         "post.hook.backup.velero.io/command": serde_json::to_string(&["/bin/sh", "-c", post]).unwrap(),
+                        "post.hook.restore.velero.io/command": "[\"/bin/sh\", \"-c\", \"echo migrated > /var/lib/db/MIGRATED\"]",
                     }},
                     "spec": {"terminationGracePeriodSeconds": 1,
                     "containers": [{"name": "db", "image": BUSYBOX, "imagePullPolicy": "IfNotPresent",
@@ -1168,17 +1169,33 @@ async fn hooks_bracket_snapshots_of_every_claim_taken_together() {
     assert!(!live.contains("FROZEN"), "the post hook ran: {live}");
 
     delete_namespace(&client, &ns.name).await;
-    lb.run(&["restore", "latest", "-n", &ns.name]).success();
+    let r = lb.run(&["restore", "latest", "-n", &ns.name, "-o", "json"]);
+    r.success();
+    let rep = r.json();
+    let hook_items: Vec<&Value> = rep["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["kind"] == "RestoreHook")
+        .collect();
+    assert!(
+        hook_items.len() == 1
+            && hook_items[0]["outcome"] == "created"
+            && hook_items[0]["name"] == "db-0",
+        "the restore hook ran once the pod was ready: {rep:#}"
+    );
     pod_ready(&client, &ns.name, "db-0", Duration::from_secs(180)).await;
     let (restored, _, _) = sh(
         &client,
         &ns.name,
         "db-0",
-        "ls /var/lib/db/FROZEN /var/log/db/FROZEN && cat /var/lib/db/table",
+        "ls /var/lib/db/FROZEN /var/log/db/FROZEN && cat /var/lib/db/table /var/lib/db/MIGRATED",
     )
     .await;
     assert!(
-        restored.matches("FROZEN").count() == 2 && restored.contains("rows"),
+        restored.matches("FROZEN").count() == 2
+            && restored.contains("rows")
+            && restored.contains("migrated"),
         "both snapshots were taken between the hooks: {restored}"
     );
     // A pre hook that fails (on-error Fail, the default): no snapshot, the backup fails, and

@@ -302,6 +302,11 @@ pub struct RestoreArgs {
     #[arg(long, requires = "names")]
     pub with_dependencies: bool,
 
+    /// Do not run the restore hooks the restored pods declare
+    /// (`post.hook.restore.lifeboat.io/*`, Velero's `post.hook.restore.velero.io/*`)
+    #[arg(long)]
+    pub no_hooks: bool,
+
     /// Rules that change or drop objects before they are created (repeatable; applied in
     /// order): docs/restore.md#transforms
     #[arg(long = "transform", value_name = "FILE")]

@@ -13,6 +13,7 @@ use serde_json::Value;
 
 pub mod archive;
 pub mod convert;
+pub mod hooks;
 pub mod rules;
 pub mod transform;
 
@@ -79,6 +80,9 @@ pub struct RestoreOptions {
     pub names: Vec<String>,
     /// With `names`: also restore the objects they refer to (rules::references).
     pub with_dependencies: bool,
+    /// Run the restore hooks the restored pod templates declare (hooks.rs), once their pods
+    /// are ready (`--no-hooks`: do not).
+    pub run_hooks: bool,
 }
 
 impl Default for RestoreOptions {
@@ -97,6 +101,7 @@ impl Default for RestoreOptions {
             concurrency: 16,
             restore_id: String::new(),
             restore_namespaces: true,
+            run_hooks: true,
             mover: Default::default(),
             from_snapshot: false,
             cleanup: Default::default(),
@@ -848,6 +853,9 @@ pub async fn restore(
     }
     if !opts.dry_run && !opts.bind_timeout.is_zero() {
         wait_bound(client, &volumes, &rw, opts.bind_timeout, &mut items).await;
+    }
+    if !opts.dry_run && opts.run_hooks {
+        hooks::run(client, &mut items).await;
     }
 
     let count = |o: Outcome| items.iter().filter(|i| i.outcome == o).count();
