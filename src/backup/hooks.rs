@@ -59,6 +59,16 @@ pub struct HookOutcome {
     pub time: String,
 }
 
+/// The pod's first container: the default of a hook that names none (exec needs one when the
+/// pod has sidecars).
+fn first_container(pod: &Pod) -> Option<String> {
+    pod.spec
+        .as_ref()?
+        .containers
+        .first()
+        .map(|c| c.name.clone())
+}
+
 /// The hooks of a pod from its annotations; a malformed annotation is an error naming it.
 pub fn from_pod(pod: &Pod) -> Result<Vec<Hook>, String> {
     let ann = pod.metadata.annotations.clone().unwrap_or_default();
@@ -106,7 +116,10 @@ pub fn from_pod(pod: &Pod) -> Result<Vec<Hook>, String> {
             out.push(Hook {
                 namespace: ns.clone(),
                 pod: name.clone(),
-                container: ann.get(&key("container")).cloned(),
+                container: ann
+                    .get(&key("container"))
+                    .cloned()
+                    .or_else(|| first_container(pod)),
                 phase,
                 command,
                 timeout,
@@ -183,14 +196,26 @@ pub async fn run(client: &kube::Client, h: &Hook) -> Result<String, String> {
         let status = proc.take_status();
         let (mut out, mut err) = (Vec::new(), Vec::new());
         use tokio::io::AsyncReadExt;
+        // Read to the end (the exec's status comes only after its output is taken), keeping
+        // the first 64 KiB.
+        async fn drain<S: tokio::io::AsyncRead + Unpin>(s: &mut S, keep: &mut Vec<u8>) {
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = s.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                let room = (64 * 1024usize).saturating_sub(keep.len());
+                keep.extend_from_slice(&buf[..n.min(room)]);
+            }
+        }
         let read_out = async {
             if let Some(s) = so.as_mut() {
-                let _ = s.take(64 * 1024).read_to_end(&mut out).await;
+                drain(s, &mut out).await;
             }
         };
         let read_err = async {
             if let Some(s) = se.as_mut() {
-                let _ = s.take(64 * 1024).read_to_end(&mut err).await;
+                drain(s, &mut err).await;
             }
         };
         tokio::join!(read_out, read_err);
@@ -235,15 +260,25 @@ impl Pending {
         self.0.lock().expect("hooks").push(h);
     }
 
-    fn take(&self) -> Vec<Hook> {
-        std::mem::take(&mut *self.0.lock().expect("hooks"))
+    fn first(&self) -> Option<Hook> {
+        self.0.lock().expect("hooks").first().cloned()
     }
 
-    /// Run every owed post hook (each once), returning their outcomes.
+    fn done(&self) {
+        let mut v = self.0.lock().expect("hooks");
+        if !v.is_empty() {
+            v.remove(0);
+        }
+    }
+
+    /// Run every owed post hook (each once), returning their outcomes. One at a time, each
+    /// staying owed until it has run: interrupted here (Ctrl-C), the rest still run.
     pub async fn run_all(&self, client: &kube::Client) -> Vec<HookOutcome> {
         let mut out = Vec::new();
-        for h in self.take() {
-            out.push(outcome(&h, run(client, &h).await));
+        while let Some(h) = self.first() {
+            let r = run(client, &h).await;
+            self.done();
+            out.push(outcome(&h, r));
         }
         out
     }
@@ -506,7 +541,7 @@ impl Rules {
                 out.push(Hook {
                     namespace: ns.clone(),
                     pod: name.clone(),
-                    container: r.container.clone(),
+                    container: r.container.clone().or_else(|| first_container(pod)),
                     phase: *phase,
                     command: command.clone(),
                     timeout: *timeout,

@@ -1034,9 +1034,15 @@ async fn finish(
                     Err(why) => volume_warnings.push(why),
                 }
             }
+            // One deadline for all of them: the application is quiesced while they are made.
+            let deadline = Instant::now() + vo.snapshot_timeout;
             let mut ready = Vec::new();
             for r in requested {
-                match crate::volume::snapshots::wait_snapshot(client, &r, vo).await {
+                let left = crate::volume::snapshots::VolumeOptions {
+                    snapshot_timeout: deadline.saturating_duration_since(Instant::now()),
+                    ..vo.clone()
+                };
+                match crate::volume::snapshots::wait_snapshot(client, &r, &left).await {
                     Ok(x) => ready.push((r, x)),
                     Err(e) => {
                         volume_warnings.push(format!(
@@ -1109,7 +1115,17 @@ async fn finish(
             .await
             .map_err(verr);
             drop(bar);
-            match done? {
+            let done = match done {
+                Ok(d) => d,
+                Err(e) => {
+                    // The repository failed: the other claims' snapshots go too.
+                    for f in vo.cleanup.run(client).await {
+                        tracing::warn!("could not delete {f}");
+                    }
+                    return Err(e);
+                }
+            };
+            match done {
                 Ok(r) => {
                     let secs = started.elapsed().as_secs_f64();
                     if vo.progress {

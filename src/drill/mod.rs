@@ -387,6 +387,9 @@ async fn drill_body(
             .map(|s| s.storage_class_map.clone())
             .unwrap_or_default(),
         transforms: opts.spec.as_ref().and_then(|s| s.loaded_transforms.clone()),
+        // Restore hooks (migrations) are not run in scratch copies: restored Secrets may
+        // point them at production systems.
+        run_hooks: false,
         ..Default::default()
     };
     let source = restore::Source::Repository {

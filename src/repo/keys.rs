@@ -183,7 +183,11 @@ impl Repository {
             })
         }
         .await;
-        lock.release().await?;
+        // The change is done (or refused) either way: a lock that cannot be released is
+        // reported, not turned into a failure of the change.
+        if let Err(e) = lock.release().await {
+            tracing::warn!(error = %e, "could not release the repository lock");
+        }
         result
     }
 
@@ -207,11 +211,14 @@ impl Repository {
             Ok(KeyChange {
                 added: Some(id),
                 removed: Some(self.key_id.clone()),
-                keys: self.keys().await?.len(),
+                // Done: a listing that fails now must not report the change as failed.
+                keys: self.keys().await.map(|k| k.len()).unwrap_or(0),
             })
         }
         .await;
-        lock.release().await?;
+        if let Err(e) = lock.release().await {
+            tracing::warn!(error = %e, "could not release the repository lock");
+        }
         result
     }
 }

@@ -33,8 +33,11 @@ fn declared(ann: &BTreeMap<String, String>) -> Result<Option<RestoreHook>, Strin
                     key("command")
                 )
             })?
-        } else {
+        } else if domain == "lifeboat.io" {
             vec!["/bin/sh".into(), "-c".into(), cmd.clone()]
+        } else {
+            // Velero runs a plain string as one program (images without a shell).
+            vec![cmd.clone()]
         };
         let dur = |k: &str, d: u64| -> Result<Duration, String> {
             match ann.get(&key(k)) {
@@ -73,6 +76,34 @@ fn declared(ann: &BTreeMap<String, String>) -> Result<Option<RestoreHook>, Strin
         }));
     }
     Ok(None)
+}
+
+/// A label selector (matchLabels and matchExpressions) as `kubectl -l` writes it.
+fn selector_terms(sel: Option<&Value>) -> Option<Vec<String>> {
+    let sel = sel?;
+    let mut out: Vec<String> = sel["matchLabels"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect()
+        })
+        .unwrap_or_default();
+    for e in sel["matchExpressions"].as_array().into_iter().flatten() {
+        let key = e["key"].as_str()?;
+        let values: Vec<&str> = e["values"]
+            .as_array()
+            .map(|v| v.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        out.push(match e["operator"].as_str()? {
+            "In" => format!("{key} in ({})", values.join(",")),
+            "NotIn" => format!("{key} notin ({})", values.join(",")),
+            "Exists" => key.to_string(),
+            "DoesNotExist" => format!("!{key}"),
+            _ => return None,
+        });
+    }
+    Some(out)
 }
 
 fn ready(p: &Pod) -> bool {
@@ -121,16 +152,21 @@ pub async fn run(client: &kube::Client, items: &mut Vec<Item>) {
         let (ann_path, selector, want) = if kind == "Pod" {
             ("/metadata/annotations", None, 1)
         } else {
-            let sel: Vec<String> = obj
-                .data
-                .pointer("/spec/selector/matchLabels")
-                .and_then(Value::as_object)
-                .map(|m| {
-                    m.iter()
-                        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
-                        .collect()
-                })
-                .unwrap_or_default();
+            let Some(sel) =
+                selector_terms(obj.data.pointer("/spec/selector")).filter(|s| !s.is_empty())
+            else {
+                items.push(Item {
+                    kind: "RestoreHook".into(),
+                    api_version: "v1".into(),
+                    namespace: Some(ns.clone()),
+                    name: name.clone(),
+                    outcome: Outcome::Failed,
+                    message: Some(format!(
+                        "{kind} {ns}/{name}: its selector cannot be read; the restore hook was not run"
+                    )),
+                });
+                continue;
+            };
             let replicas = obj
                 .data
                 .pointer("/spec/replicas")
@@ -231,5 +267,38 @@ pub async fn run(client: &kube::Client, items: &mut Vec<Item>) {
                 ),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selectors_keep_their_expressions_and_velero_strings_run_without_a_shell() {
+        let sel = serde_json::json!({"matchLabels": {"app": "db"},
+            "matchExpressions": [{"key": "tier", "operator": "In", "values": ["a", "b"]},
+                                 {"key": "canary", "operator": "DoesNotExist"}]});
+        assert_eq!(
+            selector_terms(Some(&sel)).unwrap(),
+            ["app=db", "tier in (a,b)", "!canary"]
+        );
+        let only_expr =
+            serde_json::json!({"matchExpressions": [{"key": "app", "operator": "Exists"}]});
+        assert_eq!(selector_terms(Some(&only_expr)).unwrap(), ["app"]);
+        let mut ann = BTreeMap::new();
+        ann.insert(
+            "post.hook.restore.velero.io/command".to_string(),
+            "/migrate".to_string(),
+        );
+        let h = declared(&ann).unwrap().unwrap();
+        assert_eq!(h.hook.command, ["/migrate"]);
+        ann.insert(
+            "post.hook.restore.lifeboat.io/command".to_string(),
+            "echo hi".to_string(),
+        );
+        let h = declared(&ann).unwrap().unwrap();
+        assert_eq!(h.hook.command, ["/bin/sh", "-c", "echo hi"]);
+        assert_eq!(h.wait, Duration::from_secs(300));
     }
 }

@@ -858,7 +858,13 @@ pub async fn restore(
         hooks::run(client, &mut items).await;
     }
 
-    let count = |o: Outcome| items.iter().filter(|i| i.outcome == o).count();
+    // Restore hooks are items of the report, not restored objects: only a failed one counts.
+    let count = |o: Outcome| {
+        items
+            .iter()
+            .filter(|i| i.outcome == o && (i.kind != "RestoreHook" || o == Outcome::Failed))
+            .count()
+    };
     Ok(RestoreReport {
         id: restore_id,
         backup: source.name(),

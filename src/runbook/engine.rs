@@ -117,6 +117,8 @@ pub struct Runner<'a> {
     /// Temporary volume objects of a `backup` step in flight, deleted when the run is
     /// interrupted.
     pub cleanup: crate::volume::snapshots::Cleanup,
+    /// Post hooks of a `backup` step in flight, run when the run is interrupted.
+    pub hooks: crate::backup::hooks::Pending,
     /// Where `run` steps write their output (`runbook logs`); None in dry runs.
     pub log_dir: Option<std::path::PathBuf>,
     /// Webhooks told about the run (empty in dry runs).
@@ -161,6 +163,7 @@ impl Runner<'_> {
             redactor: &self.redactor,
             dry_run,
             cleanup: &self.cleanup,
+            hooks: &self.hooks,
             log_dir: self.log_dir.as_deref(),
             live: !self.quiet,
             instance: String::new(),
@@ -731,6 +734,14 @@ impl Runner<'_> {
                 Err(_) => {
                     // The action was abandoned mid-way: its temporary objects (a backup's
                     // snapshot, claim and mover pod) are deleted now, not left behind.
+                    for o in self.hooks.run_all(&self.cluster.client).await {
+                        self.say(&format!(
+                            "  post hook {}/{}: {}",
+                            o.namespace,
+                            o.pod,
+                            if o.ok { "ok" } else { o.message.as_str() }
+                        ));
+                    }
                     for f in self.cleanup.run(&self.cluster.client).await {
                         self.say(&format!("  warning: could not delete {f}"));
                     }

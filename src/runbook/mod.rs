@@ -695,6 +695,7 @@ async fn exec_with_lease(
         dry_run: opts.dry_run,
         quiet: opts.quiet,
         cleanup: Default::default(),
+        hooks: Default::default(),
         log_dir: (!opts.dry_run).then(|| run_logs_dir(journal_path, run)),
         notify: if opts.dry_run {
             Default::default()
@@ -703,6 +704,7 @@ async fn exec_with_lease(
         },
     };
     let volume_cleanup = runner.cleanup.clone();
+    let owed_hooks = runner.hooks.clone();
     let replay = journal::replay(&records);
     let mut progress = Progress {
         journal: journal.as_mut(),
@@ -737,6 +739,14 @@ async fn exec_with_lease(
         Ok(s) => s,
         Err(Error::Interrupted) => {
             // A backup step's temporary snapshot, claim and mover pod.
+            for o in owed_hooks.run_all(&env.cluster.client).await {
+                eprintln!(
+                    "post hook {}/{}: {}",
+                    o.namespace,
+                    o.pod,
+                    if o.ok { "ok" } else { o.message.as_str() }
+                );
+            }
             for f in volume_cleanup.run(&env.cluster.client).await {
                 eprintln!("warning: could not delete {f}");
             }

@@ -210,6 +210,7 @@ pub async fn make(input: PlanInput<'_>) -> Result<(Plan, Vec<String>), Error> {
                     redactor: &redactor,
                     dry_run: true,
                     cleanup: &Default::default(),
+                    hooks: &Default::default(),
                     log_dir: None,
                     live: false,
                     instance: "plan".into(),

@@ -89,7 +89,7 @@ pub(super) async fn backup(ctx: &Ctx<'_>, b: &BackupAction) -> R<Outcome> {
                 cleanup: ctx.cleanup.clone(),
                 counters: Default::default(),
                 progress: false,
-                hooks: Default::default(),
+                hooks: ctx.hooks.clone(),
                 hook_rules: Default::default(),
             }),
         ..Default::default()

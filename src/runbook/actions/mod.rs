@@ -53,6 +53,8 @@ pub struct Ctx<'a> {
     pub dry_run: bool,
     /// Where a step records the temporary objects it creates (deleted on Ctrl-C).
     pub cleanup: &'a crate::volume::snapshots::Cleanup,
+    /// Post hooks a `backup` step owes (run when the step is abandoned: timeout, Ctrl-C).
+    pub hooks: &'a crate::backup::hooks::Pending,
     /// Where `run` steps write their output (`<step>.log`); None: nowhere (plans, dry runs).
     pub log_dir: Option<&'a std::path::Path>,
     /// Show a `run` step's output as it comes (on stderr).
