@@ -968,14 +968,7 @@ impl Runner<'_> {
                         "its undo ({}) was in flight when the last run stopped and is not safe to repeat; passed over because of --force: check by hand whether it happened",
                         undo_name(&undo)
                     );
-                    self.record(
-                        p,
-                        Record::new(&p.run_id, Event::UndoResult)
-                            .step(&s.id)
-                            .status("skipped")
-                            .message(&why),
-                    )?;
-                    self.say(&format!("  - {}: {why}", s.id));
+                    skip(p, why)?;
                     unfinished.push((s.id.clone(), false));
                     continue;
                 }
