@@ -553,10 +553,10 @@ async fn backup_command(
             let mut opts = args.options(settings.context.value.clone());
             if let Some(v) = opts.volumes.as_mut() {
                 v.progress = !g.quiet;
-                v.hook_rules = hook_rules;
             }
+            opts.hooks.rules = hook_rules;
             let cleanup = opts.volumes.as_ref().map(|v| v.cleanup.clone());
-            let owed_hooks = opts.volumes.as_ref().map(|v| v.hooks.clone());
+            let owed_hooks = Some(opts.hooks.pending.clone());
             let started = std::time::Instant::now();
             let result = tokio::select! {
                 r = backup::create(repository, &cluster, &opts, bar.clone()) => r,

@@ -1275,3 +1275,149 @@ async fn hooks_bracket_snapshots_of_every_claim_taken_together() {
     assert!(!live.contains("FILEHOOK"), "{live}");
     ns.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dump_hook_streams_into_the_repository_and_back_byte_identical() {
+    let Some((client, _rc)) = applicable("dump_hooks").await else {
+        return;
+    };
+    let ns = TestNs::new("rn-dump").await;
+    // Two replicas: the StatefulSet is dumped once, from db-0 (only db-0 has the data).
+    create(
+        &ns.api::<StatefulSet>(),
+        json!({
+            "metadata": {"name": "db"},
+            "spec": {"replicas": 2, "serviceName": "db", "selector": {"matchLabels": {"app": "db"}},
+                "template": {"metadata": {"labels": {"app": "db"}, "annotations": {
+                        "dump.hook.backup.lifeboat.io/command": "cat /work/blob",
+                        "dump.hook.backup.lifeboat.io/name": "db.dump",
+                        "dump.hook.backup.lifeboat.io/restore-command": "cat > /work/restored",
+                    }},
+                    "spec": {"terminationGracePeriodSeconds": 1,
+                    "containers": [{"name": "db", "image": BUSYBOX, "imagePullPolicy": "IfNotPresent",
+                        "command": ["sleep", "36000"],
+                        "volumeMounts": [{"name": "work", "mountPath": "/work"}]}],
+                    "volumes": [{"name": "work", "emptyDir": {}}]}}}
+        }),
+    )
+    .await;
+    pod_ready(&client, &ns.name, "db-0", Duration::from_secs(180)).await;
+    pod_ready(&client, &ns.name, "db-1", Duration::from_secs(180)).await;
+    // 5 MB of random data: several chunks, nothing compressible.
+    let want = sh_ok(
+        &client,
+        &ns.name,
+        "db-0",
+        "head -c 5000000 /dev/urandom > /work/blob && sha256sum /work/blob | cut -d' ' -f1",
+    )
+    .await;
+    let tmp = tempfile::tempdir().unwrap();
+    let lb = lifeboat_local_repo(tmp.path());
+    let r = lb.run(&["backup", "create", "-n", &ns.name, "-o", "json"]);
+    r.success();
+    let rep = r.json();
+    let hooks = rep["hooks"].as_array().unwrap();
+    assert!(
+        hooks.len() == 1 && hooks[0]["phase"] == "dump" && hooks[0]["ok"] == true,
+        "one dump, of db-0: {rep:#}"
+    );
+    assert_eq!(hooks[0]["pod"], "db-0", "{rep:#}");
+    let d = lb.run(&["backup", "describe", "latest", "-o", "json"]);
+    d.success();
+    let desc = d.json();
+    let dumps = desc["dumps"].as_array().unwrap();
+    assert_eq!(dumps.len(), 1, "{desc:#}");
+    assert_eq!(dumps[0]["bytes"], 5_000_000, "{desc:#}");
+    assert_eq!(dumps[0]["owner"], "StatefulSet/db", "{desc:#}");
+    let table = lb.run(&["backup", "describe", "latest"]);
+    assert!(table.stdout().contains(":db.dump"), "{}", table.describe());
+    // The repository holds it: check reads every chunk.
+    lb.run(&["repo", "check", "--read-data"]).success();
+
+    delete_namespace(&client, &ns.name).await;
+    let r = lb.run(&["restore", "latest", "-n", &ns.name, "-o", "json"]);
+    r.success();
+    let rep = r.json();
+    let dump_items: Vec<&Value> = rep["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["kind"] == "RestoreDump")
+        .collect();
+    assert!(
+        dump_items.len() == 1 && dump_items[0]["outcome"] == "created",
+        "{rep:#}"
+    );
+    let got = sh_ok(
+        &client,
+        &ns.name,
+        "db-0",
+        "sha256sum /work/restored | cut -d' ' -f1",
+    )
+    .await;
+    assert_eq!(got, want, "the dump came back byte-identical");
+
+    // Restored again over the existing workload: the dump is not poured into it.
+    let r = lb.run(&["restore", "latest", "-n", &ns.name, "-o", "json"]);
+    r.success();
+    let rep = r.json();
+    let again: Vec<&Value> = rep["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["kind"] == "RestoreDump")
+        .collect();
+    assert!(
+        again.len() == 1 && again[0]["outcome"] == "skipped",
+        "{rep:#}"
+    );
+
+    // A failing dump command (on-error Fail): the backup fails, nothing is listed.
+    let before = lb.run(&["backup", "list", "-o", "json"]).json();
+    for p in ["db-0", "db-1"] {
+        Api::<Pod>::namespaced(client.clone(), &ns.name)
+            .patch(
+                p,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(json!({"metadata": {"annotations": {
+                    "dump.hook.backup.lifeboat.io/command": "cat /work/no-such-file"}}})),
+            )
+            .await
+            .unwrap();
+    }
+    let r = lb.run(&["backup", "create", "-n", &ns.name]);
+    r.code_is(1);
+    assert!(
+        r.stderr().contains("the dump") && r.stderr().contains("exited with status 1"),
+        "{}",
+        r.describe()
+    );
+    let after = lb.run(&["backup", "list", "-o", "json"]).json();
+    assert_eq!(before, after, "a failed dump lists no backup");
+    // on-error Continue: the backup is written without the dump, with a warning.
+    Api::<Pod>::namespaced(client.clone(), &ns.name)
+        .patch(
+            "db-0",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"metadata": {"annotations": {
+                "dump.hook.backup.lifeboat.io/on-error": "Continue"}}})),
+        )
+        .await
+        .unwrap();
+    let r = lb.run(&["backup", "create", "-n", &ns.name, "-o", "json"]);
+    r.success();
+    let rep = r.json();
+    assert!(
+        rep["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w.as_str().unwrap().contains("is not in this backup")),
+        "{rep:#}"
+    );
+    // --no-hooks: no dump is attempted.
+    let r = lb.run(&["backup", "create", "-n", &ns.name, "--no-hooks", "-o", "json"]);
+    r.success();
+    assert!(r.json().get("hooks").is_none(), "{}", r.describe());
+    ns.cleanup().await;
+}

@@ -112,12 +112,12 @@ async fn references(
             )),
         }
     }
-    for v in &snap.volumes {
-        let label = format!("backup {short}: volume {}/{}", v.namespace, v.pvc);
-        for t in &v.trees {
+    for (what, trees) in snap.data_trees() {
+        let label = format!("backup {short}: {what}");
+        for t in trees {
             out.push((*t, format!("{label}: (file tree)")));
         }
-        match crate::volume::load_tree(repo, &v.trees).await {
+        match crate::volume::load_tree(repo, trees).await {
             Ok(files) => {
                 for f in files {
                     for c in &f.chunks {
@@ -529,10 +529,25 @@ async fn repair_snapshots_locked(
             nv.trees = crate::volume::store_tree(&packer, &kept).await?;
             volumes.push(nv);
         }
+        // Dumps: a dump is one file, useless in part: one lost chunk removes it whole.
+        let mut dumps = Vec::new();
+        for d in &snap.dumps {
+            let whole = d.trees.iter().all(readable)
+                && match crate::volume::load_tree(repo, &d.trees).await {
+                    Ok(files) => files.iter().all(|f| f.chunks.iter().all(readable)),
+                    Err(_) => false,
+                };
+            if whole {
+                dumps.push(d.clone());
+            } else {
+                lost.push(format!("{}: the whole dump", d.label()));
+            }
+        }
         if lost.is_empty() {
             continue;
         }
         let mut ns = snap.clone();
+        ns.dumps = dumps;
         if !dry_run && (!trees_ok || entries.len() != before) {
             let mut trees = Vec::new();
             for part in entries.chunks(crate::repo::snapshot::TREE_ENTRIES) {
@@ -583,8 +598,8 @@ async fn repair_snapshots_locked(
     let mut referenced = packer.referenced().await;
     for (_, s, _) in &pending {
         referenced.extend(s.trees.iter().copied());
-        for v in &s.volumes {
-            referenced.extend(v.trees.iter().copied());
+        for (_, trees) in s.data_trees() {
+            referenced.extend(trees.iter().copied());
         }
     }
     repo.check_references(referenced).await?;

@@ -8,6 +8,11 @@
 //! - `pre.hook.backup.velero.io/command` (a JSON list), `…/container`, `…/timeout`,
 //!   `…/on-error`, the same with `post.`. Where a pod has both, lifeboat's are used.
 //!
+//! - `dump.hook.backup.lifeboat.io/command`: a dump (its stdout, e.g. `pg_dump -Fc`, goes into
+//!   the repository as a file of the backup, see [`super::dumps`]), with `…/name` (default
+//!   `dump`), `…/restore-command` (fed the dump on stdin by a restore), `…/container`,
+//!   `…/timeout` (default 1h), `…/on-error`.
+//!
 //! Rule: a pod's post hook runs whenever its pre hook ran (also when the backup fails after it
 //! or is interrupted): see [`Pending`].
 use std::sync::{Arc, Mutex};
@@ -22,6 +27,7 @@ use serde::Serialize;
 pub enum Phase {
     Pre,
     Post,
+    Dump,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -45,6 +51,51 @@ pub struct Hook {
     pub on_error: OnError,
     /// `lifeboat.io` or `velero.io`: whose annotations declared it.
     pub declared_by: String,
+    /// A dump hook's name and restore command.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dump: Option<DumpSpec>,
+}
+
+/// What a dump hook adds to a command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DumpSpec {
+    /// The file's name in the backup (unique per pod).
+    pub name: String,
+    pub restore_command: Option<Vec<String>>,
+}
+
+/// A dump name: a file name, no path.
+fn check_dump_name(n: &str) -> Result<(), String> {
+    let ok = !n.is_empty()
+        && n.len() <= 128
+        && n != "."
+        && n != ".."
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{n:?} is not a dump name (letters, digits, '.', '_', '-'; at most 128)"
+        ))
+    }
+}
+
+/// A command from an annotation: a JSON list, or a string run with `/bin/sh -c` (lifeboat's)
+/// or as one program (Velero's, for images without a shell).
+fn annotation_command(cmd: &str, shell: bool) -> Result<Vec<String>, String> {
+    let command: Vec<String> = if cmd.trim_start().starts_with('[') {
+        serde_json::from_str(cmd).map_err(|e| format!("not a JSON list of strings ({e})"))?
+    } else if shell {
+        vec!["/bin/sh".into(), "-c".into(), cmd.to_string()]
+    } else {
+        vec![cmd.to_string()]
+    };
+    if command.is_empty() {
+        return Err("an empty command".into());
+    }
+    Ok(command)
 }
 
 /// What a hook did, for the backup report.
@@ -75,32 +126,42 @@ pub fn from_pod(pod: &Pod) -> Result<Vec<Hook>, String> {
     let ns = pod.metadata.namespace.clone().unwrap_or_default();
     let name = pod.metadata.name.clone().unwrap_or_default();
     let mut out = Vec::new();
-    for phase in [Phase::Pre, Phase::Post] {
+    for phase in [Phase::Pre, Phase::Post, Phase::Dump] {
         let p = match phase {
             Phase::Pre => "pre",
             Phase::Post => "post",
+            Phase::Dump => "dump",
         };
-        for domain in ["lifeboat.io", "velero.io"] {
+        let domains: &[&str] = match phase {
+            Phase::Dump => &["lifeboat.io"],
+            _ => &["lifeboat.io", "velero.io"],
+        };
+        for domain in domains {
             let key = |k: &str| format!("{p}.hook.backup.{domain}/{k}");
             let Some(cmd) = ann.get(&key("command")) else {
                 continue;
             };
-            let at = |what: &str| format!("pod {ns}/{name}: annotation {}: {what}", key("command"));
-            let command: Vec<String> = if cmd.trim_start().starts_with('[') {
-                serde_json::from_str(cmd)
-                    .map_err(|e| at(&format!("not a JSON list of strings ({e})")))?
-            } else if domain == "lifeboat.io" {
-                vec!["/bin/sh".into(), "-c".into(), cmd.clone()]
-            } else {
-                vec![cmd.clone()]
-            };
-            if command.is_empty() {
-                return Err(at("an empty command"));
-            }
+            let bad = |k: &str, what: String| format!("pod {ns}/{name}: annotation {}: {what}", key(k));
+            let command = annotation_command(cmd, *domain == "lifeboat.io")
+                .map_err(|e| bad("command", e))?;
             let timeout = match ann.get(&key("timeout")) {
-                Some(t) => crate::duration::parse(t)
-                    .map_err(|e| format!("pod {ns}/{name}: annotation {}: {e}", key("timeout")))?,
+                Some(t) => crate::duration::parse(t).map_err(|e| bad("timeout", e))?,
+                None if phase == Phase::Dump => Duration::from_secs(3600),
                 None => Duration::from_secs(30),
+            };
+            let dump = if phase == Phase::Dump {
+                let dname = ann.get(&key("name")).cloned().unwrap_or_else(|| "dump".into());
+                check_dump_name(&dname).map_err(|e| bad("name", e))?;
+                let restore_command = match ann.get(&key("restore-command")) {
+                    Some(c) => Some(annotation_command(c, true).map_err(|e| bad("restore-command", e))?),
+                    None => None,
+                };
+                Some(DumpSpec {
+                    name: dname,
+                    restore_command,
+                })
+            } else {
+                None
             };
             let on_error = match ann.get(&key("on-error")).map(|s| s.to_ascii_lowercase()) {
                 None => OnError::Fail,
@@ -124,7 +185,8 @@ pub fn from_pod(pod: &Pod) -> Result<Vec<Hook>, String> {
                 command,
                 timeout,
                 on_error,
-                declared_by: domain.into(),
+                declared_by: domain.to_string(),
+                dump,
             });
             break; // lifeboat's own win over Velero's for the same phase
         }
@@ -346,6 +408,59 @@ mod tests {
     }
 
     #[test]
+    fn dump_hooks_from_annotations_and_files() {
+        let h = from_pod(&pod(&[
+            ("dump.hook.backup.lifeboat.io/command", "pg_dump -Fc shop"),
+            ("dump.hook.backup.lifeboat.io/name", "shop.pgdump"),
+            (
+                "dump.hook.backup.lifeboat.io/restore-command",
+                "[\"pg_restore\", \"-d\", \"shop\"]",
+            ),
+            // Velero has no dump hooks: not read from its domain.
+            ("dump.hook.backup.velero.io/command", "x"),
+        ]))
+        .unwrap();
+        assert_eq!(h.len(), 1);
+        assert_eq!(h[0].phase, Phase::Dump);
+        assert_eq!(h[0].timeout, Duration::from_secs(3600));
+        let d = h[0].dump.as_ref().unwrap();
+        assert_eq!(d.name, "shop.pgdump");
+        assert_eq!(
+            d.restore_command.as_deref().unwrap(),
+            ["pg_restore", "-d", "shop"]
+        );
+        let bad = from_pod(&pod(&[
+            ("dump.hook.backup.lifeboat.io/command", "x"),
+            ("dump.hook.backup.lifeboat.io/name", "../etc/passwd"),
+        ]));
+        assert!(bad.unwrap_err().contains("not a dump name"));
+
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("hooks.yaml");
+        std::fs::write(
+            &f,
+            "apiVersion: lifeboat.io/v1\nkind: BackupHooks\nhooks:\n  - name: pg\n    dump:\n      name: a.dump\n      command: [pg_dump, -Fc]\n      restoreCommand: pg_restore -d x\n",
+        )
+        .unwrap();
+        let rules = load(&f).unwrap();
+        let mut extra = rules.for_pod(&pod(&[]), &[]);
+        assert_eq!(extra.len(), 1);
+        let d = extra.pop().unwrap();
+        assert_eq!(d.command, ["pg_dump", "-Fc"]);
+        assert_eq!(
+            d.dump.unwrap().restore_command.unwrap(),
+            ["/bin/sh", "-c", "pg_restore -d x"]
+        );
+        std::fs::write(
+            &f,
+            "apiVersion: lifeboat.io/v1\nkind: BackupHooks\nhooks:\n  - name: pg\n    dump:\n      name: a/b\n      command: x\n",
+        )
+        .unwrap();
+        let e = load(&f).unwrap_err().to_string();
+        assert!(e.contains("hooks.yaml:6:") && e.contains("not a dump name"), "{e}");
+    }
+
+    #[test]
     fn lifeboat_and_velero_annotations() {
         let h = from_pod(&pod(&[
             (
@@ -410,6 +525,25 @@ pub struct HookRule {
     pub pre: Option<HookCommand>,
     #[serde(default)]
     pub post: Option<HookCommand>,
+    /// A dump: the command's stdout becomes a file of the backup.
+    #[serde(default)]
+    pub dump: Option<DumpCommand>,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DumpCommand {
+    /// The file's name in the backup (default `dump`).
+    #[serde(default)]
+    pub name: Option<String>,
+    pub command: serde_json::Value,
+    /// Fed the dump on stdin in the restored pod.
+    #[serde(default)]
+    pub restore_command: Option<serde_json::Value>,
+    #[serde(default)]
+    pub timeout: Option<String>,
+    #[serde(default)]
+    pub on_error: Option<String>,
 }
 
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -425,13 +559,17 @@ pub struct HookCommand {
 
 /// A checked hooks file: rules with their selectors parsed.
 #[derive(Debug, Clone, Default)]
-pub struct Rules(
-    Vec<(
-        HookRule,
-        Option<crate::selector::Selector>,
-        Vec<(Phase, Vec<String>, Duration, OnError)>,
-    )>,
-);
+pub struct Rules(Vec<(HookRule, Option<crate::selector::Selector>, Vec<RuleHook>)>);
+
+/// One command of a rule.
+#[derive(Debug, Clone)]
+struct RuleHook {
+    phase: Phase,
+    command: Vec<String>,
+    timeout: Duration,
+    on_error: OnError,
+    dump: Option<DumpSpec>,
+}
 
 /// Read and check a hooks file; errors name file:line:col.
 pub fn load(path: &std::path::Path) -> Result<Rules, crate::error::Error> {
@@ -467,7 +605,16 @@ pub fn load(path: &std::path::Path) -> Result<Rules, crate::error::Error> {
             None => None,
         };
         let mut cmds = Vec::new();
-        for (phase, key, c) in [(Phase::Pre, "pre", &r.pre), (Phase::Post, "post", &r.post)] {
+        let dump_cmd = r.dump.as_ref().map(|d| HookCommand {
+            command: d.command.clone(),
+            timeout: d.timeout.clone(),
+            on_error: d.on_error.clone(),
+        });
+        for (phase, key, c) in [
+            (Phase::Pre, "pre", &r.pre),
+            (Phase::Post, "post", &r.post),
+            (Phase::Dump, "dump", &dump_cmd),
+        ] {
             let Some(c) = c else { continue };
             let here = |k: &str| {
                 let mut p = base();
@@ -475,21 +622,38 @@ pub fn load(path: &std::path::Path) -> Result<Rules, crate::error::Error> {
                 p.push(PathElem::Key(k.into()));
                 p
             };
-            let command: Vec<String> = match &c.command {
-                serde_json::Value::String(s) => vec!["/bin/sh".into(), "-c".into(), s.clone()],
-                v => serde_json::from_value(v.clone()).map_err(|_| {
-                    at(
-                        here("command"),
-                        "command: a list of strings or one string".into(),
-                    )
-                })?,
+            let file_command = |v: &serde_json::Value, k: &str| -> Result<Vec<String>, crate::error::Error> {
+                let command: Vec<String> = match v {
+                    serde_json::Value::String(s) => vec!["/bin/sh".into(), "-c".into(), s.clone()],
+                    v => serde_json::from_value(v.clone()).map_err(|_| {
+                        at(here(k), format!("{k}: a list of strings or one string"))
+                    })?,
+                };
+                if command.is_empty() {
+                    return Err(at(here(k), format!("{k} is empty")));
+                }
+                Ok(command)
             };
-            if command.is_empty() {
-                return Err(at(here("command"), "command is empty".into()));
-            }
+            let command = file_command(&c.command, "command")?;
             let timeout = match &c.timeout {
                 Some(t) => crate::duration::parse(t).map_err(|e| at(here("timeout"), e))?,
+                None if phase == Phase::Dump => Duration::from_secs(3600),
                 None => Duration::from_secs(30),
+            };
+            let dump = match (phase, &r.dump) {
+                (Phase::Dump, Some(d)) => {
+                    let name = d.name.clone().unwrap_or_else(|| "dump".into());
+                    check_dump_name(&name).map_err(|e| at(here("name"), e))?;
+                    let restore_command = match &d.restore_command {
+                        Some(v) => Some(file_command(v, "restoreCommand")?),
+                        None => None,
+                    };
+                    Some(DumpSpec {
+                        name,
+                        restore_command,
+                    })
+                }
+                _ => None,
             };
             let on_error = match c
                 .on_error
@@ -506,12 +670,18 @@ pub fn load(path: &std::path::Path) -> Result<Rules, crate::error::Error> {
                     ));
                 }
             };
-            cmds.push((phase, command, timeout, on_error));
+            cmds.push(RuleHook {
+                phase,
+                command,
+                timeout,
+                on_error,
+                dump,
+            });
         }
         if cmds.is_empty() {
             return Err(at(
                 base(),
-                format!("hook {} has neither pre nor post", r.name),
+                format!("hook {} has none of pre, post and dump", r.name),
             ));
         }
         out.push((r, sel, cmds));
@@ -533,8 +703,12 @@ impl Rules {
             if sel.as_ref().is_some_and(|s| !s.matches(&labels)) {
                 continue;
             }
-            for (phase, command, timeout, on_error) in cmds {
-                let taken = declared.iter().chain(out.iter()).any(|h| h.phase == *phase);
+            for c in cmds {
+                // A pod's own hooks win; dumps of other names add to them.
+                let taken = declared.iter().chain(out.iter()).any(|h| {
+                    h.phase == c.phase
+                        && h.dump.as_ref().map(|d| &d.name) == c.dump.as_ref().map(|d| &d.name)
+                });
                 if taken {
                     continue;
                 }
@@ -542,11 +716,12 @@ impl Rules {
                     namespace: ns.clone(),
                     pod: name.clone(),
                     container: r.container.clone().or_else(|| first_container(pod)),
-                    phase: *phase,
-                    command: command.clone(),
-                    timeout: *timeout,
-                    on_error: *on_error,
+                    phase: c.phase,
+                    command: c.command.clone(),
+                    timeout: c.timeout,
+                    on_error: c.on_error,
                     declared_by: format!("hooks file ({})", r.name),
+                    dump: c.dump.clone(),
                 });
             }
         }

@@ -178,6 +178,25 @@ impl crate::output::Render for BackupDetail {
         for (r, n) in &s.resources {
             writeln!(w, "{r:<48} {n}")?;
         }
+        if !s.volumes.is_empty() {
+            writeln!(w, "\nVOLUME{:<42} FILES {:>10}", "", "BYTES")?;
+            for v in &s.volumes {
+                let name = format!("{}/{}", v.namespace, v.pvc);
+                writeln!(w, "{name:<48} {:>5} {:>10}", v.files, human_bytes(v.bytes))?;
+            }
+        }
+        if !s.dumps.is_empty() {
+            writeln!(w, "\nDUMP{:<44} {:>10}  RESTORE COMMAND", "", "BYTES")?;
+            for d in &s.dumps {
+                let name = format!("{}/{}:{}", d.namespace, d.pod, d.name);
+                let rc = d
+                    .restore_command
+                    .as_ref()
+                    .map(|c| c.join(" "))
+                    .unwrap_or_else(|| "-".into());
+                writeln!(w, "{name:<48} {:>10}  {rc}", human_bytes(d.bytes))?;
+            }
+        }
         for warn in &s.warnings {
             writeln!(w, "warning: {warn}")?;
         }
@@ -243,12 +262,11 @@ pub async fn verify(repo: &Repository, spec: &str, read_data: bool) -> Result<Ve
     // Volume data: each chunk is checked like an object, named by its volume and file.
     let mut volume_blobs: Vec<(BlobId, String)> = Vec::new();
     let mut volume_files = 0;
-    for v in &snap.volumes {
-        let label = format!("volume {}/{}", v.namespace, v.pvc);
-        for t in &v.trees {
+    for (label, trees) in snap.data_trees() {
+        for t in trees {
             volume_blobs.push((*t, format!("{label}: (file tree)")));
         }
-        match crate::volume::load_tree(repo, &v.trees).await {
+        match crate::volume::load_tree(repo, trees).await {
             Ok(files) => {
                 for f in files {
                     volume_files += 1;
@@ -696,9 +714,9 @@ async fn prune_locked(
             used.extend(tree.entries.iter().map(|e| e.blob));
         }
         // Volume data: the file trees and every chunk they list.
-        for v in &s.volumes {
-            used.extend(v.trees.iter().copied());
-            for f in crate::volume::load_tree(repo, &v.trees).await? {
+        for (_, trees) in s.data_trees() {
+            used.extend(trees.iter().copied());
+            for f in crate::volume::load_tree(repo, trees).await? {
                 used.extend(f.chunks);
             }
         }

@@ -26,6 +26,7 @@ use crate::store::layout;
 
 pub mod check;
 pub mod diff;
+pub mod dumps;
 pub mod hooks;
 pub mod manage;
 pub mod report;
@@ -53,6 +54,29 @@ pub struct BackupOptions {
     pub page_size: u32,
     /// `--snapshot-volumes`: back up PVC contents too.
     pub volumes: Option<crate::volume::snapshots::VolumeOptions>,
+    pub hooks: HookOptions,
+}
+
+/// Hooks of the backed-up pods (docs/backup.md#hooks): pre/post hooks bracket the volume
+/// snapshots (they run only when volume data is backed up); dump hooks run in every backup.
+#[derive(Debug, Clone)]
+pub struct HookOptions {
+    /// False: `--no-hooks`.
+    pub enabled: bool,
+    /// `--hooks FILE`: hooks for pods that do not declare their own.
+    pub rules: hooks::Rules,
+    /// Post hooks owed (run on Ctrl-C by whoever cancels the backup).
+    pub pending: hooks::Pending,
+}
+
+impl Default for HookOptions {
+    fn default() -> Self {
+        HookOptions {
+            enabled: true,
+            rules: Default::default(),
+            pending: Default::default(),
+        }
+    }
 }
 
 impl Default for BackupOptions {
@@ -69,6 +93,7 @@ impl Default for BackupOptions {
             concurrency: 4,
             page_size: 500,
             volumes: None,
+            hooks: Default::default(),
         }
     }
 }
@@ -948,14 +973,43 @@ async fn finish(
     let mut hook_outcomes = Vec::new();
     let mut snapshot_times = Vec::new();
     let mut snapshot_spread = None;
-    if let Some(vo) = &opts.volumes {
-        let vpacker = Arc::new(Packer::with_pack_size(
+    let mut dump_records = Vec::new();
+    let client = &cluster.client;
+    let progress = opts.volumes.as_ref().is_none_or(|v| v.progress);
+    // The hooks of the selected pods: pre/post bracket the volume snapshots, dumps run in any
+    // backup. Without volume data an unreadable pod list costs only the dumps: a warning.
+    let all_hooks = if opts.hooks.enabled {
+        match hooks::discover(
+            client,
+            &opts.namespaces,
+            opts.selector.as_deref(),
+            &opts.hooks.rules,
+        )
+        .await
+        {
+            Ok(h) => h,
+            Err(e) if opts.volumes.is_some() => {
+                return Err(Error::Runbook(format!("backup hooks: {e}")));
+            }
+            Err(e) => {
+                volume_warnings.push(format!("dump hooks not looked for: {e}"));
+                Vec::new()
+            }
+        }
+    } else {
+        Vec::new()
+    };
+    let dump_hooks = dumps::select(client, &all_hooks).await;
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    let vpacker = (opts.volumes.is_some() || !dump_hooks.is_empty()).then(|| {
+        Arc::new(Packer::with_pack_size(
             repo.clone(),
             crate::volume::PACK_SIZE,
-        ));
-        let workers = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2);
+        ))
+    });
+    if let (Some(vo), Some(vpacker)) = (&opts.volumes, &vpacker) {
         let claims = crate::volume::snapshots::claims(
             &cluster.client,
             &opts.namespaces,
@@ -963,22 +1017,17 @@ async fn finish(
         )
         .await
         .map_err(|e| Error::Runbook(e.to_string()))?;
-        let client = &cluster.client;
         let verr = |e: crate::volume::VolumeError| match e {
             crate::volume::VolumeError::Repo(r) => Error::Repo(r),
             other => Error::Runbook(other.to_string()),
         };
         // One point in time: pre hooks → every claim's snapshot asked for together → all
         // ready → post hooks → only then is the data moved out.
-        let hooks = hooks::discover(
-            client,
-            &opts.namespaces,
-            opts.selector.as_deref(),
-            &vo.hook_rules,
-        )
-        .await
-        .map_err(|e| Error::Runbook(format!("backup hooks: {e}")))?;
-        let pending = vo.hooks.clone();
+        let hooks: Vec<&hooks::Hook> = all_hooks
+            .iter()
+            .filter(|h| h.phase != hooks::Phase::Dump)
+            .collect();
+        let pending = opts.hooks.pending.clone();
         let post_of = |h: &hooks::Hook| {
             hooks.iter().find(|p| {
                 p.phase == hooks::Phase::Post && p.namespace == h.namespace && p.pod == h.pod
@@ -989,14 +1038,14 @@ async fn finish(
                 p.phase == hooks::Phase::Pre && p.namespace == h.namespace && p.pod == h.pod
             });
             if !has_pre {
-                pending.push(h.clone());
+                pending.push((*h).clone());
             }
         }
         let snapshot_phase = async {
             for h in hooks.iter().filter(|h| h.phase == hooks::Phase::Pre) {
                 // Owed from the moment the pre hook starts: it may have half-run.
                 if let Some(post) = post_of(h) {
-                    pending.push(post.clone());
+                    pending.push((*post).clone());
                 }
                 let r = hooks::run(client, h).await;
                 let failed = r.is_err() && h.on_error == hooks::OnError::Fail;
@@ -1147,6 +1196,56 @@ async fn finish(
                 Err(why) => volume_warnings.push(why),
             }
         }
+    }
+    // Dumps: each command's stdout straight into the repository.
+    if let Some(vpacker) = &vpacker {
+        for (h, owner) in &dump_hooks {
+            let label = format!(
+                "{}/{}:{}",
+                h.namespace,
+                h.pod,
+                h.dump.as_ref().map(|d| d.name.as_str()).unwrap_or_default()
+            );
+            let r = dumps::run(client, repo.clone(), vpacker.clone(), h, owner.clone(), workers).await;
+            let (ok, message) = match r {
+                Ok(d) => {
+                    let m = format!("{} bytes in {:.1}s", d.bytes, d.seconds);
+                    dump_records.push(d);
+                    (true, m)
+                }
+                Err(dumps::DumpError::Volume(e)) => {
+                    if let Some(vo) = &opts.volumes {
+                        for f in vo.cleanup.run(client).await {
+                            tracing::warn!("could not delete {f}");
+                        }
+                    }
+                    return Err(match e {
+                        crate::volume::VolumeError::Repo(r) => Error::Repo(r),
+                        other => Error::Runbook(other.to_string()),
+                    });
+                }
+                Err(dumps::DumpError::Failed(why)) => (false, why),
+            };
+            if progress {
+                eprintln!("dump {label}: {}", if ok { "ok, " } else { "" }.to_string() + &message);
+            }
+            hook_outcomes.push(hooks::outcome(h, if ok { Ok(message.clone()) } else { Err(message.clone()) }));
+            if !ok {
+                if h.on_error == hooks::OnError::Fail {
+                    if let Some(vo) = &opts.volumes {
+                        for f in vo.cleanup.run(client).await {
+                            tracing::warn!("could not delete {f}");
+                        }
+                    }
+                    return Err(Error::Runbook(format!(
+                        "the dump {label} failed: {message} (on-error: Fail); no backup was written"
+                    )));
+                }
+                volume_warnings.push(format!(
+                    "dump {label} failed (on-error: Continue); it is not in this backup: {message}"
+                ));
+            }
+        }
         let vs = vpacker.finish_locked(Some(lock)).await?;
         stats.pack_bytes += vs.pack_bytes;
         referenced.extend(vpacker.referenced().await);
@@ -1197,14 +1296,15 @@ async fn finish(
         warnings: warnings.clone(),
         trees: trees.into_iter().map(|(_, _, b)| b).collect(),
         volumes,
+        dumps: dump_records.clone(),
     };
     snap.duration_seconds = start.elapsed().as_secs_f64();
     snap.bytes_added += snap_size(&snap);
     // Last checks before the backup becomes visible: every blob it references is indexed and
     // its pack exists (as the store says now), and our lock is still ours.
     referenced.extend(snap.trees.iter().copied());
-    for v in &snap.volumes {
-        referenced.extend(v.trees.iter().copied());
+    for (_, trees) in snap.data_trees() {
+        referenced.extend(trees.iter().copied());
     }
     repo.check_references(referenced).await?;
     crate::faults::point("backup.before-snapshot");

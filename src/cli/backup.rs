@@ -103,10 +103,14 @@ pub struct CreateArgs {
     #[arg(long, default_value = "10m", value_parser = crate::cli::drill::parse_duration, requires = "snapshot_volumes")]
     pub snapshot_timeout: std::time::Duration,
 
-    /// Pre/post hooks for pods selected by namespace and labels, besides those the pods declare
-    /// by annotations (docs/backup.md#hooks)
-    #[arg(long, value_name = "FILE", requires = "snapshot_volumes")]
+    /// Pre/post and dump hooks for pods selected by namespace and labels, besides those the
+    /// pods declare by annotations (docs/backup.md#hooks)
+    #[arg(long, value_name = "FILE", conflicts_with = "no_hooks")]
     pub hooks: Option<PathBuf>,
+
+    /// Run no hooks: neither the pre/post hooks around volume snapshots nor dump hooks
+    #[arg(long)]
+    pub no_hooks: bool,
 
     /// Image of the mover pods (needs `sleep` and `tar`)
     #[arg(long, default_value = crate::volume::mover::DEFAULT_IMAGE, value_name = "IMAGE")]
@@ -139,9 +143,11 @@ impl CreateArgs {
                     cleanup: Default::default(),
                     counters: Default::default(),
                     progress: true,
-                    hooks: Default::default(),
-                    hook_rules: Default::default(),
                 }),
+            hooks: crate::backup::HookOptions {
+                enabled: !self.no_hooks,
+                ..Default::default()
+            },
         }
     }
 }

@@ -74,6 +74,57 @@ pub struct Snapshot {
     /// Volume data (`backup create --snapshot-volumes`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<VolumeRecord>,
+    /// Application dumps (`dump` hooks: a command's stdout, e.g. `pg_dump -Fc`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dumps: Vec<DumpRecord>,
+}
+
+impl Snapshot {
+    /// Every set of file trees this backup holds data in (volumes and dumps), each with a
+    /// label naming it: what prune keeps, check reads and repair inspects.
+    pub fn data_trees(&self) -> Vec<(String, &[BlobId])> {
+        let mut out: Vec<(String, &[BlobId])> = self
+            .volumes
+            .iter()
+            .map(|v| (format!("volume {}/{}", v.namespace, v.pvc), v.trees.as_slice()))
+            .collect();
+        out.extend(self.dumps.iter().map(|d| (d.label(), d.trees.as_slice())));
+        out
+    }
+}
+
+/// One dump hook's output in a backup: a single file (chunked, deduplicated, encrypted) of
+/// `bytes` bytes, its tree in `trees`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DumpRecord {
+    pub namespace: String,
+    /// The pod the command ran in.
+    pub pod: String,
+    pub container: Option<String>,
+    /// The dump's name (unique per pod), e.g. `db.pgdump`.
+    pub name: String,
+    /// The pod's controller at backup time (`StatefulSet/db`), used to find the restored pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// The command whose stdout this is.
+    pub command: Vec<String>,
+    /// The command a restore feeds the dump to on stdin (`pg_restore …`), if declared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_command: Option<Vec<String>>,
+    pub bytes: u64,
+    /// BLAKE3 of the content, hex.
+    pub hash: String,
+    pub time: String,
+    pub seconds: f64,
+    /// One tree blob holding the dump as one file entry.
+    pub trees: Vec<BlobId>,
+}
+
+impl DumpRecord {
+    pub fn label(&self) -> String {
+        format!("dump {}/{}:{}", self.namespace, self.pod, self.name)
+    }
 }
 
 /// One PersistentVolumeClaim's data in a backup.

@@ -71,6 +71,7 @@ fn declared(ann: &BTreeMap<String, String>) -> Result<Option<RestoreHook>, Strin
                 timeout: dur("exec-timeout", 30)?,
                 on_error,
                 declared_by: domain.into(),
+                dump: None,
             },
             wait: dur("wait-timeout", 300)?,
         }));
@@ -79,7 +80,7 @@ fn declared(ann: &BTreeMap<String, String>) -> Result<Option<RestoreHook>, Strin
 }
 
 /// A label selector (matchLabels and matchExpressions) as `kubectl -l` writes it.
-fn selector_terms(sel: Option<&Value>) -> Option<Vec<String>> {
+pub(super) fn selector_terms(sel: Option<&Value>) -> Option<Vec<String>> {
     let sel = sel?;
     let mut out: Vec<String> = sel["matchLabels"]
         .as_object()
@@ -106,7 +107,7 @@ fn selector_terms(sel: Option<&Value>) -> Option<Vec<String>> {
     Some(out)
 }
 
-fn ready(p: &Pod) -> bool {
+pub(super) fn ready(p: &Pod) -> bool {
     p.metadata.deletion_timestamp.is_none()
         && p.status
             .as_ref()
@@ -114,7 +115,7 @@ fn ready(p: &Pod) -> bool {
             .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-fn api_of(kind: &str) -> Option<ApiResource> {
+pub(super) fn api_of(kind: &str) -> Option<ApiResource> {
     let (group, version, plural) = match kind {
         "Deployment" => ("apps", "v1", "deployments"),
         "StatefulSet" => ("apps", "v1", "statefulsets"),

@@ -13,6 +13,7 @@ use serde_json::Value;
 
 pub mod archive;
 pub mod convert;
+pub mod dumps;
 pub mod hooks;
 pub mod rules;
 pub mod transform;
@@ -416,6 +417,8 @@ pub enum Source {
         entries: Vec<TreeEntry>,
         /// Volume data of the backup (`backup create --snapshot-volumes`).
         volumes: Vec<crate::repo::snapshot::VolumeRecord>,
+        /// Dumps of the backup (dump hooks).
+        dumps: Vec<crate::repo::snapshot::DumpRecord>,
     },
     /// (entry, object) pairs from an export archive.
     Archive {
@@ -856,13 +859,20 @@ pub async fn restore(
     }
     if !opts.dry_run && opts.run_hooks {
         hooks::run(client, &mut items).await;
+        if let Source::Repository { repo, dumps, .. } = &source {
+            dumps::run(client, repo.clone(), dumps, &|n| rw.map_ns(n).to_string(), &mut items).await;
+        }
     }
 
     // Restore hooks are items of the report, not restored objects: only a failed one counts.
     let count = |o: Outcome| {
         items
             .iter()
-            .filter(|i| i.outcome == o && (i.kind != "RestoreHook" || o == Outcome::Failed))
+            .filter(|i| {
+                i.outcome == o
+                    && (!matches!(i.kind.as_str(), "RestoreHook" | "RestoreDump")
+                        || o == Outcome::Failed)
+            })
             .count()
     };
     Ok(RestoreReport {
@@ -1803,6 +1813,7 @@ pub async fn repository_source(repo: Arc<Repository>, spec: &str) -> Result<Sour
         backup_id: id,
         entries,
         volumes: snap.volumes,
+        dumps: snap.dumps,
     })
 }
 

@@ -205,14 +205,143 @@ where
     F: FnOnce() -> R + Send + 'static,
     R: std::io::Read,
 {
-    let (tx, rx) = tokio::sync::mpsc::channel::<(Slot, Piece)>(workers.max(1) * 2);
     let chunker = repo.config.chunker;
-    // The tar reader and the chunker are synchronous: one blocking thread reads, cuts and
-    // hashes the content; the workers compute chunk ids, compress, seal and pack.
-    let producer = tokio::task::spawn_blocking(move || {
+    pipeline(packer, workers, move |tx| {
         let input = make_reader();
         read_tar(input, chunker, &tx, &counters)
-    });
+    })
+    .await
+}
+
+/// Store a raw byte stream (a dump hook's stdout) as one file entry named `name`: cut into
+/// content-defined chunks, deduplicated, compressed and sealed like volume files.
+pub async fn ingest_stream<R>(
+    repo: Arc<Repository>,
+    packer: Arc<Packer>,
+    reader: R,
+    name: &str,
+    workers: usize,
+    counters: Arc<Counters>,
+) -> Result<(FileEntry, IngestStats), VolumeError>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+{
+    let (make, _stop_reader_on_drop) = blocking_reader(reader);
+    let chunker = repo.config.chunker;
+    let name = name.to_string();
+    let (mut entries, stats) = pipeline(packer, workers, move |tx| {
+        let mut input = make();
+        let mut fe = FileEntry {
+            path: name,
+            kind: EntryType::File,
+            mode: 0o600,
+            uid: 0,
+            gid: 0,
+            size: 0,
+            mtime: crate::faults::now().as_second().max(0) as u64,
+            target: None,
+            chunks: vec![],
+            hash: None,
+        };
+        let mut stats = IngestStats::default();
+        let mut slots = Vec::new();
+        let mut hasher = blake3::Hasher::new();
+        let cdc = fastcdc::v2020::StreamCDC::new(
+            &mut input,
+            chunker.min_size as usize,
+            chunker.avg_size as usize,
+            chunker.max_size as usize,
+        );
+        for chunk in cdc {
+            let chunk = chunk.map_err(|e| match e {
+                fastcdc::v2020::Error::IoError(e) => VolumeError::Tar(e),
+                other => VolumeError::Pipeline(other.to_string()),
+            })?;
+            hasher.update(&chunk.data);
+            let len = chunk.data.len() as u64;
+            fe.size += len;
+            counters.bytes.fetch_add(len, Ordering::Relaxed);
+            let slot = Slot::default();
+            slots.push(slot.clone());
+            stats.chunks += 1;
+            tx.blocking_send((slot, Piece::whole(chunk.data)))
+                .map_err(|_| VolumeError::Pipeline("the packing workers stopped".into()))?;
+        }
+        fe.hash = Some(hasher.finalize().to_hex().to_string());
+        stats.files = 1;
+        stats.bytes = fe.size;
+        Ok((vec![(fe, slots)], stats))
+    })
+    .await?;
+    Ok((entries.pop().expect("one entry"), stats))
+}
+
+/// Stream one stored file's content (a dump) into `w`, `prefetch` chunks ahead; its size and
+/// BLAKE3 hash are checked against the entry before `w` is shut down (a mismatch is an error,
+/// and the reader sees the stream end short of what it was told to expect).
+pub async fn write_file<W>(
+    repo: Arc<Repository>,
+    entry: &FileEntry,
+    mut w: W,
+    prefetch: usize,
+) -> Result<u64, VolumeError>
+where
+    W: AsyncWrite + Unpin,
+{
+    use futures::StreamExt;
+    let mut chunks = futures::stream::iter(entry.chunks.iter().copied().map(|id| {
+        let repo = repo.clone();
+        async move { repo.read_blob(&id).await }
+    }))
+    .buffered(prefetch.max(1));
+    let mut hasher = blake3::Hasher::new();
+    let mut written = 0u64;
+    while let Some(data) = chunks.next().await {
+        let data = data.map_err(|err| {
+            VolumeError::Pipeline(format!(
+                "{}: a chunk of it cannot be read from the repository: {}",
+                entry.path,
+                crate::error::display_chain(&err)
+            ))
+        })?;
+        hasher.update(&data);
+        written += data.len() as u64;
+        if written > entry.size {
+            break;
+        }
+        w.write_all(&data).await.map_err(VolumeError::Write)?;
+    }
+    let hash = hasher.finalize().to_hex().to_string();
+    if written != entry.size || entry.hash.as_deref().is_some_and(|h| h != hash) {
+        return Err(VolumeError::Pipeline(format!(
+            "{}: the stored chunks do not make the recorded content ({written} of {} bytes, hash {})",
+            entry.path,
+            entry.size,
+            if entry.hash.as_deref() == Some(hash.as_str()) { "equal" } else { "different" }
+        )));
+    }
+    w.flush().await.map_err(VolumeError::Write)?;
+    w.shutdown().await.map_err(VolumeError::Write)?;
+    Ok(written)
+}
+
+/// Run `produce` on a blocking thread (it reads, cuts and hashes: synchronous work) while
+/// `workers` tasks compute chunk ids, compress, seal and pack what it sends. Returns the
+/// produced entries with their chunk ids filled in.
+async fn pipeline<P>(
+    packer: Arc<Packer>,
+    workers: usize,
+    produce: P,
+) -> Result<(Vec<FileEntry>, IngestStats), VolumeError>
+where
+    P: FnOnce(
+            tokio::sync::mpsc::Sender<(Slot, Piece)>,
+        ) -> Result<(Vec<Pending>, IngestStats), VolumeError>
+        + Send
+        + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel::<(Slot, Piece)>(workers.max(1) * 2);
+    let producer = tokio::task::spawn_blocking(move || produce(tx));
     let rx = Arc::new(tokio::sync::Mutex::new(rx));
     let mut pool = tokio::task::JoinSet::new();
     for _ in 0..workers.max(1) {

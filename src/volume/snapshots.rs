@@ -49,10 +49,6 @@ pub struct VolumeOptions {
     pub counters: Arc<Counters>,
     /// Per-volume progress on stderr (off with -q).
     pub progress: bool,
-    /// Post hooks owed (run on Ctrl-C by whoever cancels the backup).
-    pub hooks: crate::backup::hooks::Pending,
-    /// `--hooks FILE`: hooks for pods that do not declare their own.
-    pub hook_rules: crate::backup::hooks::Rules,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

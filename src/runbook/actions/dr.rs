@@ -89,9 +89,11 @@ pub(super) async fn backup(ctx: &Ctx<'_>, b: &BackupAction) -> R<Outcome> {
                 cleanup: ctx.cleanup.clone(),
                 counters: Default::default(),
                 progress: false,
-                hooks: ctx.hooks.clone(),
-                hook_rules: Default::default(),
             }),
+        hooks: crate::backup::HookOptions {
+            pending: ctx.hooks.clone(),
+            ..Default::default()
+        },
         ..Default::default()
     };
     let s = crate::backup::create(
