@@ -555,6 +555,7 @@ async fn backup_command(
                 v.progress = !g.quiet;
             }
             opts.hooks.rules = hook_rules;
+            opts.hooks.progress = !g.quiet;
             let cleanup = opts.volumes.as_ref().map(|v| v.cleanup.clone());
             let owed_hooks = Some(opts.hooks.pending.clone());
             let started = std::time::Instant::now();

@@ -1278,7 +1278,7 @@ async fn hooks_bracket_snapshots_of_every_claim_taken_together() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dump_hook_streams_into_the_repository_and_back_byte_identical() {
-    let Some((client, _rc)) = applicable("dump_hooks").await else {
+    let Some((client, rc)) = applicable("dump_hooks").await else {
         return;
     };
     let ns = TestNs::new("rn-dump").await;
@@ -1293,7 +1293,7 @@ async fn a_dump_hook_streams_into_the_repository_and_back_byte_identical() {
                         "dump.hook.backup.lifeboat.io/name": "db.dump",
                         "dump.hook.backup.lifeboat.io/restore-command": "cat > /work/restored",
                     }},
-                    "spec": {"terminationGracePeriodSeconds": 1,
+                    "spec": {"terminationGracePeriodSeconds": 1, "nodeSelector": rc.node_selector,
                     "containers": [{"name": "db", "image": BUSYBOX, "imagePullPolicy": "IfNotPresent",
                         "command": ["sleep", "36000"],
                         "volumeMounts": [{"name": "work", "mountPath": "/work"}]}],
@@ -1356,6 +1356,7 @@ async fn a_dump_hook_streams_into_the_repository_and_back_byte_identical() {
     )
     .await;
     assert_eq!(got, want, "the dump came back byte-identical");
+    sh_ok(&client, &ns.name, "db-0", "cp /work/restored /work/blob").await;
 
     // Restored again over the existing workload: the dump is not poured into it.
     let r = lb.run(&["restore", "latest", "-n", &ns.name, "-o", "json"]);
@@ -1372,8 +1373,28 @@ async fn a_dump_hook_streams_into_the_repository_and_back_byte_identical() {
         "{rep:#}"
     );
 
-    // A failing dump command (on-error Fail): the backup fails, nothing is listed.
+    // Store faults while the dump streams in: throttling is retried (the dump is whole); a
+    // permanent failure fails the backup with one line and lists nothing new.
     let before = lb.run(&["backup", "list", "-o", "json"]).json();
+    let r = lb
+        .clone_with("LIFEBOAT_FAULTS", "put@data/,count=3,fail=throttle")
+        .run(&["backup", "create", "-n", &ns.name, "-o", "json"]);
+    r.success();
+    lb.run(&["repo", "check", "--read-data"]).success();
+    let r = lb
+        .clone_with("LIFEBOAT_FAULTS", "put@data/,count=0,fail=permanent")
+        .run(&["backup", "create", "-q", "-n", &ns.name]);
+    r.code_is(1);
+    assert_eq!(r.stderr().trim().lines().count(), 1, "{}", r.describe());
+    let listed = lb.run(&["backup", "list", "-o", "json"]).json();
+    assert_eq!(
+        listed.as_array().unwrap().len(),
+        before.as_array().unwrap().len() + 1,
+        "only the throttled backup was added"
+    );
+    let before = listed;
+
+    // A failing dump command (on-error Fail): the backup fails, nothing is listed.
     for p in ["db-0", "db-1"] {
         Api::<Pod>::namespaced(client.clone(), &ns.name)
             .patch(
@@ -1405,7 +1426,7 @@ async fn a_dump_hook_streams_into_the_repository_and_back_byte_identical() {
         .await
         .unwrap();
     let r = lb.run(&["backup", "create", "-n", &ns.name, "-o", "json"]);
-    r.success();
+    r.code_is(2); // written, with warnings
     let rep = r.json();
     assert!(
         rep["warnings"]

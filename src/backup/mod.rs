@@ -67,6 +67,8 @@ pub struct HookOptions {
     pub rules: hooks::Rules,
     /// Post hooks owed (run on Ctrl-C by whoever cancels the backup).
     pub pending: hooks::Pending,
+    /// A line per dump on stderr (off with -q).
+    pub progress: bool,
 }
 
 impl Default for HookOptions {
@@ -75,6 +77,7 @@ impl Default for HookOptions {
             enabled: true,
             rules: Default::default(),
             pending: Default::default(),
+            progress: false,
         }
     }
 }
@@ -975,7 +978,7 @@ async fn finish(
     let mut snapshot_spread = None;
     let mut dump_records = Vec::new();
     let client = &cluster.client;
-    let progress = opts.volumes.as_ref().is_none_or(|v| v.progress);
+    let progress = opts.hooks.progress;
     // The hooks of the selected pods: pre/post bracket the volume snapshots, dumps run in any
     // backup. Without volume data an unreadable pod list costs only the dumps: a warning.
     let all_hooks = if opts.hooks.enabled {
