@@ -309,7 +309,8 @@ pub struct RestoreArgs {
     pub with_dependencies: bool,
 
     /// Do not run the restore hooks the restored pods declare
-    /// (`post.hook.restore.lifeboat.io/*`, Velero's `post.hook.restore.velero.io/*`)
+    /// (`post.hook.restore.lifeboat.io/*`, Velero's `post.hook.restore.velero.io/*`), nor pour
+    /// the backup's dumps back through their restore commands
     #[arg(long)]
     pub no_hooks: bool,
 
