@@ -1442,3 +1442,144 @@ async fn a_dump_hook_streams_into_the_repository_and_back_byte_identical() {
     assert!(r.json().get("hooks").is_none(), "{}", r.describe());
     ns.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_volume_mode_reads_storage_without_snapshots_live_between_the_hooks() {
+    let Some((client, rc)) = applicable("volume_mode_live").await else {
+        return;
+    };
+    let ns = TestNs::new("rn-live").await;
+    // A hostPath PersistentVolume (no CSI driver, no snapshots) pre-bound to a claim, and a
+    // CSI claim beside it: auto reads the first live and snapshots the second.
+    let pv_name = format!("{}-pv", ns.name);
+    let host_dir = format!("/tmp/{}", ns.name);
+    let pvs = Api::<k8s_openapi::api::core::v1::PersistentVolume>::all(client.clone());
+    pvs.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({
+            "metadata": {"name": pv_name},
+            "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+                     "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "lbt-manual",
+                     "hostPath": {"path": host_dir, "type": "DirectoryOrCreate"},
+                     "claimRef": {"namespace": ns.name, "name": "plain"}}
+        }))
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    create(
+        &ns.api::<PersistentVolumeClaim>(),
+        json!({"metadata": {"name": "plain"},
+               "spec": {"storageClassName": "lbt-manual", "volumeName": pv_name,
+                        "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}),
+    )
+    .await;
+    create(
+        &ns.api::<PersistentVolumeClaim>(),
+        json!({"metadata": {"name": "csi"},
+               "spec": {"storageClassName": rc.class,
+                        "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}),
+    )
+    .await;
+    create(
+        &ns.api::<Deployment>(),
+        json!({
+            "metadata": {"name": "app"},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "app"}},
+                "template": {"metadata": {"labels": {"app": "app"}, "annotations": {
+                        "pre.hook.backup.lifeboat.io/command": "touch /plain/FROZEN /csi/FROZEN",
+                        "post.hook.backup.lifeboat.io/command": "rm -f /plain/FROZEN /csi/FROZEN"}},
+                    "spec": {"terminationGracePeriodSeconds": 1, "nodeSelector": rc.node_selector,
+                        "containers": [{"name": "app", "image": BUSYBOX, "imagePullPolicy": "IfNotPresent",
+                            "command": ["sleep", "36000"],
+                            "volumeMounts": [{"name": "plain", "mountPath": "/plain"},
+                                             {"name": "csi", "mountPath": "/csi"}]}],
+                        "volumes": [{"name": "plain", "persistentVolumeClaim": {"claimName": "plain"}},
+                                    {"name": "csi", "persistentVolumeClaim": {"claimName": "csi"}}]}}}
+        }),
+    )
+    .await;
+    let pod = first_pod(&client, &ns.name, "app=app", Duration::from_secs(180)).await;
+    let want = sh_ok(
+        &client,
+        &ns.name,
+        &pod,
+        "mkdir -p /plain/d && echo hello > /plain/a && head -c 300000 /dev/urandom > /plain/d/b && echo csi > /csi/c && sha256sum /plain/a /plain/d/b | cut -d' ' -f1",
+    )
+    .await;
+    let tmp = tempfile::tempdir().unwrap();
+    let lb = lifeboat_local_repo(tmp.path());
+    // Without hooks a live read is a warning (exit 2): nothing quiesced the application.
+    let r = lb.run(&[
+        "backup", "create", "-n", &ns.name, "--snapshot-volumes", "--volume-mode", "live",
+        "--no-hooks", "-o", "json",
+    ]);
+    r.code_is(2);
+    let rep = r.json();
+    assert!(
+        rep["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w.as_str().unwrap().contains("was read live")),
+        "{rep:#}"
+    );
+    assert!(
+        rep["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|v| v["mode"] == "live" && v["quiesced"] == false),
+        "live mode reads every claim live: {rep:#}"
+    );
+    // The default (snapshot) mode skips the claim that cannot be snapshotted.
+    let r = lb.run(&["backup", "create", "-n", &ns.name, "--snapshot-volumes", "-o", "json"]);
+    r.code_is(2);
+    let rep = r.json();
+    assert_eq!(rep["volumes"].as_array().unwrap().len(), 1, "{rep:#}");
+    // auto: the hostPath claim live, the CSI claim by snapshot, both between the hooks.
+    let r = lb.run(&[
+        "backup", "create", "-n", &ns.name, "--snapshot-volumes", "--volume-mode", "auto",
+        "-o", "json",
+    ]);
+    r.success();
+    let rep = r.json();
+    let vols = rep["volumes"].as_array().unwrap();
+    let mode = |pvc: &str| {
+        vols.iter()
+            .find(|v| v["pvc"] == pvc)
+            .map(|v| (v["mode"].clone(), v["quiesced"].clone()))
+    };
+    assert_eq!(mode("plain"), Some((json!("live"), json!(true))), "{rep:#}");
+    assert_eq!(mode("csi"), Some((json!("snapshot"), Value::Null)), "{rep:#}");
+    let (live, _, _) = sh(&client, &ns.name, &pod, "ls /plain /csi").await;
+    assert!(!live.contains("FROZEN"), "the post hook ran: {live}");
+    assert!(
+        leftovers(&client, &ns.name).await.is_empty(),
+        "{:?}",
+        leftovers(&client, &ns.name).await
+    );
+    let backup_id = rep["id"].as_str().unwrap().to_string();
+
+    // Restored onto CSI storage: the live-read files and the marker the pre hook wrote.
+    delete_namespace(&client, &ns.name).await;
+    pvs.delete(&pv_name, &Default::default()).await.ok();
+    let r = lb.run(&[
+        "restore", &backup_id, "-n", &ns.name, "--storage-class-map",
+        &format!("lbt-manual={}", rc.class), "-o", "json",
+    ]);
+    r.success();
+    let pod = first_pod(&client, &ns.name, "app=app", Duration::from_secs(180)).await;
+    let got = sh_ok(
+        &client,
+        &ns.name,
+        &pod,
+        "ls /plain/FROZEN /csi/FROZEN >/dev/null && cat /csi/c >/dev/null && sha256sum /plain/a /plain/d/b | cut -d' ' -f1",
+    )
+    .await;
+    assert_eq!(got, want, "the live-read volume came back byte-identical");
+    ns.cleanup().await;
+    pvs.delete(&pv_name, &Default::default()).await.ok();
+    // The hostPath directory is on this machine when the real node is the local one.
+    let _ = std::fs::remove_dir_all(&host_dir);
+}

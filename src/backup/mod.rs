@@ -147,6 +147,11 @@ pub struct VolumeSummary {
     pub files: u64,
     pub bytes: u64,
     pub seconds: f64,
+    /// `snapshot` or `live`.
+    pub mode: crate::volume::snapshots::VolumeMode,
+    /// Live reads: whether a pre hook ran on a pod that mounts the claim.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quiesced: Option<bool>,
 }
 
 /// Progress callbacks (a progress bar on a TTY; nothing otherwise).
@@ -1077,7 +1082,21 @@ async fn finish(
                 }
             }
             let mut requested = Vec::new();
+            let mut live_claims = Vec::new();
             for c in &claims {
+                use crate::volume::snapshots::VolumeMode;
+                let live = match vo.mode {
+                    VolumeMode::Snapshot => false,
+                    VolumeMode::Live => true,
+                    VolumeMode::Auto => crate::volume::snapshots::snapshottable(client, c, vo)
+                        .await
+                        .map_err(verr)?
+                        .is_err(),
+                };
+                if live {
+                    live_claims.push(c);
+                    continue;
+                }
                 match crate::volume::snapshots::request_snapshot(client, c, vo)
                     .await
                     .map_err(verr)?
@@ -1105,7 +1124,43 @@ async fn finish(
                     }
                 }
             }
-            Ok::<_, Error>(ready)
+            // Claims without snapshots are read now, while the application is quiesced.
+            let mut live = Vec::new();
+            for c in live_claims {
+                let started = Instant::now();
+                let label = format!(
+                    "{}/{}",
+                    c.metadata.namespace.as_deref().unwrap_or_default(),
+                    c.metadata.name.as_deref().unwrap_or_default()
+                );
+                let bar = crate::output::progress::VolumeBar::start(
+                    &label,
+                    vo.counters.clone(),
+                    vo.progress,
+                );
+                let r = crate::volume::snapshots::read_live(
+                    client,
+                    repo.clone(),
+                    vpacker.clone(),
+                    c,
+                    vo,
+                    workers,
+                )
+                .await;
+                drop(bar);
+                match r {
+                    Ok(Ok((rec, users))) => live.push((rec, users, started.elapsed())),
+                    Ok(Err(why)) => volume_warnings.push(why),
+                    Err(e) => {
+                        // The repository failed: the snapshots asked for go too.
+                        for (r, _) in &ready {
+                            crate::volume::snapshots::release(client, r).await;
+                        }
+                        return Err(verr(e));
+                    }
+                }
+            }
+            Ok::<_, Error>((ready, live))
         }
         .await;
         // Post hooks now: after the snapshots, or after whatever failed once a pre hook ran.
@@ -1126,7 +1181,7 @@ async fn finish(
             }
             hook_outcomes.push(o);
         }
-        let ready = match snapshot_phase {
+        let (ready, live) = match snapshot_phase {
             Ok(r) => r,
             Err(e) => {
                 for f in vo.cleanup.run(client).await {
@@ -1135,6 +1190,47 @@ async fn finish(
                 return Err(e);
             }
         };
+        for (rec, users, took) in live {
+            // Consistency comes from the hooks: say so when no pre hook ran on a pod using it.
+            let quiesced = hook_outcomes.iter().any(|o| {
+                o.phase == hooks::Phase::Pre
+                    && o.ok
+                    && o.namespace == rec.namespace
+                    && users.contains(&o.pod)
+            });
+            if !quiesced {
+                volume_warnings.push(format!(
+                    "PVC {}/{} was read live (no snapshot) and no pre hook quiesced {}: its files may not be consistent with each other",
+                    rec.namespace,
+                    rec.pvc,
+                    if users.is_empty() {
+                        "anything (no running pod mounts it)".to_string()
+                    } else {
+                        format!("the pods that mount it ({})", users.join(", "))
+                    }
+                ));
+            }
+            let secs = took.as_secs_f64();
+            if vo.progress {
+                eprintln!(
+                    "volume {}/{} (live): {} files, {} in {secs:.1}s",
+                    rec.namespace,
+                    rec.pvc,
+                    rec.files,
+                    human_bytes(rec.bytes)
+                );
+            }
+            volume_summaries.push(VolumeSummary {
+                namespace: rec.namespace.clone(),
+                pvc: rec.pvc.clone(),
+                files: rec.files,
+                bytes: rec.bytes,
+                seconds: secs,
+                mode: crate::volume::snapshots::VolumeMode::Live,
+                quiesced: Some(quiesced),
+            });
+            volumes.push(rec);
+        }
         for (r, x) in &ready {
             snapshot_times.push(SnapshotTime {
                 namespace: r.namespace.clone(),
@@ -1193,6 +1289,8 @@ async fn finish(
                         files: r.files,
                         bytes: r.bytes,
                         seconds: secs,
+                        mode: crate::volume::snapshots::VolumeMode::Snapshot,
+                        quiesced: None,
                     });
                     volumes.push(r)
                 }

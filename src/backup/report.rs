@@ -299,6 +299,8 @@ mod tests {
                 files: 3,
                 bytes: 42,
                 seconds: 0.5,
+                mode: crate::volume::snapshots::VolumeMode::Snapshot,
+                quiesced: None,
             }],
             snapshots: vec![],
             snapshot_spread_seconds: None,

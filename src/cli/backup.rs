@@ -91,6 +91,12 @@ pub struct CreateArgs {
     #[arg(long)]
     pub snapshot_volumes: bool,
 
+    /// How claims are read: `snapshot` (a CSI VolumeSnapshot), `live` (the claim itself,
+    /// read-only, between the pre and post hooks: for storage without snapshots), `auto`
+    /// (snapshot where the claim's driver has a VolumeSnapshotClass, live otherwise)
+    #[arg(long, value_enum, default_value = "snapshot", requires = "snapshot_volumes")]
+    pub volume_mode: crate::volume::snapshots::VolumeMode,
+
     /// VolumeSnapshotClass to use (default: the default class of each claim's CSI driver)
     #[arg(long, value_name = "CLASS", requires = "snapshot_volumes")]
     pub snapshot_class: Option<String>,
@@ -143,6 +149,7 @@ impl CreateArgs {
                     cleanup: Default::default(),
                     counters: Default::default(),
                     progress: true,
+                    mode: self.volume_mode,
                 }),
             hooks: crate::backup::HookOptions {
                 enabled: !self.no_hooks,

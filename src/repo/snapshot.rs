@@ -146,6 +146,10 @@ pub struct VolumeRecord {
     pub bytes: u64,
     /// Tree blobs of the volume's files (`volume::TreeBlob`).
     pub trees: Vec<BlobId>,
+    /// `live`: read from the claim itself, not a snapshot (`--volume-mode live|auto`); absent:
+    /// from a VolumeSnapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
 }
 
 /// One object reference in a tree.

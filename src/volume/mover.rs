@@ -30,6 +30,8 @@ pub struct MoverOptions {
     /// How long to wait for the pod to run.
     pub start_timeout: Duration,
     pub run_as: RunAs,
+    /// Run on this node (`spec.nodeName`): a live read of a claim mounted there.
+    pub node: Option<String>,
 }
 
 /// The user a mover's process runs as.
@@ -56,6 +58,7 @@ impl Default for MoverOptions {
             deadline: Duration::from_secs(6 * 3600),
             start_timeout: Duration::from_secs(120),
             run_as: RunAs::Root,
+            node: None,
         }
     }
 }
@@ -86,6 +89,23 @@ pub fn pod_manifest(
         Direction::Backup => &["DAC_READ_SEARCH"],
         Direction::Restore => &["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID"],
     };
+    let mut pod = pod_spec(name, ns, pvc, dir, opts, read_only, caps);
+    if let Some(n) = &opts.node {
+        pod["spec"]["nodeName"] = json!(n);
+    }
+    pod
+}
+
+fn pod_spec(
+    name: &str,
+    ns: &str,
+    pvc: &str,
+    dir: Direction,
+    opts: &MoverOptions,
+    read_only: bool,
+    caps: &[&str],
+) -> serde_json::Value {
+    let _ = dir;
     json!({
         "apiVersion": "v1",
         "kind": "Pod",

@@ -9,6 +9,7 @@ use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PostParams};
 use kube::discovery::ApiResource;
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::mover::{self, Direction, MoverOptions, RunAs};
@@ -49,6 +50,23 @@ pub struct VolumeOptions {
     pub counters: Arc<Counters>,
     /// Per-volume progress on stderr (off with -q).
     pub progress: bool,
+    /// `--volume-mode`: how a claim's data is read.
+    pub mode: VolumeMode,
+}
+
+/// How a claim's data is read (`--volume-mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VolumeMode {
+    /// A CSI VolumeSnapshot, read through a temporary claim (claims that cannot be snapshotted
+    /// are skipped with a warning).
+    #[default]
+    Snapshot,
+    /// The claim itself, read-only, by a mover on the node that has it mounted, between the
+    /// pre and post hooks: consistency comes from the hooks.
+    Live,
+    /// Snapshot where a VolumeSnapshotClass exists for the claim's driver, live otherwise.
+    Auto,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -445,6 +463,145 @@ pub async fn release(client: &kube::Client, r: &Requested) {
     }
 }
 
+/// Read a claim live (`--volume-mode live|auto`): a read-only mover mounting the claim itself,
+/// on the node of a running pod that mounts it (a claim mounted nowhere is read wherever the
+/// scheduler puts the mover). Called between the pre and post hooks. Returns the record and
+/// the pods that mount the claim. `Ok(Err(why))`: this claim could not be read (a warning).
+pub async fn read_live(
+    client: &kube::Client,
+    repo: Arc<Repository>,
+    packer: Arc<Packer>,
+    pvc: &PersistentVolumeClaim,
+    opts: &VolumeOptions,
+    workers: usize,
+) -> Result<Result<(VolumeRecord, Vec<String>), String>, VolumeError> {
+    let ns = pvc.metadata.namespace.clone().unwrap_or_default();
+    let name = pvc.metadata.name.clone().unwrap_or_default();
+    let spec = pvc.spec.clone().unwrap_or_default();
+    let users = mounting_pods(client, &ns, &name).await;
+    let node = users.iter().find_map(|p| p.spec.as_ref()?.node_name.clone());
+    let user_names: Vec<String> = users.iter().filter_map(|p| p.metadata.name.clone()).collect();
+    let cleanup = opts.cleanup.child();
+    let run_as = consumer_identity(client, &ns, &name).await;
+    let read = |run_as: RunAs| {
+        let mover_opts = MoverOptions {
+            run_as,
+            node: node.clone(),
+            ..opts.mover.clone()
+        };
+        let (repo, packer, ns, name, cleanup) = (
+            repo.clone(),
+            packer.clone(),
+            ns.clone(),
+            name.clone(),
+            cleanup.clone(),
+        );
+        async move {
+            let pod =
+                mover::start(client, &ns, &name, Direction::Backup, &mover_opts, &cleanup).await?;
+            let r = mover::backup(
+                client,
+                &ns,
+                &pod,
+                repo,
+                packer,
+                workers,
+                opts.counters.clone(),
+            )
+            .await;
+            mover::stop(client, &ns, &pod).await;
+            r
+        }
+    };
+    let result = match read(run_as.clone()).await {
+        Err(e) if run_as != RunAs::Root && !matches!(e, VolumeError::Repo(_)) => {
+            read(RunAs::Root).await
+        }
+        r => r,
+    };
+    for f in cleanup.run(client).await {
+        tracing::warn!("could not delete {f}");
+    }
+    let driver = match &spec.storage_class_name {
+        Some(sc) => Api::<StorageClass>::all(client.clone())
+            .get_opt(sc)
+            .await
+            .ok()
+            .flatten()
+            .map(|c| c.provisioner)
+            .unwrap_or_default(),
+        None => String::new(),
+    };
+    match result {
+        Ok((entries, stats)) => {
+            let trees = super::store_tree(&packer, &entries).await?;
+            let capacity = pvc
+                .status
+                .as_ref()
+                .and_then(|s| s.capacity.as_ref())
+                .and_then(|c| c.get("storage"))
+                .map(|q| q.0.clone())
+                .unwrap_or_else(|| "1Gi".into());
+            Ok(Ok((
+                VolumeRecord {
+                    namespace: ns,
+                    pvc: name,
+                    storage_class: spec.storage_class_name.clone(),
+                    capacity,
+                    driver,
+                    snapshot_class: String::new(),
+                    snapshot: String::new(),
+                    snapshot_kept: false,
+                    files: stats.files,
+                    bytes: stats.bytes,
+                    trees,
+                    mode: Some("live".into()),
+                },
+                user_names,
+            )))
+        }
+        Err(e @ VolumeError::Repo(_)) => Err(e),
+        Err(e) => Ok(Err(format!("PVC {ns}/{name} not backed up (live read): {e}"))),
+    }
+}
+
+/// The running pods (not lifeboat's movers) that mount claim `pvc`.
+async fn mounting_pods(client: &kube::Client, ns: &str, pvc: &str) -> Vec<Pod> {
+    let Ok(pods) = Api::<Pod>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await
+    else {
+        return vec![];
+    };
+    pods.items
+        .into_iter()
+        .filter(|p| {
+            p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+                && !p
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .is_some_and(|l| l.contains_key(mover::LABEL))
+                && p.spec.as_ref().is_some_and(|s| {
+                    s.volumes.iter().flatten().any(|v| {
+                        v.persistent_volume_claim
+                            .as_ref()
+                            .is_some_and(|c| c.claim_name == pvc)
+                    })
+                })
+        })
+        .collect()
+}
+
+/// Whether a claim can be snapshotted: `Ok(())`, or why not.
+pub async fn snapshottable(
+    client: &kube::Client,
+    pvc: &PersistentVolumeClaim,
+    opts: &VolumeOptions,
+) -> Result<Result<(), String>, VolumeError> {
+    Ok(classes(client, pvc, opts).await?.map(|_| ()))
+}
+
 /// Phase 3: move a ready snapshot's data into the repository (a claim made from the snapshot,
 /// read by a mover pod), then delete the claim's temporary objects. `Ok(Err(why))`: this
 /// claim's data could not be read (a warning); `Err`: the repository failed (the backup does).
@@ -555,6 +712,7 @@ pub async fn move_claim(
             files: stats.files,
             bytes: stats.bytes,
             trees,
+            mode: None,
         })
     }
     .await;

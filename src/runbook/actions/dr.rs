@@ -89,6 +89,7 @@ pub(super) async fn backup(ctx: &Ctx<'_>, b: &BackupAction) -> R<Outcome> {
                 cleanup: ctx.cleanup.clone(),
                 counters: Default::default(),
                 progress: false,
+                mode: Default::default(),
             }),
         hooks: crate::backup::HookOptions {
             pending: ctx.hooks.clone(),
