@@ -683,6 +683,27 @@ async fn backup_command(
             output::emit(out, &backup::manage::delete(repo, &ids).await?)?;
             Ok(Exit::Success)
         }
+        BackupCommand::Cronjob(a) => {
+            let o = backup::cronjob::BackupCronJobOptions {
+                schedule: a.schedule.clone(),
+                namespace: a.namespace.clone(),
+                image: a.image.clone(),
+                secret: a.secret.clone(),
+                repo: settings.repo.value.clone(),
+                s3_endpoint: settings.s3_endpoint.value.clone(),
+                namespaces: a.namespaces.clone(),
+                snapshot_volumes: a.snapshot_volumes,
+                volume_mode: format!("{:?}", a.volume_mode).to_lowercase(),
+                hooks: !a.no_hooks,
+                retention: a.retention(),
+                drill: a.drill,
+                drill_timeout_seconds: a.drill_timeout.as_secs(),
+                pushgateway: a.pushgateway.clone(),
+            };
+            backup::cronjob::validate(&o).map_err(Error::Usage)?;
+            output::print_str(&backup::cronjob::manifests(&o))?;
+            Ok(Exit::Success)
+        }
         BackupCommand::Prune(a) => {
             let repo = repo::access::open(&ropts).await?;
             let n = |v: Option<u32>| v.map(|v| v as usize);

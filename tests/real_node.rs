@@ -1583,3 +1583,257 @@ async fn auto_volume_mode_reads_storage_without_snapshots_live_between_the_hooks
     // The hostPath directory is on this machine when the real node is the local one.
     let _ = std::fs::remove_dir_all(&host_dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backup_cronjob_backs_up_prunes_and_drills_with_an_identity_that_can_do_nothing_more()
+{
+    let Some((client, rc)) = applicable("the_backup_cronjob").await else {
+        return;
+    };
+    let Some(node) = rc.node.as_ref() else {
+        eprintln!(
+            "NOT APPLICABLE the_backup_cronjob: needs the local environment's real node (the lifeboat image is imported there)"
+        );
+        return;
+    };
+    let testenv = env().testenv_dir.clone().expect("local environment");
+    let node_ip = node
+        .status
+        .as_ref()
+        .and_then(|s| s.addresses.as_ref())
+        .and_then(|a| a.iter().find(|a| a.type_ == "InternalIP"))
+        .map(|a| a.address.clone())
+        .expect("the real node's InternalIP");
+    let api_port = std::fs::read_to_string(testenv.join("ports/apiserver")).unwrap();
+    let s3_port = std::fs::read_to_string(testenv.join("ports/s3")).unwrap();
+
+    // The application: a claim with data, a pod with a pre hook and a dump hook.
+    let app = TestNs::new("rn-bcron-app").await;
+    create(
+        &app.api::<k8s_openapi::api::core::v1::ConfigMap>(),
+        json!({"metadata": {"name": "settings"}, "data": {"mode": "production"}}),
+    )
+    .await;
+    create(
+        &app.api::<PersistentVolumeClaim>(),
+        json!({"metadata": {"name": "files"}, "spec": {"accessModes": ["ReadWriteOnce"],
+               "storageClassName": rc.class, "resources": {"requests": {"storage": "1Gi"}}}}),
+    )
+    .await;
+    create(
+        &app.api::<Pod>(),
+        json!({"metadata": {"name": "writer", "annotations": {
+                "pre.hook.backup.lifeboat.io/command": "sync",
+                "dump.hook.backup.lifeboat.io/command": "cat /files/a.csv"}},
+            "spec": {"terminationGracePeriodSeconds": 1, "nodeSelector": rc.node_selector,
+            "containers": [{"name": "w", "image": BUSYBOX, "imagePullPolicy": "IfNotPresent",
+                "command": ["sleep", "36000"], "volumeMounts": [{"name": "f", "mountPath": "/files"}]}],
+            "volumes": [{"name": "f", "persistentVolumeClaim": {"claimName": "files"}}]}}),
+    )
+    .await;
+    pod_ready(&client, &app.name, "writer", Duration::from_secs(180)).await;
+    sh_ok(&client, &app.name, "writer", "printf 'x,y\n1,2\n' > /files/a.csv").await;
+    let s3 = common::s3_client_with(None);
+    let bucket = unique("lbt-bcron");
+    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    let repo = format!("s3://{bucket}/backups");
+    let e = &env().s3;
+    let lb = Lifeboat::new()
+        .env("LIFEBOAT_REPO", &repo)
+        .env("LIFEBOAT_S3_ENDPOINT", &e.endpoint)
+        .env("AWS_ACCESS_KEY_ID", &e.access_key)
+        .env("AWS_SECRET_ACCESS_KEY", &e.secret_key)
+        .env("AWS_REGION", &e.region)
+        .env("LIFEBOAT_PASSWORD", "cron-backup-pw");
+    lb.run(&["repo", "init"]).success();
+
+    let sys = unique("lbt-bcron-sys");
+    let endpoint = format!("http://{node_ip}:{}", s3_port.trim());
+    let r = lb.run(&[
+        "backup", "cronjob", "--schedule", "30 1 * * *", "--namespace", &sys,
+        "--backup-namespace", &app.name, "--snapshot-volumes", "--keep-last", "2", "--drill",
+        "--drill-timeout", "3m", "--repo", &repo, "--s3-endpoint", &endpoint,
+    ]);
+    r.success();
+    let docs: Vec<Value> = r
+        .stdout()
+        .split("\n---\n")
+        .filter(|d| !d.trim().is_empty())
+        .map(|d| serde_norway::from_str(d).unwrap())
+        .collect();
+    for d in &docs {
+        apply(&client, d).await;
+    }
+    let secrets = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), &sys);
+    create(
+        &secrets,
+        json!({"metadata": {"name": "lifeboat-repository"}, "stringData": {
+            "LIFEBOAT_PASSWORD": "cron-backup-pw", "AWS_ACCESS_KEY_ID": e.access_key,
+            "AWS_SECRET_ACCESS_KEY": e.secret_key, "AWS_REGION": e.region}}),
+    )
+    .await;
+
+    // The identity, before anything runs: what it may and may not do (dry runs: admission
+    // policies and RBAC answer, nothing is stored).
+    let as_sa =
+        common::client_as_service_account(&env().kubeconfig, &sys, "lifeboat-backup").await;
+    let dry = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let forbidden = |r: Result<(), kube::Error>, what: &str| match r {
+        Err(kube::Error::Api(s)) if s.code == 403 || s.code == 422 => {}
+        other => panic!("{what}: expected a refusal, got {other:?}"),
+    };
+    let sa_secrets = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(as_sa.clone(), &app.name);
+    sa_secrets.list(&ListParams::default()).await.expect("a backup reads Secrets");
+    let sa_cms = Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(as_sa.clone(), &app.name);
+    // An admission policy is enforced once the API server has loaded it (a few seconds).
+    eventually("the admission policy to be enforced", Duration::from_secs(60), || async {
+        let cm = serde_json::from_value(json!({"metadata": {"name": "x"}})).unwrap();
+        let r = sa_cms.create(&dry, &cm).await;
+        matches!(r, Err(kube::Error::Api(s)) if s.code == 403 || s.code == 422).then_some(())
+    })
+    .await;
+    forbidden(
+        sa_cms
+            .create(&dry, &serde_json::from_value(json!({"metadata": {"name": "x"}})).unwrap())
+            .await
+            .map(|_| ()),
+        "create a ConfigMap in the application's namespace",
+    );
+    forbidden(
+        sa_cms
+            .patch(
+                "settings",
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(json!({"data": {"mode": "evil"}})),
+            )
+            .await
+            .map(|_| ()),
+        "change the application's ConfigMap",
+    );
+    let sa_pods = Api::<Pod>::namespaced(as_sa.clone(), &app.name);
+    forbidden(
+        sa_pods
+            .delete(
+                "writer",
+                &DeleteParams {
+                    dry_run: true,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map(|_| ()),
+        "delete the application's pod",
+    );
+    let mover = |volumes: Value| -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": "lifeboat-mover-test1", "labels": {
+                "app.kubernetes.io/managed-by": "lifeboat", "lifeboat.io/mover": "true"}},
+            "spec": {"automountServiceAccountToken": false, "containers": [{"name": "m",
+                "image": BUSYBOX, "command": ["sleep", "1"],
+                "securityContext": {"allowPrivilegeEscalation": false}}],
+                "volumes": volumes}
+        }))
+        .unwrap()
+    };
+    sa_pods
+        .create(
+            &dry,
+            &mover(json!([{"name": "d", "persistentVolumeClaim": {"claimName": "files"}}])),
+        )
+        .await
+        .expect("a mover pod of lifeboat's shape may be created");
+    forbidden(
+        sa_pods
+            .create(
+                &dry,
+                &mover(json!([{"name": "d", "hostPath": {"path": "/"}}])),
+            )
+            .await
+            .map(|_| ()),
+        "a 'mover' that mounts the host",
+    );
+    let sa_ns = Api::<Namespace>::all(as_sa.clone());
+    forbidden(
+        sa_ns
+            .create(&dry, &serde_json::from_value(json!({"metadata": {"name": "anything"}})).unwrap())
+            .await
+            .map(|_| ()),
+        "create a namespace not named drill-*",
+    );
+
+    // "kubectl create job --from=cronjob/lifeboat-backup" on the real node, with the node's
+    // API address (no Service proxy here) in every step.
+    let cj = docs.iter().find(|d| d["kind"] == "CronJob").expect("a CronJob");
+    let mut tpl = cj["spec"]["jobTemplate"]["spec"].clone();
+    tpl["template"]["spec"]["nodeSelector"] = rc.node_selector.clone();
+    for key in ["initContainers", "containers"] {
+        for c in tpl["template"]["spec"][key].as_array_mut().unwrap() {
+            c["imagePullPolicy"] = json!("IfNotPresent");
+            c["env"].as_array_mut().unwrap().extend([
+                json!({"name": "KUBERNETES_SERVICE_HOST", "value": node_ip}),
+                json!({"name": "KUBERNETES_SERVICE_PORT", "value": api_port.trim()}),
+            ]);
+        }
+    }
+    let jobs = Api::<Job>::namespaced(client.clone(), &sys);
+    create(&jobs, json!({"metadata": {"name": "backup-now"}, "spec": tpl})).await;
+    let job = eventually("the backup Job to finish", Duration::from_secs(420), || async {
+        let j = jobs.get("backup-now").await.ok()?;
+        let st = j.status.clone()?;
+        (st.succeeded.unwrap_or(0) > 0 || st.failed.unwrap_or(0) > 0).then_some(j)
+    })
+    .await;
+    let pods = Api::<Pod>::namespaced(client.clone(), &sys);
+    let pod = pods
+        .list(&ListParams::default().labels("job-name=backup-now"))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .next()
+        .expect("the Job's pod");
+    let pname = pod.metadata.name.clone().unwrap();
+    let mut logs = String::new();
+    for c in ["backup", "prune", "drill"] {
+        let l = pods
+            .logs(
+                &pname,
+                &LogParams {
+                    container: Some(c.into()),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap_or_default();
+        logs.push_str(&format!("--- {c}\n{l}\n"));
+    }
+    assert_eq!(
+        job.status.as_ref().unwrap().succeeded.unwrap_or(0),
+        1,
+        "the backup Job failed; its logs:\n{logs}"
+    );
+    assert!(logs.contains("\"passed\": true"), "the drill passed:\n{logs}");
+    let listed = lb.run(&["backup", "list", "-o", "json"]).json();
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed:#}");
+    let desc = lb.run(&["backup", "describe", "latest", "-o", "json"]).json();
+    assert_eq!(desc["tags"]["lifeboat.io/schedule"], "cronjob", "{desc:#}");
+    assert_eq!(desc["volumes"].as_array().unwrap().len(), 1, "{desc:#}");
+    assert_eq!(desc["dumps"].as_array().unwrap().len(), 1, "{desc:#}");
+    assert!(
+        leftovers(&client, &app.name).await.is_empty(),
+        "{:?}",
+        leftovers(&client, &app.name).await
+    );
+
+    for d in docs.iter().rev() {
+        delete(&client, d).await;
+    }
+    Api::<Namespace>::all(client.clone())
+        .delete(&sys, &DeleteParams::default())
+        .await
+        .ok();
+    app.cleanup().await;
+}

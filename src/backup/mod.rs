@@ -25,6 +25,7 @@ use crate::repo::{BlobType, Packer, Repository, lock::Lock, new_id};
 use crate::store::layout;
 
 pub mod check;
+pub mod cronjob;
 pub mod diff;
 pub mod dumps;
 pub mod hooks;

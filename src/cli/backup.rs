@@ -160,6 +160,74 @@ impl CreateArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct CronJobArgs {
+    /// Cron schedule of the backups ("30 1 * * *", "@daily")
+    #[arg(long)]
+    pub schedule: String,
+    /// Namespace for the CronJob and its ServiceAccount
+    #[arg(long, default_value = "lifeboat-system")]
+    pub namespace: String,
+    /// Container image with the lifeboat binary (see Dockerfile)
+    #[arg(long, default_value = concat!("ghcr.io/lifeboat-dev/lifeboat:", env!("CARGO_PKG_VERSION")))]
+    pub image: String,
+    /// Secret with LIFEBOAT_PASSWORD (and AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY for S3)
+    #[arg(long, default_value = "lifeboat-repository")]
+    pub secret: String,
+    /// Namespaces to back up (repeatable; default: the whole cluster)
+    #[arg(long = "backup-namespace", value_name = "NS")]
+    pub namespaces: Vec<String>,
+    /// Back up volume data too (the role then may create lifeboat's temporary snapshots,
+    /// claims and mover pods)
+    #[arg(long)]
+    pub snapshot_volumes: bool,
+    /// How claims are read (see `backup create --volume-mode`)
+    #[arg(long, value_enum, default_value = "snapshot", requires = "snapshot_volumes")]
+    pub volume_mode: crate::volume::snapshots::VolumeMode,
+    /// Run no hooks (the role then has no exec into application pods)
+    #[arg(long)]
+    pub no_hooks: bool,
+    /// Retention after each backup: keep the N most recent
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep_last: Option<u32>,
+    /// … the last backup of each of the last N days
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep_daily: Option<u32>,
+    /// … weeks
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep_weekly: Option<u32>,
+    /// … months
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep_monthly: Option<u32>,
+    /// Drill the new backup after it is taken (restored into drill-* scratch namespaces)
+    #[arg(long)]
+    pub drill: bool,
+    /// Readiness timeout of the drill
+    #[arg(long, default_value = "10m", value_parser = parse_duration, requires = "drill")]
+    pub drill_timeout: std::time::Duration,
+    /// Push metrics of every step to this Pushgateway
+    #[arg(long, value_name = "URL")]
+    pub pushgateway: Option<String>,
+}
+
+impl CronJobArgs {
+    pub fn retention(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (flag, v) in [
+            ("--keep-last", self.keep_last),
+            ("--keep-daily", self.keep_daily),
+            ("--keep-weekly", self.keep_weekly),
+            ("--keep-monthly", self.keep_monthly),
+        ] {
+            if let Some(n) = v {
+                out.push(flag.to_string());
+                out.push(n.to_string());
+            }
+        }
+        out
+    }
+}
+
+#[derive(Debug, Args)]
 pub struct ListArgs {
     /// Only backups with this tag (repeatable, all must match)
     #[arg(long = "tag", value_parser = parse_kv, value_name = "KEY=VALUE")]
@@ -245,6 +313,9 @@ pub enum BackupCommand {
     },
     /// Apply a retention policy and remove data no backup references
     Prune(PruneArgs),
+    /// Print manifests for a CronJob that backs up in the cluster on a schedule (then prunes
+    /// and, with --drill, drills the new backup) with least privilege (docs/backup.md#cronjob)
+    Cronjob(CronJobArgs),
     /// What changed between two backups, or between a backup and the cluster now (--live):
     /// objects added, removed and changed, with the changed fields (exit 2 when anything differs)
     Diff(DiffArgs),

@@ -19,6 +19,40 @@ pub struct CronJobOptions {
 
 pub const SERVICE_ACCOUNT: &str = "lifeboat-drill";
 
+/// The ClusterRole rules a drill needs (YAML list items), narrowed by [`DRILL_SCOPE`].
+pub const DRILL_RULES: &str = r#"- apiGroups: [""]
+  resources: ["namespaces"]
+  verbs: ["get", "list", "create", "delete"]
+- apiGroups: ["*"]
+  resources: ["*"]
+  verbs: ["get", "list", "create"]
+# Restore records a completed volume fill on its claim (lifeboat.io/restored-from) and merges
+# the backed-up settings into the default ServiceAccount the cluster made; the policy below
+# keeps these patches inside drill-* namespaces too.
+- apiGroups: [""]
+  resources: ["persistentvolumeclaims", "serviceaccounts"]
+  verbs: ["patch"]
+# Restored Roles and RoleBindings may grant more than the drill holds itself.
+- apiGroups: ["rbac.authorization.k8s.io"]
+  resources: ["roles", "clusterroles"]
+  verbs: ["bind", "escalate"]
+# A drill deletes the mover pods that read restored volumes once they are done; the policy below
+# keeps deletes inside drill-* namespaces too.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["delete"]
+"#;
+
+/// The admission policy's condition (CEL, YAML-indented) confining a drill's writes to
+/// `drill-*` namespaces.
+pub const DRILL_SCOPE: &str = r#"      request.resource.group == '' && request.resource.resource == 'namespaces'
+      ? request.name.startsWith('drill-') &&
+        (request.operation == 'DELETE'
+          ? (has(oldObject.metadata.labels) && 'lifeboat.io/drill' in oldObject.metadata.labels)
+          : (has(object.metadata.labels) && 'lifeboat.io/drill' in object.metadata.labels))
+      : request.namespace != '' && request.namespace.startsWith('drill-')
+"#;
+
 fn yaml_str(s: &str) -> String {
     serde_json::to_string(s).expect("strings serialize")
 }
@@ -114,28 +148,7 @@ kind: ClusterRole
 metadata:
   name: lifeboat-drill
 rules:
-- apiGroups: [""]
-  resources: ["namespaces"]
-  verbs: ["get", "list", "create", "delete"]
-- apiGroups: ["*"]
-  resources: ["*"]
-  verbs: ["get", "list", "create"]
-# Restore records a completed volume fill on its claim (lifeboat.io/restored-from) and merges
-# the backed-up settings into the default ServiceAccount the cluster made; the policy below
-# keeps these patches inside drill-* namespaces too.
-- apiGroups: [""]
-  resources: ["persistentvolumeclaims", "serviceaccounts"]
-  verbs: ["patch"]
-# Restored Roles and RoleBindings may grant more than the drill holds itself.
-- apiGroups: ["rbac.authorization.k8s.io"]
-  resources: ["roles", "clusterroles"]
-  verbs: ["bind", "escalate"]
-# A drill deletes the mover pods that read restored volumes once they are done; the policy below
-# keeps deletes inside drill-* namespaces too.
-- apiGroups: [""]
-  resources: ["pods"]
-  verbs: ["delete"]
----
+{rules}---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRoleBinding
 metadata:
@@ -166,13 +179,7 @@ spec:
     expression: "request.userInfo.username == 'system:serviceaccount:{ns}:{sa}'"
   validations:
   - expression: >-
-      request.resource.group == '' && request.resource.resource == 'namespaces'
-      ? request.name.startsWith('drill-') &&
-        (request.operation == 'DELETE'
-          ? (has(oldObject.metadata.labels) && 'lifeboat.io/drill' in oldObject.metadata.labels)
-          : (has(object.metadata.labels) && 'lifeboat.io/drill' in object.metadata.labels))
-      : request.namespace != '' && request.namespace.startsWith('drill-')
-    message: "the lifeboat drill ServiceAccount may only create and delete drill-* namespaces labelled lifeboat.io/drill, and write only inside them"
+{scope}    message: "the lifeboat drill ServiceAccount may only create and delete drill-* namespaces labelled lifeboat.io/drill, and write only inside them"
 ---
 apiVersion: admissionregistration.k8s.io/v1
 kind: ValidatingAdmissionPolicyBinding
@@ -243,6 +250,8 @@ spec:
               sizeLimit: 256Mi
 "#,
         secret = o.secret,
+        rules = DRILL_RULES,
+        scope = DRILL_SCOPE,
         schedule = yaml_str(&o.schedule),
         image = yaml_str(&o.image),
         repo = yaml_str(&o.repo),

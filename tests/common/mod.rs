@@ -764,3 +764,28 @@ pub async fn http_recorder() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<(Strin
     });
     (port, got)
 }
+
+/// A client that acts as ServiceAccount `ns/sa`, with a short-lived token the environment's
+/// admin identity requests for it (TokenRequest).
+#[allow(dead_code)]
+pub async fn client_as_service_account(kubeconfig: &Path, ns: &str, sa: &str) -> kube::Client {
+    let admin = client_for(kubeconfig).await;
+    let tr: k8s_openapi::api::authentication::v1::TokenRequest =
+        serde_json::from_value(serde_json::json!({"spec": {"expirationSeconds": 3600}})).unwrap();
+    let token = kube::Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(admin, ns)
+        .create_token_request(sa, &Default::default(), &tr)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .token;
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
+    let mut config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .unwrap();
+    config.auth_info = kube::config::AuthInfo {
+        token: Some(token.into()),
+        ..Default::default()
+    };
+    kube::Client::try_from(config).unwrap()
+}
