@@ -79,6 +79,29 @@ impl Selector {
         Ok(Selector(reqs))
     }
 
+    /// As a `metav1.LabelSelector`: (matchLabels, matchExpressions).
+    pub fn to_label_selector(&self) -> (serde_json::Value, serde_json::Value) {
+        use serde_json::json;
+        let mut labels = serde_json::Map::new();
+        let mut exprs = Vec::new();
+        for r in &self.0 {
+            match r {
+                Req::Eq(k, v) => {
+                    labels.insert(k.clone(), json!(v));
+                }
+                Req::Ne(k, v) => exprs.push(json!({"key": k, "operator": "NotIn", "values": [v]})),
+                Req::Exists(k) => exprs.push(json!({"key": k, "operator": "Exists"})),
+                Req::NotExists(k) => exprs.push(json!({"key": k, "operator": "DoesNotExist"})),
+                Req::In(k, v) => exprs.push(json!({"key": k, "operator": "In", "values": v})),
+                Req::NotIn(k, v) => exprs.push(json!({"key": k, "operator": "NotIn", "values": v})),
+            }
+        }
+        (
+            serde_json::Value::Object(labels),
+            serde_json::Value::Array(exprs),
+        )
+    }
+
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
         self.0.iter().all(|r| match r {
             Req::Eq(k, v) => labels.get(k) == Some(v),

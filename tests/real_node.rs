@@ -1025,6 +1025,20 @@ async fn leftovers(client: &kube::Client, ns: &str) -> Vec<String> {
             s.metadata.name.unwrap_or_default()
         ));
     }
+    let groups: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        ns,
+        &lifeboat::volume::snapshots::group_snapshot_resource(),
+    );
+    // A cluster without the group snapshot API has none.
+    if let Ok(l) = groups.list(&ListParams::default()).await {
+        for g in l.items {
+            out.push(format!(
+                "volumegroupsnapshot {}",
+                g.metadata.name.unwrap_or_default()
+            ));
+        }
+    }
     out
 }
 
@@ -1161,6 +1175,19 @@ async fn hooks_bracket_snapshots_of_every_claim_taken_together() {
     let snaps = rep["snapshots"].as_array().unwrap();
     assert_eq!(snaps.len(), 2, "{rep:#}");
     assert!(snaps.iter().all(|s| s["time"].is_string()), "{rep:#}");
+    // The test driver offers volume group snapshots: both claims are one group, one instant.
+    assert!(
+        snaps[0]["group"].is_string() && snaps[0]["group"] == snaps[1]["group"],
+        "one VolumeGroupSnapshot for the StatefulSet's claims: {rep:#}"
+    );
+    assert_eq!(rep["snapshotSpreadSeconds"].as_f64(), Some(0.0), "{rep:#}");
+    // Deleting the group deletes its members (the snapshot controller does, shortly after).
+    eventually(
+        "the group snapshot and its members to be deleted",
+        Duration::from_secs(60),
+        || async { leftovers(&client, &ns.name).await.is_empty().then_some(()) },
+    )
+    .await;
     assert!(
         rep["snapshotSpreadSeconds"].as_f64().unwrap() >= 0.0,
         "{rep:#}"
@@ -1437,7 +1464,15 @@ async fn a_dump_hook_streams_into_the_repository_and_back_byte_identical() {
         "{rep:#}"
     );
     // --no-hooks: no dump is attempted.
-    let r = lb.run(&["backup", "create", "-n", &ns.name, "--no-hooks", "-o", "json"]);
+    let r = lb.run(&[
+        "backup",
+        "create",
+        "-n",
+        &ns.name,
+        "--no-hooks",
+        "-o",
+        "json",
+    ]);
     r.success();
     assert!(r.json().get("hooks").is_none(), "{}", r.describe());
     ns.cleanup().await;
@@ -1511,8 +1546,16 @@ async fn auto_volume_mode_reads_storage_without_snapshots_live_between_the_hooks
     let lb = lifeboat_local_repo(tmp.path());
     // Without hooks a live read is a warning (exit 2): nothing quiesced the application.
     let r = lb.run(&[
-        "backup", "create", "-n", &ns.name, "--snapshot-volumes", "--volume-mode", "live",
-        "--no-hooks", "-o", "json",
+        "backup",
+        "create",
+        "-n",
+        &ns.name,
+        "--snapshot-volumes",
+        "--volume-mode",
+        "live",
+        "--no-hooks",
+        "-o",
+        "json",
     ]);
     r.code_is(2);
     let rep = r.json();
@@ -1533,14 +1576,29 @@ async fn auto_volume_mode_reads_storage_without_snapshots_live_between_the_hooks
         "live mode reads every claim live: {rep:#}"
     );
     // The default (snapshot) mode skips the claim that cannot be snapshotted.
-    let r = lb.run(&["backup", "create", "-n", &ns.name, "--snapshot-volumes", "-o", "json"]);
+    let r = lb.run(&[
+        "backup",
+        "create",
+        "-n",
+        &ns.name,
+        "--snapshot-volumes",
+        "-o",
+        "json",
+    ]);
     r.code_is(2);
     let rep = r.json();
     assert_eq!(rep["volumes"].as_array().unwrap().len(), 1, "{rep:#}");
     // auto: the hostPath claim live, the CSI claim by snapshot, both between the hooks.
     let r = lb.run(&[
-        "backup", "create", "-n", &ns.name, "--snapshot-volumes", "--volume-mode", "auto",
-        "-o", "json",
+        "backup",
+        "create",
+        "-n",
+        &ns.name,
+        "--snapshot-volumes",
+        "--volume-mode",
+        "auto",
+        "-o",
+        "json",
     ]);
     r.success();
     let rep = r.json();
@@ -1551,7 +1609,11 @@ async fn auto_volume_mode_reads_storage_without_snapshots_live_between_the_hooks
             .map(|v| (v["mode"].clone(), v["quiesced"].clone()))
     };
     assert_eq!(mode("plain"), Some((json!("live"), json!(true))), "{rep:#}");
-    assert_eq!(mode("csi"), Some((json!("snapshot"), Value::Null)), "{rep:#}");
+    assert_eq!(
+        mode("csi"),
+        Some((json!("snapshot"), Value::Null)),
+        "{rep:#}"
+    );
     let (live, _, _) = sh(&client, &ns.name, &pod, "ls /plain /csi").await;
     assert!(!live.contains("FROZEN"), "the post hook ran: {live}");
     assert!(
@@ -1565,8 +1627,14 @@ async fn auto_volume_mode_reads_storage_without_snapshots_live_between_the_hooks
     delete_namespace(&client, &ns.name).await;
     pvs.delete(&pv_name, &Default::default()).await.ok();
     let r = lb.run(&[
-        "restore", &backup_id, "-n", &ns.name, "--storage-class-map",
-        &format!("lbt-manual={}", rc.class), "-o", "json",
+        "restore",
+        &backup_id,
+        "-n",
+        &ns.name,
+        "--storage-class-map",
+        &format!("lbt-manual={}", rc.class),
+        "-o",
+        "json",
     ]);
     r.success();
     let pod = first_pod(&client, &ns.name, "app=app", Duration::from_secs(180)).await;
@@ -1585,8 +1653,7 @@ async fn auto_volume_mode_reads_storage_without_snapshots_live_between_the_hooks
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_backup_cronjob_backs_up_prunes_and_drills_with_an_identity_that_can_do_nothing_more()
-{
+async fn the_backup_cronjob_backs_up_prunes_and_drills_with_an_identity_that_can_do_nothing_more() {
     let Some((client, rc)) = applicable("the_backup_cronjob").await else {
         return;
     };
@@ -1632,7 +1699,13 @@ async fn the_backup_cronjob_backs_up_prunes_and_drills_with_an_identity_that_can
     )
     .await;
     pod_ready(&client, &app.name, "writer", Duration::from_secs(180)).await;
-    sh_ok(&client, &app.name, "writer", "printf 'x,y\n1,2\n' > /files/a.csv").await;
+    sh_ok(
+        &client,
+        &app.name,
+        "writer",
+        "printf 'x,y\n1,2\n' > /files/a.csv",
+    )
+    .await;
     let s3 = common::s3_client_with(None);
     let bucket = unique("lbt-bcron");
     s3.create_bucket().bucket(&bucket).send().await.unwrap();
@@ -1650,9 +1723,24 @@ async fn the_backup_cronjob_backs_up_prunes_and_drills_with_an_identity_that_can
     let sys = unique("lbt-bcron-sys");
     let endpoint = format!("http://{node_ip}:{}", s3_port.trim());
     let r = lb.run(&[
-        "backup", "cronjob", "--schedule", "30 1 * * *", "--namespace", &sys,
-        "--backup-namespace", &app.name, "--snapshot-volumes", "--keep-last", "2", "--drill",
-        "--drill-timeout", "3m", "--repo", &repo, "--s3-endpoint", &endpoint,
+        "backup",
+        "cronjob",
+        "--schedule",
+        "30 1 * * *",
+        "--namespace",
+        &sys,
+        "--backup-namespace",
+        &app.name,
+        "--snapshot-volumes",
+        "--keep-last",
+        "2",
+        "--drill",
+        "--drill-timeout",
+        "3m",
+        "--repo",
+        &repo,
+        "--s3-endpoint",
+        &endpoint,
     ]);
     r.success();
     let docs: Vec<Value> = r
@@ -1675,8 +1763,7 @@ async fn the_backup_cronjob_backs_up_prunes_and_drills_with_an_identity_that_can
 
     // The identity, before anything runs: what it may and may not do (dry runs: admission
     // policies and RBAC answer, nothing is stored).
-    let as_sa =
-        common::client_as_service_account(&env().kubeconfig, &sys, "lifeboat-backup").await;
+    let as_sa = common::client_as_service_account(&env().kubeconfig, &sys, "lifeboat-backup").await;
     let dry = PostParams {
         dry_run: true,
         ..Default::default()
@@ -1685,19 +1772,30 @@ async fn the_backup_cronjob_backs_up_prunes_and_drills_with_an_identity_that_can
         Err(kube::Error::Api(s)) if s.code == 403 || s.code == 422 => {}
         other => panic!("{what}: expected a refusal, got {other:?}"),
     };
-    let sa_secrets = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(as_sa.clone(), &app.name);
-    sa_secrets.list(&ListParams::default()).await.expect("a backup reads Secrets");
+    let sa_secrets =
+        Api::<k8s_openapi::api::core::v1::Secret>::namespaced(as_sa.clone(), &app.name);
+    sa_secrets
+        .list(&ListParams::default())
+        .await
+        .expect("a backup reads Secrets");
     let sa_cms = Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(as_sa.clone(), &app.name);
     // An admission policy is enforced once the API server has loaded it (a few seconds).
-    eventually("the admission policy to be enforced", Duration::from_secs(60), || async {
-        let cm = serde_json::from_value(json!({"metadata": {"name": "x"}})).unwrap();
-        let r = sa_cms.create(&dry, &cm).await;
-        matches!(r, Err(kube::Error::Api(s)) if s.code == 403 || s.code == 422).then_some(())
-    })
+    eventually(
+        "the admission policy to be enforced",
+        Duration::from_secs(60),
+        || async {
+            let cm = serde_json::from_value(json!({"metadata": {"name": "x"}})).unwrap();
+            let r = sa_cms.create(&dry, &cm).await;
+            matches!(r, Err(kube::Error::Api(s)) if s.code == 403 || s.code == 422).then_some(())
+        },
+    )
     .await;
     forbidden(
         sa_cms
-            .create(&dry, &serde_json::from_value(json!({"metadata": {"name": "x"}})).unwrap())
+            .create(
+                &dry,
+                &serde_json::from_value(json!({"metadata": {"name": "x"}})).unwrap(),
+            )
             .await
             .map(|_| ()),
         "create a ConfigMap in the application's namespace",
@@ -1758,7 +1856,10 @@ async fn the_backup_cronjob_backs_up_prunes_and_drills_with_an_identity_that_can
     let sa_ns = Api::<Namespace>::all(as_sa.clone());
     forbidden(
         sa_ns
-            .create(&dry, &serde_json::from_value(json!({"metadata": {"name": "anything"}})).unwrap())
+            .create(
+                &dry,
+                &serde_json::from_value(json!({"metadata": {"name": "anything"}})).unwrap(),
+            )
             .await
             .map(|_| ()),
         "create a namespace not named drill-*",
@@ -1766,7 +1867,10 @@ async fn the_backup_cronjob_backs_up_prunes_and_drills_with_an_identity_that_can
 
     // "kubectl create job --from=cronjob/lifeboat-backup" on the real node, with the node's
     // API address (no Service proxy here) in every step.
-    let cj = docs.iter().find(|d| d["kind"] == "CronJob").expect("a CronJob");
+    let cj = docs
+        .iter()
+        .find(|d| d["kind"] == "CronJob")
+        .expect("a CronJob");
     let mut tpl = cj["spec"]["jobTemplate"]["spec"].clone();
     tpl["template"]["spec"]["nodeSelector"] = rc.node_selector.clone();
     for key in ["initContainers", "containers"] {
@@ -1779,12 +1883,20 @@ async fn the_backup_cronjob_backs_up_prunes_and_drills_with_an_identity_that_can
         }
     }
     let jobs = Api::<Job>::namespaced(client.clone(), &sys);
-    create(&jobs, json!({"metadata": {"name": "backup-now"}, "spec": tpl})).await;
-    let job = eventually("the backup Job to finish", Duration::from_secs(420), || async {
-        let j = jobs.get("backup-now").await.ok()?;
-        let st = j.status.clone()?;
-        (st.succeeded.unwrap_or(0) > 0 || st.failed.unwrap_or(0) > 0).then_some(j)
-    })
+    create(
+        &jobs,
+        json!({"metadata": {"name": "backup-now"}, "spec": tpl}),
+    )
+    .await;
+    let job = eventually(
+        "the backup Job to finish",
+        Duration::from_secs(420),
+        || async {
+            let j = jobs.get("backup-now").await.ok()?;
+            let st = j.status.clone()?;
+            (st.succeeded.unwrap_or(0) > 0 || st.failed.unwrap_or(0) > 0).then_some(j)
+        },
+    )
     .await;
     let pods = Api::<Pod>::namespaced(client.clone(), &sys);
     let pod = pods
@@ -1815,10 +1927,15 @@ async fn the_backup_cronjob_backs_up_prunes_and_drills_with_an_identity_that_can
         1,
         "the backup Job failed; its logs:\n{logs}"
     );
-    assert!(logs.contains("\"passed\": true"), "the drill passed:\n{logs}");
+    assert!(
+        logs.contains("\"passed\": true"),
+        "the drill passed:\n{logs}"
+    );
     let listed = lb.run(&["backup", "list", "-o", "json"]).json();
     assert_eq!(listed.as_array().unwrap().len(), 1, "{listed:#}");
-    let desc = lb.run(&["backup", "describe", "latest", "-o", "json"]).json();
+    let desc = lb
+        .run(&["backup", "describe", "latest", "-o", "json"])
+        .json();
     assert_eq!(desc["tags"]["lifeboat.io/schedule"], "cronjob", "{desc:#}");
     assert_eq!(desc["volumes"].as_array().unwrap().len(), 1, "{desc:#}");
     assert_eq!(desc["dumps"].as_array().unwrap().len(), 1, "{desc:#}");

@@ -230,7 +230,10 @@ subjects:
         String::new()
     };
     let scope = if o.drill {
-        format!("      ({}\n      ) || (\n{DRILL_SCOPE}      )", backup_scope(o).trim_start())
+        format!(
+            "      ({}\n      ) || (\n{DRILL_SCOPE}      )",
+            backup_scope(o).trim_start()
+        )
     } else {
         backup_scope(o)
     };
@@ -407,20 +410,37 @@ mod tests {
         let names = |k: &str| -> Vec<String> {
             spec[k]
                 .as_array()
-                .map(|a| a.iter().map(|c| c["name"].as_str().unwrap().to_string()).collect())
+                .map(|a| {
+                    a.iter()
+                        .map(|c| c["name"].as_str().unwrap().to_string())
+                        .collect()
+                })
                 .unwrap_or_default()
         };
         assert_eq!(names("initContainers"), ["backup", "prune"]);
         assert_eq!(names("containers"), ["drill"]);
         let backup = &spec["initContainers"][0]["args"];
-        assert!(backup.as_array().unwrap().contains(&"--snapshot-volumes".into()));
-        assert!(d.iter().any(|d| d["metadata"]["name"] == "lifeboat-backup-drill"));
+        assert!(
+            backup
+                .as_array()
+                .unwrap()
+                .contains(&"--snapshot-volumes".into())
+        );
+        assert!(
+            d.iter()
+                .any(|d| d["metadata"]["name"] == "lifeboat-backup-drill")
+        );
         let policy = d
             .iter()
             .find(|d| d["kind"] == "ValidatingAdmissionPolicy")
             .unwrap();
-        let expr = policy["spec"]["validations"][0]["expression"].as_str().unwrap();
-        assert!(expr.contains("lifeboat-mover-") && expr.contains("drill-"), "{expr}");
+        let expr = policy["spec"]["validations"][0]["expression"]
+            .as_str()
+            .unwrap();
+        assert!(
+            expr.contains("lifeboat-mover-") && expr.contains("drill-"),
+            "{expr}"
+        );
 
         // Manifests only, no hooks: read-only, no exec, no volume writes, one container.
         let plain = BackupCronJobOptions {
@@ -431,12 +451,12 @@ mod tests {
             ..opts()
         };
         let d = docs(&manifests(&plain));
-        let role = d
-            .iter()
-            .find(|d| d["kind"] == "ClusterRole")
-            .unwrap();
+        let role = d.iter().find(|d| d["kind"] == "ClusterRole").unwrap();
         assert_eq!(role["rules"].as_array().unwrap().len(), 1, "{role:#}");
-        assert_eq!(role["rules"][0]["verbs"], serde_json::json!(["get", "list"]));
+        assert_eq!(
+            role["rules"][0]["verbs"],
+            serde_json::json!(["get", "list"])
+        );
         let cj = d.iter().find(|d| d["kind"] == "CronJob").unwrap();
         let spec = &cj["spec"]["jobTemplate"]["spec"]["template"]["spec"];
         assert!(spec["initContainers"].is_null());

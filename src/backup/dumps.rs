@@ -70,8 +70,7 @@ async fn owner_of(client: &kube::Client, ns: &str, pod: &str) -> Option<String> 
         .into_iter()
         .find(|o| o.controller == Some(true))?;
     if c.kind == "ReplicaSet" {
-        let rs: Api<k8s_openapi::api::apps::v1::ReplicaSet> =
-            Api::namespaced(client.clone(), ns);
+        let rs: Api<k8s_openapi::api::apps::v1::ReplicaSet> = Api::namespaced(client.clone(), ns);
         if let Ok(r) = rs.get(&c.name).await
             && let Some(d) = r
                 .metadata
@@ -102,7 +101,14 @@ pub async fn run(
     loop {
         let r = tokio::time::timeout(
             hook.timeout,
-            once(client, repo.clone(), packer.clone(), hook, &spec.name, workers),
+            once(
+                client,
+                repo.clone(),
+                packer.clone(),
+                hook,
+                &spec.name,
+                workers,
+            ),
         )
         .await
         .unwrap_or_else(|_| {
@@ -290,10 +296,7 @@ pub async fn restore_into(
     let files = crate::volume::load_tree(&repo, &dump.trees)
         .await
         .map_err(|e| format!("the dump's tree: {}", crate::error::display_chain(&e)))?;
-    let entry = files
-        .into_iter()
-        .next()
-        .ok_or("the dump's tree is empty")?;
+    let entry = files.into_iter().next().ok_or("the dump's tree is empty")?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let mut ap = AttachParams::default()
         .stdin(true)
@@ -358,10 +361,7 @@ pub async fn verify(repo: Arc<Repository>, dump: &DumpRecord) -> Result<(), Stri
     let files = crate::volume::load_tree(&repo, &dump.trees)
         .await
         .map_err(|e| format!("the dump's tree: {}", crate::error::display_chain(&e)))?;
-    let entry = files
-        .into_iter()
-        .next()
-        .ok_or("the dump's tree is empty")?;
+    let entry = files.into_iter().next().ok_or("the dump's tree is empty")?;
     if entry.size != dump.bytes || entry.hash.as_deref() != Some(dump.hash.as_str()) {
         return Err("the dump's tree does not match its record".into());
     }

@@ -141,19 +141,25 @@ pub fn from_pod(pod: &Pod) -> Result<Vec<Hook>, String> {
             let Some(cmd) = ann.get(&key("command")) else {
                 continue;
             };
-            let bad = |k: &str, what: String| format!("pod {ns}/{name}: annotation {}: {what}", key(k));
-            let command = annotation_command(cmd, *domain == "lifeboat.io")
-                .map_err(|e| bad("command", e))?;
+            let bad =
+                |k: &str, what: String| format!("pod {ns}/{name}: annotation {}: {what}", key(k));
+            let command =
+                annotation_command(cmd, *domain == "lifeboat.io").map_err(|e| bad("command", e))?;
             let timeout = match ann.get(&key("timeout")) {
                 Some(t) => crate::duration::parse(t).map_err(|e| bad("timeout", e))?,
                 None if phase == Phase::Dump => Duration::from_secs(3600),
                 None => Duration::from_secs(30),
             };
             let dump = if phase == Phase::Dump {
-                let dname = ann.get(&key("name")).cloned().unwrap_or_else(|| "dump".into());
+                let dname = ann
+                    .get(&key("name"))
+                    .cloned()
+                    .unwrap_or_else(|| "dump".into());
                 check_dump_name(&dname).map_err(|e| bad("name", e))?;
                 let restore_command = match ann.get(&key("restore-command")) {
-                    Some(c) => Some(annotation_command(c, true).map_err(|e| bad("restore-command", e))?),
+                    Some(c) => {
+                        Some(annotation_command(c, true).map_err(|e| bad("restore-command", e))?)
+                    }
                     None => None,
                 };
                 Some(DumpSpec {
@@ -457,7 +463,10 @@ mod tests {
         )
         .unwrap();
         let e = load(&f).unwrap_err().to_string();
-        assert!(e.contains("hooks.yaml:6:") && e.contains("not a dump name"), "{e}");
+        assert!(
+            e.contains("hooks.yaml:6:") && e.contains("not a dump name"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -622,7 +631,9 @@ pub fn load(path: &std::path::Path) -> Result<Rules, crate::error::Error> {
                 p.push(PathElem::Key(k.into()));
                 p
             };
-            let file_command = |v: &serde_json::Value, k: &str| -> Result<Vec<String>, crate::error::Error> {
+            let file_command = |v: &serde_json::Value,
+                                k: &str|
+             -> Result<Vec<String>, crate::error::Error> {
                 let command: Vec<String> = match v {
                     serde_json::Value::String(s) => vec!["/bin/sh".into(), "-c".into(), s.clone()],
                     v => serde_json::from_value(v.clone()).map_err(|_| {

@@ -138,6 +138,9 @@ pub struct SnapshotTime {
     pub snapshot: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub time: Option<String>,
+    /// The VolumeGroupSnapshot it is a member of (taken at one point in time with the others).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -1084,6 +1087,8 @@ async fn finish(
             }
             let mut requested = Vec::new();
             let mut live_claims = Vec::new();
+            let mut snap_claims: BTreeMap<String, Vec<&k8s_openapi::api::core::v1::PersistentVolumeClaim>> =
+                BTreeMap::new();
             for c in &claims {
                 use crate::volume::snapshots::VolumeMode;
                 let live = match vo.mode {
@@ -1098,12 +1103,44 @@ async fn finish(
                     live_claims.push(c);
                     continue;
                 }
-                match crate::volume::snapshots::request_snapshot(client, c, vo)
+                snap_claims
+                    .entry(c.metadata.namespace.clone().unwrap_or_default())
+                    .or_default()
+                    .push(c);
+            }
+            // A namespace's claims as one VolumeGroupSnapshot where the cluster and the driver
+            // can; else one VolumeSnapshot each, asked for back to back.
+            let mut groups = Vec::new();
+            for (ns, cs) in snap_claims {
+                if cs.len() >= 2 {
+                    match crate::volume::snapshots::request_group(
+                        client,
+                        &ns,
+                        &cs,
+                        opts.selector.as_deref(),
+                        vo,
+                    )
                     .await
                     .map_err(verr)?
-                {
-                    Ok(r) => requested.push(r),
-                    Err(why) => volume_warnings.push(why),
+                    {
+                        Ok((reqs, g)) => {
+                            requested.extend(reqs);
+                            groups.push((ns, g));
+                            continue;
+                        }
+                        Err(why) => {
+                            tracing::info!(namespace = %ns, %why, "no group snapshot; one snapshot per claim");
+                        }
+                    }
+                }
+                for c in cs {
+                    match crate::volume::snapshots::request_snapshot(client, c, vo)
+                        .await
+                        .map_err(verr)?
+                    {
+                        Ok(r) => requested.push(r),
+                        Err(why) => volume_warnings.push(why),
+                    }
                 }
             }
             // One deadline for all of them: the application is quiesced while they are made.
@@ -1161,7 +1198,7 @@ async fn finish(
                     }
                 }
             }
-            Ok::<_, Error>((ready, live))
+            Ok::<_, Error>((ready, live, groups))
         }
         .await;
         // Post hooks now: after the snapshots, or after whatever failed once a pre hook ran.
@@ -1182,7 +1219,7 @@ async fn finish(
             }
             hook_outcomes.push(o);
         }
-        let (ready, live) = match snapshot_phase {
+        let (ready, live, groups) = match snapshot_phase {
             Ok(r) => r,
             Err(e) => {
                 for f in vo.cleanup.run(client).await {
@@ -1238,6 +1275,7 @@ async fn finish(
                 pvc: r.name.clone(),
                 snapshot: r.snapshot.clone(),
                 time: x.time.clone(),
+                group: r.group.clone(),
             });
         }
         let times: Vec<jiff::Timestamp> = ready
@@ -1298,6 +1336,23 @@ async fn finish(
                 Err(why) => volume_warnings.push(why),
             }
         }
+        // Every member's data is in: the group snapshots go (with their members).
+        if !vo.keep_snapshots {
+            for (ns, g) in &groups {
+                if let Err(e) = crate::volume::snapshots::delete_temp(
+                    client,
+                    crate::volume::snapshots::Temp::GroupSnapshot,
+                    ns,
+                    g,
+                )
+                .await
+                {
+                    volume_warnings.push(format!(
+                        "VolumeGroupSnapshot {ns}/{g} could not be deleted: {e}"
+                    ));
+                }
+            }
+        }
     }
     // Dumps: each command's stdout straight into the repository.
     if let Some(vpacker) = &vpacker {
@@ -1308,7 +1363,15 @@ async fn finish(
                 h.pod,
                 h.dump.as_ref().map(|d| d.name.as_str()).unwrap_or_default()
             );
-            let r = dumps::run(client, repo.clone(), vpacker.clone(), h, owner.clone(), workers).await;
+            let r = dumps::run(
+                client,
+                repo.clone(),
+                vpacker.clone(),
+                h,
+                owner.clone(),
+                workers,
+            )
+            .await;
             let (ok, message) = match r {
                 Ok(d) => {
                     let m = format!("{} bytes in {:.1}s", d.bytes, d.seconds);
@@ -1329,9 +1392,19 @@ async fn finish(
                 Err(dumps::DumpError::Failed(why)) => (false, why),
             };
             if progress {
-                eprintln!("dump {label}: {}", if ok { "ok, " } else { "" }.to_string() + &message);
+                eprintln!(
+                    "dump {label}: {}",
+                    if ok { "ok, " } else { "" }.to_string() + &message
+                );
             }
-            hook_outcomes.push(hooks::outcome(h, if ok { Ok(message.clone()) } else { Err(message.clone()) }));
+            hook_outcomes.push(hooks::outcome(
+                h,
+                if ok {
+                    Ok(message.clone())
+                } else {
+                    Err(message.clone())
+                },
+            ));
             if !ok {
                 if h.on_error == hooks::OnError::Fail {
                     if let Some(vo) = &opts.volumes {

@@ -94,7 +94,12 @@ pub struct CreateArgs {
     /// How claims are read: `snapshot` (a CSI VolumeSnapshot), `live` (the claim itself,
     /// read-only, between the pre and post hooks: for storage without snapshots), `auto`
     /// (snapshot where the claim's driver has a VolumeSnapshotClass, live otherwise)
-    #[arg(long, value_enum, default_value = "snapshot", requires = "snapshot_volumes")]
+    #[arg(
+        long,
+        value_enum,
+        default_value = "snapshot",
+        requires = "snapshot_volumes"
+    )]
     pub volume_mode: crate::volume::snapshots::VolumeMode,
 
     /// VolumeSnapshotClass to use (default: the default class of each claim's CSI driver)
@@ -181,7 +186,12 @@ pub struct CronJobArgs {
     #[arg(long)]
     pub snapshot_volumes: bool,
     /// How claims are read (see `backup create --volume-mode`)
-    #[arg(long, value_enum, default_value = "snapshot", requires = "snapshot_volumes")]
+    #[arg(
+        long,
+        value_enum,
+        default_value = "snapshot",
+        requires = "snapshot_volumes"
+    )]
     pub volume_mode: crate::volume::snapshots::VolumeMode,
     /// Run no hooks (the role then has no exec into application pods)
     #[arg(long)]

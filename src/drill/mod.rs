@@ -450,22 +450,23 @@ async fn drill_body(
             .iter()
             .find(|m| m.source == d.namespace)
             .map(|m| m.scratch.as_str());
-        checks.push(
-            match crate::backup::dumps::verify(repo.clone(), d).await {
-                Ok(()) => check(
-                    "dump-readable",
-                    scratch,
-                    Status::Pass,
-                    format!("dump {}:{}: {} bytes read back, hash equal", d.pod, d.name, d.bytes),
+        checks.push(match crate::backup::dumps::verify(repo.clone(), d).await {
+            Ok(()) => check(
+                "dump-readable",
+                scratch,
+                Status::Pass,
+                format!(
+                    "dump {}:{}: {} bytes read back, hash equal",
+                    d.pod, d.name, d.bytes
                 ),
-                Err(e) => check(
-                    "dump-readable",
-                    scratch,
-                    Status::Fail,
-                    format!("dump {}:{}: {e}", d.pod, d.name),
-                ),
-            },
-        );
+            ),
+            Err(e) => check(
+                "dump-readable",
+                scratch,
+                Status::Fail,
+                format!("dump {}:{}: {e}", d.pod, d.name),
+            ),
+        });
     }
 
     // 2. Readiness of the workloads, within the timeout.

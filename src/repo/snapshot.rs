@@ -86,7 +86,12 @@ impl Snapshot {
         let mut out: Vec<(String, &[BlobId])> = self
             .volumes
             .iter()
-            .map(|v| (format!("volume {}/{}", v.namespace, v.pvc), v.trees.as_slice()))
+            .map(|v| {
+                (
+                    format!("volume {}/{}", v.namespace, v.pvc),
+                    v.trees.as_slice(),
+                )
+            })
             .collect();
         out.extend(self.dumps.iter().map(|d| (d.label(), d.trees.as_slice())));
         out

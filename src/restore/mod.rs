@@ -860,7 +860,14 @@ pub async fn restore(
     if !opts.dry_run && opts.run_hooks {
         hooks::run(client, &mut items).await;
         if let Source::Repository { repo, dumps, .. } = &source {
-            dumps::run(client, repo.clone(), dumps, &|n| rw.map_ns(n).to_string(), &mut items).await;
+            dumps::run(
+                client,
+                repo.clone(),
+                dumps,
+                &|n| rw.map_ns(n).to_string(),
+                &mut items,
+            )
+            .await;
         }
     }
 

@@ -317,7 +317,11 @@ where
             "{}: the stored chunks do not make the recorded content ({written} of {} bytes, hash {})",
             entry.path,
             entry.size,
-            if entry.hash.as_deref() == Some(hash.as_str()) { "equal" } else { "different" }
+            if entry.hash.as_deref() == Some(hash.as_str()) {
+                "equal"
+            } else {
+                "different"
+            }
         )));
     }
     w.flush().await.map_err(VolumeError::Write)?;

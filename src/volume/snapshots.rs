@@ -18,6 +18,22 @@ use crate::repo::snapshot::VolumeRecord;
 use crate::repo::{Packer, Repository};
 
 pub const DEFAULT_CLASS_ANNOTATION: &str = "snapshot.storage.kubernetes.io/is-default-class";
+pub const DEFAULT_GROUP_CLASS_ANNOTATION: &str =
+    "groupsnapshot.storage.kubernetes.io/is-default-class";
+
+fn group_resource(kind: &str, plural: &str) -> ApiResource {
+    ApiResource {
+        group: "groupsnapshot.storage.k8s.io".into(),
+        version: "v1".into(),
+        api_version: "groupsnapshot.storage.k8s.io/v1".into(),
+        kind: kind.into(),
+        plural: plural.into(),
+    }
+}
+
+pub fn group_snapshot_resource() -> ApiResource {
+    group_resource("VolumeGroupSnapshot", "volumegroupsnapshots")
+}
 
 pub fn snapshot_resource() -> ApiResource {
     ApiResource {
@@ -74,6 +90,7 @@ pub enum Temp {
     Pod,
     Claim,
     Snapshot,
+    GroupSnapshot,
 }
 
 /// Temporary objects to delete, newest last.
@@ -126,6 +143,16 @@ impl Cleanup {
     }
 }
 
+/// Delete one temporary object (gone already: fine).
+pub async fn delete_temp(
+    client: &kube::Client,
+    kind: Temp,
+    ns: &str,
+    name: &str,
+) -> Result<(), String> {
+    delete(client, kind, ns, name).await
+}
+
 async fn delete(client: &kube::Client, kind: Temp, ns: &str, name: &str) -> Result<(), String> {
     let dp = DeleteParams {
         grace_period_seconds: Some(0),
@@ -142,6 +169,12 @@ async fn delete(client: &kube::Client, kind: Temp, ns: &str, name: &str) -> Resu
             .map(|_| ()),
         Temp::Snapshot => {
             Api::<DynamicObject>::namespaced_with(client.clone(), ns, &snapshot_resource())
+                .delete(name, &dp)
+                .await
+                .map(|_| ())
+        }
+        Temp::GroupSnapshot => {
+            Api::<DynamicObject>::namespaced_with(client.clone(), ns, &group_snapshot_resource())
                 .delete(name, &dp)
                 .await
                 .map(|_| ())
@@ -373,6 +406,8 @@ pub struct Requested {
     spec: k8s_openapi::api::core::v1::PersistentVolumeClaimSpec,
     /// This claim's temporary objects.
     cleanup: Cleanup,
+    /// The VolumeGroupSnapshot the snapshot is a member of.
+    pub group: Option<String>,
 }
 
 /// A ready snapshot: when the storage took it (`status.creationTime`, the storage's clock as
@@ -439,7 +474,197 @@ pub async fn request_snapshot(
         capacity,
         spec,
         cleanup,
+        group: None,
     }))
+}
+
+/// The claims of one namespace and driver snapshotted as one VolumeGroupSnapshot, when the
+/// cluster serves `groupsnapshot.storage.k8s.io/v1`, the driver has a default
+/// VolumeGroupSnapshotClass and the group's selector (the backup's label selector, lifeboat's
+/// own claims excluded) picks exactly `claims`. Waits until the group is ready, then returns one
+/// [`Requested`] per claim (its member VolumeSnapshot) and the group's name (deleted by the
+/// caller once every member's data is moved; recorded in `opts.cleanup` for failures).
+/// `Ok(Err(why))`: not possible here; the caller snapshots the claims one by one.
+pub async fn request_group(
+    client: &kube::Client,
+    ns: &str,
+    claims: &[&PersistentVolumeClaim],
+    selector: Option<&str>,
+    opts: &VolumeOptions,
+) -> Result<Result<(Vec<Requested>, String), String>, VolumeError> {
+    let Some(first) = claims.first() else {
+        return Ok(Err("no claims".into()));
+    };
+    let (driver, class) = match classes(client, first, opts).await? {
+        Ok(c) => c,
+        Err(why) => return Ok(Err(why)),
+    };
+    for c in &claims[1..] {
+        match classes(client, c, opts).await? {
+            Ok((d, _)) if d == driver => {}
+            _ => return Ok(Err("the claims are not all of one CSI driver".into())),
+        }
+    }
+    let gclasses: Api<DynamicObject> = Api::all_with(
+        client.clone(),
+        &group_resource("VolumeGroupSnapshotClass", "volumegroupsnapshotclasses"),
+    );
+    let list = match gclasses.list(&ListParams::default()).await {
+        Ok(l) => l.items,
+        Err(kube::Error::Api(s)) if s.code == 404 => {
+            return Ok(Err("the cluster serves no VolumeGroupSnapshot API".into()));
+        }
+        Err(e) => return Err(kerr("list VolumeGroupSnapshotClasses".into())(e)),
+    };
+    let Some(gclass) = list.iter().find(|o| {
+        o.data["driver"].as_str() == Some(driver.as_str())
+            && o.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(DEFAULT_GROUP_CLASS_ANNOTATION))
+                .map(String::as_str)
+                == Some("true")
+    }) else {
+        return Ok(Err(format!(
+            "no default VolumeGroupSnapshotClass for driver {driver}"
+        )));
+    };
+    let gclass = gclass.metadata.name.clone().unwrap_or_default();
+    // The group's selector must pick exactly these claims (all bound, all of this driver).
+    let mut terms: Vec<String> = selector.map(|s| vec![s.to_string()]).unwrap_or_default();
+    terms.push(format!("!{}", mover::LABEL));
+    let sel = terms.join(",");
+    let picked = Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns)
+        .list(&ListParams::default().labels(&sel))
+        .await
+        .map_err(kerr(format!("list PersistentVolumeClaims in {ns}")))?;
+    let mut want: Vec<String> = claims
+        .iter()
+        .filter_map(|c| c.metadata.name.clone())
+        .collect();
+    let mut got: Vec<String> = picked
+        .items
+        .iter()
+        .filter_map(|c| c.metadata.name.clone())
+        .collect();
+    want.sort();
+    got.sort();
+    if want != got {
+        return Ok(Err(format!(
+            "a group's selector would pick other claims too ({})",
+            got.iter()
+                .filter(|g| !want.contains(g))
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    let (match_labels, expressions) = crate::selector::Selector::parse(&sel)
+        .map_err(|e| VolumeError::Pipeline(format!("label selector {sel:?}: {e}")))?
+        .to_label_selector();
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), ns, &group_snapshot_resource());
+    let name = if opts.keep_snapshots {
+        temp_name("lifeboat-group-")
+    } else {
+        opts.cleanup
+            .name(Temp::GroupSnapshot, ns, "lifeboat-group-")
+    };
+    let obj: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "groupsnapshot.storage.k8s.io/v1", "kind": "VolumeGroupSnapshot",
+        "metadata": {"name": name, "namespace": ns,
+                     "labels": {"app.kubernetes.io/managed-by": "lifeboat"}},
+        "spec": {"volumeGroupSnapshotClassName": gclass, "source": {"selector": {}}}
+    }))
+    .expect("a valid VolumeGroupSnapshot");
+    // Empty lists and maps are left out: the selector is immutable, and a controller's update
+    // that drops an empty field would count as a change (and fail forever).
+    let mut obj = obj;
+    if match_labels.as_object().is_some_and(|m| !m.is_empty()) {
+        obj.data["spec"]["source"]["selector"]["matchLabels"] = match_labels;
+    }
+    if expressions.as_array().is_some_and(|a| !a.is_empty()) {
+        obj.data["spec"]["source"]["selector"]["matchExpressions"] = expressions;
+    }
+    api.create(&PostParams::default(), &obj)
+        .await
+        .map_err(kerr(format!("create a VolumeGroupSnapshot in {ns}")))?;
+    let deadline = Instant::now() + opts.snapshot_timeout;
+    let uid = loop {
+        let g = api
+            .get(&name)
+            .await
+            .map_err(kerr(format!("read VolumeGroupSnapshot {ns}/{name}")))?;
+        if let Some(msg) = g.data["status"]["error"]["message"].as_str() {
+            delete(client, Temp::GroupSnapshot, ns, &name).await.ok();
+            return Ok(Err(format!(
+                "VolumeGroupSnapshot {ns}/{name} failed: {msg}"
+            )));
+        }
+        if g.data["status"]["readyToUse"] == true {
+            break g.metadata.uid.unwrap_or_default();
+        }
+        if Instant::now() > deadline {
+            delete(client, Temp::GroupSnapshot, ns, &name).await.ok();
+            return Ok(Err(format!(
+                "VolumeGroupSnapshot {ns}/{name} was not ready after {}s",
+                opts.snapshot_timeout.as_secs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    // Its members: the VolumeSnapshots it owns, each naming its claim.
+    let members = Api::<DynamicObject>::namespaced_with(client.clone(), ns, &snapshot_resource())
+        .list(&ListParams::default())
+        .await
+        .map_err(kerr(format!("list VolumeSnapshots in {ns}")))?;
+    let mut out = Vec::new();
+    for c in claims {
+        let pvc = c.metadata.name.clone().unwrap_or_default();
+        let member = members.items.iter().find(|s| {
+            s.metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .any(|o| o.uid == uid)
+                && s.data["spec"]["source"]["persistentVolumeClaimName"].as_str() == Some(&pvc)
+        });
+        let Some(member) = member else {
+            delete(client, Temp::GroupSnapshot, ns, &name).await.ok();
+            return Ok(Err(format!(
+                "VolumeGroupSnapshot {ns}/{name} has no member for claim {pvc}"
+            )));
+        };
+        out.push(Requested {
+            namespace: ns.to_string(),
+            name: pvc,
+            snapshot: member.metadata.name.clone().unwrap_or_default(),
+            driver: driver.clone(),
+            class: class.clone(),
+            capacity: capacity_of(c),
+            spec: c.spec.clone().unwrap_or_default(),
+            // The member goes with its group, not on its own.
+            cleanup: opts.cleanup.child(),
+            group: Some(name.clone()),
+        });
+    }
+    Ok(Ok((out, name)))
+}
+
+fn capacity_of(pvc: &PersistentVolumeClaim) -> String {
+    pvc.status
+        .as_ref()
+        .and_then(|s| s.capacity.as_ref())
+        .and_then(|c| c.get("storage"))
+        .or_else(|| {
+            pvc.spec
+                .as_ref()
+                .and_then(|s| s.resources.as_ref())
+                .and_then(|r| r.requests.as_ref())
+                .and_then(|r| r.get("storage"))
+        })
+        .map(|q| q.0.clone())
+        .unwrap_or_else(|| "1Gi".into())
 }
 
 /// Wait until a requested snapshot is ready to use.
@@ -479,8 +704,13 @@ pub async fn read_live(
     let name = pvc.metadata.name.clone().unwrap_or_default();
     let spec = pvc.spec.clone().unwrap_or_default();
     let users = mounting_pods(client, &ns, &name).await;
-    let node = users.iter().find_map(|p| p.spec.as_ref()?.node_name.clone());
-    let user_names: Vec<String> = users.iter().filter_map(|p| p.metadata.name.clone()).collect();
+    let node = users
+        .iter()
+        .find_map(|p| p.spec.as_ref()?.node_name.clone());
+    let user_names: Vec<String> = users
+        .iter()
+        .filter_map(|p| p.metadata.name.clone())
+        .collect();
     let cleanup = opts.cleanup.child();
     let run_as = consumer_identity(client, &ns, &name).await;
     let read = |run_as: RunAs| {
@@ -561,7 +791,9 @@ pub async fn read_live(
             )))
         }
         Err(e @ VolumeError::Repo(_)) => Err(e),
-        Err(e) => Ok(Err(format!("PVC {ns}/{name} not backed up (live read): {e}"))),
+        Err(e) => Ok(Err(format!(
+            "PVC {ns}/{name} not backed up (live read): {e}"
+        ))),
     }
 }
 

@@ -56,9 +56,6 @@ func (d *driver) ControllerGetCapabilities(context.Context, *csi.ControllerGetCa
 	return &csi.ControllerGetCapabilitiesResponse{Capabilities: caps}, nil
 }
 
-func (d *driver) GroupControllerGetCapabilities(context.Context, *csi.GroupControllerGetCapabilitiesRequest) (*csi.GroupControllerGetCapabilitiesResponse, error) {
-	return &csi.GroupControllerGetCapabilitiesResponse{}, nil
-}
 
 // checkCapabilities accepts filesystem (mount) volumes in any access mode: every consumer is on
 // the one node, so the multi-node modes are served too. Raw block is not supported.
