@@ -1931,6 +1931,10 @@ async fn the_backup_cronjob_backs_up_prunes_and_drills_with_an_identity_that_can
         logs.contains("\"passed\": true"),
         "the drill passed:\n{logs}"
     );
+    assert!(
+        logs.contains("dump-readable"),
+        "the drill read the backup's dump back:\n{logs}"
+    );
     let listed = lb.run(&["backup", "list", "-o", "json"]).json();
     assert_eq!(listed.as_array().unwrap().len(), 1, "{listed:#}");
     let desc = lb

@@ -65,7 +65,9 @@ fn backup_scope(o: &BackupCronJobOptions) -> String {
         "false"
     };
     let writes = if o.snapshot_volumes {
-        "request.resource.group == 'snapshot.storage.k8s.io' && request.resource.resource == 'volumesnapshots' && variables.managed
+        "(request.resource.group == 'snapshot.storage.k8s.io' && request.resource.resource == 'volumesnapshots'
+         || request.resource.group == 'groupsnapshot.storage.k8s.io' && request.resource.resource == 'volumegroupsnapshots')
+         && variables.managed
       || request.resource.group == '' && request.resource.resource == 'persistentvolumeclaims' && (!has(request.subResource) || request.subResource == '')
          && request.name.startsWith('lifeboat-tmp-') && variables.managed
       || request.resource.group == '' && request.resource.resource == 'pods' && (!has(request.subResource) || request.subResource == '')
@@ -186,6 +188,9 @@ pub fn manifests(o: &BackupCronJobOptions) -> String {
 # lifeboat-mover-*, mover pods with claim volumes only, unprivileged, without a token).
 - apiGroups: ["snapshot.storage.k8s.io"]
   resources: ["volumesnapshots"]
+  verbs: ["create", "delete"]
+- apiGroups: ["groupsnapshot.storage.k8s.io"]
+  resources: ["volumegroupsnapshots"]
   verbs: ["create", "delete"]
 - apiGroups: [""]
   resources: ["persistentvolumeclaims", "pods"]
